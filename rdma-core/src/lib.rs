@@ -15,6 +15,9 @@ pub mod device;
 pub mod error;
 pub mod runtime;
 
-pub use device::{devices, GidEntry, GidType, DeviceInfo, PortInfo, PortSelection};
+pub use device::{
+    default_port, devices, DeviceInfo, DeviceSpec, Gid, GidEntry, GidType, LinkLayer, PortInfo,
+    PortSelection, PortState, DEVICE_ENV,
+};
 pub use error::{Error, Result};
 pub use runtime::{timeout, Elapsed, ReadinessFd, Runtime};
