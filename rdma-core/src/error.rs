@@ -5,6 +5,10 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
+
+use crate::remote::RemoteRegion;
+use crate::wc::{WcStatus, WorkKind};
 
 /// The result type of anyrdma.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -27,8 +31,72 @@ pub enum Error {
         /// What to check, when there is something more specific than the errno.
         hint: Option<&'static str>,
     },
+    /// Registering memory failed because of the locked-memory limit (`RLIMIT_MEMLOCK`).
+    MemlockLimit {
+        /// Bytes that were to be registered.
+        requested: usize,
+        /// The soft limit in force, in bytes.
+        limit: u64,
+    },
     /// An argument was outside what the operation accepts; nothing was posted.
     InvalidArgument(String),
+    /// A remote access would fall outside the remote region; nothing was posted.
+    OutOfBounds {
+        /// The region that was to be accessed.
+        region: RemoteRegion,
+        /// Offset of the access within the region.
+        offset: u64,
+        /// Length of the access.
+        len: u64,
+    },
+    /// An atomic operation's remote address is not 8-byte aligned, or its local buffer is
+    /// not 8 bytes; nothing was posted.
+    Misaligned {
+        /// The remote address.
+        addr: u64,
+    },
+    /// The queue has no room for the work request; nothing was posted.
+    QueueFull {
+        /// Which queue: "send queue", "receive queue" or "completion queue".
+        queue: &'static str,
+        /// Its depth.
+        depth: u32,
+    },
+    /// The queue pair is not connected yet (or not ready to send); nothing was posted.
+    NotConnected {
+        /// The queue pair number.
+        qpn: u32,
+    },
+    /// A work request completed with an error status. The queue pair is now in the error
+    /// state.
+    WorkCompletion {
+        /// What the work request was.
+        kind: WorkKind,
+        /// The completion status.
+        status: WcStatus,
+        /// The provider's vendor error code.
+        vendor_err: u32,
+        /// The local queue pair number.
+        qpn: u32,
+        /// The remote memory the request addressed, for RDMA and atomic requests.
+        remote: Option<RemoteRegion>,
+    },
+    /// The work request was flushed because its queue pair is in the error state.
+    Flushed {
+        /// What the work request was.
+        kind: WorkKind,
+        /// The local queue pair number.
+        qpn: u32,
+        /// The failure that put the queue pair in error, when anyrdma saw it.
+        cause: Option<Arc<Error>>,
+    },
+    /// The queue pair is in the error state: new work requests fail at once.
+    QpInError {
+        /// The local queue pair number.
+        qpn: u32,
+        /// The failure that put it there.
+        cause: Arc<Error>,
+    },
 }
 
 impl Error {
@@ -43,7 +111,38 @@ impl Error {
     }
 
     pub(crate) fn verbs(call: &'static str, source: io::Error) -> Self {
-        Self::Verbs { call, source, hint: None }
+        Self::Verbs {
+            call,
+            source,
+            hint: None,
+        }
+    }
+
+    pub(crate) fn with_hint(mut self, text: &'static str) -> Self {
+        if let Error::Verbs { hint, .. } = &mut self {
+            *hint = Some(text);
+        }
+        self
+    }
+
+    /// The work completion status, for errors that came from a work completion.
+    pub fn wc_status(&self) -> Option<WcStatus> {
+        match self {
+            Error::WorkCompletion { status, .. } => Some(*status),
+            Error::Flushed { .. } => Some(WcStatus::WR_FLUSH_ERR),
+            _ => None,
+        }
+    }
+
+    /// The failure at the root of a flush or of a queue pair in error (itself otherwise).
+    pub fn root_cause(&self) -> &Error {
+        match self {
+            Error::Flushed {
+                cause: Some(cause), ..
+            }
+            | Error::QpInError { cause, .. } => cause.root_cause(),
+            other => other,
+        }
     }
 }
 
@@ -69,7 +168,85 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            Error::InvalidArgument(what) => write!(f, "invalid argument: {what}; nothing was posted"),
+            Error::MemlockLimit { requested, limit } => write!(
+                f,
+                "registering {requested} bytes of memory failed: the locked-memory limit \
+                 (RLIMIT_MEMLOCK) is {limit} bytes and RDMA must pin every registered page. \
+                 Raise it: `ulimit -l unlimited` in the shell that starts the program, \
+                 `LimitMEMLOCK=infinity` for a systemd service, `--ulimit memlock=-1` for a \
+                 container, or a `memlock` line in /etc/security/limits.conf"
+            ),
+            Error::InvalidArgument(what) => {
+                write!(f, "invalid argument: {what}; nothing was posted")
+            }
+            Error::OutOfBounds {
+                region,
+                offset,
+                len,
+            } => write!(
+                f,
+                "remote access out of bounds: {len} bytes at offset {offset} of the remote \
+                 region {region} ({} bytes long); nothing was posted",
+                region.len
+            ),
+            Error::Misaligned { addr } => write!(
+                f,
+                "atomic operations need an 8-byte aligned remote address and an 8-byte local \
+                 buffer; remote address {addr:#x} (or the local buffer) does not fit; nothing \
+                 was posted"
+            ),
+            Error::QueueFull { queue, depth } => write!(
+                f,
+                "the {queue} is full ({depth} entries in flight); await some operations \
+                 before posting more, or create the queue pair with a deeper queue"
+            ),
+            Error::NotConnected { qpn } => write!(
+                f,
+                "queue pair {qpn} is not connected: call connect() with the peer's endpoint \
+                 before sending; nothing was posted"
+            ),
+            Error::WorkCompletion {
+                kind,
+                status,
+                vendor_err,
+                qpn,
+                remote,
+            } => {
+                write!(f, "{kind} on queue pair {qpn} failed: {}", status.explain())?;
+                if let Some(region) = remote {
+                    write!(f, " [remote {region}]")?;
+                }
+                write!(
+                    f,
+                    " (status {} {status}, vendor error {vendor_err:#x})",
+                    status.0
+                )?;
+                if let Some(hint) = status.hint() {
+                    write!(f, ". {hint}")?;
+                }
+                Ok(())
+            }
+            Error::Flushed {
+                kind,
+                qpn,
+                cause: Some(cause),
+            } => {
+                write!(f, "{kind} on queue pair {qpn} was flushed: an earlier failure put the queue pair in the error state: {cause}")
+            }
+            Error::Flushed {
+                kind,
+                qpn,
+                cause: None,
+            } => write!(
+                f,
+                "{kind} on queue pair {qpn} was flushed: the queue pair is in the error state \
+                 (it was closed, or failed without a completion anyrdma saw)"
+            ),
+            Error::QpInError { qpn, cause } => write!(
+                f,
+                "queue pair {qpn} is in the error state and takes no new work; nothing was \
+                 posted. It failed because: {cause}. Create and connect a new queue pair"
+            ),
         }
     }
 }
@@ -78,6 +255,10 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Verbs { source, .. } => Some(source),
+            Error::Flushed {
+                cause: Some(cause), ..
+            }
+            | Error::QpInError { cause, .. } => Some(&**cause),
             _ => None,
         }
     }

@@ -11,13 +11,29 @@
 
 #![warn(missing_docs)]
 
+mod context;
+mod cq;
 pub mod device;
 pub mod error;
+mod mr;
+mod ops;
+mod pd;
+mod qp;
+mod remote;
 pub mod runtime;
+mod wc;
 
+pub use context::{Context, DeviceLimits};
+pub use cq::{CompletionQueue, CqOptions, PollMode};
 pub use device::{
     default_port, devices, DeviceInfo, DeviceSpec, Gid, GidEntry, GidType, LinkLayer, PortInfo,
     PortSelection, PortState, DEVICE_ENV,
 };
 pub use error::{Error, Result};
+pub use mr::{Access, LocalBuf, MemoryRegion};
+pub use ops::{Atomic, Batch, Buffers, Done, Op, Outcome, Received, Recv, MAX_SGE};
+pub use pd::ProtectionDomain;
+pub use qp::{ConnectOptions, Endpoint, QpOptions, QueuePair};
+pub use remote::RemoteRegion;
 pub use runtime::{timeout, Elapsed, ReadinessFd, Runtime};
+pub use wc::{WcStatus, WorkKind};

@@ -40,15 +40,16 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// The future returned by [`Runtime::sleep`].
     type Sleep: Future + Send;
 
-    /// Registers `fd` for read readiness.
+    /// Registers `fd` for read readiness. The handle does not take ownership of it.
     ///
-    /// The descriptor must already be in non-blocking mode and must stay open until the
-    /// returned handle is dropped; the handle does not take ownership of it.
+    /// # Safety
+    /// `fd` must be an open descriptor in non-blocking mode, and must stay open (and refer
+    /// to the same file description) until the returned handle is dropped.
     ///
     /// # Errors
     /// Fails when the reactor refuses the descriptor (for example, it is already
     /// registered, or no runtime is running on this thread when the runtime needs one).
-    fn register_fd(fd: RawFd) -> io::Result<Self::Fd>;
+    unsafe fn register_fd(fd: RawFd) -> io::Result<Self::Fd>;
 
     /// A future that completes after `duration`.
     fn sleep(duration: Duration) -> Self::Sleep;
@@ -86,7 +87,10 @@ impl std::error::Error for Elapsed {}
 ///
 /// # Errors
 /// [`Elapsed`] when the deadline passes first; `future` is dropped then.
-pub async fn timeout<R: Runtime, F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
+pub async fn timeout<R: Runtime, F: Future>(
+    duration: Duration,
+    future: F,
+) -> Result<F::Output, Elapsed> {
     let mut future = pin!(future);
     let mut sleep = pin!(R::sleep(duration));
     std::future::poll_fn(|cx| {

@@ -41,7 +41,7 @@ impl Runtime for AsyncStdRuntime {
     type Fd = AsyncStdFd;
     type Sleep = Timer;
 
-    fn register_fd(fd: RawFd) -> io::Result<AsyncStdFd> {
+    unsafe fn register_fd(fd: RawFd) -> io::Result<AsyncStdFd> {
         Async::new(WatchedFd(fd)).map(AsyncStdFd)
     }
 

@@ -41,7 +41,7 @@ impl Runtime for SmolRuntime {
     type Fd = SmolFd;
     type Sleep = Timer;
 
-    fn register_fd(fd: RawFd) -> io::Result<SmolFd> {
+    unsafe fn register_fd(fd: RawFd) -> io::Result<SmolFd> {
         Async::new(WatchedFd(fd)).map(SmolFd)
     }
 

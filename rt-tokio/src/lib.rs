@@ -42,7 +42,7 @@ impl Runtime for TokioRuntime {
     type Fd = TokioFd;
     type Sleep = tokio::time::Sleep;
 
-    fn register_fd(fd: RawFd) -> io::Result<TokioFd> {
+    unsafe fn register_fd(fd: RawFd) -> io::Result<TokioFd> {
         // AsyncFd::new panics outside a runtime; turn that into an error the user can read.
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             io::Error::other(
@@ -51,7 +51,10 @@ impl Runtime for TokioRuntime {
             )
         })?;
         let _entered = handle.enter();
-        AsyncFd::with_interest(BorrowedRawFd(fd), Interest::READABLE).map(TokioFd)
+        // SAFETY: the caller keeps `fd` open and unchanged until the TokioFd is dropped.
+        unsafe { AsyncFd::register_with_interest(BorrowedRawFd(fd), Interest::READABLE) }
+            .map(TokioFd)
+            .map_err(io::Error::from)
     }
 
     fn sleep(duration: Duration) -> tokio::time::Sleep {

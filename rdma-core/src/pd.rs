@@ -1,0 +1,92 @@
+//! Protection domains: the scope in which memory and queue pairs meet.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use rdma_sys::*;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::mr::{Access, LocalBuf};
+
+/// A protection domain. Memory registered in it can be used only by queue pairs of the same
+/// domain. Cheap to clone; deallocated when the last clone and everything made in it are gone.
+#[derive(Clone)]
+pub struct ProtectionDomain {
+    pub(crate) inner: Arc<PdInner>,
+}
+
+pub(crate) struct PdInner {
+    pub(crate) raw: NonNull<ibv_pd>,
+    pub(crate) ctx: Context,
+}
+
+// SAFETY: libibverbs objects are thread-safe; the pointer stays valid until PdInner drops.
+unsafe impl Send for PdInner {}
+// SAFETY: as above.
+unsafe impl Sync for PdInner {}
+
+impl ProtectionDomain {
+    pub(crate) fn new(ctx: &Context) -> Result<ProtectionDomain> {
+        // SAFETY: the context is open for as long as `ctx` lives, which PdInner keeps.
+        let raw = unsafe { ibv_alloc_pd(ctx.raw()) };
+        let raw = NonNull::new(raw).ok_or_else(|| Error::last_os("ibv_alloc_pd"))?;
+        Ok(ProtectionDomain {
+            inner: Arc::new(PdInner {
+                raw,
+                ctx: ctx.clone(),
+            }),
+        })
+    }
+
+    /// Allocates `len` bytes of zeroed, page-aligned memory and registers it with `access`.
+    ///
+    /// ```no_run
+    /// # fn main() -> anyrdma_core::Result<()> {
+    /// use anyrdma_core::{Access, Context};
+    /// let pd = Context::open_default()?.alloc_pd()?;
+    /// let mut buf = pd.alloc(4096, Access::LOCAL)?;
+    /// buf[..5].copy_from_slice(b"hello");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::MemlockLimit`] when the locked-memory limit is too low;
+    /// [`Error::Verbs`] for other registration failures.
+    pub fn alloc(&self, len: usize, access: Access) -> Result<LocalBuf> {
+        LocalBuf::alloc(self, len, access)
+    }
+
+    /// Takes ownership of `data` and registers it with `access`. The bytes stay where they
+    /// are; get them back with [`LocalBuf::into_vec`] once every piece is home.
+    ///
+    /// # Errors
+    /// As [`ProtectionDomain::alloc`].
+    pub fn register(&self, data: impl Into<Vec<u8>>, access: Access) -> Result<LocalBuf> {
+        LocalBuf::register_vec(self, data.into(), access)
+    }
+
+    /// The device context.
+    pub fn context(&self) -> &Context {
+        &self.inner.ctx
+    }
+
+    pub(crate) fn raw(&self) -> *mut ibv_pd {
+        self.inner.raw.as_ptr()
+    }
+}
+
+impl Drop for PdInner {
+    fn drop(&mut self) {
+        // SAFETY: every MR and QP of this domain holds an Arc to it, so none is left.
+        unsafe { ibv_dealloc_pd(self.raw.as_ptr()) };
+    }
+}
+
+impl std::fmt::Debug for ProtectionDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtectionDomain")
+            .field("context", &self.inner.ctx)
+            .finish()
+    }
+}

@@ -1,0 +1,483 @@
+//! Reliable connected queue pairs: creation, endpoints, and the RESET→INIT→RTR→RTS path.
+
+use std::hash::{BuildHasher, Hasher};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use rdma_sys::*;
+
+use crate::context::{mtu_bytes, mtu_enum};
+use crate::cq::{CompletionQueue, QpStatus};
+use crate::error::{Error, Result};
+use crate::pd::ProtectionDomain;
+use crate::runtime::Runtime;
+
+/// Sizes of a queue pair; each is capped at what the device allows.
+#[derive(Debug, Clone, Copy)]
+pub struct QpOptions {
+    /// Depth of the send queue.
+    pub max_send_wr: u32,
+    /// Depth of the receive queue.
+    pub max_recv_wr: u32,
+    /// Scatter-gather entries per send, write, read or atomic.
+    pub max_send_sge: u32,
+    /// Scatter-gather entries per receive.
+    pub max_recv_sge: u32,
+    /// Sends and writes up to this many bytes are copied into the work request (inline),
+    /// which saves the device a DMA read.
+    pub max_inline: u32,
+}
+
+impl Default for QpOptions {
+    fn default() -> Self {
+        QpOptions {
+            max_send_wr: 256,
+            max_recv_wr: 256,
+            max_send_sge: 4,
+            max_recv_sge: 4,
+            max_inline: 64,
+        }
+    }
+}
+
+/// Transport parameters used by [`QueuePair::connect`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    /// Local ACK timeout, as the verbs exponent: 4.096 µs × 2^timeout (14 ≈ 67 ms).
+    pub timeout: u8,
+    /// Retransmissions before a request fails with `RETRY_EXC_ERR` (at most 7).
+    pub retry_cnt: u8,
+    /// Retries while the peer has no receive posted, before `RNR_RETRY_EXC_ERR` (0-6;
+    /// 7 means retry forever, which can hang a send to a peer that never posts).
+    pub rnr_retry: u8,
+    /// How long a peer waits before retrying a send this side had no receive for, as the
+    /// verbs code (14 = 1.28 ms, 18 = 5.12 ms).
+    pub min_rnr_timer: u8,
+    /// Outstanding RDMA reads and atomics, each way (capped at the device's limit).
+    pub max_rd_atomic: u8,
+    /// Path MTU in bytes; default: the smaller of the two ports' active MTUs.
+    pub mtu: Option<u32>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: 14,
+            retry_cnt: 7,
+            rnr_retry: 6,
+            min_rnr_timer: 14,
+            max_rd_atomic: 16,
+            mtu: None,
+        }
+    }
+}
+
+/// What a peer needs to connect to a queue pair: exchange it out of band (TCP, a file...),
+/// e.g. with [`Endpoint::to_bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Queue pair number.
+    pub qpn: u32,
+    /// Initial packet sequence number (random, 24 bits).
+    pub psn: u32,
+    /// Port GID (RoCE and routed InfiniBand).
+    pub gid: [u8; 16],
+    /// Port LID (InfiniBand).
+    pub lid: u16,
+    /// Active MTU of the port, in bytes.
+    pub mtu: u32,
+}
+
+impl Endpoint {
+    /// Size of [`Endpoint::to_bytes`].
+    pub const ENCODED_LEN: usize = 30;
+
+    /// Fixed-size little-endian encoding.
+    pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0; Self::ENCODED_LEN];
+        out[..4].copy_from_slice(&self.qpn.to_le_bytes());
+        out[4..8].copy_from_slice(&self.psn.to_le_bytes());
+        out[8..24].copy_from_slice(&self.gid);
+        out[24..26].copy_from_slice(&self.lid.to_le_bytes());
+        out[26..30].copy_from_slice(&self.mtu.to_le_bytes());
+        out
+    }
+
+    /// Decodes [`Endpoint::to_bytes`].
+    pub fn from_bytes(bytes: &[u8; Self::ENCODED_LEN]) -> Endpoint {
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let mut gid = [0; 16];
+        gid.copy_from_slice(&bytes[8..24]);
+        Endpoint {
+            qpn: u32_at(0),
+            psn: u32_at(4),
+            gid,
+            lid: u16::from_le_bytes([bytes[24], bytes[25]]),
+            mtu: u32_at(26),
+        }
+    }
+}
+
+/// Where a queue pair is in its life.
+const STATE_INIT: u8 = 0;
+const STATE_RTS: u8 = 2;
+
+/// A reliable connected queue pair driven by runtime `R`.
+///
+/// Cheap to clone. It keeps its protection domain and completion queues alive; the last
+/// clone (and the last pending operation) to go moves it to the error state, destroys it,
+/// and only then releases the buffers its dropped operations left behind.
+///
+/// ```no_run
+/// # fn demo<R: anyrdma_core::Runtime>(peer: anyrdma_core::Endpoint) -> anyrdma_core::Result<()> {
+/// use anyrdma_core::*;
+/// let ctx = Context::open_default()?;
+/// let pd = ctx.alloc_pd()?;
+/// let cq = CompletionQueue::<R>::new(&ctx, CqOptions::default())?;
+/// let qp = QueuePair::new(&pd, &cq, &cq, QpOptions::default())?;
+/// let mine = qp.endpoint(); // send this to the peer, receive `peer`
+/// qp.connect(&peer, ConnectOptions::default())?;
+/// # Ok(()) }
+/// ```
+pub struct QueuePair<R: Runtime> {
+    pub(crate) shared: Arc<QpShared<R>>,
+}
+
+impl<R: Runtime> Clone for QueuePair<R> {
+    fn clone(&self) -> Self {
+        QueuePair {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+pub(crate) struct QpShared<R: Runtime> {
+    raw: NonNull<ibv_qp>,
+    pub(crate) status: Arc<QpStatus>,
+    pub(crate) pd: ProtectionDomain,
+    pub(crate) send_cq: CompletionQueue<R>,
+    pub(crate) recv_cq: CompletionQueue<R>,
+    pub(crate) caps: ibv_qp_cap,
+    state: AtomicU8,
+    psn: u32,
+}
+
+// SAFETY: libibverbs QPs are thread-safe (posting and modifying from any thread); the
+// pointer stays valid until QpShared drops.
+unsafe impl<R: Runtime> Send for QpShared<R> {}
+// SAFETY: as above.
+unsafe impl<R: Runtime> Sync for QpShared<R> {}
+
+impl<R: Runtime> QueuePair<R> {
+    /// Creates a reliable connected queue pair and moves it to INIT, so receives can be
+    /// posted before [`connect`](QueuePair::connect).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the CQs belong to another device; [`Error::Verbs`]
+    /// when the device refuses the sizes.
+    pub fn new(
+        pd: &ProtectionDomain,
+        send_cq: &CompletionQueue<R>,
+        recv_cq: &CompletionQueue<R>,
+        options: QpOptions,
+    ) -> Result<QueuePair<R>> {
+        let ctx = pd.context();
+        for cq in [send_cq, recv_cq] {
+            if cq.shared.ctx.raw() != ctx.raw() {
+                return Err(Error::InvalidArgument(
+                    "the completion queue was created on another device context than the protection domain".into(),
+                ));
+            }
+        }
+        let limits = ctx.limits();
+        let cap = ibv_qp_cap {
+            max_send_wr: options.max_send_wr.clamp(1, limits.max_qp_wr.max(1)),
+            max_recv_wr: options.max_recv_wr.clamp(1, limits.max_qp_wr.max(1)),
+            max_send_sge: options.max_send_sge.clamp(1, limits.max_sge.max(1)),
+            max_recv_sge: options.max_recv_sge.clamp(1, limits.max_sge.max(1)),
+            max_inline_data: options.max_inline,
+        };
+        // SAFETY: ibv_qp_init_attr is plain C data; zero is valid for the fields not set.
+        let mut init: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        init.send_cq = send_cq.shared.raw();
+        init.recv_cq = recv_cq.shared.raw();
+        init.cap = cap;
+        init.qp_type = ibv_qp_type::IBV_QPT_RC;
+        // SAFETY: PD and CQs are valid and outlive the QP (QpShared holds them).
+        let raw = unsafe { ibv_create_qp(pd.raw(), &mut init) };
+        let raw = NonNull::new(raw).ok_or_else(|| {
+            Error::last_os("ibv_create_qp")
+                .with_hint("the requested queue depths, SGE counts or inline size may exceed the device's limits")
+        })?;
+        // SAFETY: `raw` is the QP just created.
+        let qpn = unsafe { (*raw.as_ptr()).qp_num };
+        let shared = QpShared {
+            raw,
+            status: Arc::new(QpStatus {
+                qpn,
+                failure: std::sync::OnceLock::new(),
+                sq_used: AtomicU32::new(0),
+                rq_used: AtomicU32::new(0),
+            }),
+            pd: pd.clone(),
+            send_cq: send_cq.clone(),
+            recv_cq: recv_cq.clone(),
+            // ibv_create_qp writes back the capabilities actually granted.
+            caps: init.cap,
+            state: AtomicU8::new(STATE_INIT),
+            psn: random_psn(qpn),
+        };
+        // SAFETY: ibv_qp_attr is plain C data.
+        let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        attr.qp_state = ibv_qp_state::IBV_QPS_INIT;
+        attr.pkey_index = 0;
+        attr.port_num = ctx.port();
+        attr.qp_access_flags = (ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+            | ibv_access_flags::IBV_ACCESS_REMOTE_READ
+            | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE
+            | ibv_access_flags::IBV_ACCESS_REMOTE_ATOMIC)
+            .0;
+        use ibv_qp_attr_mask as M;
+        shared.modify(
+            &mut attr,
+            M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS,
+            "INIT",
+        )?;
+        Ok(QueuePair {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// This queue pair's address, for the peer's [`connect`](QueuePair::connect).
+    pub fn endpoint(&self) -> Endpoint {
+        let ctx = &self.shared.pd.context().inner;
+        Endpoint {
+            qpn: self.qpn(),
+            psn: self.shared.psn,
+            gid: ctx.gid,
+            lid: ctx.lid,
+            mtu: mtu_bytes(ctx.active_mtu),
+        }
+    }
+
+    /// Connects to the peer's queue pair `remote` (INIT→RTR→RTS). The peer connects to
+    /// this side's [`endpoint`](QueuePair::endpoint) the same way.
+    ///
+    /// # Errors
+    /// [`Error::Verbs`] with the failing transition when the device refuses the attributes
+    /// (e.g. an unreachable GID).
+    pub fn connect(&self, remote: &Endpoint, options: ConnectOptions) -> Result<()> {
+        let ctx = self.shared.pd.context();
+        let limits = ctx.limits();
+        let local_mtu = ctx.mtu();
+        let mtu = options
+            .mtu
+            .unwrap_or(local_mtu)
+            .min(local_mtu)
+            .min(remote.mtu.max(256));
+        let rd_atomic_in =
+            u32::from(options.max_rd_atomic).clamp(1, limits.max_qp_rd_atom.max(1)) as u8;
+        let rd_atomic_out =
+            u32::from(options.max_rd_atomic).clamp(1, limits.max_qp_init_rd_atom.max(1)) as u8;
+        use ibv_qp_attr_mask as M;
+
+        // SAFETY: ibv_qp_attr is plain C data.
+        let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        attr.qp_state = ibv_qp_state::IBV_QPS_RTR;
+        attr.path_mtu = mtu_enum(mtu);
+        attr.dest_qp_num = remote.qpn;
+        attr.rq_psn = remote.psn;
+        attr.max_dest_rd_atomic = rd_atomic_in;
+        attr.min_rnr_timer = options.min_rnr_timer;
+        attr.ah_attr.dlid = remote.lid;
+        attr.ah_attr.port_num = ctx.port();
+        if remote.gid != [0; 16] {
+            attr.ah_attr.is_global = 1;
+            attr.ah_attr.grh.dgid = ibv_gid { raw: remote.gid };
+            attr.ah_attr.grh.sgid_index = ctx.gid_index();
+            attr.ah_attr.grh.hop_limit = 64;
+        }
+        self.shared.modify(
+            &mut attr,
+            M::IBV_QP_STATE
+                | M::IBV_QP_AV
+                | M::IBV_QP_PATH_MTU
+                | M::IBV_QP_DEST_QPN
+                | M::IBV_QP_RQ_PSN
+                | M::IBV_QP_MAX_DEST_RD_ATOMIC
+                | M::IBV_QP_MIN_RNR_TIMER,
+            "RTR",
+        )?;
+
+        // SAFETY: ibv_qp_attr is plain C data.
+        let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        attr.qp_state = ibv_qp_state::IBV_QPS_RTS;
+        attr.timeout = options.timeout;
+        attr.retry_cnt = options.retry_cnt.min(7);
+        attr.rnr_retry = options.rnr_retry.min(7);
+        attr.sq_psn = self.shared.psn;
+        attr.max_rd_atomic = rd_atomic_out;
+        self.shared.modify(
+            &mut attr,
+            M::IBV_QP_STATE
+                | M::IBV_QP_TIMEOUT
+                | M::IBV_QP_RETRY_CNT
+                | M::IBV_QP_RNR_RETRY
+                | M::IBV_QP_SQ_PSN
+                | M::IBV_QP_MAX_QP_RD_ATOMIC,
+            "RTS",
+        )?;
+        self.shared.state.store(STATE_RTS, Ordering::Release);
+        Ok(())
+    }
+
+    /// The queue pair number.
+    pub fn qpn(&self) -> u32 {
+        self.shared.status.qpn
+    }
+
+    /// The largest send or write that goes inline.
+    pub fn max_inline(&self) -> u32 {
+        self.shared.caps.max_inline_data
+    }
+
+    /// The capabilities the device granted (queue depths, SGEs, inline size).
+    pub fn caps(&self) -> QpOptions {
+        let c = self.shared.caps;
+        QpOptions {
+            max_send_wr: c.max_send_wr,
+            max_recv_wr: c.max_recv_wr,
+            max_send_sge: c.max_send_sge,
+            max_recv_sge: c.max_recv_sge,
+            max_inline: c.max_inline_data,
+        }
+    }
+
+    /// The failure that put the queue pair in the error state, if it is there.
+    pub fn failure(&self) -> Option<Arc<Error>> {
+        self.shared.status.failure.get().cloned()
+    }
+
+    /// The protection domain.
+    pub fn pd(&self) -> &ProtectionDomain {
+        &self.shared.pd
+    }
+
+    /// Moves the queue pair to the error state: every pending operation completes with a
+    /// flush error, and new ones fail at once.
+    ///
+    /// # Errors
+    /// [`Error::Verbs`] when the device refuses the transition.
+    pub fn shutdown(&self) -> Result<()> {
+        let _ = self
+            .shared
+            .status
+            .failure
+            .set(Arc::new(Error::InvalidArgument(
+                "the queue pair was shut down by the application".into(),
+            )));
+        self.shared.to_error()
+    }
+}
+
+impl<R: Runtime> QpShared<R> {
+    pub(crate) fn raw(&self) -> *mut ibv_qp {
+        self.raw.as_ptr()
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.state.load(Ordering::Acquire) == STATE_RTS
+    }
+
+    fn modify(
+        &self,
+        attr: &mut ibv_qp_attr,
+        mask: ibv_qp_attr_mask,
+        to: &'static str,
+    ) -> Result<()> {
+        // SAFETY: the QP is valid; `attr` is a valid attribute block for `mask`.
+        let rc = unsafe { ibv_modify_qp(self.raw(), attr, mask.0 as i32) };
+        if rc != 0 {
+            let hint = match to {
+                "INIT" => "check the port number and that the port is active",
+                "RTR" => "check the peer's endpoint: GID reachable from this port, QP number, MTU",
+                "RTS" => {
+                    "check timeout, retry counts and max_rd_atomic against the device's limits"
+                }
+                _ => "the device refused the state change",
+            };
+            return Err(Error::Verbs {
+                call: "ibv_modify_qp",
+                source: std::io::Error::from_raw_os_error(rc),
+                hint: Some(hint),
+            });
+        }
+        Ok(())
+    }
+
+    fn to_error(&self) -> Result<()> {
+        // SAFETY: ibv_qp_attr is plain C data.
+        let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        attr.qp_state = ibv_qp_state::IBV_QPS_ERR;
+        self.modify(&mut attr, ibv_qp_attr_mask::IBV_QP_STATE, "ERR")
+    }
+}
+
+impl<R: Runtime> Drop for QpShared<R> {
+    fn drop(&mut self) {
+        let busy = self.status.sq_used.load(Ordering::Acquire)
+            + self.status.rq_used.load(Ordering::Acquire)
+            > 0;
+        if busy {
+            // Stop the device working on the dropped operations before destroying.
+            let _ = self.to_error();
+        }
+        // SAFETY: no clone and no pending future is left (both hold this Arc); destroyed once.
+        let rc = unsafe { ibv_destroy_qp(self.raw()) };
+        if rc != 0 {
+            // The device may still use the buffers of dropped operations: keep them (a leak
+            // is safe; freeing memory the NIC may write is not).
+            return;
+        }
+        // Destroyed: the device touches none of its buffers any more.
+        self.send_cq.shared.release_qp(self.status.qpn);
+        if !Arc::ptr_eq(&self.send_cq.shared, &self.recv_cq.shared) {
+            self.recv_cq.shared.release_qp(self.status.qpn);
+        }
+    }
+}
+
+/// A random 24-bit initial PSN, as the transport expects.
+fn random_psn(qpn: u32) -> u32 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(qpn);
+    if let Ok(elapsed) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(elapsed.as_nanos());
+    }
+    (hasher.finish() & 0x00ff_ffff) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_round_trips() {
+        let e = Endpoint {
+            qpn: 0x11,
+            psn: 0xabcdef,
+            gid: [7; 16],
+            lid: 3,
+            mtu: 4096,
+        };
+        assert_eq!(Endpoint::from_bytes(&e.to_bytes()), e);
+    }
+
+    #[test]
+    fn psn_is_24_bits() {
+        for qpn in 0..100 {
+            assert!(random_psn(qpn) < (1 << 24));
+        }
+    }
+}
