@@ -3,6 +3,15 @@
 use crate::DefaultRuntime;
 use std::time::Duration;
 
+/// A completion queue driven by the [`DefaultRuntime`].
+pub type CompletionQueue = anyrdma_core::CompletionQueue<DefaultRuntime>;
+/// A queue pair driven by the [`DefaultRuntime`].
+pub type QueuePair = anyrdma_core::QueuePair<DefaultRuntime>;
+/// An operation in flight on the [`DefaultRuntime`].
+pub type Op<B, O> = anyrdma_core::Op<DefaultRuntime, B, O>;
+/// A batch of work requests on the [`DefaultRuntime`].
+pub type Batch = anyrdma_core::Batch<DefaultRuntime>;
+
 /// [`anyrdma_core::timeout`] on the [`DefaultRuntime`].
 ///
 /// # Errors

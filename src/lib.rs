@@ -11,8 +11,8 @@
 //! anyrdma = { version = "0.1", features = ["tokio"] }   # or "async-std", or "smol"
 //! ```
 //!
-//! That gives [`DefaultRuntime`] and the non-generic aliases of this crate's root
-//! (for example `anyrdma::CompletionQueue`). With no runtime feature the build stops with
+//! That gives [`DefaultRuntime`] and non-generic names at this crate's root
+//! (`anyrdma::CompletionQueue`, `anyrdma::QueuePair`, `anyrdma::timeout`, ...). With no runtime feature the build stops with
 //! an error that says which line to add. Enabling several (as `--all-features` does) builds
 //! too; then the aliases are absent and code names the runtime type, e.g.
 //! `anyrdma::core::CompletionQueue<anyrdma::TokioRuntime>`.
@@ -43,9 +43,18 @@
 //! }
 //! ```
 
-/// The executor-neutral core, re-exported whole for code that names the runtime itself.
+/// The executor-neutral core, re-exported whole: its runtime-generic types
+/// (`core::QueuePair<R>`, `core::CompletionQueue<R>`, ...) are here.
 pub use anyrdma_core as core;
-pub use anyrdma_core::*;
+pub use anyrdma_core::{device, error, runtime};
+// Everything that does not depend on the runtime, at the root.
+pub use anyrdma_core::{
+    default_port, devices, registered_regions, Access, Atomic, Buffers, ConnectOptions, Context,
+    CqOptions, DeviceInfo, DeviceLimits, DeviceSpec, Done, Elapsed, Endpoint, Error, Gid, GidEntry,
+    GidType, LinkLayer, LocalBuf, MemoryRegion, Outcome, PollMode, PortInfo, PortSelection,
+    PortState, ProtectionDomain, QpOptions, ReadinessFd, Received, Recv, RemoteRegion, Result,
+    Runtime, WcStatus, WorkKind, DEVICE_ENV, MAX_SGE,
+};
 
 #[cfg(feature = "async-std")]
 pub use anyrdma_async_std::AsyncStdRuntime;

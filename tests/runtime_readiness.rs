@@ -92,7 +92,7 @@ async fn readiness_is_edge_safe<R: TestRuntime>() {
     Pipe::write_byte(pipe.write, 1);
     Pipe::write_byte(pipe.write, 2);
     for expected in [1, 2] {
-        let byte = anyrdma::timeout::<R, _>(
+        let byte = anyrdma::core::timeout::<R, _>(
             Duration::from_secs(5),
             poll_fn(|cx| watched.poll_read_with(cx, || Pipe::read_byte(pipe.read))),
         )
@@ -161,10 +161,10 @@ async fn timers_fire_and_timeouts_elapse<R: TestRuntime>() {
     );
 
     let never = std::future::pending::<()>();
-    let result = anyrdma::timeout::<R, _>(Duration::from_millis(20), never).await;
+    let result = anyrdma::core::timeout::<R, _>(Duration::from_millis(20), never).await;
     assert_eq!(result, Err(anyrdma::Elapsed(Duration::from_millis(20))));
 
-    let quick = anyrdma::timeout::<R, _>(Duration::from_secs(5), async { 7 }).await;
+    let quick = anyrdma::core::timeout::<R, _>(Duration::from_secs(5), async { 7 }).await;
     assert_eq!(quick, Ok(7));
 }
 

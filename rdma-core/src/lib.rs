@@ -30,7 +30,7 @@ pub use device::{
     PortSelection, PortState, DEVICE_ENV,
 };
 pub use error::{Error, Result};
-pub use mr::{Access, LocalBuf, MemoryRegion};
+pub use mr::{registered_regions, Access, LocalBuf, MemoryRegion};
 pub use ops::{Atomic, Batch, Buffers, Done, Op, Outcome, Received, Recv, MAX_SGE};
 pub use pd::ProtectionDomain;
 pub use qp::{ConnectOptions, Endpoint, QpOptions, QueuePair};

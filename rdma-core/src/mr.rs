@@ -9,6 +9,7 @@
 use std::alloc::{self, Layout};
 use std::ops::{BitOr, Deref, DerefMut};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rdma_sys::*;
@@ -157,6 +158,15 @@ impl std::fmt::Debug for MemoryRegion {
     }
 }
 
+/// Registrations alive in this process.
+static LIVE_REGIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many memory registrations made by anyrdma are alive in this process: a leak check
+/// (a registration lives until its last [`LocalBuf`] is dropped and the NIC is done with it).
+pub fn registered_regions() -> usize {
+    LIVE_REGIONS.load(Ordering::Acquire)
+}
+
 impl MrInner {
     /// Registers `len` bytes at `ptr`, taking ownership of their `storage`. On failure the
     /// storage is freed.
@@ -179,6 +189,7 @@ impl MrInner {
         };
         // SAFETY: `raw` is a valid registration returned just now.
         let (lkey, rkey) = unsafe { ((*raw.as_ptr()).lkey, (*raw.as_ptr()).rkey) };
+        LIVE_REGIONS.fetch_add(1, Ordering::AcqRel);
         Ok(MrInner {
             raw,
             ptr,
@@ -198,6 +209,7 @@ impl Drop for MrInner {
         // each holds an Arc<MrInner>. Deregister first, then free the bytes.
         unsafe { ibv_dereg_mr(self.raw.as_ptr()) };
         free_storage(self.ptr, self.len, &self.storage);
+        LIVE_REGIONS.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

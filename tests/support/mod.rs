@@ -121,3 +121,78 @@ macro_rules! runtime_tests {
         }
     };
 }
+
+/// Two reliable connected queue pairs on one device, each with its own CQ, connected to
+/// each other: the out-of-band loopback every device test starts from.
+pub struct Pair<R: anyrdma::Runtime> {
+    pub ctx: anyrdma::Context,
+    pub pd: anyrdma::ProtectionDomain,
+    pub a: anyrdma::core::QueuePair<R>,
+    pub b: anyrdma::core::QueuePair<R>,
+    pub cq_a: anyrdma::core::CompletionQueue<R>,
+    pub cq_b: anyrdma::core::CompletionQueue<R>,
+}
+
+impl<R: anyrdma::Runtime> Pair<R> {
+    pub fn new() -> Pair<R> {
+        Self::with(
+            anyrdma::CqOptions::default(),
+            anyrdma::QpOptions::default(),
+            anyrdma::ConnectOptions::default(),
+        )
+    }
+
+    pub fn with(
+        cq: anyrdma::CqOptions,
+        qp: anyrdma::QpOptions,
+        connect: anyrdma::ConnectOptions,
+    ) -> Pair<R> {
+        let ctx = anyrdma::Context::open_default().expect("open the default RDMA device");
+        let pd = ctx.alloc_pd().expect("alloc PD");
+        let cq_a = anyrdma::core::CompletionQueue::<R>::new(&ctx, cq).expect("create CQ a");
+        let cq_b = anyrdma::core::CompletionQueue::<R>::new(&ctx, cq).expect("create CQ b");
+        let a = anyrdma::core::QueuePair::new(&pd, &cq_a, &cq_a, qp).expect("create QP a");
+        let b = anyrdma::core::QueuePair::new(&pd, &cq_b, &cq_b, qp).expect("create QP b");
+        a.connect(&b.endpoint(), connect).expect("connect a to b");
+        b.connect(&a.endpoint(), connect).expect("connect b to a");
+        Pair {
+            ctx,
+            pd,
+            a,
+            b,
+            cq_a,
+            cq_b,
+        }
+    }
+
+    /// A local buffer of `len` bytes filled with a pattern seeded by `seed`.
+    pub fn patterned(&self, len: usize, seed: u8) -> anyrdma::LocalBuf {
+        let mut buf = self.pd.alloc(len, anyrdma::Access::LOCAL).expect("alloc");
+        fill(&mut buf, seed);
+        buf
+    }
+}
+
+/// Fills `bytes` with a pattern that differs per position and per `seed`.
+pub fn fill(bytes: &mut [u8], seed: u8) {
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8);
+    }
+}
+
+/// Whether `bytes` hold the pattern of `fill(.., seed)`.
+pub fn holds_pattern(bytes: &[u8], seed: u8) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8))
+}
+
+/// Runs `future`, failing the test if it takes longer than `secs`: a device test must
+/// never hang.
+pub async fn within<R: anyrdma::Runtime, F: Future>(secs: u64, what: &str, future: F) -> F::Output {
+    match anyrdma::core::timeout::<R, _>(std::time::Duration::from_secs(secs), future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what}: no result within {secs} s"),
+    }
+}

@@ -1,0 +1,379 @@
+//! Every data operation moves the right bytes on a real device, on every runtime.
+
+mod support;
+
+use anyrdma::{Access, LocalBuf, Received, RemoteRegion};
+use support::{holds_pattern, within, Pair, TestRuntime};
+
+/// Sizes every transfer test covers: empty, one byte, a page, one MiB, and just over one
+/// MTU (computed per device).
+fn sizes(mtu: usize) -> Vec<usize> {
+    vec![0, 1, 4096, 1 << 20, mtu + 1]
+}
+
+/// A remote-accessible region on side b, and its description.
+fn exposed<R: anyrdma::Runtime>(
+    pair: &Pair<R>,
+    len: usize,
+    access: Access,
+) -> (LocalBuf, RemoteRegion) {
+    let buf = pair.pd.alloc(len, access).expect("alloc exposed region");
+    let remote = buf.region().remote().expect("remote description");
+    (buf, remote)
+}
+
+async fn send_recv_moves_every_size<R: TestRuntime>() {
+    if !support::device_present("send_recv_moves_every_size") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    for (i, len) in sizes(pair.ctx.mtu() as usize).into_iter().enumerate() {
+        let seed = i as u8 + 1;
+        let recv = pair
+            .b
+            .recv(pair.pd.alloc(len.max(1), Access::LOCAL).unwrap());
+        let (sent, _) = within::<R, _>(20, "send", pair.a.send(pair.patterned(len, seed))).await;
+        sent.unwrap_or_else(|e| panic!("{}: send of {len} bytes: {e}", R::NAME));
+        let (got, buf) = within::<R, _>(20, "recv", recv).await;
+        let got = got.unwrap_or_else(|e| panic!("{}: recv of {len} bytes: {e}", R::NAME));
+        assert_eq!(got, Received { len, imm: None }, "{}: {len} bytes", R::NAME);
+        assert!(
+            holds_pattern(&buf[..len], seed),
+            "{}: {len} bytes arrived corrupted",
+            R::NAME
+        );
+    }
+}
+
+async fn immediates_arrive<R: TestRuntime>() {
+    if !support::device_present("immediates_arrive") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    // Send with immediate.
+    let recv = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
+    let (sent, _) = within::<R, _>(
+        20,
+        "send_with_imm",
+        pair.a.send_with_imm(pair.patterned(10, 3), 0xdead_beef),
+    )
+    .await;
+    sent.expect("send with imm");
+    let (got, buf) = within::<R, _>(20, "recv", recv).await;
+    assert_eq!(
+        got.expect("recv"),
+        Received {
+            len: 10,
+            imm: Some(0xdead_beef)
+        }
+    );
+    assert!(holds_pattern(&buf[..10], 3));
+    // An immediate of zero is still an immediate (the flag says so, not the value).
+    let recv = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
+    let (sent, _) = within::<R, _>(
+        20,
+        "send_with_imm 0",
+        pair.a.send_with_imm(pair.patterned(1, 4), 0),
+    )
+    .await;
+    sent.expect("send with imm 0");
+    assert_eq!(
+        within::<R, _>(20, "recv", recv).await.0.expect("recv"),
+        Received {
+            len: 1,
+            imm: Some(0)
+        }
+    );
+    // Write with immediate: data lands in the region, the immediate in a receive.
+    let (region, remote) = exposed(&pair, 8192, Access::REMOTE_WRITE);
+    let recv = pair.b.recv(pair.pd.alloc(1, Access::LOCAL).unwrap());
+    let (wrote, _) = within::<R, _>(
+        20,
+        "write_with_imm",
+        pair.a.write_with_imm(pair.patterned(5000, 9), remote, 77),
+    )
+    .await;
+    wrote.expect("write with imm");
+    let (got, _) = within::<R, _>(20, "recv of write imm", recv).await;
+    assert_eq!(got.expect("recv").imm, Some(77));
+    assert!(
+        holds_pattern(&region[..5000], 9),
+        "{}: written bytes corrupted",
+        R::NAME
+    );
+}
+
+async fn write_and_read_move_every_size<R: TestRuntime>() {
+    if !support::device_present("write_and_read_move_every_size") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    let (region, remote) = exposed(
+        &pair,
+        (1 << 20) + 8192,
+        Access::REMOTE_READ | Access::REMOTE_WRITE,
+    );
+    for (i, len) in sizes(pair.ctx.mtu() as usize).into_iter().enumerate() {
+        let seed = 40 + i as u8;
+        let (wrote, _) =
+            within::<R, _>(20, "write", pair.a.write(pair.patterned(len, seed), remote)).await;
+        wrote.unwrap_or_else(|e| panic!("{}: write of {len}: {e}", R::NAME));
+        assert!(
+            holds_pattern(&region[..len], seed),
+            "{}: write of {len} corrupted",
+            R::NAME
+        );
+        let (read, back) = within::<R, _>(
+            20,
+            "read",
+            pair.a
+                .read(pair.pd.alloc(len, Access::LOCAL).unwrap(), remote),
+        )
+        .await;
+        read.unwrap_or_else(|e| panic!("{}: read of {len}: {e}", R::NAME));
+        assert!(
+            holds_pattern(&back, seed),
+            "{}: read of {len} corrupted",
+            R::NAME
+        );
+    }
+    // A write into the middle of the region through a checked sub-slice.
+    let middle = remote.slice(100..200).unwrap();
+    let (wrote, _) = within::<R, _>(
+        20,
+        "write middle",
+        pair.a.write(pair.patterned(100, 99), middle),
+    )
+    .await;
+    wrote.expect("write into a slice");
+    assert!(holds_pattern(&region[100..200], 99));
+    drop(region);
+}
+
+async fn scatter_gather_lists<R: TestRuntime>() {
+    if !support::device_present("scatter_gather_lists") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    // Gather three pieces into one message, scatter it into two.
+    let mut whole = pair.patterned(3000, 5);
+    let mut rest = whole.split_off(1000);
+    let last = rest.split_off(1500);
+    let recv_bufs = vec![
+        pair.pd.alloc(2000, Access::LOCAL).unwrap(),
+        pair.pd.alloc(2000, Access::LOCAL).unwrap(),
+    ];
+    let recv = pair.b.recv(recv_bufs);
+    let (sent, pieces) = within::<R, _>(20, "gather send", pair.a.send([whole, rest, last])).await;
+    sent.expect("gathered send");
+    let (got, bufs) = within::<R, _>(20, "scatter recv", recv).await;
+    assert_eq!(got.expect("scattered recv").len, 3000);
+    let mut joined = bufs[0].to_vec();
+    joined.extend_from_slice(&bufs[1][..1000]);
+    assert!(
+        holds_pattern(&joined, 5),
+        "{}: scatter-gather reordered or corrupted bytes",
+        R::NAME
+    );
+    // The pieces join back into the original buffer.
+    let [mut a, b, c] = pieces;
+    a.unsplit(b).unwrap();
+    a.unsplit(c).unwrap();
+    assert!(holds_pattern(&a, 5));
+    // An RDMA read scattered into two local pieces.
+    let (mut region, remote) = exposed(&pair, 4096, Access::REMOTE_READ);
+    support::fill(&mut region, 6);
+    let mut first = pair.pd.alloc(4096, Access::LOCAL).unwrap();
+    let second = first.split_off(1024);
+    let (read, mut back) = within::<R, _>(
+        20,
+        "scattered read",
+        pair.a.read(vec![first, second], remote),
+    )
+    .await;
+    read.expect("scattered read");
+    let second = back.pop().unwrap();
+    let mut first = back.pop().unwrap();
+    first.unsplit(second).unwrap();
+    assert!(
+        holds_pattern(&first, 6),
+        "{}: scattered read corrupted",
+        R::NAME
+    );
+}
+
+async fn inline_and_batched_sends<R: TestRuntime>() {
+    if !support::device_present("inline_and_batched_sends") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    let inline = pair.a.max_inline() as usize;
+    assert!(inline > 0, "{}: the device granted no inline data", R::NAME);
+    let recv = pair.b.recv(pair.pd.alloc(inline, Access::LOCAL).unwrap());
+    let (sent, _) =
+        within::<R, _>(20, "inline send", pair.a.send(pair.patterned(inline, 11))).await;
+    sent.expect("inline send");
+    let (got, buf) = within::<R, _>(20, "recv", recv).await;
+    assert_eq!(got.unwrap().len, inline);
+    assert!(holds_pattern(&buf[..inline], 11));
+
+    // A batch: eight writes and a send with one doorbell and one completion.
+    let (region, remote) = exposed(&pair, 8 * 512, Access::REMOTE_WRITE);
+    let recv = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
+    let mut batch = pair.a.batch();
+    for i in 0..8u64 {
+        batch = batch.write(
+            pair.patterned(512, 20 + i as u8),
+            remote.slice(i * 512..(i + 1) * 512).unwrap(),
+        );
+    }
+    let batch = batch.send_with_imm(pair.patterned(8, 1), 8);
+    assert_eq!(batch.len(), 9);
+    let (result, bufs) = within::<R, _>(20, "batch", batch.submit()).await;
+    result.expect("batch");
+    assert_eq!(bufs.len(), 9, "every buffer comes back");
+    assert_eq!(
+        within::<R, _>(20, "recv", recv).await.0.unwrap().imm,
+        Some(8)
+    );
+    for i in 0..8 {
+        assert!(
+            holds_pattern(&region[i * 512..(i + 1) * 512], 20 + i as u8),
+            "{}: batch write {i}",
+            R::NAME
+        );
+    }
+    assert_eq!(pair.cq_a.in_flight(), 0);
+}
+
+async fn atomics_count_exactly<R: TestRuntime>() {
+    if !support::device_present("atomics_count_exactly") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    let (mut counter, remote) = exposed(&pair, 8, Access::REMOTE_ATOMIC);
+    counter.copy_from_slice(&5u64.to_ne_bytes());
+    // Compare-and-swap: succeeds when the value matches, fails (returning it) otherwise.
+    let (old, buf) = within::<R, _>(
+        20,
+        "cas",
+        pair.a
+            .compare_and_swap(pair.pd.alloc(8, Access::LOCAL).unwrap(), remote, 5, 100),
+    )
+    .await;
+    assert_eq!(old.expect("cas"), 5);
+    let (old, _) = within::<R, _>(20, "cas miss", pair.a.compare_and_swap(buf, remote, 5, 7)).await;
+    assert_eq!(
+        old.expect("cas miss"),
+        100,
+        "a failed CAS returns the current value"
+    );
+    assert_eq!(u64::from_ne_bytes(counter[..].try_into().unwrap()), 100);
+
+    // 64 tasks doing fetch-and-add on one word give the exact total.
+    const TASKS: u64 = 64;
+    const ADDS: u64 = 20;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let qp = pair.a.clone();
+        let mut buf = pair.pd.alloc(8, Access::LOCAL).unwrap();
+        tasks.push(R::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..ADDS {
+                let (old, back) = qp.fetch_and_add(buf, remote, t + 1).await;
+                seen.push(old.expect("fetch_and_add"));
+                buf = back;
+            }
+            seen
+        }));
+    }
+    let mut olds = Vec::new();
+    for task in tasks {
+        olds.extend(within::<R, _>(60, "fetch_and_add task", task).await);
+    }
+    let expected: u64 = 100 + ADDS * (1..=TASKS).sum::<u64>();
+    assert_eq!(
+        u64::from_ne_bytes(counter[..].try_into().unwrap()),
+        expected,
+        "{}: lost or doubled adds",
+        R::NAME
+    );
+    olds.sort_unstable();
+    olds.dedup();
+    assert_eq!(
+        olds.len() as u64,
+        TASKS * ADDS,
+        "{}: every add saw a distinct previous value",
+        R::NAME
+    );
+}
+
+async fn remote_regions_are_checked_before_posting<R: TestRuntime>() {
+    if !support::device_present("remote_regions_are_checked_before_posting") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    let (_region, remote) = exposed(
+        &pair,
+        4096,
+        Access::REMOTE_READ | Access::REMOTE_WRITE | Access::REMOTE_ATOMIC,
+    );
+    let (result, buf) = pair.a.write(pair.patterned(4097, 1), remote).await;
+    assert!(
+        matches!(result, Err(anyrdma::Error::OutOfBounds { len: 4097, .. })),
+        "{}: {result:?}",
+        R::NAME
+    );
+    assert_eq!(buf.len(), 4097, "the buffer comes back");
+    let (result, _) = pair
+        .a
+        .read(
+            pair.pd.alloc(10, Access::LOCAL).unwrap(),
+            remote.slice(4090..).unwrap(),
+        )
+        .await;
+    assert!(matches!(result, Err(anyrdma::Error::OutOfBounds { .. })));
+    let (result, _) = pair
+        .a
+        .fetch_and_add(
+            pair.pd.alloc(8, Access::LOCAL).unwrap(),
+            remote.slice(4..).unwrap(),
+            1,
+        )
+        .await;
+    assert!(
+        matches!(result, Err(anyrdma::Error::Misaligned { .. })),
+        "{result:?}"
+    );
+    let (result, _) = pair
+        .a
+        .fetch_and_add(pair.pd.alloc(16, Access::LOCAL).unwrap(), remote, 1)
+        .await;
+    assert!(
+        matches!(result, Err(anyrdma::Error::Misaligned { .. })),
+        "a 16-byte atomic buffer: {result:?}"
+    );
+    assert_eq!(pair.cq_a.in_flight(), 0, "nothing was posted");
+    assert!(
+        pair.a.failure().is_none(),
+        "the queue pair is still healthy"
+    );
+    // And it still works.
+    let (result, _) = within::<R, _>(
+        20,
+        "valid write",
+        pair.a.write(pair.patterned(4096, 2), remote),
+    )
+    .await;
+    result.expect("valid write after rejected ones");
+}
+
+runtime_tests!(
+    send_recv_moves_every_size,
+    immediates_arrive,
+    write_and_read_move_every_size,
+    scatter_gather_lists,
+    inline_and_batched_sends,
+    atomics_count_exactly,
+    remote_regions_are_checked_before_posting,
+);
