@@ -1,0 +1,272 @@
+//! Bad input and failures give the right typed error, promptly, and lose nothing.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyrdma::{Access, ConnectOptions, CqOptions, Error, QpOptions, RemoteRegion, WcStatus};
+use support::{within, Pair, TestRuntime};
+
+async fn wrong_rkey_is_a_remote_access_error<R: TestRuntime>() {
+    if !support::device_present("wrong_rkey_is_a_remote_access_error") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    let region = pair.pd.alloc(4096, Access::REMOTE_WRITE).unwrap();
+    let good = region.region().remote().unwrap();
+    let forged = RemoteRegion {
+        rkey: good.rkey ^ 0x5a5a_0000,
+        ..good
+    };
+    let (result, buf) = within::<R, _>(
+        20,
+        "write with a wrong rkey",
+        pair.a.write(pair.patterned(64, 1), forged),
+    )
+    .await;
+    let err = result.expect_err("a wrong rkey must fail");
+    assert_eq!(
+        err.wc_status(),
+        Some(WcStatus::REM_ACCESS_ERR),
+        "{}: {err}",
+        R::NAME
+    );
+    assert!(
+        matches!(&err, Error::WorkCompletion { remote: Some(r), .. } if *r == forged),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("remote access") && text.contains(&format!("{:#x}", forged.rkey)),
+        "message: {text}"
+    );
+    assert_eq!(buf.len(), 64, "the buffer comes back");
+    assert!(pair.a.failure().is_some(), "the queue pair is now in error");
+}
+
+async fn queue_pair_error_fails_everything_fast<R: TestRuntime>() {
+    if !support::device_present("queue_pair_error_fails_everything_fast") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    // Receives pending on a when a fails.
+    let pending: Vec<_> = (0..16)
+        .map(|_| pair.a.recv(pair.pd.alloc(256, Access::LOCAL).unwrap()))
+        .collect();
+    let forged = RemoteRegion {
+        addr: 4096,
+        len: 4096,
+        rkey: 0xdead,
+    };
+    let (result, _) = within::<R, _>(
+        20,
+        "failing write",
+        pair.a.write(pair.patterned(8, 1), forged),
+    )
+    .await;
+    assert_eq!(
+        result.unwrap_err().wc_status(),
+        Some(WcStatus::REM_ACCESS_ERR)
+    );
+    let started = Instant::now();
+    for op in pending {
+        let (result, buf) = within::<R, _>(10, "flushed receive", op).await;
+        let err = result.expect_err("a receive of a failed queue pair is flushed");
+        assert!(
+            matches!(&err, Error::Flushed { cause: Some(_), .. }),
+            "{}: {err:?}",
+            R::NAME
+        );
+        assert_eq!(
+            err.root_cause().wc_status(),
+            Some(WcStatus::REM_ACCESS_ERR),
+            "the flush names the original failure"
+        );
+        assert_eq!(buf.len(), 256);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "flushes took {:?}",
+        started.elapsed()
+    );
+    // New work fails at once, with the cause, and nothing is posted.
+    let (result, _) = pair.a.send(pair.patterned(8, 2)).await;
+    let err = result.expect_err("posting on a failed queue pair");
+    assert!(matches!(&err, Error::QpInError { .. }), "{err:?}");
+    assert_eq!(err.root_cause().wc_status(), Some(WcStatus::REM_ACCESS_ERR));
+    assert_eq!(pair.cq_a.in_flight(), 0, "nothing left in flight");
+}
+
+async fn send_without_receive_is_rnr_error<R: TestRuntime>() {
+    if !support::device_present("send_without_receive_is_rnr_error") {
+        return;
+    }
+    // rnr_retry 2 with a 1.28 ms timer: the error must come within a few ms of device time.
+    let connect = ConnectOptions {
+        rnr_retry: 2,
+        min_rnr_timer: 14,
+        ..ConnectOptions::default()
+    };
+    let pair = Pair::<R>::with(CqOptions::default(), QpOptions::default(), connect);
+    let started = Instant::now();
+    let (result, _) = within::<R, _>(
+        20,
+        "send to a peer with no receive",
+        pair.a.send(pair.patterned(32, 1)),
+    )
+    .await;
+    let err = result.expect_err("no receive posted");
+    assert_eq!(
+        err.wc_status(),
+        Some(WcStatus::RNR_RETRY_EXC_ERR),
+        "{}: {err}",
+        R::NAME
+    );
+    assert!(
+        err.to_string().contains("no receive posted"),
+        "message: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "RNR error took {:?}",
+        started.elapsed()
+    );
+}
+
+async fn full_queues_and_unconnected_pairs_are_typed_errors<R: TestRuntime>() {
+    if !support::device_present("full_queues_and_unconnected_pairs_are_typed_errors") {
+        return;
+    }
+    let options = QpOptions {
+        max_recv_wr: 4,
+        ..QpOptions::default()
+    };
+    let pair = Pair::<R>::with(CqOptions::default(), options, ConnectOptions::default());
+    let depth = pair.b.caps().max_recv_wr as usize;
+    let mut posted: Vec<_> = (0..depth)
+        .map(|_| pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap()))
+        .collect();
+    let (result, buf) = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap()).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::QueueFull {
+                queue: "receive queue",
+                ..
+            })
+        ),
+        "{}: {result:?}",
+        R::NAME
+    );
+    assert_eq!(buf.len(), 64, "the rejected buffer comes back");
+    // Room comes back once a receive completes.
+    let (sent, _) = within::<R, _>(20, "send", pair.a.send(pair.patterned(8, 1))).await;
+    sent.unwrap();
+    let (got, _) = within::<R, _>(20, "recv", posted.remove(0)).await;
+    got.unwrap();
+    let again = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
+    drop(again);
+
+    // A queue pair that was never connected refuses to send, and posts nothing.
+    let lonely =
+        anyrdma::core::QueuePair::new(&pair.pd, &pair.cq_a, &pair.cq_a, QpOptions::default())
+            .unwrap();
+    let (result, _) = lonely.send(pair.patterned(8, 1)).await;
+    assert!(
+        matches!(result, Err(Error::NotConnected { .. })),
+        "{result:?}"
+    );
+}
+
+runtime_tests!(
+    wrong_rkey_is_a_remote_access_error,
+    queue_pair_error_fails_everything_fast,
+    send_without_receive_is_rnr_error,
+    full_queues_and_unconnected_pairs_are_typed_errors,
+);
+
+/// A process whose locked-memory limit is tiny, and which cannot bypass it, gets the
+/// memlock error with the limit and the fix, not a panic or an obscure errno.
+#[test]
+fn memlock_limit_is_reported() {
+    if std::env::var_os("ANYRDMA_MEMLOCK_CHILD").is_some() {
+        return memlock_child();
+    }
+    if !support::device_present("memlock_limit_is_reported") {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "memlock_limit_is_reported",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ANYRDMA_MEMLOCK_CHILD", "1")
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("MEMLOCK-ERROR:"),
+        "child output:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("RLIMIT_MEMLOCK") && stdout.contains("65536"),
+        "message lacks the limit:\n{stdout}"
+    );
+}
+
+fn memlock_child() {
+    let limit = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: `limit` is a valid rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) }, 0);
+    drop_ipc_lock_capability();
+    let ctx = anyrdma::Context::open_default().expect("open device");
+    let pd = ctx.alloc_pd().expect("alloc pd");
+    match pd.alloc(4 << 20, Access::LOCAL) {
+        Err(err @ Error::MemlockLimit { limit: 65536, .. }) => println!("MEMLOCK-ERROR: {err}"),
+        other => panic!("expected the memlock error, got {other:?}"),
+    }
+}
+
+/// Root (as in the test VM) bypasses RLIMIT_MEMLOCK through CAP_IPC_LOCK: drop it.
+fn drop_ipc_lock_capability() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_IPC_LOCK: u32 = 14;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header take two Data entries.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !(1 << CAP_IPC_LOCK);
+        data[0].permitted &= !(1 << CAP_IPC_LOCK);
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+            0,
+            "capset"
+        );
+    }
+}
