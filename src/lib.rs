@@ -11,7 +11,7 @@
 //! anyrdma = { version = "0.1", features = ["tokio"] }   # or "async-std", or "smol"
 //! ```
 //!
-//! That gives [`DefaultRuntime`] and non-generic names at this crate's root
+//! That gives `DefaultRuntime` and non-generic names at this crate's root
 //! (`anyrdma::CompletionQueue`, `anyrdma::QueuePair`, `anyrdma::timeout`, ...). With no runtime feature the build stops with
 //! an error that says which line to add. Enabling several (as `--all-features` does) builds
 //! too; then the aliases are absent and code names the runtime type, e.g.
