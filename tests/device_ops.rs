@@ -368,7 +368,51 @@ async fn remote_regions_are_checked_before_posting<R: TestRuntime>() {
     result.expect("valid write after rejected ones");
 }
 
+/// Busy polling and spinning before sleep move the same bytes as the default event mode.
+async fn poll_modes_move_bytes<R: TestRuntime>() {
+    if !support::device_present("poll_modes_move_bytes") {
+        return;
+    }
+    for mode in [
+        anyrdma::PollMode::Busy,
+        anyrdma::PollMode::Event { spin: 200 },
+    ] {
+        let cq = anyrdma::CqOptions {
+            poll_mode: mode,
+            ..anyrdma::CqOptions::default()
+        };
+        let pair = Pair::<R>::with(
+            cq,
+            anyrdma::QpOptions::default(),
+            anyrdma::ConnectOptions::default(),
+        );
+        let (region, remote) = exposed(&pair, 4096, Access::REMOTE_WRITE);
+        for round in 0..50u8 {
+            let recv = pair.b.recv(pair.pd.alloc(4096, Access::LOCAL).unwrap());
+            let (sent, _) =
+                within::<R, _>(20, "send", pair.a.send(pair.patterned(4096, round))).await;
+            sent.unwrap_or_else(|e| panic!("{} {mode:?}: {e}", R::NAME));
+            let (got, buf) = within::<R, _>(20, "recv", recv).await;
+            assert_eq!(got.unwrap().len, 4096);
+            assert!(
+                holds_pattern(&buf, round),
+                "{} {mode:?}: corrupted",
+                R::NAME
+            );
+            let (wrote, _) = within::<R, _>(
+                20,
+                "write",
+                pair.a.write(pair.patterned(4096, round), remote),
+            )
+            .await;
+            wrote.unwrap();
+            assert!(holds_pattern(&region, round));
+        }
+    }
+}
+
 runtime_tests!(
+    poll_modes_move_bytes,
     send_recv_moves_every_size,
     immediates_arrive,
     write_and_read_move_every_size,
