@@ -26,9 +26,15 @@ fn fixture() -> PathBuf {
 
     let manifest = fs::read_to_string(src.join("Cargo.toml")).expect("read the fixture manifest");
     let relative = r#"path = "../../..""#;
-    assert!(manifest.contains(relative), "fixture manifest lost its `{relative}`");
+    assert!(
+        manifest.contains(relative),
+        "fixture manifest lost its `{relative}`"
+    );
     let absolute = format!("path = {:?}", root.to_str().expect("UTF-8 workspace path"));
-    write_if_changed(&dst.join("Cargo.toml"), &manifest.replace(relative, &absolute));
+    write_if_changed(
+        &dst.join("Cargo.toml"),
+        &manifest.replace(relative, &absolute),
+    );
     let main = fs::read_to_string(src.join("src/main.rs")).expect("read the fixture main.rs");
     write_if_changed(&dst.join("src/main.rs"), &main);
     let lock = fs::read_to_string(root.join("Cargo.lock")).expect("read the workspace Cargo.lock");
@@ -45,7 +51,9 @@ fn write_if_changed(path: &Path, text: &str) {
 
 /// `cargo check` of the fixture with `args` added.
 fn check_fixture(args: &[&str]) -> Output {
-    let _one_at_a_time = FIXTURE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one_at_a_time = FIXTURE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let manifest = fixture();
     let target = manifest.parent().expect("fixture dir").join("target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
