@@ -13,7 +13,12 @@ use anyrdma::{Access, ConnectOptions, Context, CqOptions, QpOptions, Result, Run
 
 async fn run<R: Runtime>() -> Result<()> {
     let ctx = Context::open_default()?;
-    println!("device {} port {} (MTU {} bytes)", ctx.device_name(), ctx.port(), ctx.mtu());
+    println!(
+        "device {} port {} (MTU {} bytes)",
+        ctx.device_name(),
+        ctx.port(),
+        ctx.mtu()
+    );
     let pd = ctx.alloc_pd()?;
     let cq_a = CompletionQueue::<R>::new(&ctx, CqOptions::default())?;
     let cq_b = CompletionQueue::<R>::new(&ctx, CqOptions::default())?;
@@ -25,7 +30,10 @@ async fn run<R: Runtime>() -> Result<()> {
     println!("connected QP {} <-> QP {}", a.qpn(), b.qpn());
 
     // b exposes a region for remote reads, writes and atomics; a gets its description.
-    let exposed = pd.alloc(4096, Access::REMOTE_READ | Access::REMOTE_WRITE | Access::REMOTE_ATOMIC)?;
+    let exposed = pd.alloc(
+        4096,
+        Access::REMOTE_READ | Access::REMOTE_WRITE | Access::REMOTE_ATOMIC,
+    )?;
     let remote = exposed.region().remote()?;
     println!("b exposes {remote}");
 
@@ -34,7 +42,10 @@ async fn run<R: Runtime>() -> Result<()> {
     msg[..13].copy_from_slice(b"hello, remote");
     let (result, msg) = a.write(msg, remote).await;
     result?;
-    println!("write: b's region now starts with {:?}", String::from_utf8_lossy(&exposed[..13]));
+    println!(
+        "write: b's region now starts with {:?}",
+        String::from_utf8_lossy(&exposed[..13])
+    );
     let (result, back) = a.read(pd.alloc(13, Access::LOCAL)?, remote).await;
     result?;
     println!("read:  a read back {:?}", String::from_utf8_lossy(&back));
@@ -58,7 +69,10 @@ async fn run<R: Runtime>() -> Result<()> {
     println!("fetch_and_add(5): previous value {}", old?);
     let (old, _) = a.compare_and_swap(scratch, word, 5, 100).await;
     println!("compare_and_swap(5 -> 100): previous value {}", old?);
-    println!("the word is now {}", u64::from_ne_bytes(exposed[64..72].try_into().expect("8 bytes")));
+    println!(
+        "the word is now {}",
+        u64::from_ne_bytes(exposed[64..72].try_into().expect("8 bytes"))
+    );
 
     // Three writes with one doorbell and one completion.
     let mut batch = a.batch();
@@ -69,7 +83,10 @@ async fn run<R: Runtime>() -> Result<()> {
     }
     let (result, _) = batch.submit().await;
     result?;
-    println!("batch: b's region holds {:?}", String::from_utf8_lossy(&exposed[128..139]));
+    println!(
+        "batch: b's region holds {:?}",
+        String::from_utf8_lossy(&exposed[128..139])
+    );
 
     // A mistake gets a plain error: this write does not fit in the region.
     let (result, _) = a.write(pd.alloc(8192, Access::LOCAL)?, remote).await;
@@ -87,7 +104,10 @@ fn main() {
 
 #[cfg(feature = "tokio")]
 fn block_on_enabled_runtime() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(run::<anyrdma::TokioRuntime>())
 }
 
