@@ -411,7 +411,65 @@ async fn poll_modes_move_bytes<R: TestRuntime>() {
     }
 }
 
+/// Disjoint pieces of one registration are in flight at once, with no lock on the region;
+/// a user's `Vec` is registered in place and comes back intact.
+async fn pieces_of_one_region_fly_together<R: TestRuntime>() {
+    if !support::device_present("pieces_of_one_region_fly_together") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    let (region, remote) = exposed(&pair, 64 << 10, Access::REMOTE_WRITE);
+    let mut whole = pair.patterned(64 << 10, 7);
+    let mut pieces = Vec::new();
+    while !whole.is_empty() {
+        let piece = whole.split_to(whole.len().min(8 << 10));
+        pieces.push(piece);
+    }
+    let ops: Vec<_> = pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let at = remote.slice((i as u64) * (8 << 10)..).unwrap();
+            pair.a.write(piece, at)
+        })
+        .collect();
+    assert_eq!(pair.cq_a.in_flight(), 8, "eight pieces in flight at once");
+    let mut back = Vec::new();
+    for op in ops {
+        let (result, piece) = within::<R, _>(20, "piece write", op).await;
+        result.expect("piece write");
+        back.push(piece);
+    }
+    assert!(
+        holds_pattern(&region, 7),
+        "{}: the pieces landed in the wrong places",
+        R::NAME
+    );
+    let mut joined = back.remove(0);
+    for piece in back {
+        joined.unsplit(piece).expect("neighbours join back");
+    }
+    assert_eq!(joined.len(), 64 << 10);
+
+    // A user's Vec, registered where it is, sent, and given back.
+    let mut data = vec![0u8; 3000];
+    support::fill(&mut data, 12);
+    let owned = pair
+        .pd
+        .register(data, Access::LOCAL)
+        .expect("register a Vec");
+    let recv = pair.b.recv(pair.pd.alloc(3000, Access::LOCAL).unwrap());
+    let (sent, owned) = within::<R, _>(20, "send a Vec", pair.a.send(owned)).await;
+    sent.expect("send");
+    let (got, buf) = within::<R, _>(20, "recv", recv).await;
+    assert_eq!(got.unwrap().len, 3000);
+    assert!(holds_pattern(&buf, 12));
+    let data = owned.into_vec().expect("sole owner gets the Vec back");
+    assert!(holds_pattern(&data, 12));
+}
+
 runtime_tests!(
+    pieces_of_one_region_fly_together,
     poll_modes_move_bytes,
     send_recv_moves_every_size,
     immediates_arrive,
