@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""Turns the console log of scripts/bench into results.json and results.md.
+
+Usage: report.py GUEST_LOG OUT_DIR MODE DEVICE
+"""
+import json
+import re
+import sys
+from collections import defaultdict
+
+log_path, out_dir, run_mode, device = sys.argv[1:5]
+RUNTIMES = ["tokio-ct", "tokio-mt", "async-std", "smol"]
+
+rows = []
+meta = {"mode": run_mode, "device": device, "times_s": {}}
+cg = defaultdict(dict)
+annotate = defaultdict(list)
+perftest_notes = []
+
+ansi = re.compile(r"\x1b\[[0-9;]*m")
+lat_re = re.compile(r"^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)")
+bw_re = re.compile(r"^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
+
+
+def arg(args, flag, default):
+    if flag in args:
+        return args[args.index(flag) + 1]
+    return default
+
+
+pt = None
+block = None
+for raw_line in open(log_path, errors="replace"):
+    line = ansi.sub("", raw_line.rstrip("\r\n"))
+    if block is not None:
+        if line.startswith("@@CG-ANNOTATE-END") or line.startswith("@@CG-INCL-END"):
+            block = None
+        else:
+            annotate[block].append(line)
+        continue
+    if pt is not None:
+        if line.startswith("@@PT-END"):
+            if not pt["found"]:
+                perftest_notes.append(f"{pt['tool']} {' '.join(pt['args'])}: {pt['err'] or 'no result'}")
+            pt = None
+            continue
+        m = lat_re.match(line)
+        if m and pt["test"].endswith("_lat"):
+            pt["found"] = True
+            rows.append({
+                "impl": "perftest", "runtime": "-", "mode": pt["mode"], "test": pt["test"],
+                "size": int(m.group(1)), "qps": 1, "batch": 1, "iters": int(m.group(2)),
+                "median_us": float(m.group(5)), "p99_us": float(m.group(8)),
+                "mmsg_s": None, "mb_s": None,
+            })
+            continue
+        m = bw_re.match(line)
+        if m and pt["test"].endswith("_rate"):
+            pt["found"] = True
+            size, mpps = int(m.group(1)), float(m.group(5))
+            rows.append({
+                "impl": "perftest", "runtime": "-", "mode": pt["mode"], "test": pt["test"],
+                "size": size, "qps": int(arg(pt["args"], "-q", "1")), "batch": 1,
+                "iters": int(m.group(2)), "median_us": None, "p99_us": None,
+                "mmsg_s": mpps, "mb_s": mpps * size,
+            })
+            continue
+        if re.search(r"not available|not supported|Error|error|Couldn't|Unable", line) and not pt["err"]:
+            pt["err"] = line.strip()
+        continue
+    if line.startswith("@@PT "):
+        parts = line.split()
+        test, mode = parts[1].split(":")
+        pt = {"test": test, "mode": mode, "tool": parts[2], "args": parts[3:], "found": False, "err": ""}
+    elif line.startswith("@@JSON "):
+        try:
+            rows.append(json.loads(line[len("@@JSON "):]))
+        except ValueError:
+            pass
+    elif line.startswith("@@CG "):
+        m = re.match(r"@@CG (\S+) (\d+) rc=(\d+) ir=(\d*)", line)
+        if m and m.group(4):
+            cg[m.group(1)][int(m.group(2))] = int(m.group(4))
+    elif line.startswith("@@CG-ANNOTATE-BEGIN") or line.startswith("@@CG-INCL-BEGIN"):
+        kind = "self" if "ANNOTATE" in line else "inclusive"
+        block = f"{kind}:{line.split()[1]}"
+    elif line.startswith("@@TIME "):
+        _, what, secs = line.split()
+        meta["times_s"][what] = int(secs)
+    elif line.startswith("@@DATE "):
+        meta["date"] = line.split(None, 1)[1]
+    elif line.startswith("@@KERNEL "):
+        meta["kernel"] = line.split(None, 1)[1]
+    elif line.startswith("@@CPU "):
+        meta["cpu"] = line.split(None, 1)[1]
+    elif line.startswith("@@DEVICE "):
+        meta["device_info"] = line.split(None, 1)[1]
+    elif line.startswith("@@PERFTEST-VERSION "):
+        meta["perftest"] = line.split(None, 1)[1]
+    elif line.startswith("@@BENCH-END ") and not line.endswith("rc=0"):
+        perftest_notes.append("anyrdma bench " + line[len("@@BENCH-END "):])
+    elif line.startswith("@@PEER ") and not line.endswith("rc=0"):
+        perftest_notes.append("async-rdma " + line[len("@@PEER "):])
+
+cpu = {}
+for rt, runs in cg.items():
+    if len(runs) >= 2:
+        (n1, i1), (n2, i2) = sorted(runs.items())[:2]
+        cpu[rt] = {"iters": [n1, n2], "ir": [i1, i2], "ir_per_round_trip": (i2 - i1) / (n2 - n1)}
+meta["cpu_cost"] = cpu
+meta["notes"] = perftest_notes
+
+json.dump({"meta": meta, "rows": rows}, open(f"{out_dir}/results.json", "w"), indent=1)
+
+
+# ---- Markdown ------------------------------------------------------------------------------
+def find(impl, test, mode, size, runtime=None, qps=1, batch=1):
+    for r in rows:
+        if (r["impl"] == impl and r["test"] == test and r["mode"] == mode and r["size"] == size
+                and r.get("qps", 1) == qps and r.get("batch", 1) == batch
+                and (runtime is None or r["runtime"] == runtime)):
+            return r
+    return None
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def cell(v, r=None, prec=2):
+    if v is None:
+        return "-"
+    s = f"{v:.{prec}f}"
+    if r is not None:
+        s += f" ({r:.2f}x)"
+    return s
+
+
+md = []
+md.append(f"Device `{device}`, {meta.get('device_info', '')} kernel {meta.get('kernel', '?')}, "
+          f"CPU {meta.get('cpu', '?')}, {meta.get('perftest', 'perftest')}, run `{run_mode}` at {meta.get('date', '?')}.")
+md.append("")
+md.append("Ratios are against perftest in the same boot (`write_imm_lat`: against the raw verbs loop, as "
+          "perftest has no such test). Latency: one-way (half the round trip; reads: the whole read), µs.")
+md.append("")
+
+lat_tests = [("write_lat", "busy"), ("write_imm_lat", "busy"), ("send_lat", "busy"), ("read_lat", "busy"),
+             ("write_imm_lat", "event"), ("send_lat", "event"), ("read_lat", "event")]
+sizes = sorted({r["size"] for r in rows if r["test"].endswith("_lat")})
+impls = [("raw", "raw")] + [("anyrdma", rt) for rt in RUNTIMES] + [("async-rdma", "tokio-mt")]
+
+
+def ref_row(test, mode, size):
+    if test == "write_imm_lat":
+        return find("raw", test, mode, size)
+    return find("perftest", test, mode, size)
+
+
+for metric, title in (("median_us", "median"), ("p99_us", "99th percentile")):
+    md.append(f"### Latency, {title} (µs)")
+    md.append("")
+    md.append("| test | mode | size | perftest | raw verbs | " + " | ".join(f"anyrdma {rt}" for rt in RUNTIMES) + " | async-rdma |")
+    md.append("|---|---|---:|---:|---:|" + "---:|" * len(RUNTIMES) + "---:|")
+    for test, mode in lat_tests:
+        for size in sizes:
+            ref = ref_row(test, mode, size)
+            refv = ref[metric] if ref else None
+            p = find("perftest", test, mode, size)
+            cells = [cell(p[metric]) if p else "-"]
+            any_found = p is not None
+            for impl, rt in impls:
+                r = find(impl, test, mode, size, rt)
+                any_found |= r is not None
+                rr = None if (impl == "raw" and test == "write_imm_lat") else ratio(r[metric] if r else None, refv)
+                cells.append(cell(r[metric] if r else None, rr))
+            if any_found:
+                md.append(f"| {test} | {mode} | {size} | " + " | ".join(cells) + " |")
+    md.append("")
+
+md.append("### Message rate (Mmsg/s) and bandwidth")
+md.append("")
+md.append("`batch 16`: 16 work requests per doorbell, only the last signaled (`qp.batch()`); perftest "
+          "signals one in 100 (CQ moderation) in every row. Window: 128 work requests in flight per QP.")
+md.append("")
+md.append("| test | mode | size | QPs | batch | perftest | " + " | ".join(f"anyrdma {rt}" for rt in RUNTIMES) + " |")
+md.append("|---|---|---:|---:|---:|---:|" + "---:|" * len(RUNTIMES))
+rate_keys = sorted({(r["test"], r["mode"], r["size"], r.get("qps", 1), r.get("batch", 1))
+                    for r in rows if r["test"].endswith("_rate")},
+                   key=lambda k: (k[0], k[1], k[2], k[3], k[4]))
+for test, mode, size, qps, batch in rate_keys:
+    p = find("perftest", test, mode, size, qps=qps)
+    pv = p["mmsg_s"] if p else None
+    cells = [cell(pv, None, 4) if batch == 1 else "(" + cell(pv, None, 4) + ")"]
+    for rt in RUNTIMES:
+        r = find("anyrdma", test, mode, size, rt, qps, batch)
+        cells.append(cell(r["mmsg_s"] if r else None, ratio(r["mmsg_s"] if r else None, pv), 4))
+    label = f"{size}" + (f" ({size * (pv or 0):.0f} MB/s perftest)" if size > 4096 and pv else "")
+    md.append(f"| {test} | {mode} | {label} | {qps} | {batch} | " + " | ".join(cells) + " |")
+md.append("")
+
+# ---- Goals -----------------------------------------------------------------------------------
+goals = []
+
+
+def worst(pairs):
+    pairs = [p for p in pairs if p[0] is not None]
+    return max(pairs, key=lambda p: p[0]) if pairs else (None, "")
+
+
+def lat_ratios(mode, rts):
+    out = []
+    for test, m in lat_tests:
+        if m != mode:
+            continue
+        for size in sizes:
+            ref = ref_row(test, mode, size)
+            for rt in rts:
+                r = find("anyrdma", test, mode, size, rt)
+                if ref and r:
+                    out.append((ratio(r["median_us"], ref["median_us"]), f"{rt} {test} {size} B"))
+    return out
+
+
+for mode, limit in (("busy", 1.05), ("event", 1.3)):
+    rs = lat_ratios(mode, RUNTIMES)
+    w, where = worst(rs)
+    held = [x for x in rs if x[0] <= limit]
+    best_rt = {}
+    for rt in RUNTIMES:
+        w_rt, _ = worst(lat_ratios(mode, [rt]))
+        best_rt[rt] = w_rt
+    goals.append((f"{mode} latency <= {limit}x perftest (median)",
+                  w is not None and w <= limit,
+                  f"{len(held)}/{len(rs)} rows hold; worst {cell(w)}x ({where}); worst per runtime: "
+                  + ", ".join(f"{k} {cell(v)}" for k, v in best_rt.items())))
+
+for batch in (1, 16):
+    rs = []
+    for test in ("write_rate", "send_rate"):
+        for mode in ("busy", "event"):
+            p = find("perftest", test, mode, 64, qps=1)
+            for rt in RUNTIMES:
+                r = find("anyrdma", test, mode, 64, rt, 1, batch)
+                if p and r:
+                    rs.append((ratio(r["mmsg_s"], p["mmsg_s"]), f"{rt} {test} {mode}"))
+    if rs:
+        low = min(rs, key=lambda x: x[0])
+        goals.append((f"message rate >= 0.95x perftest on one QP, batch {batch}",
+                      low[0] >= 0.95,
+                      f"{sum(1 for x in rs if x[0] >= 0.95)}/{len(rs)} rows hold; lowest {low[0]:.2f}x ({low[1]})"))
+
+scal = []
+for test in ("write_rate", "send_rate"):
+    for mode in ("busy", "event"):
+        p1, p16 = find("perftest", test, mode, 64, qps=1), find("perftest", test, mode, 64, qps=max(
+            [r.get("qps", 1) for r in rows if r["test"] == test] or [1]))
+        if not (p1 and p16) or p16["qps"] == 1:
+            continue
+        ps = p16["mmsg_s"] / p1["mmsg_s"]
+        for rt in RUNTIMES:
+            a1, a16 = find("anyrdma", test, mode, 64, rt, 1, 1), find("anyrdma", test, mode, 64, rt, p16["qps"], 1)
+            if a1 and a16:
+                scal.append((a16["mmsg_s"] / a1["mmsg_s"], ps, f"{rt} {test} {mode} {p16['qps']} QPs"))
+if scal:
+    bad = [s for s in scal if s[0] < s[1]]
+    goals.append(("scaling with QPs at least as good as perftest",
+                  not bad,
+                  f"{len(scal) - len(bad)}/{len(scal)} rows hold; "
+                  + "; ".join(f"{s[2]}: {s[0]:.2f}x vs perftest {s[1]:.2f}x" for s in (bad or scal)[:4])))
+
+within = []
+for r0 in rows:
+    if r0["impl"] != "anyrdma" or r0["runtime"] != RUNTIMES[0]:
+        continue
+    vals = {}
+    for rt in RUNTIMES:
+        r = find("anyrdma", r0["test"], r0["mode"], r0["size"], rt, r0.get("qps", 1), r0.get("batch", 1))
+        if r:
+            vals[rt] = r["median_us"] if r["median_us"] is not None else (1 / r["mmsg_s"] if r["mmsg_s"] else None)
+    vals = {k: v for k, v in vals.items() if v}
+    if len(vals) == len(RUNTIMES):
+        best = min(vals.values())
+        worst_rt = max(vals, key=vals.get)
+        within.append((vals[worst_rt] / best, f"{r0['test']} {r0['mode']} {r0['size']} B q{r0.get('qps', 1)} b{r0.get('batch', 1)}: {worst_rt}"))
+if within:
+    bad = [w for w in within if w[0] > 1.1]
+    goals.append(("every runtime within 10% of the best one",
+                  not bad,
+                  f"{len(within) - len(bad)}/{len(within)} rows hold"
+                  + ("; worst: " + ", ".join(f"{w[1]} {w[0]:.2f}x" for w in sorted(bad, reverse=True)[:4]) if bad else "")))
+
+faster = []
+for r in rows:
+    if r["impl"] != "async-rdma":
+        continue
+    for rt in RUNTIMES:
+        for mode in ("busy", "event"):
+            a = find("anyrdma", r["test"], mode, r["size"], rt)
+            if a:
+                faster.append((a["median_us"] < r["median_us"], a["median_us"] / r["median_us"],
+                               f"{rt} {mode} {r['test']} {r['size']} B"))
+if faster:
+    bad = [f for f in faster if not f[0]]
+    goals.append(("faster than async-rdma on every row",
+                  not bad,
+                  f"{len(faster) - len(bad)}/{len(faster)} rows hold; anyrdma/async-rdma from "
+                  f"{min(f[1] for f in faster):.2f}x to {max(f[1] for f in faster):.2f}x"
+                  + ("; slower: " + ", ".join(f[2] for f in bad[:4]) if bad else "")))
+elif run_mode:
+    goals.append(("faster than async-rdma on every row", False, "no async-rdma rows (see notes)"))
+
+md.append("### Goals (issue 5)")
+md.append("")
+md.append("| goal | holds | detail |")
+md.append("|---|---|---|")
+for name, ok, detail in goals:
+    md.append(f"| {name} | {'yes' if ok else '**no**'} | {detail} |")
+md.append("")
+
+if cpu:
+    md.append("### CPU cost per round trip (callgrind)")
+    md.append("")
+    md.append("8 B `write_with_imm` ping-pong in event mode, client under `valgrind --tool=callgrind`: "
+              "instructions (Ir) of the whole client process per round trip (one write-with-imm posted and "
+              "completed, one receive completed and re-posted, one sleep on the completion channel), from "
+              "the difference of two runs of different lengths. Kernel time is not counted.")
+    md.append("")
+    md.append("| implementation | runs (round trips) | Ir | Ir per round trip |")
+    md.append("|---|---|---|---:|")
+    for rt, c in cpu.items():
+        name = "raw verbs (rdma-sys)" if rt == "raw" else f"anyrdma {rt}"
+        md.append(f"| {name} | {c['iters'][0]}, {c['iters'][1]} | {c['ir'][0]:,}, {c['ir'][1]:,} | {c['ir_per_round_trip']:,.0f} |")
+    if "raw" in cpu and "tokio-ct" in cpu:
+        md.append("")
+        md.append(f"anyrdma (Tokio current-thread) spends {cpu['tokio-ct']['ir_per_round_trip'] - cpu['raw']['ir_per_round_trip']:,.0f} "
+                  f"more instructions per round trip than raw verbs "
+                  f"({cpu['tokio-ct']['ir_per_round_trip'] / cpu['raw']['ir_per_round_trip']:.2f}x).")
+    for key in sorted(annotate):
+        kind, rt = key.split(":")
+        md.append("")
+        md.append(f"Top functions, {kind} cost, {rt} (longer run):")
+        md.append("")
+        md.append("```")
+        md.extend(l[:160] for l in annotate[key][:25 if kind == 'self' else 30])
+        md.append("```")
+    md.append("")
+
+if perftest_notes:
+    md.append("### Notes from the run")
+    md.append("")
+    for n in perftest_notes:
+        md.append(f"- {n}")
+    md.append("")
+if meta["times_s"]:
+    md.append("Run times in the guest: " + ", ".join(f"{k} {v} s" for k, v in meta["times_s"].items()) + ".")
+    md.append("")
+
+open(f"{out_dir}/results.md", "w").write("\n".join(md))
+print("\n".join(md))
