@@ -9,6 +9,8 @@ pub type CompletionQueue = anyrdma_core::CompletionQueue<DefaultRuntime>;
 pub type QueuePair = anyrdma_core::QueuePair<DefaultRuntime>;
 /// An operation in flight on the [`DefaultRuntime`].
 pub type Op<B, O> = anyrdma_core::Op<DefaultRuntime, B, O>;
+/// A shared receive queue driven by the [`DefaultRuntime`].
+pub type SharedReceiveQueue = anyrdma_core::SharedReceiveQueue<DefaultRuntime>;
 /// A batch of work requests on the [`DefaultRuntime`].
 pub type Batch = anyrdma_core::Batch<DefaultRuntime>;
 

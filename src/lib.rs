@@ -53,7 +53,7 @@ pub use anyrdma_core::{
     CqOptions, DeviceInfo, DeviceLimits, DeviceSpec, Done, Elapsed, Endpoint, Error, Gid, GidEntry,
     GidType, LinkLayer, LocalBuf, MemoryRegion, Outcome, PollMode, PortInfo, PortSelection,
     PortState, ProtectionDomain, QpOptions, ReadinessFd, Received, Recv, RemoteRegion, Result,
-    Runtime, WcStatus, WorkKind, DEVICE_ENV, MAX_SGE,
+    Runtime, SrqOptions, WcStatus, WorkKind, DEVICE_ENV, MAX_SGE,
 };
 
 #[cfg(feature = "async-std")]

@@ -468,7 +468,90 @@ async fn pieces_of_one_region_fly_together<R: TestRuntime>() {
     assert!(holds_pattern(&data, 12));
 }
 
+/// Receives posted on one shared receive queue serve every queue pair attached to it.
+async fn shared_receive_queue_serves_many_pairs<R: TestRuntime>() {
+    if !support::device_present("shared_receive_queue_serves_many_pairs") {
+        return;
+    }
+    use anyrdma::core::{CompletionQueue, QueuePair, SharedReceiveQueue};
+    let pair = Pair::<R>::new();
+    let ctx = &pair.ctx;
+    let pd = &pair.pd;
+    let recv_cq = CompletionQueue::<R>::new(ctx, anyrdma::CqOptions::default()).unwrap();
+    let srq = SharedReceiveQueue::new(pd, &recv_cq, anyrdma::SrqOptions::default()).unwrap();
+    let senders: Vec<_> = (0..3)
+        .map(|_| QueuePair::new(pd, &pair.cq_a, &pair.cq_a, anyrdma::QpOptions::default()).unwrap())
+        .collect();
+    let receivers: Vec<_> = (0..3)
+        .map(|_| QueuePair::with_srq(pd, &pair.cq_b, &srq, anyrdma::QpOptions::default()).unwrap())
+        .collect();
+    for (s, r) in senders.iter().zip(&receivers) {
+        s.connect(&r.endpoint(), anyrdma::ConnectOptions::default())
+            .unwrap();
+        r.connect(&s.endpoint(), anyrdma::ConnectOptions::default())
+            .unwrap();
+    }
+    // A queue pair on an SRQ takes no receives of its own.
+    let (own, _) = receivers[0].recv(pd.alloc(8, Access::LOCAL).unwrap()).await;
+    assert!(
+        matches!(own, Err(anyrdma::Error::InvalidArgument(_))),
+        "{own:?}"
+    );
+
+    let inboxes: Vec<_> = (0..6)
+        .map(|_| srq.recv(pd.alloc(256, Access::LOCAL).unwrap()))
+        .collect();
+    assert_eq!(srq.posted(), 6);
+    for (i, s) in senders.iter().enumerate() {
+        for j in 0..2u32 {
+            let (sent, _) = within::<R, _>(
+                20,
+                "send to an SRQ",
+                s.send_with_imm(pair.patterned(100, i as u8), i as u32 * 10 + j),
+            )
+            .await;
+            sent.unwrap_or_else(|e| panic!("{}: {e}", R::NAME));
+        }
+    }
+    let mut imms = Vec::new();
+    for inbox in inboxes {
+        let (got, buf) = within::<R, _>(20, "SRQ receive", inbox).await;
+        let got = got.unwrap();
+        assert_eq!(got.len, 100);
+        let imm = got.imm.expect("immediate");
+        assert!(
+            holds_pattern(&buf[..100], (imm / 10) as u8),
+            "{}: SRQ data corrupted",
+            R::NAME
+        );
+        imms.push(imm);
+    }
+    imms.sort_unstable();
+    assert_eq!(
+        imms,
+        vec![0, 1, 10, 11, 20, 21],
+        "every message arrived once"
+    );
+    assert_eq!(srq.posted(), 0);
+
+    // Dropping the SRQ (after its queue pairs) with receives still posted releases them.
+    let baseline = anyrdma::registered_regions();
+    for _ in 0..4 {
+        drop(srq.recv(pd.alloc(64, Access::LOCAL).unwrap()));
+    }
+    drop(receivers);
+    drop(srq);
+    assert_eq!(
+        recv_cq.in_flight(),
+        0,
+        "{}: the destroyed SRQ's receives are released",
+        R::NAME
+    );
+    assert!(anyrdma::registered_regions() <= baseline + 4);
+}
+
 runtime_tests!(
+    shared_receive_queue_serves_many_pairs,
     pieces_of_one_region_fly_together,
     poll_modes_move_bytes,
     send_recv_moves_every_size,

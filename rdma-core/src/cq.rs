@@ -150,9 +150,13 @@ pub(crate) struct WcInfo {
     pub(crate) imm: Option<u32>,
 }
 
-/// The failure state and queue credits of one queue pair, shared with its slots.
+/// The failure state and queue credits of one queue pair (or shared receive queue), shared
+/// with its slots.
 pub(crate) struct QpStatus {
+    /// The queue pair number (0 for a shared receive queue).
     pub(crate) qpn: u32,
+    /// A shared receive queue: a failed receive means the consuming QP failed, not the SRQ.
+    pub(crate) shared_receive: bool,
     /// The failure that put the QP in the error state, first one wins.
     pub(crate) failure: std::sync::OnceLock<Arc<Error>>,
     pub(crate) sq_used: std::sync::atomic::AtomicU32,
@@ -160,6 +164,16 @@ pub(crate) struct QpStatus {
 }
 
 impl QpStatus {
+    pub(crate) fn new(qpn: u32, shared_receive: bool) -> Arc<QpStatus> {
+        Arc::new(QpStatus {
+            qpn,
+            shared_receive,
+            failure: std::sync::OnceLock::new(),
+            sq_used: std::sync::atomic::AtomicU32::new(0),
+            rq_used: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
     pub(crate) fn release(&self, queue: WorkQueue, wrs: u32) {
         use std::sync::atomic::Ordering::Release;
         match queue {
@@ -543,9 +557,10 @@ impl<R: Runtime> CqShared<R> {
         }
     }
 
-    /// After queue pair `qpn` was destroyed (the device no longer touches its buffers):
-    /// dispatches what the CQ holds and releases every slot the QP left behind.
-    pub(crate) fn release_qp(&self, qpn: u32) {
+    /// After the queue pair (or shared receive queue) of `owner` was destroyed, so the device
+    /// no longer touches its buffers: dispatches what the CQ holds and releases every slot
+    /// it left behind.
+    pub(crate) fn release_owner(&self, owner: &Arc<QpStatus>) {
         let mut wake = WakeList::new();
         {
             let mut state = lock(&self.state);
@@ -561,7 +576,7 @@ impl<R: Runtime> CqShared<R> {
                     info, abandoned, ..
                 } = &mut state.slots[index].state
                 {
-                    if info.qp.qpn == qpn {
+                    if Arc::ptr_eq(&info.qp, owner) {
                         let wrs = info.wrs;
                         info.qp.release(info.queue, wrs);
                         if let Some(buffers) = abandoned.take() {
@@ -661,10 +676,12 @@ impl CqState {
 /// The error a failed work completion reports, recording the queue pair's failure.
 fn completion_error(wc: &ibv_wc, info: &SlotInfo) -> Error {
     let status = WcStatus(wc.status);
+    // wc.qp_num is the local QP the request ran on (for a shared receive queue, the one that
+    // consumed the receive).
     if status == WcStatus::WR_FLUSH_ERR {
         return Error::Flushed {
             kind: info.kind,
-            qpn: info.qp.qpn,
+            qpn: wc.qp_num,
             cause: info.qp.failure.get().cloned(),
         };
     }
@@ -672,10 +689,13 @@ fn completion_error(wc: &ibv_wc, info: &SlotInfo) -> Error {
         kind: info.kind,
         status,
         vendor_err: wc.vendor_err,
-        qpn: info.qp.qpn,
+        qpn: wc.qp_num,
         remote: info.remote,
     };
-    let _ = info.qp.failure.set(Arc::new(describe()));
+    // A failed receive of a shared receive queue puts the consuming QP in error, not the SRQ.
+    if !info.qp.shared_receive {
+        let _ = info.qp.failure.set(Arc::new(describe()));
+    }
     describe()
 }
 

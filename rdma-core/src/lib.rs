@@ -11,18 +11,25 @@
 
 #![warn(missing_docs)]
 
+mod batch;
+mod buffers;
 mod context;
 mod cq;
 pub mod device;
 pub mod error;
 mod mr;
-mod ops;
+mod op;
 mod pd;
 mod qp;
+mod queue;
 mod remote;
 pub mod runtime;
+mod send;
+mod srq;
 mod wc;
 
+pub use batch::Batch;
+pub use buffers::{Buffers, MAX_SGE};
 pub use context::{Context, DeviceLimits};
 pub use cq::{CompletionQueue, CqOptions, PollMode};
 pub use device::{
@@ -31,9 +38,10 @@ pub use device::{
 };
 pub use error::{Error, Result};
 pub use mr::{registered_regions, Access, LocalBuf, MemoryRegion};
-pub use ops::{Atomic, Batch, Buffers, Done, Op, Outcome, Received, Recv, MAX_SGE};
+pub use op::{Atomic, Done, Op, Outcome, Received, Recv};
 pub use pd::ProtectionDomain;
 pub use qp::{ConnectOptions, Endpoint, QpOptions, QueuePair};
 pub use remote::RemoteRegion;
 pub use runtime::{timeout, Elapsed, ReadinessFd, Runtime};
+pub use srq::{SharedReceiveQueue, SrqOptions};
 pub use wc::{WcStatus, WorkKind};

@@ -2,16 +2,19 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rdma_sys::*;
 
 use crate::context::{mtu_bytes, mtu_enum};
-use crate::cq::{CompletionQueue, QpStatus};
+use crate::cq::{CompletionQueue, QpStatus, WorkQueue};
 use crate::error::{Error, Result};
+use crate::mr::LocalBuf;
 use crate::pd::ProtectionDomain;
+use crate::queue::WorkQueueRef;
 use crate::runtime::Runtime;
+use crate::srq::SharedReceiveQueue;
 
 /// Sizes of a queue pair; each is capped at what the device allows.
 #[derive(Debug, Clone, Copy)]
@@ -159,6 +162,11 @@ pub(crate) struct QpShared<R: Runtime> {
     pub(crate) send_cq: CompletionQueue<R>,
     pub(crate) recv_cq: CompletionQueue<R>,
     pub(crate) caps: ibv_qp_cap,
+    /// The shared receive queue its receives come from, if any.
+    pub(crate) srq: Option<SharedReceiveQueue<R>>,
+    /// Buffers of a batch posted only in part: the device may use them until the QP is
+    /// destroyed.
+    quarantine: Mutex<Vec<LocalBuf>>,
     state: AtomicU8,
     psn: u32,
 }
@@ -180,6 +188,30 @@ impl<R: Runtime> QueuePair<R> {
         pd: &ProtectionDomain,
         send_cq: &CompletionQueue<R>,
         recv_cq: &CompletionQueue<R>,
+        options: QpOptions,
+    ) -> Result<QueuePair<R>> {
+        Self::create(pd, send_cq, recv_cq, None, options)
+    }
+
+    /// Creates a reliable connected queue pair that takes its receives from `srq`; its
+    /// receive completions arrive on the SRQ's completion queue.
+    ///
+    /// # Errors
+    /// As [`QueuePair::new`].
+    pub fn with_srq(
+        pd: &ProtectionDomain,
+        send_cq: &CompletionQueue<R>,
+        srq: &SharedReceiveQueue<R>,
+        options: QpOptions,
+    ) -> Result<QueuePair<R>> {
+        Self::create(pd, send_cq, srq.cq(), Some(srq), options)
+    }
+
+    fn create(
+        pd: &ProtectionDomain,
+        send_cq: &CompletionQueue<R>,
+        recv_cq: &CompletionQueue<R>,
+        srq: Option<&SharedReceiveQueue<R>>,
         options: QpOptions,
     ) -> Result<QueuePair<R>> {
         let ctx = pd.context();
@@ -204,6 +236,9 @@ impl<R: Runtime> QueuePair<R> {
         init.recv_cq = recv_cq.shared.raw();
         init.cap = cap;
         init.qp_type = ibv_qp_type::IBV_QPT_RC;
+        if let Some(srq) = srq {
+            init.srq = srq.raw();
+        }
         // SAFETY: PD and CQs are valid and outlive the QP (QpShared holds them).
         let raw = unsafe { ibv_create_qp(pd.raw(), &mut init) };
         let raw = NonNull::new(raw).ok_or_else(|| {
@@ -214,17 +249,14 @@ impl<R: Runtime> QueuePair<R> {
         let qpn = unsafe { (*raw.as_ptr()).qp_num };
         let shared = QpShared {
             raw,
-            status: Arc::new(QpStatus {
-                qpn,
-                failure: std::sync::OnceLock::new(),
-                sq_used: AtomicU32::new(0),
-                rq_used: AtomicU32::new(0),
-            }),
+            status: QpStatus::new(qpn, false),
             pd: pd.clone(),
             send_cq: send_cq.clone(),
             recv_cq: recv_cq.clone(),
             // ibv_create_qp writes back the capabilities actually granted.
             caps: init.cap,
+            srq: srq.cloned(),
+            quarantine: Mutex::new(Vec::new()),
             state: AtomicU8::new(STATE_INIT),
             psn: random_psn(qpn),
         };
@@ -386,8 +418,58 @@ impl<R: Runtime> QpShared<R> {
         self.raw.as_ptr()
     }
 
-    pub(crate) fn is_connected(&self) -> bool {
-        self.state.load(Ordering::Acquire) == STATE_RTS
+    /// The send queue, for posting: fails fast when the QP is in error or not connected.
+    pub(crate) fn send_queue(&self) -> Result<WorkQueueRef<'_, R>> {
+        self.check_failure()?;
+        if self.state.load(Ordering::Acquire) != STATE_RTS {
+            return Err(Error::NotConnected {
+                qpn: self.status.qpn,
+            });
+        }
+        Ok(WorkQueueRef {
+            status: &self.status,
+            cq: &self.send_cq.shared,
+            queue: WorkQueue::Send,
+            depth: self.caps.max_send_wr,
+            name: "send queue",
+            call: "ibv_post_send",
+        })
+    }
+
+    /// The receive queue, for posting: fails fast when the QP is in error.
+    pub(crate) fn recv_queue(&self) -> Result<WorkQueueRef<'_, R>> {
+        self.check_failure()?;
+        Ok(WorkQueueRef {
+            status: &self.status,
+            cq: &self.recv_cq.shared,
+            queue: WorkQueue::Recv,
+            depth: self.caps.max_recv_wr,
+            name: "receive queue",
+            call: "ibv_post_recv",
+        })
+    }
+
+    fn check_failure(&self) -> Result<()> {
+        match self.status.failure.get() {
+            Some(cause) => Err(Error::QpInError {
+                qpn: self.status.qpn,
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps `buffers` until the QP is destroyed, and fails the QP so that happens soon.
+    pub(crate) fn quarantine(&self, buffers: Vec<LocalBuf>) {
+        let _ = self.status.failure.set(Arc::new(Error::InvalidArgument(
+            "a batch was posted only in part; the queue pair was failed to recover its buffers"
+                .into(),
+        )));
+        let _ = self.to_error();
+        self.quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(buffers);
     }
 
     fn modify(
@@ -441,9 +523,9 @@ impl<R: Runtime> Drop for QpShared<R> {
             return;
         }
         // Destroyed: the device touches none of its buffers any more.
-        self.send_cq.shared.release_qp(self.status.qpn);
+        self.send_cq.shared.release_owner(&self.status);
         if !Arc::ptr_eq(&self.send_cq.shared, &self.recv_cq.shared) {
-            self.recv_cq.shared.release_qp(self.status.qpn);
+            self.recv_cq.shared.release_owner(&self.status);
         }
     }
 }

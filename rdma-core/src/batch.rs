@@ -1,0 +1,175 @@
+//! Several send-queue work requests posted with one doorbell.
+
+use rdma_sys::*;
+
+use crate::cq::SlotId;
+use crate::error::{Error, Result};
+use crate::mr::LocalBuf;
+use crate::op::{Done, Op, Owner};
+use crate::qp::{QpShared, QueuePair};
+use crate::remote::RemoteRegion;
+use crate::runtime::Runtime;
+use crate::send::SendKind;
+use crate::wc::WorkKind;
+
+/// Send-queue work requests to post together: one `ibv_post_send`, one completion.
+///
+/// Every request but the last is unsignaled; the batch's buffers come back together when
+/// the last one completes, which on a reliable connection means all of them did. If any
+/// fails, the batch resolves to the first failure.
+#[must_use = "nothing is posted until submit()"]
+pub struct Batch<R: Runtime> {
+    qp: QueuePair<R>,
+    items: Vec<(LocalBuf, SendKind)>,
+}
+
+impl<R: Runtime> Batch<R> {
+    pub(crate) fn new(qp: QueuePair<R>) -> Self {
+        Batch {
+            qp,
+            items: Vec::new(),
+        }
+    }
+
+    fn push(mut self, buf: LocalBuf, kind: SendKind) -> Self {
+        self.items.push((buf, kind));
+        self
+    }
+
+    /// Adds a send.
+    pub fn send(self, buf: LocalBuf) -> Self {
+        self.push(buf, SendKind::Send { imm: None })
+    }
+
+    /// Adds a send with immediate data.
+    pub fn send_with_imm(self, buf: LocalBuf, imm: u32) -> Self {
+        self.push(buf, SendKind::Send { imm: Some(imm) })
+    }
+
+    /// Adds an RDMA write.
+    pub fn write(self, buf: LocalBuf, remote: RemoteRegion) -> Self {
+        self.push(buf, SendKind::Write { remote, imm: None })
+    }
+
+    /// Adds an RDMA write with immediate data.
+    pub fn write_with_imm(self, buf: LocalBuf, remote: RemoteRegion, imm: u32) -> Self {
+        self.push(
+            buf,
+            SendKind::Write {
+                remote,
+                imm: Some(imm),
+            },
+        )
+    }
+
+    /// Adds an RDMA read.
+    pub fn read(self, buf: LocalBuf, remote: RemoteRegion) -> Self {
+        self.push(buf, SendKind::Read { remote })
+    }
+
+    /// Adds an atomic fetch-and-add (`buf` receives the previous value).
+    pub fn fetch_and_add(self, buf: LocalBuf, remote: RemoteRegion, add: u64) -> Self {
+        self.push(buf, SendKind::FetchAdd { remote, add })
+    }
+
+    /// Adds an atomic compare-and-swap (`buf` receives the previous value).
+    pub fn compare_and_swap(
+        self,
+        buf: LocalBuf,
+        remote: RemoteRegion,
+        compare: u64,
+        swap: u64,
+    ) -> Self {
+        self.push(
+            buf,
+            SendKind::CompareSwap {
+                remote,
+                compare,
+                swap,
+            },
+        )
+    }
+
+    /// Number of work requests in the batch.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Posts the whole batch with one doorbell; resolves when all of it completed, to the
+    /// result and the buffers in the order they were added.
+    pub fn submit(self) -> Op<R, Vec<LocalBuf>, Done> {
+        let Batch { qp, items } = self;
+        let shared = qp.shared;
+        let mut partial = false;
+        let posted = Self::post(&shared, &items, &mut partial);
+        let buffers: Vec<LocalBuf> = items.into_iter().map(|(buf, _)| buf).collect();
+        if partial {
+            // Part of the chain is on the wire, unsignaled, and no completion will say when
+            // the device is done with it: fail the queue pair and keep the buffers until it
+            // is destroyed. The caller gets the error, not the buffers.
+            shared.quarantine(buffers);
+            return Op::new(Owner::Send(shared), posted, Vec::new());
+        }
+        Op::new(Owner::Send(shared), posted, buffers)
+    }
+
+    fn post(
+        shared: &QpShared<R>,
+        items: &[(LocalBuf, SendKind)],
+        partial: &mut bool,
+    ) -> Result<SlotId> {
+        if items.is_empty() {
+            return Err(Error::InvalidArgument("an empty batch".into()));
+        }
+        let pd = shared.pd.raw();
+        let mut sges = Vec::with_capacity(items.len());
+        for (buf, kind) in items {
+            if buf.pd_raw() != pd {
+                return Err(Error::InvalidArgument(
+                    "a buffer is registered in another protection domain than the queue pair's"
+                        .into(),
+                ));
+            }
+            kind.validate(buf.len(), 1)?;
+            sges.push(buf.sge());
+        }
+        let max_inline = shared.caps.max_inline_data as usize;
+        let count = items.len() as u32;
+        shared
+            .send_queue()?
+            .post(WorkKind::Batch, None, count, |id| {
+                // SAFETY: ibv_send_wr is plain C data; zero is valid for the fields not set.
+                let mut wrs: Vec<ibv_send_wr> = items
+                    .iter()
+                    .map(|_| unsafe { std::mem::zeroed() })
+                    .collect();
+                let last = wrs.len() - 1;
+                for (i, ((buf, kind), wr)) in items.iter().zip(wrs.iter_mut()).enumerate() {
+                    wr.wr_id = id.wr_id(i == last);
+                    if !buf.is_empty() {
+                        wr.sg_list = &mut sges[i];
+                        wr.num_sge = 1;
+                    }
+                    if i == last {
+                        wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+                    }
+                    kind.encode(wr, !buf.is_empty() && buf.len() <= max_inline);
+                }
+                for i in 0..last {
+                    let next: *mut ibv_send_wr = &mut wrs[i + 1];
+                    wrs[i].next = next;
+                }
+                let mut bad = std::ptr::null_mut();
+                // SAFETY: the QP is valid; the WR chain and SGEs live across the call; the
+                // buffers are owned by the Op (or its slot) until the last WR completes.
+                let rc = unsafe { ibv_post_send(shared.raw(), wrs.as_mut_ptr(), &mut bad) };
+                *partial = rc != 0 && !bad.is_null() && bad != wrs.as_mut_ptr();
+                rc
+            })
+    }
+}

@@ -1,0 +1,163 @@
+//! Operations in flight, as futures.
+//!
+//! Every operation posts its work request when it is called and returns an [`Op`]: a
+//! future that resolves, when the work completion arrives, to the result and the buffers it
+//! took. Dropping an `Op` early never frees or exposes memory the NIC may still touch: the
+//! buffers wait in the completion queue's slot until the completion (success, error or
+//! flush) arrives, then they are released.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use crate::buffers::{sealed, Buffers};
+use crate::cq::{CqShared, SlotId, WcInfo};
+use crate::error::{Error, Result};
+use crate::qp::QpShared;
+use crate::runtime::Runtime;
+use crate::srq::SrqShared;
+
+/// What a receive reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes received, from the start of the buffers.
+    pub len: usize,
+    /// Immediate data sent with the message, if any.
+    pub imm: Option<u32>,
+}
+
+/// How an operation turns its completion into its output.
+pub trait Outcome: sealed::Sealed + Send + 'static {
+    /// The output on success.
+    type Output;
+    #[doc(hidden)]
+    fn output<B: Buffers>(completion: Received, buffers: &B) -> Self::Output;
+}
+
+/// Output of operations that report nothing but success.
+#[derive(Debug)]
+pub enum Done {}
+impl sealed::Sealed for Done {}
+impl Outcome for Done {
+    type Output = ();
+    fn output<B: Buffers>(_: Received, _: &B) {}
+}
+
+/// Output of receives.
+#[derive(Debug)]
+pub enum Recv {}
+impl sealed::Sealed for Recv {}
+impl Outcome for Recv {
+    type Output = Received;
+    fn output<B: Buffers>(completion: Received, _: &B) -> Received {
+        completion
+    }
+}
+
+/// Output of atomics: the value the remote word held before.
+#[derive(Debug)]
+pub enum Atomic {}
+impl sealed::Sealed for Atomic {}
+impl Outcome for Atomic {
+    type Output = u64;
+    fn output<B: Buffers>(_: Received, buffers: &B) -> u64 {
+        let mut value = 0;
+        buffers.for_each_buf(&mut |b| {
+            if let Ok(bytes) = <[u8; 8]>::try_from(&b[..]) {
+                value = u64::from_ne_bytes(bytes);
+            }
+        });
+        value
+    }
+}
+
+/// The queue an operation was posted on: keeps it (and so its completion queue) alive.
+pub(crate) enum Owner<R: Runtime> {
+    /// The send queue of a queue pair.
+    Send(Arc<QpShared<R>>),
+    /// The receive queue of a queue pair.
+    Recv(Arc<QpShared<R>>),
+    /// A shared receive queue.
+    Srq(Arc<SrqShared<R>>),
+}
+
+impl<R: Runtime> Owner<R> {
+    fn cq(&self) -> &CqShared<R> {
+        match self {
+            Owner::Send(qp) => &qp.send_cq.shared,
+            Owner::Recv(qp) => &qp.recv_cq.shared,
+            Owner::Srq(srq) => &srq.cq.shared,
+        }
+    }
+}
+
+/// An operation in flight: resolves to `(result, buffers)`.
+///
+/// The work request is already posted when the `Op` exists, so several can be in flight
+/// from one task. Dropping it cancels nothing on the wire: it only gives up the result, and
+/// the buffers are released once the device is done with them.
+#[must_use = "the request is posted; await the Op to get the result and the buffers back"]
+pub struct Op<R: Runtime, B: Buffers, O: Outcome> {
+    owner: Owner<R>,
+    slot: Option<SlotId>,
+    early: Option<Error>,
+    buffers: Option<B>,
+    _outcome: PhantomData<fn() -> O>,
+}
+
+impl<R: Runtime, B: Buffers, O: Outcome> Op<R, B, O> {
+    pub(crate) fn new(owner: Owner<R>, posted: Result<SlotId>, buffers: B) -> Self {
+        let (slot, early) = match posted {
+            Ok(slot) => (Some(slot), None),
+            Err(err) => (None, Some(err)),
+        };
+        Op {
+            owner,
+            slot,
+            early,
+            buffers: Some(buffers),
+            _outcome: PhantomData,
+        }
+    }
+}
+
+impl<R: Runtime, B: Buffers, O: Outcome> Future for Op<R, B, O> {
+    type Output = (Result<O::Output>, B);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(err) = this.early.take() {
+            return Poll::Ready((
+                Err(err),
+                this.buffers.take().expect("Op polled after completion"),
+            ));
+        }
+        let id = this.slot.expect("Op polled after completion");
+        match this.owner.cq().poll_slot(id, cx) {
+            Poll::Ready(result) => {
+                this.slot = None;
+                let buffers = this.buffers.take().expect("buffers stay until completion");
+                let output = result.map(|info| O::output(received(info), &buffers));
+                Poll::Ready((output, buffers))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<R: Runtime, B: Buffers, O: Outcome> Drop for Op<R, B, O> {
+    fn drop(&mut self) {
+        if let (Some(id), Some(buffers)) = (self.slot.take(), self.buffers.take()) {
+            self.owner.cq().abandon(id, Box::new(buffers));
+        }
+    }
+}
+
+fn received(info: WcInfo) -> Received {
+    Received {
+        len: info.byte_len as usize,
+        imm: info.imm,
+    }
+}

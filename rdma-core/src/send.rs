@@ -1,0 +1,290 @@
+//! Send-queue operations of a queue pair: send, RDMA write and read, atomics.
+
+use rdma_sys::*;
+
+use crate::batch::Batch;
+use crate::buffers::{Buffers, SgeList};
+use crate::cq::SlotId;
+use crate::error::{Error, Result};
+use crate::mr::LocalBuf;
+use crate::op::{Atomic, Done, Op, Outcome, Owner, Recv};
+use crate::qp::{QpShared, QueuePair};
+use crate::remote::RemoteRegion;
+use crate::runtime::Runtime;
+use crate::wc::WorkKind;
+
+/// A send-queue work request, before it is encoded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SendKind {
+    Send {
+        imm: Option<u32>,
+    },
+    Write {
+        remote: RemoteRegion,
+        imm: Option<u32>,
+    },
+    Read {
+        remote: RemoteRegion,
+    },
+    CompareSwap {
+        remote: RemoteRegion,
+        compare: u64,
+        swap: u64,
+    },
+    FetchAdd {
+        remote: RemoteRegion,
+        add: u64,
+    },
+}
+
+impl SendKind {
+    pub(crate) fn work_kind(self) -> WorkKind {
+        match self {
+            SendKind::Send { imm: None } => WorkKind::Send,
+            SendKind::Send { imm: Some(_) } => WorkKind::SendWithImm,
+            SendKind::Write { imm: None, .. } => WorkKind::Write,
+            SendKind::Write { imm: Some(_), .. } => WorkKind::WriteWithImm,
+            SendKind::Read { .. } => WorkKind::Read,
+            SendKind::CompareSwap { .. } => WorkKind::CompareSwap,
+            SendKind::FetchAdd { .. } => WorkKind::FetchAdd,
+        }
+    }
+
+    pub(crate) fn remote(self) -> Option<RemoteRegion> {
+        match self {
+            SendKind::Send { .. } => None,
+            SendKind::Write { remote, .. }
+            | SendKind::Read { remote }
+            | SendKind::CompareSwap { remote, .. }
+            | SendKind::FetchAdd { remote, .. } => Some(remote),
+        }
+    }
+
+    /// Checks the request against its remote region before anything is posted.
+    pub(crate) fn validate(self, local_len: usize, sges: usize) -> Result<()> {
+        match self {
+            SendKind::Send { .. } => Ok(()),
+            SendKind::Write { remote, .. } | SendKind::Read { remote } => {
+                remote.check(0, local_len as u64)
+            }
+            SendKind::CompareSwap { remote, .. } | SendKind::FetchAdd { remote, .. } => {
+                remote.check_atomic()?;
+                if local_len != 8 || sges != 1 {
+                    return Err(Error::Misaligned { addr: remote.addr });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Fills the opcode, flags and remote fields of `wr`.
+    pub(crate) fn encode(self, wr: &mut ibv_send_wr, inline_ok: bool) {
+        use ibv_wr_opcode as Opc;
+        let mut flags = 0;
+        match self {
+            SendKind::Send { imm } => {
+                wr.opcode = if imm.is_some() {
+                    Opc::IBV_WR_SEND_WITH_IMM
+                } else {
+                    Opc::IBV_WR_SEND
+                };
+                if let Some(imm) = imm {
+                    wr.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+                }
+                if inline_ok {
+                    flags |= ibv_send_flags::IBV_SEND_INLINE.0;
+                }
+            }
+            SendKind::Write { remote, imm } => {
+                wr.opcode = if imm.is_some() {
+                    Opc::IBV_WR_RDMA_WRITE_WITH_IMM
+                } else {
+                    Opc::IBV_WR_RDMA_WRITE
+                };
+                if let Some(imm) = imm {
+                    wr.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+                }
+                wr.wr.rdma = rdma_t {
+                    remote_addr: remote.addr,
+                    rkey: remote.rkey,
+                };
+                if inline_ok {
+                    flags |= ibv_send_flags::IBV_SEND_INLINE.0;
+                }
+            }
+            SendKind::Read { remote } => {
+                wr.opcode = Opc::IBV_WR_RDMA_READ;
+                wr.wr.rdma = rdma_t {
+                    remote_addr: remote.addr,
+                    rkey: remote.rkey,
+                };
+            }
+            SendKind::CompareSwap {
+                remote,
+                compare,
+                swap,
+            } => {
+                wr.opcode = Opc::IBV_WR_ATOMIC_CMP_AND_SWP;
+                wr.wr.atomic = atomic_t {
+                    remote_addr: remote.addr,
+                    compare_add: compare,
+                    swap,
+                    rkey: remote.rkey,
+                };
+            }
+            SendKind::FetchAdd { remote, add } => {
+                wr.opcode = Opc::IBV_WR_ATOMIC_FETCH_AND_ADD;
+                wr.wr.atomic = atomic_t {
+                    remote_addr: remote.addr,
+                    compare_add: add,
+                    swap: 0,
+                    rkey: remote.rkey,
+                };
+            }
+        }
+        wr.send_flags |= flags;
+    }
+}
+
+impl<R: Runtime> QpShared<R> {
+    fn post_send_one<B: Buffers>(&self, buffers: &B, kind: SendKind) -> Result<SlotId> {
+        let mut sges = SgeList::collect(buffers, self.caps.max_send_sge, self.pd.raw())?;
+        kind.validate(sges.total, sges.len)?;
+        let inline_ok = sges.total > 0 && sges.total <= self.caps.max_inline_data as usize;
+        self.send_queue()?
+            .post(kind.work_kind(), kind.remote(), 1, |id| {
+                // SAFETY: ibv_send_wr is plain C data; zero is valid for the fields not set.
+                let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
+                wr.wr_id = id.wr_id(true);
+                (wr.sg_list, wr.num_sge) = sges.entries();
+                wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+                kind.encode(&mut wr, inline_ok);
+                let mut bad = std::ptr::null_mut();
+                // SAFETY: the QP is valid; `wr` and its SGE list live across the call; the
+                // memory the SGEs name is owned by the Op (or its slot) until the completion.
+                unsafe { ibv_post_send(self.raw(), &mut wr, &mut bad) }
+            })
+    }
+}
+
+impl<R: Runtime> QueuePair<R> {
+    fn send_op<B: Buffers, O: Outcome>(&self, buffers: B, kind: SendKind) -> Op<R, B, O> {
+        let posted = self.shared.post_send_one(&buffers, kind);
+        Op::new(Owner::Send(self.shared.clone()), posted, buffers)
+    }
+
+    /// Sends `buffers` as one message. Messages up to [`max_inline`](QueuePair::max_inline)
+    /// bytes go inline.
+    ///
+    /// ```no_run
+    /// # async fn demo<R: anyrdma_core::Runtime>(qp: anyrdma_core::QueuePair<R>, mut buf: anyrdma_core::LocalBuf) {
+    /// buf[..5].copy_from_slice(b"hello");
+    /// let (result, buf) = qp.send(buf).await;
+    /// result.expect("the peer had a receive posted");
+    /// # }
+    /// ```
+    pub fn send<B: Buffers>(&self, buffers: B) -> Op<R, B, Done> {
+        self.send_op(buffers, SendKind::Send { imm: None })
+    }
+
+    /// Sends `buffers` with 32 bits of immediate data, delivered with the peer's receive.
+    pub fn send_with_imm<B: Buffers>(&self, buffers: B, imm: u32) -> Op<R, B, Done> {
+        self.send_op(buffers, SendKind::Send { imm: Some(imm) })
+    }
+
+    /// Posts a receive into `buffers` (scattered in order); resolves to the length and
+    /// immediate data of the message that lands there.
+    pub fn recv<B: Buffers>(&self, buffers: B) -> Op<R, B, Recv> {
+        let posted = match &self.shared.srq {
+            Some(_) => Err(Error::InvalidArgument(
+                "this queue pair takes its receives from a shared receive queue: post them there"
+                    .into(),
+            )),
+            None => self.shared.recv_queue().and_then(|queue| {
+                queue.post_recv(
+                    &buffers,
+                    self.shared.caps.max_recv_sge,
+                    self.shared.pd.raw(),
+                    |wr, bad| {
+                        // SAFETY: the QP is valid; `wr` and its SGEs live across the call; the
+                        // memory they name is owned by the Op (or its slot) until the completion.
+                        unsafe { ibv_post_recv(self.shared.raw(), wr, bad) }
+                    },
+                )
+            }),
+        };
+        Op::new(Owner::Recv(self.shared.clone()), posted, buffers)
+    }
+
+    /// Writes `buffers` to the start of `remote`. The length is checked against `remote`
+    /// before posting: [`Error::OutOfBounds`] and nothing is sent when it does not fit.
+    pub fn write<B: Buffers>(&self, buffers: B, remote: RemoteRegion) -> Op<R, B, Done> {
+        self.send_op(buffers, SendKind::Write { remote, imm: None })
+    }
+
+    /// Writes like [`write`](QueuePair::write), then consumes one of the peer's receives
+    /// to deliver `imm` (the peer's receive resolves with `len` 0... the written length and
+    /// `imm`).
+    pub fn write_with_imm<B: Buffers>(
+        &self,
+        buffers: B,
+        remote: RemoteRegion,
+        imm: u32,
+    ) -> Op<R, B, Done> {
+        self.send_op(
+            buffers,
+            SendKind::Write {
+                remote,
+                imm: Some(imm),
+            },
+        )
+    }
+
+    /// Reads the start of `remote` into `buffers` (as many bytes as they hold).
+    pub fn read<B: Buffers>(&self, buffers: B, remote: RemoteRegion) -> Op<R, B, Done> {
+        self.send_op(buffers, SendKind::Read { remote })
+    }
+
+    /// Atomically: if the 8-byte word at `remote` equals `compare`, replace it with `swap`.
+    /// Resolves to the previous value (also left in `buf`, which must be 8 bytes).
+    pub fn compare_and_swap(
+        &self,
+        buf: LocalBuf,
+        remote: RemoteRegion,
+        compare: u64,
+        swap: u64,
+    ) -> Op<R, LocalBuf, Atomic> {
+        self.send_op(
+            buf,
+            SendKind::CompareSwap {
+                remote,
+                compare,
+                swap,
+            },
+        )
+    }
+
+    /// Atomically adds `add` to the 8-byte word at `remote`; resolves to the previous value
+    /// (also left in `buf`, which must be 8 bytes).
+    pub fn fetch_and_add(
+        &self,
+        buf: LocalBuf,
+        remote: RemoteRegion,
+        add: u64,
+    ) -> Op<R, LocalBuf, Atomic> {
+        self.send_op(buf, SendKind::FetchAdd { remote, add })
+    }
+
+    /// Starts a batch: several send-queue work requests posted with one doorbell, of
+    /// which only the last is signaled.
+    ///
+    /// ```no_run
+    /// # async fn demo<R: anyrdma_core::Runtime>(qp: anyrdma_core::QueuePair<R>, a: anyrdma_core::LocalBuf, b: anyrdma_core::LocalBuf, r: anyrdma_core::RemoteRegion) {
+    /// let (result, bufs) = qp.batch().write(a, r).send(b).submit().await;
+    /// result.expect("every request of the batch succeeded");
+    /// # }
+    /// ```
+    pub fn batch(&self) -> Batch<R> {
+        Batch::new(self.clone())
+    }
+}

@@ -1,0 +1,166 @@
+//! Shared receive queues: one pool of receive buffers for many queue pairs.
+
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rdma_sys::*;
+
+use crate::buffers::Buffers;
+use crate::cq::{CompletionQueue, QpStatus, WorkQueue};
+use crate::error::{Error, Result};
+use crate::op::{Op, Owner, Recv};
+use crate::pd::ProtectionDomain;
+use crate::queue::WorkQueueRef;
+use crate::runtime::Runtime;
+
+/// Sizes of a shared receive queue; capped at what the device allows.
+#[derive(Debug, Clone, Copy)]
+pub struct SrqOptions {
+    /// Receives that may be posted at once.
+    pub max_wr: u32,
+    /// Scatter-gather entries per receive.
+    pub max_sge: u32,
+}
+
+impl Default for SrqOptions {
+    fn default() -> Self {
+        SrqOptions {
+            max_wr: 1024,
+            max_sge: 4,
+        }
+    }
+}
+
+/// A shared receive queue: receives posted here are consumed by whichever attached queue
+/// pair gets a message first, so many connections share one pool of buffers.
+///
+/// Its receives complete on the completion queue given at creation, which every attached
+/// queue pair uses as its receive CQ. Cheap to clone; attached queue pairs keep it alive.
+///
+/// ```no_run
+/// # fn demo<R: anyrdma_core::Runtime>() -> anyrdma_core::Result<()> {
+/// use anyrdma_core::*;
+/// let ctx = Context::open_default()?;
+/// let pd = ctx.alloc_pd()?;
+/// let cq = CompletionQueue::<R>::new(&ctx, CqOptions::default())?;
+/// let srq = SharedReceiveQueue::new(&pd, &cq, SrqOptions::default())?;
+/// let qp1 = QueuePair::with_srq(&pd, &cq, &srq, QpOptions::default())?;
+/// let qp2 = QueuePair::with_srq(&pd, &cq, &srq, QpOptions::default())?;
+/// let inbox = srq.recv(pd.alloc(4096, Access::LOCAL)?); // either QP's peer may fill it
+/// # Ok(()) }
+/// ```
+pub struct SharedReceiveQueue<R: Runtime> {
+    pub(crate) shared: Arc<SrqShared<R>>,
+}
+
+impl<R: Runtime> Clone for SharedReceiveQueue<R> {
+    fn clone(&self) -> Self {
+        SharedReceiveQueue {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+pub(crate) struct SrqShared<R: Runtime> {
+    raw: NonNull<ibv_srq>,
+    status: Arc<QpStatus>,
+    pd: ProtectionDomain,
+    pub(crate) cq: CompletionQueue<R>,
+    max_wr: u32,
+    max_sge: u32,
+}
+
+// SAFETY: libibverbs SRQs are thread-safe; the pointer stays valid until SrqShared drops.
+unsafe impl<R: Runtime> Send for SrqShared<R> {}
+// SAFETY: as above.
+unsafe impl<R: Runtime> Sync for SrqShared<R> {}
+
+impl<R: Runtime> SharedReceiveQueue<R> {
+    /// Creates a shared receive queue whose receives complete on `cq`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `cq` belongs to another device;
+    /// [`Error::Verbs`] when the device refuses the sizes.
+    pub fn new(
+        pd: &ProtectionDomain,
+        cq: &CompletionQueue<R>,
+        options: SrqOptions,
+    ) -> Result<Self> {
+        if cq.shared.ctx.raw() != pd.context().raw() {
+            return Err(Error::InvalidArgument(
+                "the completion queue was created on another device context than the protection domain".into(),
+            ));
+        }
+        let limits = pd.context().limits();
+        // SAFETY: ibv_srq_init_attr is plain C data.
+        let mut init: ibv_srq_init_attr = unsafe { std::mem::zeroed() };
+        init.attr.max_wr = options.max_wr.clamp(1, limits.max_qp_wr.max(1));
+        init.attr.max_sge = options.max_sge.clamp(1, limits.max_sge.max(1));
+        // SAFETY: the PD is valid and outlives the SRQ (SrqShared holds it).
+        let raw = unsafe { ibv_create_srq(pd.raw(), &mut init) };
+        let raw = NonNull::new(raw).ok_or_else(|| {
+            Error::last_os("ibv_create_srq")
+                .with_hint("the requested size may exceed the device's limits")
+        })?;
+        Ok(SharedReceiveQueue {
+            shared: Arc::new(SrqShared {
+                raw,
+                status: QpStatus::new(0, true),
+                pd: pd.clone(),
+                cq: cq.clone(),
+                // ibv_create_srq writes back what it granted.
+                max_wr: init.attr.max_wr,
+                max_sge: init.attr.max_sge,
+            }),
+        })
+    }
+
+    /// Posts a receive into `buffers`; resolves when a message for any attached queue pair
+    /// lands there.
+    pub fn recv<B: Buffers>(&self, buffers: B) -> Op<R, B, Recv> {
+        let shared = &self.shared;
+        let queue = WorkQueueRef {
+            status: &shared.status,
+            cq: &shared.cq.shared,
+            queue: WorkQueue::Recv,
+            depth: shared.max_wr,
+            name: "shared receive queue",
+            call: "ibv_post_srq_recv",
+        };
+        let posted = queue.post_recv(&buffers, shared.max_sge, shared.pd.raw(), |wr, bad| {
+            // SAFETY: the SRQ is valid; `wr` and its SGEs live across the call; the memory
+            // they name is owned by the Op (or its slot) until the completion.
+            unsafe { ibv_post_srq_recv(shared.raw.as_ptr(), wr, bad) }
+        });
+        Op::new(Owner::Srq(shared.clone()), posted, buffers)
+    }
+
+    /// Receives posted and not yet consumed.
+    pub fn posted(&self) -> u32 {
+        self.shared.status.rq_used.load(Ordering::Acquire)
+    }
+
+    /// The completion queue its receives complete on.
+    pub fn cq(&self) -> &CompletionQueue<R> {
+        &self.shared.cq
+    }
+
+    pub(crate) fn raw(&self) -> *mut ibv_srq {
+        self.shared.raw.as_ptr()
+    }
+}
+
+impl<R: Runtime> Drop for SrqShared<R> {
+    fn drop(&mut self) {
+        // SAFETY: no attached QP is left (each holds an Arc to this SRQ) and no pending
+        // future either; destroyed once.
+        let rc = unsafe { ibv_destroy_srq(self.raw.as_ptr()) };
+        if rc == 0 {
+            // Destroyed: the device touches none of its buffers any more.
+            self.cq.shared.release_owner(&self.status);
+        }
+        // Otherwise keep the buffers of dropped receives (a leak is safe; freeing memory the
+        // NIC may write is not).
+    }
+}
