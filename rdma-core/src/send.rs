@@ -222,9 +222,9 @@ impl<R: Runtime> QueuePair<R> {
         self.send_op(buffers, SendKind::Write { remote, imm: None })
     }
 
-    /// Writes like [`write`](QueuePair::write), then consumes one of the peer's receives
-    /// to deliver `imm` (the peer's receive resolves with `len` 0... the written length and
-    /// `imm`).
+    /// Writes like [`write`](QueuePair::write), then consumes one of the peer's posted
+    /// receives to deliver `imm`: the peer learns that the data is there without polling
+    /// memory. The receive's buffer is left untouched.
     pub fn write_with_imm<B: Buffers>(
         &self,
         buffers: B,
