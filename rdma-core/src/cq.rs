@@ -343,6 +343,16 @@ impl<R: Runtime> CompletionQueue<R> {
         })
     }
 
+    /// Checks that this CQ and `pd` belong to the same device context.
+    pub(crate) fn check_device(&self, pd: &crate::pd::ProtectionDomain) -> Result<()> {
+        if self.shared.ctx.raw() != pd.context().raw() {
+            return Err(Error::InvalidArgument(
+                "the completion queue was created on another device context than the protection domain".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Entries of the queue.
     pub fn entries(&self) -> u32 {
         self.shared.entries

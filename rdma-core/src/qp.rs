@@ -215,13 +215,8 @@ impl<R: Runtime> QueuePair<R> {
         options: QpOptions,
     ) -> Result<QueuePair<R>> {
         let ctx = pd.context();
-        for cq in [send_cq, recv_cq] {
-            if cq.shared.ctx.raw() != ctx.raw() {
-                return Err(Error::InvalidArgument(
-                    "the completion queue was created on another device context than the protection domain".into(),
-                ));
-            }
-        }
+        send_cq.check_device(pd)?;
+        recv_cq.check_device(pd)?;
         let limits = ctx.limits();
         let cap = ibv_qp_cap {
             max_send_wr: options.max_send_wr.clamp(1, limits.max_qp_wr.max(1)),

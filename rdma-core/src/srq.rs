@@ -87,11 +87,7 @@ impl<R: Runtime> SharedReceiveQueue<R> {
         cq: &CompletionQueue<R>,
         options: SrqOptions,
     ) -> Result<Self> {
-        if cq.shared.ctx.raw() != pd.context().raw() {
-            return Err(Error::InvalidArgument(
-                "the completion queue was created on another device context than the protection domain".into(),
-            ));
-        }
+        cq.check_device(pd)?;
         let limits = pd.context().limits();
         // SAFETY: ibv_srq_init_attr is plain C data.
         let mut init: ibv_srq_init_attr = unsafe { std::mem::zeroed() };
