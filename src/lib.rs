@@ -52,8 +52,8 @@ pub use anyrdma_core::{
     default_port, devices, registered_regions, Access, Atomic, Buffers, ConnectOptions, Context,
     CqOptions, DeviceInfo, DeviceLimits, DeviceSpec, Done, Elapsed, Endpoint, Error, Gid, GidEntry,
     GidType, LinkLayer, LocalBuf, MemoryRegion, Outcome, PollMode, PortInfo, PortSelection,
-    PortState, ProtectionDomain, QpOptions, ReadinessFd, Received, Recv, RemoteRegion, Result,
-    Runtime, SrqOptions, WcStatus, WorkKind, DEVICE_ENV, MAX_SGE,
+    PortState, ProtectionDomain, QpOptions, QpShutdownReason, ReadinessFd, Received, Recv,
+    RemoteRegion, Result, Runtime, SrqOptions, WcStatus, WorkKind, DEVICE_ENV, MAX_SGE,
 };
 
 #[cfg(feature = "async-std")]

@@ -178,7 +178,38 @@ async fn full_queues_and_unconnected_pairs_are_typed_errors<R: TestRuntime>() {
     );
 }
 
+/// An application shutdown flushes what is pending and refuses new work, saying why.
+async fn shutdown_flushes_pending_work<R: TestRuntime>() {
+    if !support::device_present("shutdown_flushes_pending_work") {
+        return;
+    }
+    let pair = Pair::<R>::new();
+    let pending: Vec<_> = (0..4)
+        .map(|_| pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap()))
+        .collect();
+    pair.b.shutdown().expect("shutdown");
+    for op in pending {
+        let (result, _) = within::<R, _>(10, "flushed by shutdown", op).await;
+        let err = result.expect_err("flushed");
+        assert!(
+            matches!(
+                err.root_cause(),
+                Error::Shutdown {
+                    reason: anyrdma::QpShutdownReason::Application,
+                    ..
+                }
+            ),
+            "{}: {err:?}",
+            R::NAME
+        );
+    }
+    let (result, _) = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap()).await;
+    assert!(matches!(result, Err(Error::QpInError { .. })), "{result:?}");
+    assert_eq!(pair.cq_b.in_flight(), 0);
+}
+
 runtime_tests!(
+    shutdown_flushes_pending_work,
     wrong_rkey_is_a_remote_access_error,
     queue_pair_error_fails_everything_fast,
     send_without_receive_is_rnr_error,

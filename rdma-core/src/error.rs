@@ -90,6 +90,13 @@ pub enum Error {
         /// The failure that put the queue pair in error, when anyrdma saw it.
         cause: Option<Arc<Error>>,
     },
+    /// The queue pair was moved to the error state on purpose.
+    Shutdown {
+        /// The local queue pair number.
+        qpn: u32,
+        /// Why.
+        reason: QpShutdownReason,
+    },
     /// The queue pair is in the error state: new work requests fail at once.
     QpInError {
         /// The local queue pair number.
@@ -97,6 +104,17 @@ pub enum Error {
         /// The failure that put it there.
         cause: Arc<Error>,
     },
+}
+
+/// Why anyrdma or the application moved a queue pair to the error state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QpShutdownReason {
+    /// The application called `QueuePair::shutdown`.
+    Application,
+    /// A batch was posted only in part; the queue pair was failed so that its buffers are
+    /// released safely when it is destroyed.
+    PartialBatch,
 }
 
 impl Error {
@@ -241,6 +259,20 @@ impl fmt::Display for Error {
                 f,
                 "{kind} on queue pair {qpn} was flushed: the queue pair is in the error state \
                  (it was closed, or failed without a completion anyrdma saw)"
+            ),
+            Error::Shutdown {
+                qpn,
+                reason: QpShutdownReason::Application,
+            } => {
+                write!(f, "queue pair {qpn} was shut down by the application")
+            }
+            Error::Shutdown {
+                qpn,
+                reason: QpShutdownReason::PartialBatch,
+            } => write!(
+                f,
+                "queue pair {qpn} was failed because the device accepted only part of a batch; \
+                 its buffers are released when the queue pair is destroyed"
             ),
             Error::QpInError { qpn, cause } => write!(
                 f,

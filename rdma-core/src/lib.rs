@@ -36,7 +36,7 @@ pub use device::{
     default_port, devices, DeviceInfo, DeviceSpec, Gid, GidEntry, GidType, LinkLayer, PortInfo,
     PortSelection, PortState, DEVICE_ENV,
 };
-pub use error::{Error, Result};
+pub use error::{Error, QpShutdownReason, Result};
 pub use mr::{registered_regions, Access, LocalBuf, MemoryRegion};
 pub use op::{Atomic, Done, Op, Outcome, Received, Recv};
 pub use pd::ProtectionDomain;

@@ -9,7 +9,7 @@ use rdma_sys::*;
 
 use crate::context::{mtu_bytes, mtu_enum};
 use crate::cq::{CompletionQueue, QpStatus, WorkQueue};
-use crate::error::{Error, Result};
+use crate::error::{Error, QpShutdownReason, Result};
 use crate::mr::LocalBuf;
 use crate::pd::ProtectionDomain;
 use crate::queue::WorkQueueRef;
@@ -397,13 +397,7 @@ impl<R: Runtime> QueuePair<R> {
     /// # Errors
     /// [`Error::Verbs`] when the device refuses the transition.
     pub fn shutdown(&self) -> Result<()> {
-        let _ = self
-            .shared
-            .status
-            .failure
-            .set(Arc::new(Error::InvalidArgument(
-                "the queue pair was shut down by the application".into(),
-            )));
+        self.shared.fail(QpShutdownReason::Application);
         self.shared.to_error()
     }
 }
@@ -454,12 +448,17 @@ impl<R: Runtime> QpShared<R> {
         }
     }
 
+    /// Records why the QP is being moved to the error state (unless it already failed).
+    fn fail(&self, reason: QpShutdownReason) {
+        let _ = self.status.failure.set(Arc::new(Error::Shutdown {
+            qpn: self.status.qpn,
+            reason,
+        }));
+    }
+
     /// Keeps `buffers` until the QP is destroyed, and fails the QP so that happens soon.
     pub(crate) fn quarantine(&self, buffers: Vec<LocalBuf>) {
-        let _ = self.status.failure.set(Arc::new(Error::InvalidArgument(
-            "a batch was posted only in part; the queue pair was failed to recover its buffers"
-                .into(),
-        )));
+        self.fail(QpShutdownReason::PartialBatch);
         let _ = self.to_error();
         self.quarantine
             .lock()
