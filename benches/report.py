@@ -357,5 +357,24 @@ if meta["times_s"]:
     md.append("Run times in the guest: " + ", ".join(f"{k} {v} s" for k, v in meta["times_s"].items()) + ".")
     md.append("")
 
-open(f"{out_dir}/results.md", "w").write("\n".join(md))
-print("\n".join(md))
+text = "\n".join(md)
+open(f"{out_dir}/results.md", "w").write(text)
+print(text)
+
+# A full run replaces the results section of BENCHMARKS.md (between the markers) with this text.
+doc = f"{out_dir}/../../BENCHMARKS.md"
+begin, end = "<!-- results:begin (scripts/bench writes this part) -->", "<!-- results:end -->"
+if run_mode == "full":
+    try:
+        old = open(doc).read()
+        if begin in old and end in old:
+            head, rest = old.split(begin, 1)
+            open(doc, "w").write(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+            print(f"updated {doc}")
+    except OSError:
+        pass
+
+failed = [n for n in perftest_notes if n.startswith("anyrdma bench")]
+if failed or not any(r["impl"] == "anyrdma" for r in rows):
+    print("bench runs failed: " + "; ".join(failed or ["no anyrdma rows"]), file=sys.stderr)
+    sys.exit(1)
