@@ -748,6 +748,9 @@ mod raw {
         qp: *mut ibv_qp,
         mrs: Vec<(*mut ibv_mr, *mut u8, std::alloc::Layout)>,
         event: bool,
+        /// Completions taken from the CQ and not yet claimed, by kind.
+        sends_done: u32,
+        recvs_done: u32,
     }
 
     fn check(rc: i32, what: &str) -> Res<()> {
@@ -819,6 +822,8 @@ mod raw {
                 qp,
                 mrs: Vec::new(),
                 event,
+                sends_done: 0,
+                recvs_done: 0,
             })
         }
 
@@ -947,6 +952,28 @@ mod raw {
             Ok(wc)
         }
 
+        /// Waits until a completion of the wanted kind (receive or send queue) is there, and
+        /// claims it; completions of the other kind seen meanwhile are counted for later.
+        unsafe fn claim(&mut self, recv: bool) -> Res<()> {
+            loop {
+                let have = if recv {
+                    &mut self.recvs_done
+                } else {
+                    &mut self.sends_done
+                };
+                if *have > 0 {
+                    *have -= 1;
+                    return Ok(());
+                }
+                let wc = self.wait()?;
+                if wc.wr_id == 1 {
+                    self.recvs_done += 1;
+                } else {
+                    self.sends_done += 1;
+                }
+            }
+        }
+
         unsafe fn post_recv(&self, buf: *mut u8, mr: *mut ibv_mr, len: usize) -> Res<()> {
             let mut sge = ibv_sge {
                 addr: buf as u64,
@@ -1034,7 +1061,11 @@ mod raw {
             let (target, target_mr) = r.alloc(size)?;
             let (sbuf, smr) = r.alloc(size)?;
             let (rbuf, rmr) = r.alloc(size)?;
-            let psn = (std::process::id() * 7919) & 0xffffff;
+            // A fresh PSN per QP (like anyrdma's): a reused QP number must not accept stale packets.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let psn = (nanos ^ std::process::id().wrapping_mul(7919)) & 0xffffff;
             let mine = r.endpoint(actx, psn)?;
             let region = RemoteRegion {
                 addr: target as u64,
@@ -1070,7 +1101,7 @@ mod raw {
                             0,
                             inline,
                         )?;
-                        r.wait()?;
+                        r.claim(false)?;
                         if client {
                             spin_until(last, tag(i));
                         }
@@ -1085,21 +1116,15 @@ mod raw {
                             stamps.push(Instant::now());
                             r.post_send(opcode, sbuf, smr, size, remote, i as u32, inline)?;
                         }
-                        // Client: the send's and the reply's completions; server: the request's.
-                        let mut got_recv = false;
-                        let mut got_send = !client;
-                        while !(got_recv && got_send) {
-                            let wc = r.wait()?;
-                            if wc.wr_id == 1 {
-                                got_recv = true;
-                                r.post_recv(rbuf, rmr, size)?;
-                            } else {
-                                got_send = true;
-                            }
+                        // Client: the reply, then its request's completion; server: the request,
+                        // then the completion of its previous reply. The receive is re-posted before replying.
+                        r.claim(true)?;
+                        r.post_recv(rbuf, rmr, size)?;
+                        if client || i > 0 {
+                            r.claim(false)?;
                         }
                         if !client {
                             r.post_send(opcode, sbuf, smr, size, remote, i as u32, inline)?;
-                            r.wait()?;
                         }
                     }
                     Test::ReadLat => {
@@ -1114,13 +1139,16 @@ mod raw {
                                 0,
                                 false,
                             )?;
-                            r.wait()?;
+                            r.claim(false)?;
                         }
                     }
                     _ => unreachable!("rates are refused above"),
                 }
             }
             stamps.push(Instant::now());
+            if !client && spec.iters > 0 && matches!(spec.test, Test::SendLat | Test::WriteImmLat) {
+                r.claim(false)?; // the last reply
+            }
             barrier(&mut ctl)?;
             drop(r);
             let halve = spec.test != Test::ReadLat;
