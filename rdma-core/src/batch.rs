@@ -2,7 +2,6 @@
 
 use rdma_sys::*;
 
-use crate::cq::SlotId;
 use crate::error::{Error, Result};
 use crate::mr::LocalBuf;
 use crate::op::{Done, Op, Owner};
@@ -10,6 +9,7 @@ use crate::qp::{QpShared, QueuePair};
 use crate::remote::RemoteRegion;
 use crate::runtime::Runtime;
 use crate::send::SendKind;
+use crate::slots::SlotId;
 use crate::wc::WorkKind;
 
 /// Send-queue work requests to post together: one `ibv_post_send`, one completion.

@@ -25,7 +25,9 @@ mod queue;
 mod remote;
 pub mod runtime;
 mod send;
+mod slots;
 mod srq;
+mod wake;
 mod wc;
 
 pub use batch::Batch;

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use crate::buffers::{sealed, Buffers};
-use crate::cq::{CqShared, SlotId, WcInfo};
+use crate::cq::CqShared;
 use crate::error::{Error, Result};
 use crate::qp::QpShared;
 use crate::runtime::Runtime;
+use crate::slots::{SlotId, WcInfo};
 use crate::srq::SrqShared;
 
 /// What a receive reports.

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use rdma_sys::*;
 
 use crate::context::{mtu_bytes, mtu_enum};
-use crate::cq::{CompletionQueue, QpStatus, WorkQueue};
+use crate::cq::CompletionQueue;
 use crate::error::{Error, QpShutdownReason, Result};
 use crate::mr::LocalBuf;
 use crate::pd::ProtectionDomain;
 use crate::queue::WorkQueueRef;
 use crate::runtime::Runtime;
+use crate::slots::{QpStatus, WorkQueue};
 use crate::srq::SharedReceiveQueue;
 
 /// Sizes of a queue pair; each is capped at what the device allows.

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use rdma_sys::{ibv_pd, ibv_recv_wr};
 
 use crate::buffers::{Buffers, SgeList};
-use crate::cq::{CqShared, QpStatus, SlotId, SlotInfo, WorkQueue};
+use crate::cq::CqShared;
 use crate::error::{Error, Result};
 use crate::remote::RemoteRegion;
 use crate::runtime::Runtime;
+use crate::slots::{QpStatus, SlotId, SlotInfo, WorkQueue};
 use crate::wc::WorkKind;
 
 /// One work queue (the send or receive queue of a QP, or a shared receive queue) as the

@@ -4,13 +4,13 @@ use rdma_sys::*;
 
 use crate::batch::Batch;
 use crate::buffers::{Buffers, SgeList};
-use crate::cq::SlotId;
 use crate::error::{Error, Result};
 use crate::mr::LocalBuf;
 use crate::op::{Atomic, Done, Op, Outcome, Owner, Recv};
 use crate::qp::{QpShared, QueuePair};
 use crate::remote::RemoteRegion;
 use crate::runtime::Runtime;
+use crate::slots::SlotId;
 use crate::wc::WorkKind;
 
 /// A send-queue work request, before it is encoded.

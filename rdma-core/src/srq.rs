@@ -7,12 +7,13 @@ use std::sync::Arc;
 use rdma_sys::*;
 
 use crate::buffers::Buffers;
-use crate::cq::{CompletionQueue, QpStatus, WorkQueue};
+use crate::cq::CompletionQueue;
 use crate::error::{Error, Result};
 use crate::op::{Op, Owner, Recv};
 use crate::pd::ProtectionDomain;
 use crate::queue::WorkQueueRef;
 use crate::runtime::Runtime;
+use crate::slots::{QpStatus, WorkQueue};
 
 /// Sizes of a shared receive queue; capped at what the device allows.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,350 @@
+//! The slot table of a completion queue: one slot per operation in flight.
+//!
+//! A work request's `wr_id` is its slot's index and generation (plus a bit marking the last
+//! request of a batch), so a completion goes straight to its slot: no map, no search. A
+//! slot is freed when its result is taken, or, for an operation whose future was dropped,
+//! when its completion arrives; the generation then changes, so a late completion of a
+//! released slot is recognised and ignored.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::task::Waker;
+
+use rdma_sys::*;
+
+use crate::error::{Error, Result};
+use crate::remote::RemoteRegion;
+use crate::wake::WakeList;
+use crate::wc::{WcStatus, WorkKind};
+
+/// Bit of a `wr_id` that marks the last (signaled) work request of a slot.
+const LAST_WR: u64 = 1 << 63;
+/// Generations use the 31 bits below LAST_WR.
+const GENERATION_MASK: u32 = 0x7fff_ffff;
+
+/// Which work queue a slot's requests went to, for returning queue credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkQueue {
+    Send,
+    Recv,
+}
+
+/// What a successful completion reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WcInfo {
+    pub(crate) byte_len: u32,
+    pub(crate) imm: Option<u32>,
+}
+
+/// The failure state and queue credits of one queue pair (or shared receive queue), shared
+/// with its slots.
+pub(crate) struct QpStatus {
+    /// The queue pair number (0 for a shared receive queue).
+    pub(crate) qpn: u32,
+    /// A shared receive queue: a failed receive means the consuming QP failed, not the SRQ.
+    pub(crate) shared_receive: bool,
+    /// The failure that put the QP in the error state, first one wins.
+    pub(crate) failure: std::sync::OnceLock<Arc<Error>>,
+    pub(crate) sq_used: std::sync::atomic::AtomicU32,
+    pub(crate) rq_used: std::sync::atomic::AtomicU32,
+}
+
+impl QpStatus {
+    pub(crate) fn new(qpn: u32, shared_receive: bool) -> Arc<QpStatus> {
+        Arc::new(QpStatus {
+            qpn,
+            shared_receive,
+            failure: std::sync::OnceLock::new(),
+            sq_used: std::sync::atomic::AtomicU32::new(0),
+            rq_used: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    pub(crate) fn release(&self, queue: WorkQueue, wrs: u32) {
+        use std::sync::atomic::Ordering::Release;
+        match queue {
+            WorkQueue::Send => self.sq_used.fetch_sub(wrs, Release),
+            WorkQueue::Recv => self.rq_used.fetch_sub(wrs, Release),
+        };
+    }
+}
+
+/// The description of a posted slot, kept for dispatch and error reports.
+pub(crate) struct SlotInfo {
+    pub(crate) qp: Arc<QpStatus>,
+    pub(crate) kind: WorkKind,
+    pub(crate) remote: Option<RemoteRegion>,
+    pub(crate) queue: WorkQueue,
+    /// Work requests posted under this slot (all but the last unsignaled).
+    pub(crate) wrs: u32,
+}
+
+enum SlotState {
+    Free,
+    Pending {
+        info: SlotInfo,
+        waker: Option<Waker>,
+        /// Boxed: errors are rare, and slots stay small.
+        first_error: Option<Box<Error>>,
+        /// The buffers of an operation whose future was dropped; released on completion.
+        abandoned: Option<Box<dyn Any + Send>>,
+    },
+    Done(Result<WcInfo, Box<Error>>),
+}
+
+struct Slot {
+    generation: u32,
+    state: SlotState,
+}
+
+/// A posted slot: what the operation's future keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlotId {
+    index: u32,
+    generation: u32,
+}
+
+impl SlotId {
+    /// The `wr_id` of a work request of this slot; `last` marks the signaled one.
+    pub(crate) fn wr_id(self, last: bool) -> u64 {
+        let id = (u64::from(self.generation) << 32) | u64::from(self.index);
+        if last {
+            id | LAST_WR
+        } else {
+            id
+        }
+    }
+}
+
+/// The outcome of a slot: what a successful completion reported, or the boxed error.
+pub(crate) type SlotResult = std::result::Result<WcInfo, Box<Error>>;
+
+/// The slots of one completion queue.
+pub(crate) struct SlotTable {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Work requests posted and not yet accounted for: each may produce a completion.
+    outstanding: u32,
+    /// Completions the CQ can hold.
+    capacity: u32,
+}
+
+impl SlotTable {
+    pub(crate) fn new(capacity: u32) -> SlotTable {
+        SlotTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            outstanding: 0,
+            capacity,
+        }
+    }
+
+    /// Slots taken: operations in flight, or completed and not yet collected.
+    pub(crate) fn in_use(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Takes a slot for `info`, reserving CQ room for its work requests.
+    pub(crate) fn reserve(&mut self, info: SlotInfo) -> Result<SlotId> {
+        if self.outstanding + info.wrs > self.capacity {
+            return Err(Error::QueueFull {
+                queue: "completion queue",
+                depth: self.capacity,
+            });
+        }
+        self.outstanding += info.wrs;
+        let pending = SlotState::Pending {
+            info,
+            waker: None,
+            first_error: None,
+            abandoned: None,
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize].state = pending;
+                index
+            }
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    state: pending,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        Ok(SlotId {
+            index,
+            generation: self.slots[index as usize].generation,
+        })
+    }
+
+    /// Gives back a slot whose work requests were never posted.
+    pub(crate) fn unreserve(&mut self, id: SlotId) {
+        if let SlotState::Pending { info, .. } = &self.slots[id.index as usize].state {
+            self.outstanding -= info.wrs;
+        }
+        self.free_slot(id.index);
+    }
+
+    /// The result of `id`, if its completion was dispatched; frees the slot.
+    pub(crate) fn take_done(&mut self, id: SlotId) -> Option<SlotResult> {
+        let slot = &mut self.slots[id.index as usize];
+        if slot.generation != id.generation || !matches!(slot.state, SlotState::Done(_)) {
+            return None;
+        }
+        let SlotState::Done(result) = std::mem::replace(&mut slot.state, SlotState::Free) else {
+            unreachable!("checked above")
+        };
+        self.free_slot(id.index);
+        Some(result)
+    }
+
+    /// Remembers the task to wake when the completion of `id` is dispatched.
+    pub(crate) fn set_waker(&mut self, id: SlotId, new: &Waker) {
+        if let SlotState::Pending { waker, .. } = &mut self.slots[id.index as usize].state {
+            match waker {
+                Some(old) if old.will_wake(new) => {}
+                _ => *waker = Some(new.clone()),
+            }
+        }
+    }
+
+    /// The future of `id` is gone: its buffers wait in the slot for the completion. Returns
+    /// them when the completion already came, for the caller to drop outside the lock.
+    pub(crate) fn abandon(
+        &mut self,
+        id: SlotId,
+        buffers: Box<dyn Any + Send>,
+    ) -> Option<Box<dyn Any + Send>> {
+        let slot = &mut self.slots[id.index as usize];
+        if slot.generation != id.generation {
+            return Some(buffers);
+        }
+        match &mut slot.state {
+            SlotState::Pending {
+                abandoned, waker, ..
+            } => {
+                *abandoned = Some(buffers);
+                *waker = None;
+                None
+            }
+            SlotState::Done(_) => {
+                self.free_slot(id.index);
+                Some(buffers)
+            }
+            SlotState::Free => Some(buffers),
+        }
+    }
+
+    /// Releases every slot of `owner`, whose queue was destroyed (so the device no longer
+    /// touches the buffers): their buffers go to `wake.released`.
+    pub(crate) fn release_owner(&mut self, owner: &Arc<QpStatus>, wake: &mut WakeList) {
+        for index in 0..self.slots.len() {
+            if let SlotState::Pending {
+                info, abandoned, ..
+            } = &mut self.slots[index].state
+            {
+                if Arc::ptr_eq(&info.qp, owner) {
+                    let wrs = info.wrs;
+                    info.qp.release(info.queue, wrs);
+                    if let Some(buffers) = abandoned.take() {
+                        wake.released.push(buffers);
+                    }
+                    self.outstanding = self.outstanding.saturating_sub(wrs);
+                    self.free_slot(index as u32);
+                }
+            }
+        }
+    }
+
+    fn free_slot(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        slot.state = SlotState::Free;
+        slot.generation = slot.generation.wrapping_add(1) & GENERATION_MASK;
+        self.free.push(index);
+    }
+
+    /// Files the completion `wc` in its slot and queues the waiting task in `wake`. The
+    /// result of `polling`, the slot of the task that polls, is handed back directly.
+    pub(crate) fn dispatch(
+        &mut self,
+        wc: &ibv_wc,
+        wake: &mut WakeList,
+        polling: Option<SlotId>,
+    ) -> Option<SlotResult> {
+        let index = (wc.wr_id & 0xffff_ffff) as u32;
+        let generation = ((wc.wr_id >> 32) as u32) & GENERATION_MASK;
+        let last = wc.wr_id & LAST_WR != 0;
+        let slot = self.slots.get_mut(index as usize)?;
+        if slot.generation != generation {
+            return None; // a completion of a slot released when its queue was destroyed
+        }
+        let SlotState::Pending {
+            info,
+            waker,
+            first_error,
+            abandoned,
+        } = &mut slot.state
+        else {
+            return None;
+        };
+        if wc.status != ibv_wc_status::IBV_WC_SUCCESS && first_error.is_none() {
+            *first_error = Some(Box::new(completion_error(wc, info)));
+        }
+        if !last {
+            return None;
+        }
+        self.outstanding = self.outstanding.saturating_sub(info.wrs);
+        info.qp.release(info.queue, info.wrs);
+        let result = match first_error.take() {
+            Some(err) => Err(err),
+            None => Ok(WcInfo {
+                byte_len: wc.byte_len,
+                imm: (wc.wc_flags & ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0)
+                    // SAFETY: WITH_IMM says the union holds immediate data (network order).
+                    .then(|| u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data })),
+            }),
+        };
+        if let Some(buffers) = abandoned.take() {
+            wake.released.push(buffers);
+            self.free_slot(index);
+            return None;
+        }
+        if polling == Some(SlotId { index, generation }) {
+            self.free_slot(index);
+            return Some(result);
+        }
+        let waker = waker.take();
+        slot.state = SlotState::Done(result);
+        if let Some(waker) = waker {
+            wake.push(waker);
+        }
+        None
+    }
+}
+
+/// The error a failed work completion reports, recording the queue pair's failure.
+fn completion_error(wc: &ibv_wc, info: &SlotInfo) -> Error {
+    let status = WcStatus(wc.status);
+    // wc.qp_num is the local QP the request ran on (for a shared receive queue, the one that
+    // consumed the receive).
+    if status == WcStatus::WR_FLUSH_ERR {
+        return Error::Flushed {
+            kind: info.kind,
+            qpn: wc.qp_num,
+            cause: info.qp.failure.get().cloned(),
+        };
+    }
+    let describe = || Error::WorkCompletion {
+        kind: info.kind,
+        status,
+        vendor_err: wc.vendor_err,
+        qpn: wc.qp_num,
+        remote: info.remote,
+    };
+    // A failed receive of a shared receive queue puts the consuming QP in error, not the SRQ.
+    if !info.qp.shared_receive {
+        let _ = info.qp.failure.set(Arc::new(describe()));
+    }
+    describe()
+}

@@ -1,0 +1,87 @@
+//! Wake-up plumbing of the completion engine.
+
+use std::any::Any;
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Wake, Waker};
+
+/// How many work completions one `ibv_poll_cq` call takes, and so how many tasks one poll
+/// can have to wake.
+pub(crate) const POLL_BATCH: usize = 32;
+
+/// Locks `mutex`. Nothing done under these locks panics on any input; should something
+/// panic anyway, the other tasks carry on rather than all panic in turn.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Tasks asleep on the completion channel. The channel fd is always polled with a waker of
+/// this list, so whichever task polled it last, an event wakes every sleeper.
+#[derive(Default)]
+pub(crate) struct Sleepers(Mutex<Vec<Waker>>);
+
+impl Sleepers {
+    pub(crate) fn add(&self, waker: &Waker) {
+        let mut list = lock(&self.0);
+        if !list.iter().any(|w| w.will_wake(waker)) {
+            list.push(waker.clone());
+        }
+    }
+}
+
+impl Wake for Sleepers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Waking only schedules tasks, so it is done under the lock, keeping the list's
+        // capacity for the next round.
+        for waker in lock(&self.0).drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// Wakers gathered under the lock and woken after it is released. Built on every poll, so
+/// it costs nothing until used: no initialised array, no allocation.
+pub(crate) struct WakeList {
+    wakers: [MaybeUninit<Waker>; POLL_BATCH],
+    len: usize,
+    /// Buffers of dropped operations, freed outside the lock.
+    pub(crate) released: Vec<Box<dyn Any + Send>>,
+}
+
+impl WakeList {
+    pub(crate) fn new() -> Self {
+        WakeList {
+            wakers: [const { MaybeUninit::uninit() }; POLL_BATCH],
+            len: 0,
+            released: Vec::new(),
+        }
+    }
+
+    /// Adds a waker; at most one per completion of one `ibv_poll_cq` batch is ever added.
+    pub(crate) fn push(&mut self, waker: Waker) {
+        self.wakers[self.len].write(waker);
+        self.len += 1;
+    }
+
+    pub(crate) fn run(&mut self) {
+        let len = std::mem::take(&mut self.len);
+        for waker in &self.wakers[..len] {
+            // SAFETY: the first `len` entries were written by push and are read once: `len`
+            // is reset first, so neither run nor drop reads them again.
+            unsafe { waker.assume_init_read() }.wake();
+        }
+        self.released.clear();
+    }
+}
+
+impl Drop for WakeList {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
