@@ -47,9 +47,14 @@ impl<const N: usize> Buffers for [LocalBuf; N] {
     }
 }
 
-/// Scatter-gather entries of one work request, on the stack.
+/// Scatter-gather entries kept inline; longer lists spill to the heap.
+const INLINE_SGES: usize = 4;
+
+/// Scatter-gather entries of one work request: on the stack for the common short lists, so
+/// building one costs a few stores.
 pub(crate) struct SgeList {
-    sges: [ibv_sge; MAX_SGE],
+    inline: [ibv_sge; INLINE_SGES],
+    spill: Vec<ibv_sge>,
     pub(crate) len: usize,
     pub(crate) total: usize,
 }
@@ -57,12 +62,14 @@ pub(crate) struct SgeList {
 impl SgeList {
     /// Collects the entries of `buffers`, checking their count and protection domain.
     pub(crate) fn collect<B: Buffers>(buffers: &B, max: u32, pd: *mut ibv_pd) -> Result<SgeList> {
+        const EMPTY: ibv_sge = ibv_sge {
+            addr: 0,
+            length: 0,
+            lkey: 0,
+        };
         let mut list = SgeList {
-            sges: [ibv_sge {
-                addr: 0,
-                length: 0,
-                lkey: 0,
-            }; MAX_SGE],
+            inline: [EMPTY; INLINE_SGES],
+            spill: Vec::new(),
             len: 0,
             total: 0,
         };
@@ -71,32 +78,43 @@ impl SgeList {
         buffers.for_each_buf(&mut |buf| {
             count += 1;
             foreign |= buf.pd_raw() != pd;
-            if buf.is_empty() || list.len == MAX_SGE {
-                return;
+            if !buf.is_empty() {
+                list.push(buf.sge());
+                list.total += buf.len();
             }
-            list.sges[list.len] = buf.sge();
-            list.len += 1;
-            list.total += buf.len();
         });
         if foreign {
             return Err(Error::InvalidArgument(
                 "a buffer is registered in another protection domain than the queue pair's".into(),
             ));
         }
-        if count > (max as usize).min(MAX_SGE) {
+        let limit = (max as usize).min(MAX_SGE);
+        if count > limit {
             return Err(Error::InvalidArgument(format!(
-                "{count} scatter-gather entries, but the queue pair takes at most {}",
-                (max as usize).min(MAX_SGE)
+                "{count} scatter-gather entries, but the queue pair takes at most {limit}"
             )));
         }
         Ok(list)
     }
 
-    pub(crate) fn entries(&mut self) -> (*mut ibv_sge, i32) {
-        if self.len == 0 {
-            (std::ptr::null_mut(), 0)
+    fn push(&mut self, sge: ibv_sge) {
+        if self.len < INLINE_SGES {
+            self.inline[self.len] = sge;
         } else {
-            (self.sges.as_mut_ptr(), self.len as i32)
+            if self.spill.is_empty() {
+                self.spill.extend_from_slice(&self.inline);
+            }
+            self.spill.push(sge);
+        }
+        self.len += 1;
+    }
+
+    /// The list as `ibv_*_wr` takes it: pointer and count (null and 0 when empty).
+    pub(crate) fn entries(&mut self) -> (*mut ibv_sge, i32) {
+        match self.len {
+            0 => (std::ptr::null_mut(), 0),
+            n if n <= INLINE_SGES => (self.inline.as_mut_ptr(), n as i32),
+            n => (self.spill.as_mut_ptr(), n as i32),
         }
     }
 }

@@ -38,8 +38,9 @@ pub enum PollMode {
         /// Extra polls of an empty CQ before sleeping (0: sleep at once).
         spin: u32,
     },
-    /// Never sleep on the channel: keep polling, yielding to the executor between polls.
-    /// Lowest latency; one core stays busy while operations are pending.
+    /// Never sleep on the channel: poll the CQ (up to 64 times in a row, then yield to the
+    /// executor and poll again). Lowest latency; a core stays busy while operations are
+    /// pending.
     Busy,
 }
 

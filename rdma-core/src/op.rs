@@ -103,7 +103,8 @@ impl<R: Runtime> Owner<R> {
 pub struct Op<R: Runtime, B: Buffers, O: Outcome> {
     owner: Owner<R>,
     slot: Option<SlotId>,
-    early: Option<Error>,
+    /// Boxed: a failure before posting is rare, and the future stays small.
+    early: Option<Box<Error>>,
     buffers: Option<B>,
     _outcome: PhantomData<fn() -> O>,
 }
@@ -112,7 +113,7 @@ impl<R: Runtime, B: Buffers, O: Outcome> Op<R, B, O> {
     pub(crate) fn new(owner: Owner<R>, posted: Result<SlotId>, buffers: B) -> Self {
         let (slot, early) = match posted {
             Ok(slot) => (Some(slot), None),
-            Err(err) => (None, Some(err)),
+            Err(err) => (None, Some(Box::new(err))),
         };
         Op {
             owner,
@@ -131,7 +132,7 @@ impl<R: Runtime, B: Buffers, O: Outcome> Future for Op<R, B, O> {
         let this = self.get_mut();
         if let Some(err) = this.early.take() {
             return Poll::Ready((
-                Err(err),
+                Err(*err),
                 this.buffers.take().expect("Op polled after completion"),
             ));
         }

@@ -161,7 +161,10 @@ impl SlotTable {
         };
         let index = match self.free.pop() {
             Some(index) => {
-                self.slots[index as usize].state = pending;
+                // A free slot holds nothing to drop.
+                let free = std::mem::replace(&mut self.slots[index as usize].state, pending);
+                debug_assert!(matches!(free, SlotState::Free));
+                std::mem::forget(free);
                 index
             }
             None => {
@@ -195,7 +198,7 @@ impl SlotTable {
         let SlotState::Done(result) = std::mem::replace(&mut slot.state, SlotState::Free) else {
             unreachable!("checked above")
         };
-        self.free_slot(id.index);
+        self.recycle(id.index);
         Some(result)
     }
 
@@ -258,8 +261,13 @@ impl SlotTable {
     }
 
     fn free_slot(&mut self, index: u32) {
+        self.slots[index as usize].state = SlotState::Free;
+        self.recycle(index);
+    }
+
+    /// Puts an emptied slot back on the free list under a new generation.
+    fn recycle(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
-        slot.state = SlotState::Free;
         slot.generation = slot.generation.wrapping_add(1) & GENERATION_MASK;
         self.free.push(index);
     }

@@ -70,6 +70,9 @@ impl WakeList {
     }
 
     pub(crate) fn run(&mut self) {
+        if self.len == 0 && self.released.is_empty() {
+            return;
+        }
         let len = std::mem::take(&mut self.len);
         for waker in &self.wakers[..len] {
             // SAFETY: the first `len` entries were written by push and are read once: `len`
