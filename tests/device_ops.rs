@@ -534,6 +534,48 @@ async fn shared_receive_queue_serves_many_pairs<R: TestRuntime>() {
     );
     assert_eq!(srq.posted(), 0);
 
+    // A message too long for the SRQ's buffer fails the queue pair that consumed it, not the
+    // SRQ nor the other queue pairs.
+    let small = srq.recv(pd.alloc(16, Access::LOCAL).unwrap());
+    let (sent, _) = within::<R, _>(
+        20,
+        "oversized send",
+        senders[1].send(pair.patterned(100, 1)),
+    )
+    .await;
+    assert!(
+        sent.is_err(),
+        "{}: the peer cannot take 100 bytes into 16",
+        R::NAME
+    );
+    let (got, _) = within::<R, _>(20, "oversized SRQ receive", small).await;
+    let err = got.expect_err("message too long");
+    // The status depends on the device (LOC_LEN_ERR, or LOC_QP_OP_ERR on rxe); the queue
+    // pair is the consumer's.
+    let consumer = receivers[1].qpn();
+    assert!(
+        matches!(&err, anyrdma::Error::WorkCompletion { qpn, .. } if *qpn == consumer),
+        "{}: {err:?}",
+        R::NAME
+    );
+    assert!(
+        receivers[1].failure().is_some(),
+        "{}: the consuming queue pair failed",
+        R::NAME
+    );
+    assert!(receivers[0].failure().is_none() && receivers[2].failure().is_none());
+    let (result, _) = receivers[1].send(pair.patterned(8, 1)).await;
+    assert!(
+        matches!(result, Err(anyrdma::Error::QpInError { .. })),
+        "{result:?}"
+    );
+    let inbox = srq.recv(pd.alloc(256, Access::LOCAL).unwrap());
+    let (sent, _) = within::<R, _>(20, "send after", senders[0].send(pair.patterned(50, 3))).await;
+    sent.expect("the SRQ still serves the other queue pairs");
+    let (got, buf) = within::<R, _>(20, "SRQ receive after", inbox).await;
+    assert_eq!(got.expect("receive").len, 50);
+    assert!(holds_pattern(&buf[..50], 3));
+
     // Dropping the SRQ (after its queue pairs) with receives still posted releases them.
     let baseline = anyrdma::registered_regions();
     for _ in 0..4 {

@@ -245,7 +245,7 @@ impl<R: Runtime> QueuePair<R> {
         let qpn = unsafe { (*raw.as_ptr()).qp_num };
         let shared = QpShared {
             raw,
-            status: QpStatus::new(qpn, false),
+            status: QpStatus::for_qp(qpn),
             pd: pd.clone(),
             send_cq: send_cq.clone(),
             recv_cq: recv_cq.clone(),
@@ -272,6 +272,9 @@ impl<R: Runtime> QueuePair<R> {
             M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS,
             "INIT",
         )?;
+        if let Some(srq) = srq {
+            srq.shared.status.attach(&shared.status);
+        }
         Ok(QueuePair {
             shared: Arc::new(shared),
         })

@@ -7,14 +7,14 @@
 //! released slot is recognised and ignored.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
 
 use rdma_sys::*;
 
 use crate::error::{Error, Result};
 use crate::remote::RemoteRegion;
-use crate::wake::WakeList;
+use crate::wake::{lock, WakeList};
 use crate::wc::{WcStatus, WorkKind};
 
 /// Bit of a `wr_id` that marks the last (signaled) work request of a slot.
@@ -36,13 +36,17 @@ pub(crate) struct WcInfo {
     pub(crate) imm: Option<u32>,
 }
 
+/// Queue pairs attached to a shared receive queue: number and status.
+type AttachedQps = Vec<(u32, Weak<QpStatus>)>;
+
 /// The failure state and queue credits of one queue pair (or shared receive queue), shared
 /// with its slots.
 pub(crate) struct QpStatus {
     /// The queue pair number (0 for a shared receive queue).
     pub(crate) qpn: u32,
-    /// A shared receive queue: a failed receive means the consuming QP failed, not the SRQ.
-    pub(crate) shared_receive: bool,
+    /// For a shared receive queue, the queue pairs attached to it (by number): a failed
+    /// receive puts the QP that consumed it in error, not the SRQ.
+    attached: Option<Mutex<AttachedQps>>,
     /// The failure that put the QP in the error state, first one wins.
     pub(crate) failure: std::sync::OnceLock<Arc<Error>>,
     pub(crate) sq_used: std::sync::atomic::AtomicU32,
@@ -50,14 +54,44 @@ pub(crate) struct QpStatus {
 }
 
 impl QpStatus {
-    pub(crate) fn new(qpn: u32, shared_receive: bool) -> Arc<QpStatus> {
+    /// The status of queue pair `qpn`.
+    pub(crate) fn for_qp(qpn: u32) -> Arc<QpStatus> {
+        Self::new(qpn, None)
+    }
+
+    /// The status of a shared receive queue.
+    pub(crate) fn for_srq() -> Arc<QpStatus> {
+        Self::new(0, Some(Mutex::new(Vec::new())))
+    }
+
+    fn new(qpn: u32, attached: Option<Mutex<AttachedQps>>) -> Arc<QpStatus> {
         Arc::new(QpStatus {
             qpn,
-            shared_receive,
+            attached,
             failure: std::sync::OnceLock::new(),
             sq_used: std::sync::atomic::AtomicU32::new(0),
             rq_used: std::sync::atomic::AtomicU32::new(0),
         })
+    }
+
+    /// Records that queue pair `qp` takes its receives from this shared receive queue.
+    pub(crate) fn attach(&self, qp: &Arc<QpStatus>) {
+        if let Some(attached) = &self.attached {
+            let mut list = lock(attached);
+            list.retain(|(_, weak)| weak.strong_count() > 0);
+            list.push((qp.qpn, Arc::downgrade(qp)));
+        }
+    }
+
+    /// The status that a failed completion on local queue pair `qpn` puts in error.
+    fn failing(self: &Arc<Self>, qpn: u32) -> Option<Arc<QpStatus>> {
+        match &self.attached {
+            None => Some(self.clone()),
+            Some(attached) => lock(attached)
+                .iter()
+                .find(|(attached_qpn, _)| *attached_qpn == qpn)
+                .and_then(|(_, weak)| weak.upgrade()),
+        }
     }
 
     pub(crate) fn release(&self, queue: WorkQueue, wrs: u32) {
@@ -351,8 +385,8 @@ fn completion_error(wc: &ibv_wc, info: &SlotInfo) -> Error {
         remote: info.remote,
     };
     // A failed receive of a shared receive queue puts the consuming QP in error, not the SRQ.
-    if !info.qp.shared_receive {
-        let _ = info.qp.failure.set(Arc::new(describe()));
+    if let Some(failed) = info.qp.failing(wc.qp_num) {
+        let _ = failed.failure.set(Arc::new(describe()));
     }
     describe()
 }

@@ -65,7 +65,7 @@ impl<R: Runtime> Clone for SharedReceiveQueue<R> {
 
 pub(crate) struct SrqShared<R: Runtime> {
     raw: NonNull<ibv_srq>,
-    status: Arc<QpStatus>,
+    pub(crate) status: Arc<QpStatus>,
     pd: ProtectionDomain,
     pub(crate) cq: CompletionQueue<R>,
     max_wr: u32,
@@ -103,7 +103,7 @@ impl<R: Runtime> SharedReceiveQueue<R> {
         Ok(SharedReceiveQueue {
             shared: Arc::new(SrqShared {
                 raw,
-                status: QpStatus::new(0, true),
+                status: QpStatus::for_srq(),
                 pd: pd.clone(),
                 cq: cq.clone(),
                 // ibv_create_srq writes back what it granted.
