@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+mod assertions;
 mod batch;
 mod buffers;
 mod context;
