@@ -2,6 +2,7 @@
 
 use rdma_sys::*;
 
+use crate::buffers::check_pd;
 use crate::error::{Error, Result};
 use crate::mr::LocalBuf;
 use crate::op::{Done, Op, Owner};
@@ -129,12 +130,7 @@ impl<R: Runtime> Batch<R> {
         let pd = shared.pd.raw();
         let mut sges = Vec::with_capacity(items.len());
         for (buf, kind) in items {
-            if buf.pd_raw() != pd {
-                return Err(Error::InvalidArgument(
-                    "a buffer is registered in another protection domain than the queue pair's"
-                        .into(),
-                ));
-            }
+            check_pd(buf, pd)?;
             kind.validate(buf.len(), 1)?;
             sges.push(buf.sge());
         }

@@ -47,6 +47,21 @@ impl<const N: usize> Buffers for [LocalBuf; N] {
     }
 }
 
+/// Checks that `buf` is registered in protection domain `pd`, as work requests require.
+pub(crate) fn check_pd(buf: &LocalBuf, pd: *mut ibv_pd) -> Result<()> {
+    if buf.pd_raw() == pd {
+        Ok(())
+    } else {
+        Err(foreign_pd())
+    }
+}
+
+fn foreign_pd() -> Error {
+    Error::InvalidArgument(
+        "a buffer is registered in another protection domain than the queue pair's".into(),
+    )
+}
+
 /// Scatter-gather entries kept inline; longer lists spill to the heap.
 const INLINE_SGES: usize = 4;
 
@@ -84,9 +99,7 @@ impl SgeList {
             }
         });
         if foreign {
-            return Err(Error::InvalidArgument(
-                "a buffer is registered in another protection domain than the queue pair's".into(),
-            ));
+            return Err(foreign_pd());
         }
         let limit = (max as usize).min(MAX_SGE);
         if count > limit {

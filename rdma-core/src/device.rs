@@ -451,7 +451,7 @@ fn format_bytes(bytes: u64) -> String {
 }
 
 /// Bytes of an `enum ibv_mtu` value (1 = 256 ... 5 = 4096); 0 if unknown.
-fn mtu_bytes(mtu: u32) -> u32 {
+pub(crate) fn mtu_bytes(mtu: u32) -> u32 {
     match mtu {
         1..=5 => 128 << mtu,
         _ => 0,
@@ -535,17 +535,48 @@ impl Drop for DeviceList {
     }
 }
 
-/// A device context from `ibv_open_device`, closed on drop.
-struct Context(NonNull<ibv_context>);
+/// A device context from `ibv_open_device`, closed on drop. Discovery opens one per device
+/// for a moment; [`crate::Context`] keeps one for as long as its objects live.
+pub(crate) struct DeviceHandle(NonNull<ibv_context>);
 
-impl Context {
+// SAFETY: libibverbs contexts are thread-safe; the pointer is only used through verbs calls
+// and stays valid until the handle is dropped.
+unsafe impl Send for DeviceHandle {}
+// SAFETY: as above.
+unsafe impl Sync for DeviceHandle {}
+
+impl DeviceHandle {
+    /// Opens the device called `name`.
+    ///
+    /// # Errors
+    /// [`Error::NoDevice`] naming it when there is no such device.
+    pub(crate) fn open_by_name(name: &str) -> Result<DeviceHandle> {
+        let list = DeviceList::get()?;
+        for &device in list.as_slice() {
+            // SAFETY: `device` is an entry of `list`, alive until the end of this function;
+            // its name is a NUL-terminated string it owns.
+            let device_name = unsafe { CStr::from_ptr(rdma_sys::ibv_get_device_name(device)) };
+            if device_name.to_bytes() == name.as_bytes() {
+                // SAFETY: as above; an opened context stays valid after the list is freed.
+                return unsafe { DeviceHandle::open(device) };
+            }
+        }
+        Err(Error::NoDevice {
+            wanted: Some(name.to_owned()),
+        })
+    }
+
+    pub(crate) fn raw(&self) -> *mut ibv_context {
+        self.0.as_ptr()
+    }
+
     /// # Safety
     /// `device` must be an entry of a live device list.
-    unsafe fn open(device: *mut ibv_device) -> Result<Context> {
+    unsafe fn open(device: *mut ibv_device) -> Result<DeviceHandle> {
         // SAFETY: the caller guarantees `device` is valid; the context is closed in `Drop`.
         let context = unsafe { rdma_sys::ibv_open_device(device) };
         NonNull::new(context)
-            .map(Context)
+            .map(DeviceHandle)
             .ok_or_else(|| Error::Verbs {
                 call: "ibv_open_device",
                 source: io::Error::last_os_error(),
@@ -555,7 +586,7 @@ impl Context {
             })
     }
 
-    fn query_device(&self) -> Result<ibv_device_attr> {
+    pub(crate) fn query_device(&self) -> Result<ibv_device_attr> {
         // SAFETY: `ibv_device_attr` is plain integers and byte arrays; all-zero is valid.
         let mut attr: ibv_device_attr = unsafe { std::mem::zeroed() };
         // SAFETY: the context is open and `attr` is a valid, writable `ibv_device_attr`.
@@ -566,7 +597,7 @@ impl Context {
         Ok(attr)
     }
 
-    fn query_port(&self, port: u8) -> Result<ibv_port_attr> {
+    pub(crate) fn query_port(&self, port: u8) -> Result<ibv_port_attr> {
         // SAFETY: `ibv_port_attr` is plain integers; all-zero is valid.
         let mut attr: ibv_port_attr = unsafe { std::mem::zeroed() };
         // SAFETY: the context is open and `attr` is a valid, writable `ibv_port_attr` whose
@@ -578,7 +609,7 @@ impl Context {
         Ok(attr)
     }
 
-    fn query_gid(&self, port: u8, index: u32) -> Result<Gid> {
+    pub(crate) fn query_gid(&self, port: u8, index: u32) -> Result<Gid> {
         let index = c_int::try_from(index)
             .map_err(|_| Error::InvalidArgument(format!("GID index {index} is too large")))?;
         let mut gid = ibv_gid { raw: [0; 16] };
@@ -601,10 +632,11 @@ fn rc_error(call: &'static str, rc: c_int) -> Error {
     }
 }
 
-impl Drop for Context {
+impl Drop for DeviceHandle {
     fn drop(&mut self) {
         // SAFETY: the context came from `ibv_open_device` and is closed only here, once;
-        // nothing created from it outlives this guard (discovery creates no objects).
+        // every object created from it holds (through crate::Context) the Arc that owns
+        // this handle, so none is left.
         unsafe { rdma_sys::ibv_close_device(self.0.as_ptr()) };
     }
 }
@@ -652,7 +684,7 @@ unsafe fn query_device(device: *mut ibv_device) -> Result<DeviceInfo> {
         .to_string_lossy()
         .into_owned();
     // SAFETY: `device` is valid (caller).
-    let context = unsafe { Context::open(device) }?;
+    let context = unsafe { DeviceHandle::open(device) }?;
     let attr = context.query_device()?;
 
     let mut ports = Vec::with_capacity(usize::from(attr.phys_port_cnt));
@@ -691,7 +723,7 @@ fn c_chars_to_string(chars: &[std::os::raw::c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn query_port(context: &Context, device: &str, number: u8) -> Result<PortInfo> {
+fn query_port(context: &DeviceHandle, device: &str, number: u8) -> Result<PortInfo> {
     let attr = context.query_port(number)?;
     let link_layer = LinkLayer::from_raw(attr.link_layer);
     let gid_table_len = u32::try_from(attr.gid_tbl_len).unwrap_or(0);

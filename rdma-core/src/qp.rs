@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use rdma_sys::*;
 
-use crate::context::{mtu_bytes, mtu_enum};
+use crate::context::mtu_enum;
 use crate::cq::CompletionQueue;
 use crate::error::{Error, QpShutdownReason, Result};
 use crate::mr::LocalBuf;
@@ -288,7 +288,7 @@ impl<R: Runtime> QueuePair<R> {
             psn: self.shared.psn,
             gid: ctx.gid,
             lid: ctx.lid,
-            mtu: mtu_bytes(ctx.active_mtu),
+            mtu: ctx.mtu,
         }
     }
 
