@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use anyrdma::core::{CompletionQueue, Op, QueuePair};
 use anyrdma::{
     Access, ConnectOptions, Context, CqOptions, Done, Endpoint, LocalBuf, PollMode,
-    ProtectionDomain, QpOptions, Recv, RemoteRegion, Runtime,
+    ProtectionDomain, QpOptions, Recv, RemoteRegion,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -392,15 +392,15 @@ fn spin_until(addr: usize, want: u8) {
 // ------------------------------------------------------------------------------------------
 // anyrdma, generic over the runtime.
 
-struct Side<R: Runtime> {
+struct Side {
     pd: ProtectionDomain,
-    qps: Vec<QueuePair<R>>,
+    qps: Vec<QueuePair>,
     target: LocalBuf,
     remote: RemoteRegion,
-    _cq: CompletionQueue<R>,
+    _cq: CompletionQueue,
 }
 
-fn setup<R: Runtime>(ctx: &Context, mode: Mode, spec: &Spec, ctl: &mut TcpStream) -> Res<Side<R>> {
+fn setup(ctx: &Context, mode: Mode, spec: &Spec, ctl: &mut TcpStream) -> Res<Side> {
     let pd = ctx.alloc_pd()?;
     let recv_depth = if spec.test == Test::SendRate {
         512.max(spec.window * 2)
@@ -408,7 +408,7 @@ fn setup<R: Runtime>(ctx: &Context, mode: Mode, spec: &Spec, ctl: &mut TcpStream
         16
     };
     let entries = (spec.qps * (spec.window + recv_depth) + 64) as u32;
-    let cq = CompletionQueue::<R>::new(
+    let cq = CompletionQueue::new(
         ctx,
         CqOptions {
             entries,
@@ -450,17 +450,12 @@ async fn done<T>(op: impl Future<Output = (anyrdma::Result<T>, LocalBuf)>) -> Re
     Ok(buf)
 }
 
-async fn lat_write<R: Runtime>(
-    s: &Side<R>,
-    spec: &Spec,
-    client: bool,
-    ctl: &mut TcpStream,
-) -> Res<Vec<Instant>> {
+async fn lat_write(s: &Side, spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Vec<Instant>> {
     let qp = &s.qps[0];
     // An address, not a pointer, so the future stays Send.
     let last = s.target.addr() as usize + spec.size - 1;
     let mut sbuf = Some(s.pd.alloc(spec.size, Access::LOCAL)?);
-    let mut pending: Option<Op<R, LocalBuf, Done>> = None;
+    let mut pending: Option<Op<LocalBuf, Done>> = None;
     let mut stamps = Vec::with_capacity(spec.iters + 1);
     barrier(ctl)?;
     for i in 0..spec.iters {
@@ -489,8 +484,8 @@ async fn lat_write<R: Runtime>(
 
 /// Ping-pong of sends (`imm == false`) or writes with immediate data, each side waiting on
 /// its receive completion.
-async fn lat_msg<R: Runtime>(
-    s: &Side<R>,
+async fn lat_msg(
+    s: &Side,
     spec: &Spec,
     client: bool,
     imm: bool,
@@ -498,9 +493,9 @@ async fn lat_msg<R: Runtime>(
 ) -> Res<Vec<Instant>> {
     let qp = &s.qps[0];
     let rlen = if imm { 8 } else { spec.size };
-    let mut recv: Op<R, LocalBuf, Recv> = qp.recv(s.pd.alloc(rlen, Access::LOCAL)?);
+    let mut recv: Op<LocalBuf, Recv> = qp.recv(s.pd.alloc(rlen, Access::LOCAL)?);
     let mut sbuf = Some(s.pd.alloc(spec.size, Access::LOCAL)?);
-    let mut pending: Option<Op<R, LocalBuf, Done>> = None;
+    let mut pending: Option<Op<LocalBuf, Done>> = None;
     let mut stamps = Vec::with_capacity(spec.iters + 1);
     let post = |buf: LocalBuf, i: usize| {
         if imm {
@@ -533,12 +528,7 @@ async fn lat_msg<R: Runtime>(
     Ok(stamps)
 }
 
-async fn lat_read<R: Runtime>(
-    s: &Side<R>,
-    spec: &Spec,
-    client: bool,
-    ctl: &mut TcpStream,
-) -> Res<Vec<Instant>> {
+async fn lat_read(s: &Side, spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Vec<Instant>> {
     let qp = &s.qps[0];
     let mut buf = Some(s.pd.alloc(spec.size, Access::LOCAL)?);
     let mut stamps = Vec::with_capacity(spec.iters + 1);
@@ -553,9 +543,9 @@ async fn lat_read<R: Runtime>(
     Ok(stamps)
 }
 
-enum Pending<R: Runtime> {
-    One(Op<R, LocalBuf, Done>),
-    Many(Op<R, Vec<LocalBuf>, Done>),
+enum Pending {
+    One(Op<LocalBuf, Done>),
+    Many(Op<Vec<LocalBuf>, Done>),
 }
 
 /// Splits one registration into `n` buffers of `size` bytes.
@@ -570,8 +560,8 @@ fn pool(pd: &ProtectionDomain, size: usize, n: usize) -> Res<Vec<LocalBuf>> {
     Ok(out)
 }
 
-async fn rate_run<R: Runtime>(
-    s: &Side<R>,
+async fn rate_run(
+    s: &Side,
     spec: &Spec,
     client: bool,
     ctl: &mut TcpStream,
@@ -584,7 +574,7 @@ async fn rate_run<R: Runtime>(
         }
         // Keep receives posted on every QP; count messages until all arrived.
         let depth = 512.max(spec.window * 2);
-        let mut recvs: VecDeque<(usize, Op<R, LocalBuf, Recv>)> = VecDeque::new();
+        let mut recvs: VecDeque<(usize, Op<LocalBuf, Recv>)> = VecDeque::new();
         let mut pools: Vec<Vec<LocalBuf>> = Vec::new();
         for _ in 0..spec.qps {
             pools.push(pool(&s.pd, spec.size, depth)?);
@@ -613,9 +603,9 @@ async fn rate_run<R: Runtime>(
         pools.push(pool(&s.pd, spec.size, per_qp.max(batch))?);
     }
     let mut posted = vec![0usize; spec.qps];
-    let mut queue: VecDeque<(usize, Pending<R>)> = VecDeque::new();
+    let mut queue: VecDeque<(usize, Pending)> = VecDeque::new();
     let remote = s.remote;
-    let post = |q: usize, pool: &mut Vec<LocalBuf>| -> Pending<R> {
+    let post = |q: usize, pool: &mut Vec<LocalBuf>| -> Pending {
         let qp = &s.qps[q];
         if batch == 1 {
             let buf = pool.pop().expect("pool");
@@ -669,15 +659,15 @@ async fn rate_run<R: Runtime>(
     Ok(Some(start.elapsed()))
 }
 
-/// One measurement with anyrdma on runtime `R`; the client returns the result.
-async fn measure<R: Runtime>(
+/// One measurement with anyrdma on the runtime `ctx` is bound to; the client returns the result.
+async fn measure(
     ctx: Context,
     mode: Mode,
     spec: Spec,
     client: bool,
     mut ctl: TcpStream,
 ) -> Res<(Outcome, TcpStream)> {
-    let side = setup::<R>(&ctx, mode, &spec, &mut ctl)?;
+    let side = setup(&ctx, mode, &spec, &mut ctl)?;
     let outcome = match spec.test {
         Test::WriteLat => latency(&lat_write(&side, &spec, client, &mut ctl).await?, true),
         Test::WriteImmLat => latency(&lat_msg(&side, &spec, client, true, &mut ctl).await?, true),
@@ -703,31 +693,27 @@ fn run_on(
     client: bool,
     ctl: TcpStream,
 ) -> Res<(Outcome, TcpStream)> {
+    let ctx = match rt {
+        Rt::TokioCt | Rt::TokioMt => ctx.with_runtime(anyrdma::runtime::Tokio),
+        Rt::AsyncStd => ctx.with_runtime(anyrdma::runtime::AsyncStd),
+        Rt::Smol => ctx.with_runtime(anyrdma::runtime::Smol),
+        Rt::Raw => ctx,
+    };
     match rt {
         Rt::TokioCt => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(measure::<anyrdma::TokioRuntime>(
-                ctx, mode, spec, client, ctl,
-            )),
+            .block_on(measure(ctx, mode, spec, client, ctl)),
         Rt::TokioMt => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(async move {
-                tokio::spawn(measure::<anyrdma::TokioRuntime>(
-                    ctx, mode, spec, client, ctl,
-                ))
-                .await?
-            })
+            runtime
+                .block_on(async move { tokio::spawn(measure(ctx, mode, spec, client, ctl)).await? })
         }
-        Rt::AsyncStd => async_std::task::block_on(measure::<anyrdma::AsyncStdRuntime>(
-            ctx, mode, spec, client, ctl,
-        )),
-        Rt::Smol => smol::block_on(measure::<anyrdma::SmolRuntime>(
-            ctx, mode, spec, client, ctl,
-        )),
+        Rt::AsyncStd => async_std::task::block_on(measure(ctx, mode, spec, client, ctl)),
+        Rt::Smol => smol::block_on(measure(ctx, mode, spec, client, ctl)),
         Rt::Raw => raw::measure(&ctx, mode, spec, client, ctl),
     }
 }

@@ -2,6 +2,9 @@
 """Turns the console log of scripts/bench into results.json and results.md.
 
 Usage: report.py GUEST_LOG OUT_DIR MODE DEVICE
+
+MODE is the run of scripts/bench: full, smoke or callgrind (--callgrind-only: results.md holds only
+the callgrind section). Only a full run rewrites the results section of BENCHMARKS.md.
 """
 import json
 import re
@@ -13,8 +16,10 @@ RUNTIMES = ["tokio-ct", "tokio-mt", "async-std", "smol"]
 
 rows = []
 meta = {"mode": run_mode, "device": device, "times_s": {}}
-cg = defaultdict(dict)
-annotate = defaultdict(list)
+cg = defaultdict(dict)  # (build, runtime, mode) -> {round trips: Ir of the client}
+annotate = defaultdict(list)  # (kind, build, runtime, mode, round trips) -> lines
+cg_tried = set()  # (build, runtime, mode) of every callgrind run, failed ones too
+builds = {}  # "current" / "baseline" -> {"hash": ..., "name": ...}
 perftest_notes = []
 
 ansi = re.compile(r"\x1b\[[0-9;]*m")
@@ -78,12 +83,31 @@ for raw_line in open(log_path, errors="replace"):
         except ValueError:
             pass
     elif line.startswith("@@CG "):
-        m = re.match(r"@@CG (\S+) (\d+) rc=(\d+) ir=(\d*)", line)
-        if m and m.group(4):
-            cg[m.group(1)][int(m.group(2))] = int(m.group(4))
+        # "@@CG BUILD RUNTIME MODE N rc=.. ir=.."; logs of before the baseline had "@@CG RUNTIME N ..."
+        # (the current program, event mode).
+        m = (re.match(r"@@CG (\S+) (\S+) (busy|event) (\d+) rc=(\d+) ir=(\d*)", line)
+             or re.match(r"@@CG ()(\S+) ()(\d+) rc=(\d+) ir=(\d*)", line))
+        if m:
+            build, rt, mode, n, rc, ir = m.groups()
+            key = (build or "current", rt, mode or "event")
+            cg_tried.add(key)
+            if rc == "0" and ir:
+                cg[key][int(n)] = int(ir)
+            else:
+                perftest_notes.append(f"callgrind {' '.join(key)} {n} round trips failed: rc={rc}"
+                                      + ("" if ir else ", no profile"))
     elif line.startswith("@@CG-ANNOTATE-BEGIN") or line.startswith("@@CG-INCL-BEGIN"):
+        # "... BUILD RUNTIME MODE N"; before the baseline, "... RUNTIME" (current, event, longer run).
         kind = "self" if "ANNOTATE" in line else "inclusive"
-        block = f"{kind}:{line.split()[1]}"
+        what = line.split()[1:]
+        block = (kind, *what) if len(what) == 4 else (kind, "current", (what or ["?"])[0], "event", None)
+    elif line.startswith("@@BUILD "):
+        parts = (line.split(None, 3) + ["", ""])[:4]
+        builds[parts[1]] = {"hash": parts[2], "name": parts[3].strip()}
+    elif line.startswith("@@VALGRIND "):
+        meta["valgrind"] = line.split(None, 1)[1]
+    elif line.startswith("@@NOTE "):
+        perftest_notes.append(line.split(None, 1)[1])
     elif line.startswith("@@TIME "):
         _, what, secs = line.split()
         meta["times_s"][what] = int(secs)
@@ -102,12 +126,16 @@ for raw_line in open(log_path, errors="replace"):
     elif line.startswith("@@PEER ") and not line.endswith("rc=0"):
         perftest_notes.append("async-rdma " + line[len("@@PEER "):])
 
+# Instructions per round trip: the difference of the shortest and the longest run over their
+# difference in round trips (set-up and tear-down cancel).
 cpu = {}
-for rt, runs in cg.items():
+for (build, rt, mode), runs in cg.items():
     if len(runs) >= 2:
-        (n1, i1), (n2, i2) = sorted(runs.items())[:2]
-        cpu[rt] = {"iters": [n1, n2], "ir": [i1, i2], "ir_per_round_trip": (i2 - i1) / (n2 - n1)}
-meta["cpu_cost"] = cpu
+        (n1, i1), (n2, i2) = min(runs.items()), max(runs.items())
+        cpu[build, rt, mode] = {"build": build, "runtime": rt, "mode": mode, "iters": [n1, n2], "ir": [i1, i2],
+                                "ir_per_round_trip": (i2 - i1) / (n2 - n1)}
+meta["cpu_cost"] = list(cpu.values())
+meta["builds"] = builds
 meta["notes"] = perftest_notes
 
 json.dump({"meta": meta, "rows": rows}, open(f"{out_dir}/results.json", "w"), indent=1)
@@ -139,213 +167,327 @@ def cell(v, r=None, prec=2):
 
 
 md = []
+tool = meta.get("valgrind", "valgrind") if run_mode == "callgrind" else meta.get("perftest", "perftest")
 md.append(f"Device `{device}`, {meta.get('device_info', '')} kernel {meta.get('kernel', '?')}, "
-          f"CPU {meta.get('cpu', '?')}, {meta.get('perftest', 'perftest')}, run `{run_mode}` at {meta.get('date', '?')}.")
-md.append("")
-md.append("Ratios are against perftest in the same boot (`write_imm_lat`: against the raw verbs loop, as "
-          "perftest has no such test). Latency: one-way (half the round trip; reads: the whole read), µs.")
+          f"CPU {meta.get('cpu', '?')}, {tool}, run `{run_mode}` at {meta.get('date', '?')}.")
 md.append("")
 
-lat_tests = [("write_lat", "busy"), ("write_imm_lat", "busy"), ("send_lat", "busy"), ("read_lat", "busy"),
-             ("write_imm_lat", "event"), ("send_lat", "event"), ("read_lat", "event")]
-sizes = sorted({r["size"] for r in rows if r["test"].endswith("_lat")})
-impls = [("raw", "raw")] + [("anyrdma", rt) for rt in RUNTIMES] + [("async-rdma", "tokio-mt")]
 
-
-def ref_row(test, mode, size):
-    if test == "write_imm_lat":
-        return find("raw", test, mode, size)
-    return find("perftest", test, mode, size)
-
-
-for metric, title in (("median_us", "median"), ("p99_us", "99th percentile")):
-    md.append(f"### Latency, {title} (µs)")
-    md.append("")
-    md.append("| test | mode | size | perftest | raw verbs | " + " | ".join(f"anyrdma {rt}" for rt in RUNTIMES) + " | async-rdma |")
-    md.append("|---|---|---:|---:|---:|" + "---:|" * len(RUNTIMES) + "---:|")
-    for test, mode in lat_tests:
-        for size in sizes:
-            ref = ref_row(test, mode, size)
-            refv = ref[metric] if ref else None
-            p = find("perftest", test, mode, size)
-            cells = [cell(p[metric]) if p else "-"]
-            any_found = p is not None
-            for impl, rt in impls:
-                r = find(impl, test, mode, size, rt)
-                any_found |= r is not None
-                rr = None if (impl == "raw" and test == "write_imm_lat") else ratio(r[metric] if r else None, refv)
-                cells.append(cell(r[metric] if r else None, rr))
-            if any_found:
-                md.append(f"| {test} | {mode} | {size} | " + " | ".join(cells) + " |")
+def full_run_tables():
+    """Latency, message rate and the goals of issue 5 (a callgrind-only run has none of these)."""
+    md.append("Ratios are against perftest in the same boot (`write_imm_lat`: against the raw verbs loop, as "
+              "perftest has no such test). Latency: one-way (half the round trip; reads: the whole read), µs.")
     md.append("")
 
-md.append("### Message rate (Mmsg/s) and bandwidth")
-md.append("")
-md.append("`batch 16`: 16 work requests per doorbell, only the last signaled (`qp.batch()`); perftest "
-          "signals one in 100 (CQ moderation) in every row. Window: 128 work requests in flight per QP.")
-md.append("")
-md.append("| test | mode | size | QPs | batch | perftest | " + " | ".join(f"anyrdma {rt}" for rt in RUNTIMES) + " |")
-md.append("|---|---|---:|---:|---:|---:|" + "---:|" * len(RUNTIMES))
-rate_keys = sorted({(r["test"], r["mode"], r["size"], r.get("qps", 1), r.get("batch", 1))
-                    for r in rows if r["test"].endswith("_rate")},
-                   key=lambda k: (k[0], k[1], k[2], k[3], k[4]))
-for test, mode, size, qps, batch in rate_keys:
-    p = find("perftest", test, mode, size, qps=qps)
-    pv = p["mmsg_s"] if p else None
-    cells = [cell(pv, None, 4) if batch == 1 else "(" + cell(pv, None, 4) + ")"]
-    for rt in RUNTIMES:
-        r = find("anyrdma", test, mode, size, rt, qps, batch)
-        cells.append(cell(r["mmsg_s"] if r else None, ratio(r["mmsg_s"] if r else None, pv), 4))
-    label = f"{size}" + (f" ({size * (pv or 0):.0f} MB/s perftest)" if size > 4096 and pv else "")
-    md.append(f"| {test} | {mode} | {label} | {qps} | {batch} | " + " | ".join(cells) + " |")
-md.append("")
-
-# ---- Goals -----------------------------------------------------------------------------------
-goals = []
+    lat_tests = [("write_lat", "busy"), ("write_imm_lat", "busy"), ("send_lat", "busy"), ("read_lat", "busy"),
+                 ("write_imm_lat", "event"), ("send_lat", "event"), ("read_lat", "event")]
+    sizes = sorted({r["size"] for r in rows if r["test"].endswith("_lat")})
+    impls = [("raw", "raw")] + [("anyrdma", rt) for rt in RUNTIMES] + [("async-rdma", "tokio-mt")]
 
 
-def worst(pairs):
-    pairs = [p for p in pairs if p[0] is not None]
-    return max(pairs, key=lambda p: p[0]) if pairs else (None, "")
+    def ref_row(test, mode, size):
+        if test == "write_imm_lat":
+            return find("raw", test, mode, size)
+        return find("perftest", test, mode, size)
 
 
-def lat_ratios(mode, rts):
-    out = []
-    for test, m in lat_tests:
-        if m != mode:
-            continue
-        for size in sizes:
-            ref = ref_row(test, mode, size)
-            for rt in rts:
-                r = find("anyrdma", test, mode, size, rt)
-                if ref and r:
-                    out.append((ratio(r["median_us"], ref["median_us"]), f"{rt} {test} {size} B"))
-    return out
+    for metric, title in (("median_us", "median"), ("p99_us", "99th percentile")):
+        md.append(f"### Latency, {title} (µs)")
+        md.append("")
+        md.append("| test | mode | size | perftest | raw verbs | " + " | ".join(f"anyrdma {rt}" for rt in RUNTIMES) + " | async-rdma |")
+        md.append("|---|---|---:|---:|---:|" + "---:|" * len(RUNTIMES) + "---:|")
+        for test, mode in lat_tests:
+            for size in sizes:
+                ref = ref_row(test, mode, size)
+                refv = ref[metric] if ref else None
+                p = find("perftest", test, mode, size)
+                cells = [cell(p[metric]) if p else "-"]
+                any_found = p is not None
+                for impl, rt in impls:
+                    r = find(impl, test, mode, size, rt)
+                    any_found |= r is not None
+                    rr = None if (impl == "raw" and test == "write_imm_lat") else ratio(r[metric] if r else None, refv)
+                    cells.append(cell(r[metric] if r else None, rr))
+                if any_found:
+                    md.append(f"| {test} | {mode} | {size} | " + " | ".join(cells) + " |")
+        md.append("")
+
+    md.append("### Message rate (Mmsg/s) and bandwidth")
+    md.append("")
+    md.append("`batch 16`: 16 work requests per doorbell, only the last signaled (`qp.batch()`); perftest "
+              "signals one in 100 (CQ moderation) in every row. Window: 128 work requests in flight per QP.")
+    md.append("")
+    md.append("| test | mode | size | QPs | batch | perftest | " + " | ".join(f"anyrdma {rt}" for rt in RUNTIMES) + " |")
+    md.append("|---|---|---:|---:|---:|---:|" + "---:|" * len(RUNTIMES))
+    rate_keys = sorted({(r["test"], r["mode"], r["size"], r.get("qps", 1), r.get("batch", 1))
+                        for r in rows if r["test"].endswith("_rate")},
+                       key=lambda k: (k[0], k[1], k[2], k[3], k[4]))
+    for test, mode, size, qps, batch in rate_keys:
+        p = find("perftest", test, mode, size, qps=qps)
+        pv = p["mmsg_s"] if p else None
+        cells = [cell(pv, None, 4) if batch == 1 else "(" + cell(pv, None, 4) + ")"]
+        for rt in RUNTIMES:
+            r = find("anyrdma", test, mode, size, rt, qps, batch)
+            cells.append(cell(r["mmsg_s"] if r else None, ratio(r["mmsg_s"] if r else None, pv), 4))
+        label = f"{size}" + (f" ({size * (pv or 0):.0f} MB/s perftest)" if size > 4096 and pv else "")
+        md.append(f"| {test} | {mode} | {label} | {qps} | {batch} | " + " | ".join(cells) + " |")
+    md.append("")
+
+    # ---- Goals -----------------------------------------------------------------------------------
+    goals = []
 
 
-for mode, limit in (("busy", 1.05), ("event", 1.3)):
-    rs = lat_ratios(mode, RUNTIMES)
-    w, where = worst(rs)
-    held = [x for x in rs if x[0] <= limit]
-    best_rt = {}
-    for rt in RUNTIMES:
-        w_rt, _ = worst(lat_ratios(mode, [rt]))
-        best_rt[rt] = w_rt
-    goals.append((f"{mode} latency <= {limit}x perftest (median)",
-                  w is not None and w <= limit,
-                  f"{len(held)}/{len(rs)} rows hold; worst {cell(w)}x ({where}); worst per runtime: "
-                  + ", ".join(f"{k} {cell(v)}" for k, v in best_rt.items())))
+    def worst(pairs):
+        pairs = [p for p in pairs if p[0] is not None]
+        return max(pairs, key=lambda p: p[0]) if pairs else (None, "")
 
-for batch in (1, 16):
-    rs = []
+
+    def lat_ratios(mode, rts):
+        out = []
+        for test, m in lat_tests:
+            if m != mode:
+                continue
+            for size in sizes:
+                ref = ref_row(test, mode, size)
+                for rt in rts:
+                    r = find("anyrdma", test, mode, size, rt)
+                    if ref and r:
+                        out.append((ratio(r["median_us"], ref["median_us"]), f"{rt} {test} {size} B"))
+        return out
+
+
+    for mode, limit in (("busy", 1.05), ("event", 1.3)):
+        rs = lat_ratios(mode, RUNTIMES)
+        w, where = worst(rs)
+        held = [x for x in rs if x[0] <= limit]
+        best_rt = {}
+        for rt in RUNTIMES:
+            w_rt, _ = worst(lat_ratios(mode, [rt]))
+            best_rt[rt] = w_rt
+        goals.append((f"{mode} latency <= {limit}x perftest (median)",
+                      w is not None and w <= limit,
+                      f"{len(held)}/{len(rs)} rows hold; worst {cell(w)}x ({where}); worst per runtime: "
+                      + ", ".join(f"{k} {cell(v)}" for k, v in best_rt.items())))
+
+    for batch in (1, 16):
+        rs = []
+        for test in ("write_rate", "send_rate"):
+            for mode in ("busy", "event"):
+                p = find("perftest", test, mode, 64, qps=1)
+                for rt in RUNTIMES:
+                    r = find("anyrdma", test, mode, 64, rt, 1, batch)
+                    if p and r:
+                        rs.append((ratio(r["mmsg_s"], p["mmsg_s"]), f"{rt} {test} {mode}"))
+        if rs:
+            low = min(rs, key=lambda x: x[0])
+            goals.append((f"message rate >= 0.95x perftest on one QP, batch {batch}",
+                          low[0] >= 0.95,
+                          f"{sum(1 for x in rs if x[0] >= 0.95)}/{len(rs)} rows hold; lowest {low[0]:.2f}x ({low[1]})"))
+
+    scal = []
     for test in ("write_rate", "send_rate"):
         for mode in ("busy", "event"):
-            p = find("perftest", test, mode, 64, qps=1)
+            p1, p16 = find("perftest", test, mode, 64, qps=1), find("perftest", test, mode, 64, qps=max(
+                [r.get("qps", 1) for r in rows if r["test"] == test] or [1]))
+            if not (p1 and p16) or p16["qps"] == 1:
+                continue
+            ps = p16["mmsg_s"] / p1["mmsg_s"]
             for rt in RUNTIMES:
-                r = find("anyrdma", test, mode, 64, rt, 1, batch)
-                if p and r:
-                    rs.append((ratio(r["mmsg_s"], p["mmsg_s"]), f"{rt} {test} {mode}"))
-    if rs:
-        low = min(rs, key=lambda x: x[0])
-        goals.append((f"message rate >= 0.95x perftest on one QP, batch {batch}",
-                      low[0] >= 0.95,
-                      f"{sum(1 for x in rs if x[0] >= 0.95)}/{len(rs)} rows hold; lowest {low[0]:.2f}x ({low[1]})"))
+                a1, a16 = find("anyrdma", test, mode, 64, rt, 1, 1), find("anyrdma", test, mode, 64, rt, p16["qps"], 1)
+                if a1 and a16:
+                    scal.append((a16["mmsg_s"] / a1["mmsg_s"], ps, f"{rt} {test} {mode} {p16['qps']} QPs"))
+    if scal:
+        bad = [s for s in scal if s[0] < s[1]]
+        goals.append(("scaling with QPs at least as good as perftest",
+                      not bad,
+                      f"{len(scal) - len(bad)}/{len(scal)} rows hold; "
+                      + "; ".join(f"{s[2]}: {s[0]:.2f}x vs perftest {s[1]:.2f}x" for s in (bad or scal)[:4])))
 
-scal = []
-for test in ("write_rate", "send_rate"):
-    for mode in ("busy", "event"):
-        p1, p16 = find("perftest", test, mode, 64, qps=1), find("perftest", test, mode, 64, qps=max(
-            [r.get("qps", 1) for r in rows if r["test"] == test] or [1]))
-        if not (p1 and p16) or p16["qps"] == 1:
+    within = []
+    for r0 in rows:
+        if r0["impl"] != "anyrdma" or r0["runtime"] != RUNTIMES[0]:
             continue
-        ps = p16["mmsg_s"] / p1["mmsg_s"]
+        vals = {}
         for rt in RUNTIMES:
-            a1, a16 = find("anyrdma", test, mode, 64, rt, 1, 1), find("anyrdma", test, mode, 64, rt, p16["qps"], 1)
-            if a1 and a16:
-                scal.append((a16["mmsg_s"] / a1["mmsg_s"], ps, f"{rt} {test} {mode} {p16['qps']} QPs"))
-if scal:
-    bad = [s for s in scal if s[0] < s[1]]
-    goals.append(("scaling with QPs at least as good as perftest",
-                  not bad,
-                  f"{len(scal) - len(bad)}/{len(scal)} rows hold; "
-                  + "; ".join(f"{s[2]}: {s[0]:.2f}x vs perftest {s[1]:.2f}x" for s in (bad or scal)[:4])))
+            r = find("anyrdma", r0["test"], r0["mode"], r0["size"], rt, r0.get("qps", 1), r0.get("batch", 1))
+            if r:
+                vals[rt] = r["median_us"] if r["median_us"] is not None else (1 / r["mmsg_s"] if r["mmsg_s"] else None)
+        vals = {k: v for k, v in vals.items() if v}
+        if len(vals) == len(RUNTIMES):
+            best = min(vals.values())
+            worst_rt = max(vals, key=vals.get)
+            within.append((vals[worst_rt] / best, f"{r0['test']} {r0['mode']} {r0['size']} B q{r0.get('qps', 1)} b{r0.get('batch', 1)}: {worst_rt}"))
+    if within:
+        bad = [w for w in within if w[0] > 1.1]
+        goals.append(("every runtime within 10% of the best one",
+                      not bad,
+                      f"{len(within) - len(bad)}/{len(within)} rows hold"
+                      + ("; worst: " + ", ".join(f"{w[1]} {w[0]:.2f}x" for w in sorted(bad, reverse=True)[:4]) if bad else "")))
 
-within = []
-for r0 in rows:
-    if r0["impl"] != "anyrdma" or r0["runtime"] != RUNTIMES[0]:
-        continue
-    vals = {}
-    for rt in RUNTIMES:
-        r = find("anyrdma", r0["test"], r0["mode"], r0["size"], rt, r0.get("qps", 1), r0.get("batch", 1))
-        if r:
-            vals[rt] = r["median_us"] if r["median_us"] is not None else (1 / r["mmsg_s"] if r["mmsg_s"] else None)
-    vals = {k: v for k, v in vals.items() if v}
-    if len(vals) == len(RUNTIMES):
-        best = min(vals.values())
-        worst_rt = max(vals, key=vals.get)
-        within.append((vals[worst_rt] / best, f"{r0['test']} {r0['mode']} {r0['size']} B q{r0.get('qps', 1)} b{r0.get('batch', 1)}: {worst_rt}"))
-if within:
-    bad = [w for w in within if w[0] > 1.1]
-    goals.append(("every runtime within 10% of the best one",
-                  not bad,
-                  f"{len(within) - len(bad)}/{len(within)} rows hold"
-                  + ("; worst: " + ", ".join(f"{w[1]} {w[0]:.2f}x" for w in sorted(bad, reverse=True)[:4]) if bad else "")))
+    faster = []
+    for r in rows:
+        if r["impl"] != "async-rdma":
+            continue
+        for rt in RUNTIMES:
+            for mode in ("busy", "event"):
+                a = find("anyrdma", r["test"], mode, r["size"], rt)
+                if a:
+                    faster.append((a["median_us"] < r["median_us"], a["median_us"] / r["median_us"],
+                                   f"{rt} {mode} {r['test']} {r['size']} B"))
+    if faster:
+        bad = [f for f in faster if not f[0]]
+        goals.append(("faster than async-rdma on every row",
+                      not bad,
+                      f"{len(faster) - len(bad)}/{len(faster)} rows hold; anyrdma/async-rdma from "
+                      f"{min(f[1] for f in faster):.2f}x to {max(f[1] for f in faster):.2f}x"
+                      + ("; slower: " + ", ".join(f[2] for f in bad[:4]) if bad else "")))
+    elif run_mode:
+        goals.append(("faster than async-rdma on every row", False, "no async-rdma rows (see notes)"))
 
-faster = []
-for r in rows:
-    if r["impl"] != "async-rdma":
-        continue
-    for rt in RUNTIMES:
-        for mode in ("busy", "event"):
-            a = find("anyrdma", r["test"], mode, r["size"], rt)
-            if a:
-                faster.append((a["median_us"] < r["median_us"], a["median_us"] / r["median_us"],
-                               f"{rt} {mode} {r['test']} {r['size']} B"))
-if faster:
-    bad = [f for f in faster if not f[0]]
-    goals.append(("faster than async-rdma on every row",
-                  not bad,
-                  f"{len(faster) - len(bad)}/{len(faster)} rows hold; anyrdma/async-rdma from "
-                  f"{min(f[1] for f in faster):.2f}x to {max(f[1] for f in faster):.2f}x"
-                  + ("; slower: " + ", ".join(f[2] for f in bad[:4]) if bad else "")))
-elif run_mode:
-    goals.append(("faster than async-rdma on every row", False, "no async-rdma rows (see notes)"))
+    md.append("### Goals (issue 5)")
+    md.append("")
+    md.append("| goal | holds | detail |")
+    md.append("|---|---|---|")
+    for name, ok, detail in goals:
+        md.append(f"| {name} | {'yes' if ok else '**no**'} | {detail} |")
+    md.append("")
 
-md.append("### Goals (issue 5)")
-md.append("")
-md.append("| goal | holds | detail |")
-md.append("|---|---|---|")
-for name, ok, detail in goals:
-    md.append(f"| {name} | {'yes' if ok else '**no**'} | {detail} |")
-md.append("")
 
-if cpu:
+CG_LIMIT = 1.02  # the baseline goal: no row more than 2% above the baseline
+
+
+def impl_name(rt):
+    return "raw verbs (rdma-sys)" if rt == "raw" else f"anyrdma {rt}"
+
+
+def build_name(tag):
+    b = builds.get(tag)
+    if not b:
+        return tag
+    return f"`{b['name']}` (`{b['hash']}`)" if b["name"] else f"`{b['hash']}`"
+
+
+def callgrind_rows():
+    """(runtime, mode) of every row run, failed ones too: raw verbs first, then the runtimes, busy before event."""
+    order = ["raw"] + RUNTIMES
+    keys = {(rt, mode) for (_, rt, mode) in cg_tried}
+    return sorted(keys, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[0], k[1]))
+
+
+def callgrind_goal(keys):
+    """The baseline goal: (holds, detail)."""
+    changes, missing = [], []
+    for rt, mode in keys:
+        c, b = cpu.get(("current", rt, mode)), cpu.get(("baseline", rt, mode))
+        if c and b:
+            changes.append((c["ir_per_round_trip"] / b["ir_per_round_trip"] - 1, f"{rt} {mode}"))
+        else:
+            missing.append(f"{rt} {mode}")
+    over = [x for x in changes if x[0] > CG_LIMIT - 1]
+    detail = f"{len(changes) - len(over)}/{len(keys)} rows hold"
+    if changes:
+        w = max(changes)
+        detail += f"; worst {w[0] * 100:+.1f}% ({w[1]})"
+        ev = [x for x in changes if x[1].endswith(" event")]
+        if ev and max(ev) != w:
+            detail += f", worst event-mode row {max(ev)[0] * 100:+.1f}% ({max(ev)[1]})"
+    if missing:
+        detail += "; no comparison for " + ", ".join(missing)
+    return not over and not missing and bool(changes), detail
+
+
+def callgrind_section():
+    """Instructions per round trip for every runtime and poll mode, against raw verbs and the baseline."""
+    if not cg_tried:
+        return
+    keys = callgrind_rows()
+    has_base = any(b == "baseline" for (b, _, _) in cpu) or "baseline" in builds
+    iters = sorted({n for c in cpu.values() for n in c["iters"]})
+    runs = " and ".join(f"{n:,}" for n in iters) or "two different numbers of"
     md.append("### CPU cost per round trip (callgrind)")
     md.append("")
-    md.append("8 B `write_with_imm` ping-pong in event mode, client under `valgrind --tool=callgrind`: "
-              "instructions (Ir) of the whole client process per round trip (one write-with-imm posted and "
-              "completed, one receive completed and re-posted, one sleep on the completion channel), from "
-              "the difference of two runs of different lengths. Kernel time is not counted.")
+    md.append("8 B `write_with_imm` ping-pong, the client under `valgrind --tool=callgrind`, its server (the same "
+              "program) natively: instructions (Ir) of the whole client process per round trip, computed as "
+              "(Ir of the longer run - Ir of the shorter run) / (difference in round trips), from runs of "
+              f"{runs} round trips, so that set-up and tear-down cancel. Kernel time is not counted. "
+              "**event** (`PollMode::Event { spin: 0 }`; raw verbs: poll, arm, poll, `ibv_get_cq_event`): "
+              "each round trip posts and completes one write-with-imm, completes and re-posts one receive and "
+              "sleeps once on the completion channel. **busy** (`PollMode::Busy`; raw verbs: an `ibv_poll_cq` "
+              "loop): no sleep, but every empty poll (and, for anyrdma, every trip through the executor) while "
+              "the reply is on its way is counted, so busy rows depend on timing and vary from run to run more "
+              "than event rows; the two runs' Ir are shown to judge that by.")
     md.append("")
-    md.append("| implementation | runs (round trips) | Ir | Ir per round trip |")
-    md.append("|---|---|---|---:|")
-    for rt, c in cpu.items():
-        name = "raw verbs (rdma-sys)" if rt == "raw" else f"anyrdma {rt}"
-        md.append(f"| {name} | {c['iters'][0]}, {c['iters'][1]} | {c['ir'][0]:,}, {c['ir'][1]:,} | {c['ir_per_round_trip']:,.0f} |")
-    if "raw" in cpu and "tokio-ct" in cpu:
+    cur = builds.get("current")
+    line = "Current: the working tree" + (f", {build_name('current')}" if cur else "") + "."
+    if has_base:
+        line += (f" Baseline: {build_name('baseline')}, built in a git worktree (target/bench/baseline-src) "
+                 "and measured in the same boot, row by row interleaved with the current program. "
+                 "Change: current / baseline - 1. `x raw`: the current program against raw verbs of the same "
+                 "mode.")
+    else:
+        line += " `x raw`: against raw verbs of the same mode."
+    md.append(line)
+    md.append("")
+    head = "| implementation | mode | Ir per round trip | x raw |"
+    rule = "|---|---|---:|---:|"
+    if has_base:
+        head += " baseline | change |"
+        rule += "---:|---:|"
+    head += f" Ir of the runs ({' / '.join(f'{n:,}' for n in iters)}) |"
+    rule += "---|"
+    if has_base:
+        head += " baseline's runs |"
+        rule += "---|"
+    md.append(head)
+    md.append(rule)
+
+    def per(c):
+        return f"{c['ir_per_round_trip']:,.0f}" if c else "-"
+
+    def both(c):
+        return " / ".join(f"{i:,}" for i in c["ir"]) if c else "-"
+
+    for rt, mode in keys:
+        c, b, raw = cpu.get(("current", rt, mode)), cpu.get(("baseline", rt, mode)), cpu.get(("current", "raw", mode))
+        x_raw = ratio(c["ir_per_round_trip"] if c else None, raw["ir_per_round_trip"] if raw else None)
+        cells = [impl_name(rt), mode, per(c), f"{x_raw:.2f}x" if x_raw is not None else "-"]
+        if has_base:
+            change = ratio(c["ir_per_round_trip"] if c else None, b["ir_per_round_trip"] if b else None)
+            ch = "-" if change is None else f"{(change - 1) * 100:+.1f}%"
+            cells += [per(b), f"**{ch}**" if change is not None and change > CG_LIMIT else ch]
+        cells.append(both(c))
+        if has_base:
+            cells.append(both(b))
+        md.append("| " + " | ".join(cells) + " |")
+    if has_base:
+        ok, detail = callgrind_goal(keys)
         md.append("")
-        md.append(f"anyrdma (Tokio current-thread) spends {cpu['tokio-ct']['ir_per_round_trip'] - cpu['raw']['ir_per_round_trip']:,.0f} "
-                  f"more instructions per round trip than raw verbs "
-                  f"({cpu['tokio-ct']['ir_per_round_trip'] / cpu['raw']['ir_per_round_trip']:.2f}x).")
-    for key in sorted(annotate):
-        kind, rt = key.split(":")
+        md.append(f"Goal: no more than {(CG_LIMIT - 1) * 100:.0f}% more instructions than the baseline on any row: "
+                  f"{'yes' if ok else '**no**'}; {detail}.")
+    for mode in ("event", "busy"):
+        c, raw = cpu.get(("current", "tokio-ct", mode)), cpu.get(("current", "raw", mode))
+        if c and raw:
+            md.append("")
+            md.append(f"In {mode} mode, anyrdma (Tokio current-thread) spends "
+                      f"{c['ir_per_round_trip'] - raw['ir_per_round_trip']:,.0f} more instructions per round trip "
+                      f"than raw verbs ({c['ir_per_round_trip'] / raw['ir_per_round_trip']:.2f}x).")
+    # Tokio current-thread event first, then raw verbs event, then the rest; self cost before inclusive.
+    for key in sorted(annotate, key=lambda k: (k[3] != "event", k[2] != "tokio-ct", k[1], k[2], k[3],
+                                               k[0] != "self")):
+        kind, build, rt, mode, n = key
+        run = f"{int(n):,} round trips" if n else "longer run"
         md.append("")
-        md.append(f"Top functions, {kind} cost, {rt} (longer run):")
+        md.append(f"Top functions, {kind} cost, {impl_name(rt)} {mode} ({build}, {run}):")
         md.append("")
         md.append("```")
         md.extend(l[:160] for l in annotate[key][:25 if kind == 'self' else 30])
         md.append("```")
     md.append("")
+
+
+if run_mode != "callgrind":
+    full_run_tables()
+callgrind_section()
 
 if perftest_notes:
     md.append("### Notes from the run")
@@ -374,7 +516,13 @@ if run_mode == "full":
     except OSError:
         pass
 
-failed = [n for n in perftest_notes if n.startswith("anyrdma bench")]
-if failed or not any(r["impl"] == "anyrdma" for r in rows):
-    print("bench runs failed: " + "; ".join(failed or ["no anyrdma rows"]), file=sys.stderr)
-    sys.exit(1)
+if run_mode == "callgrind":
+    failed = [n for n in perftest_notes if n.startswith("callgrind")]
+    if failed or not cpu:
+        print("callgrind runs failed: " + "; ".join(failed or ["no callgrind rows"]), file=sys.stderr)
+        sys.exit(1)
+else:
+    failed = [n for n in perftest_notes if n.startswith("anyrdma bench")]
+    if failed or not any(r["impl"] == "anyrdma" for r in rows):
+        print("bench runs failed: " + "; ".join(failed or ["no anyrdma rows"]), file=sys.stderr)
+        sys.exit(1)

@@ -5,13 +5,14 @@
 //!
 //! Without an RDMA NIC, run it inside the Soft-RoCE VM: `scripts/rxe-vm target/debug/examples/loopback`.
 //!
-//! The body is generic over the runtime, as library code should be; `main` picks the runtime
-//! of the enabled feature.
+//! The body names no runtime, as library code should not; `main` runs it on the runtime of
+//! the enabled feature, which anyrdma then uses by default.
 
-use anyrdma::core::{CompletionQueue, QueuePair};
-use anyrdma::{Access, ConnectOptions, Context, CqOptions, QpOptions, Result, Runtime};
+use anyrdma::{
+    Access, CompletionQueue, ConnectOptions, Context, CqOptions, QpOptions, QueuePair, Result,
+};
 
-async fn run<R: Runtime>() -> Result<()> {
+async fn run() -> Result<()> {
     let ctx = Context::open_default()?;
     println!(
         "device {} port {} (MTU {} bytes)",
@@ -20,8 +21,8 @@ async fn run<R: Runtime>() -> Result<()> {
         ctx.mtu()
     );
     let pd = ctx.alloc_pd()?;
-    let cq_a = CompletionQueue::<R>::new(&ctx, CqOptions::default())?;
-    let cq_b = CompletionQueue::<R>::new(&ctx, CqOptions::default())?;
+    let cq_a = CompletionQueue::new(&ctx, CqOptions::default())?;
+    let cq_b = CompletionQueue::new(&ctx, CqOptions::default())?;
     let a = QueuePair::new(&pd, &cq_a, &cq_a, QpOptions::default())?;
     let b = QueuePair::new(&pd, &cq_b, &cq_b, QpOptions::default())?;
     // Out of band, the two endpoints would travel over TCP; here they are at hand.
@@ -108,15 +109,15 @@ fn block_on_enabled_runtime() -> Result<()> {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    rt.block_on(run::<anyrdma::TokioRuntime>())
+    rt.block_on(run())
 }
 
 #[cfg(all(feature = "async-std", not(feature = "tokio")))]
 fn block_on_enabled_runtime() -> Result<()> {
-    async_std::task::block_on(run::<anyrdma::AsyncStdRuntime>())
+    async_std::task::block_on(run())
 }
 
 #[cfg(all(feature = "smol", not(feature = "tokio"), not(feature = "async-std")))]
 fn block_on_enabled_runtime() -> Result<()> {
-    smol::block_on(run::<anyrdma::SmolRuntime>())
+    smol::block_on(run())
 }

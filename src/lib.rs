@@ -4,87 +4,51 @@
 //! operation into a future that completes when its work completion arrives.
 //!
 //! ## Choosing a runtime
-//! An application enables exactly one runtime feature:
+//! An application enables one runtime feature:
 //!
 //! ```toml
 //! [dependencies]
 //! anyrdma = { version = "0.1", features = ["tokio"] }   # or "async-std", or "smol"
 //! ```
 //!
-//! That gives `DefaultRuntime` and non-generic names at this crate's root
-//! (`anyrdma::CompletionQueue`, `anyrdma::QueuePair`, `anyrdma::timeout`, ...). With no runtime feature the build stops with
-//! an error that says which line to add. Enabling several (as `--all-features` does) builds
-//! too; then the aliases are absent and code names the runtime type, e.g.
-//! `anyrdma::core::CompletionQueue<anyrdma::TokioRuntime>`.
+//! No type names the runtime: `anyrdma::QueuePair`, `anyrdma::CompletionQueue`,
+//! `anyrdma::timeout` are the same whatever the feature. The feature sets the default runtime
+//! that objects use when none is given ([`runtime`] says how it is picked when several
+//! features are on). With no runtime feature the build stops with an error that says which
+//! line to add. One process can drive one device with Tokio and another with smol:
+//! [`Context::with_runtime`] binds a context to a runtime, named in [`runtime`].
 //!
 //! ## Writing a library
-//! A library depends on `anyrdma-core` alone and stays generic over the runtime:
+//! A library depends on `anyrdma-core` alone and writes plain code; the application's
+//! runtime feature decides how it waits:
 //!
-//! ```
-//! use anyrdma_core::Runtime;
-//! use std::time::Duration;
+//! ```no_run
+//! use anyrdma_core::{LocalBuf, QueuePair, RemoteRegion, Result};
 //!
-//! /// Retries `op` up to three times, whatever runtime the application chose.
-//! async fn with_retries<R: Runtime, T, E, F, Fut>(mut op: F) -> Result<T, E>
-//! where
-//!     F: FnMut() -> Fut,
-//!     Fut: std::future::Future<Output = Result<T, E>>,
-//! {
-//!     let mut attempt = 0;
-//!     loop {
-//!         match op().await {
-//!             Err(_) if attempt < 2 => {
-//!                 attempt += 1;
-//!                 R::sleep(Duration::from_millis(10)).await;
-//!             }
-//!             result => return result,
-//!         }
-//!     }
+//! pub async fn put(qp: &QueuePair, data: LocalBuf, at: RemoteRegion) -> Result<LocalBuf> {
+//!     let (result, data) = qp.write(data, at).await;
+//!     result.map(|()| data)
 //! }
 //! ```
 
-/// The executor-neutral core, re-exported whole: its runtime-generic types
-/// (`core::QueuePair<R>`, `core::CompletionQueue<R>`, ...) are here.
+/// The executor-neutral core, re-exported whole.
 pub use anyrdma_core as core;
-pub use anyrdma_core::{device, error, runtime};
-// Everything that does not depend on the runtime, at the root.
 pub use anyrdma_core::{
-    default_port, devices, registered_regions, Access, Atomic, Buffers, ConnectOptions, Context,
-    CqOptions, DeviceInfo, DeviceLimits, DeviceSpec, Done, Elapsed, Endpoint, Error, Gid, GidEntry,
-    GidType, LinkLayer, LocalBuf, MemoryRegion, Outcome, PollMode, PortInfo, PortSelection,
-    PortState, ProtectionDomain, QpOptions, QpShutdownReason, ReadinessFd, Received, Recv,
-    RemoteRegion, Result, Runtime, SrqOptions, WcStatus, WorkKind, DEVICE_ENV, MAX_SGE,
+    default_port, devices, registered_regions, sleep, timeout, Access, Atomic, Batch, Buffers,
+    CompletionQueue, ConnectOptions, Context, CqOptions, DeviceInfo, DeviceLimits, DeviceSpec,
+    Done, Elapsed, Endpoint, Error, Gid, GidEntry, GidType, LinkLayer, LocalBuf, MemoryRegion, Op,
+    Outcome, PollMode, PortInfo, PortSelection, PortState, ProtectionDomain, QpOptions,
+    QpShutdownReason, QueuePair, ReadinessFd, Received, Recv, RemoteRegion, Result, Runtime,
+    RuntimeHandle, SharedReceiveQueue, SrqOptions, WcStatus, WorkKind, DEVICE_ENV, MAX_SGE,
 };
+pub use anyrdma_core::{device, error};
 
-#[cfg(feature = "async-std")]
-pub use anyrdma_async_std::AsyncStdRuntime;
-#[cfg(feature = "smol")]
-pub use anyrdma_smol::SmolRuntime;
-#[cfg(feature = "tokio")]
-pub use anyrdma_tokio::TokioRuntime;
+#[cfg(not(any(feature = "tokio", feature = "async-std", feature = "smol")))]
+compile_error!(
+    "anyrdma needs an async runtime: enable one of the features \"tokio\", \"async-std\" or \
+     \"smol\". In Cargo.toml: anyrdma = { version = \"0.1\", features = [\"tokio\"] }. \
+     A library should depend on `anyrdma-core` instead: its types name no runtime."
+);
 
-cfg_if::cfg_if! {
-    if #[cfg(not(any(feature = "tokio", feature = "async-std", feature = "smol")))] {
-        compile_error!(
-            "anyrdma needs an async runtime: enable exactly one of the features \"tokio\", \
-             \"async-std\" or \"smol\". In Cargo.toml: \
-             anyrdma = { version = \"0.1\", features = [\"tokio\"] }. \
-             A library should depend on `anyrdma-core` instead and stay generic over `R: Runtime`."
-        );
-    } else if #[cfg(all(feature = "tokio", not(feature = "async-std"), not(feature = "smol")))] {
-        /// The runtime picked by this build's one runtime feature.
-        pub type DefaultRuntime = anyrdma_tokio::TokioRuntime;
-        mod aliases;
-        pub use aliases::*;
-    } else if #[cfg(all(feature = "async-std", not(feature = "tokio"), not(feature = "smol")))] {
-        /// The runtime picked by this build's one runtime feature.
-        pub type DefaultRuntime = anyrdma_async_std::AsyncStdRuntime;
-        mod aliases;
-        pub use aliases::*;
-    } else if #[cfg(all(feature = "smol", not(feature = "tokio"), not(feature = "async-std")))] {
-        /// The runtime picked by this build's one runtime feature.
-        pub type DefaultRuntime = anyrdma_smol::SmolRuntime;
-        mod aliases;
-        pub use aliases::*;
-    }
-}
+#[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
+pub mod runtime;

@@ -11,13 +11,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyrdma::{registered_regions, Access};
-use support::{holds_pattern, within, Pair, TestRuntime};
+use support::{holds_pattern, within, Pair, Rt};
 
 /// The leak checks read a process-wide counter: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Polls `cq` until nothing is in flight (completions of dropped operations arrive).
-async fn drain<R: anyrdma::Runtime>(cq: &anyrdma::core::CompletionQueue<R>, what: &str) {
+async fn drain(cq: &anyrdma::CompletionQueue, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while cq.in_flight() > 0 {
         cq.poll_now();
@@ -26,16 +26,16 @@ async fn drain<R: anyrdma::Runtime>(cq: &anyrdma::core::CompletionQueue<R>, what
             "{what}: {} operations never completed",
             cq.in_flight()
         );
-        R::sleep(Duration::from_millis(1)).await;
+        anyrdma::sleep(Duration::from_millis(1)).await;
     }
 }
 
-async fn dropped_operations_hold_buffers_until_completion<R: TestRuntime>() {
+async fn dropped_operations_hold_buffers_until_completion(rt: Rt) {
     if !support::device_present("dropped_operations_hold_buffers_until_completion") {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let (region, remote) = {
         let buf = pair
             .pd
@@ -61,7 +61,7 @@ async fn dropped_operations_hold_buffers_until_completion<R: TestRuntime>() {
         baseline + 1,
         "its buffer is still registered"
     );
-    let (sent, _) = within::<R, _>(
+    let (sent, _) = within(
         20,
         "send into the dropped receive",
         pair.a.send(pair.patterned(4096, 1)),
@@ -107,7 +107,7 @@ async fn dropped_operations_hold_buffers_until_completion<R: TestRuntime>() {
         registered_regions(),
         baseline,
         "{}: every dropped buffer is released",
-        R::NAME
+        rt.name()
     );
     assert!(
         pair.a.failure().is_none() && pair.b.failure().is_none(),
@@ -118,12 +118,12 @@ async fn dropped_operations_hold_buffers_until_completion<R: TestRuntime>() {
 
 /// A write dropped right after posting still sends its own bytes: its buffer is not freed
 /// and reused (here: by freshly poisoned allocations) before the NIC has read it.
-async fn dropped_write_sends_the_original_bytes<R: TestRuntime>() {
+async fn dropped_write_sends_the_original_bytes(rt: Rt) {
     if !support::device_present("dropped_write_sends_the_original_bytes") {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let region = pair.pd.alloc(1 << 20, Access::REMOTE_WRITE).unwrap();
     let remote = region.region().remote().unwrap();
     for round in 0..8u8 {
@@ -140,7 +140,7 @@ async fn dropped_write_sends_the_original_bytes<R: TestRuntime>() {
         assert!(
             holds_pattern(&region, round),
             "{}: round {round}: the NIC sent reused memory",
-            R::NAME
+            rt.name()
         );
         drop(poison);
     }
@@ -148,14 +148,14 @@ async fn dropped_write_sends_the_original_bytes<R: TestRuntime>() {
 
 /// Thousands of operations, half of them dropped at random points, end with nothing
 /// leaked: no slot in flight, no registration alive, queues fully usable.
-async fn stress_random_drops_leak_nothing<R: TestRuntime>() {
+async fn stress_random_drops_leak_nothing(rt: Rt) {
     if !support::device_present("stress_random_drops_leak_nothing") {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let baseline = registered_regions();
     {
-        let pair = Pair::<R>::new();
+        let pair = Pair::new();
         let region = pair
             .pd
             .alloc(64 << 10, Access::REMOTE_READ | Access::REMOTE_WRITE)
@@ -204,9 +204,9 @@ async fn stress_random_drops_leak_nothing<R: TestRuntime>() {
                         drop(op);
                     } else {
                         assert!(
-                            within::<R, _>(20, "kept op", op).await,
+                            within(20, "kept op", op).await,
                             "{}: an operation failed",
-                            R::NAME
+                            rt.name()
                         );
                     }
                 }
@@ -218,7 +218,7 @@ async fn stress_random_drops_leak_nothing<R: TestRuntime>() {
         assert!(
             pair.a.failure().is_none(),
             "{}: {:?}",
-            R::NAME,
+            rt.name(),
             pair.a.failure()
         );
         // The queues are whole again: a full send queue's worth posts fine.
@@ -227,7 +227,7 @@ async fn stress_random_drops_leak_nothing<R: TestRuntime>() {
             .map(|_| pair.a.write(pair.patterned(8, 1), remote))
             .collect();
         for op in ops {
-            within::<R, _>(20, "refill", op)
+            within(20, "refill", op)
                 .await
                 .0
                 .expect("full queue depth after the stress");
@@ -238,18 +238,18 @@ async fn stress_random_drops_leak_nothing<R: TestRuntime>() {
         registered_regions(),
         baseline,
         "{}: registrations leaked",
-        R::NAME
+        rt.name()
     );
 }
 
 /// Dropping a queue pair with operations in flight destroys it and releases their buffers,
 /// without waiting for anything.
-async fn dropping_a_busy_queue_pair_releases_its_buffers<R: TestRuntime>() {
+async fn dropping_a_busy_queue_pair_releases_its_buffers(rt: Rt) {
     if !support::device_present("dropping_a_busy_queue_pair_releases_its_buffers") {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let baseline = registered_regions();
     for _ in 0..8 {
         drop(pair.b.recv(pair.pd.alloc(4096, Access::LOCAL).unwrap()));
@@ -261,7 +261,7 @@ async fn dropping_a_busy_queue_pair_releases_its_buffers<R: TestRuntime>() {
         registered_regions(),
         baseline,
         "{}: the destroyed queue pair's buffers are released",
-        R::NAME
+        rt.name()
     );
     assert_eq!(cq_b.in_flight(), 0);
 }

@@ -5,20 +5,20 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyrdma::{Access, ConnectOptions, CqOptions, Error, QpOptions, RemoteRegion, WcStatus};
-use support::{within, Pair, TestRuntime};
+use support::{within, Pair, Rt};
 
-async fn wrong_rkey_is_a_remote_access_error<R: TestRuntime>() {
+async fn wrong_rkey_is_a_remote_access_error(rt: Rt) {
     if !support::device_present("wrong_rkey_is_a_remote_access_error") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let region = pair.pd.alloc(4096, Access::REMOTE_WRITE).unwrap();
     let good = region.region().remote().unwrap();
     let forged = RemoteRegion {
         rkey: good.rkey ^ 0x5a5a_0000,
         ..good
     };
-    let (result, buf) = within::<R, _>(
+    let (result, buf) = within(
         20,
         "write with a wrong rkey",
         pair.a.write(pair.patterned(64, 1), forged),
@@ -29,7 +29,7 @@ async fn wrong_rkey_is_a_remote_access_error<R: TestRuntime>() {
         err.wc_status(),
         Some(WcStatus::REM_ACCESS_ERR),
         "{}: {err}",
-        R::NAME
+        rt.name()
     );
     assert!(
         matches!(&err, Error::WorkCompletion { remote: Some(r), .. } if *r == forged),
@@ -44,11 +44,11 @@ async fn wrong_rkey_is_a_remote_access_error<R: TestRuntime>() {
     assert!(pair.a.failure().is_some(), "the queue pair is now in error");
 }
 
-async fn queue_pair_error_fails_everything_fast<R: TestRuntime>() {
+async fn queue_pair_error_fails_everything_fast(rt: Rt) {
     if !support::device_present("queue_pair_error_fails_everything_fast") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     // Receives pending on a when a fails.
     let pending: Vec<_> = (0..16)
         .map(|_| pair.a.recv(pair.pd.alloc(256, Access::LOCAL).unwrap()))
@@ -58,7 +58,7 @@ async fn queue_pair_error_fails_everything_fast<R: TestRuntime>() {
         len: 4096,
         rkey: 0xdead,
     };
-    let (result, _) = within::<R, _>(
+    let (result, _) = within(
         20,
         "failing write",
         pair.a.write(pair.patterned(8, 1), forged),
@@ -70,12 +70,12 @@ async fn queue_pair_error_fails_everything_fast<R: TestRuntime>() {
     );
     let started = Instant::now();
     for op in pending {
-        let (result, buf) = within::<R, _>(10, "flushed receive", op).await;
+        let (result, buf) = within(10, "flushed receive", op).await;
         let err = result.expect_err("a receive of a failed queue pair is flushed");
         assert!(
             matches!(&err, Error::Flushed { cause: Some(_), .. }),
             "{}: {err:?}",
-            R::NAME
+            rt.name()
         );
         assert_eq!(
             err.root_cause().wc_status(),
@@ -97,7 +97,7 @@ async fn queue_pair_error_fails_everything_fast<R: TestRuntime>() {
     assert_eq!(pair.cq_a.in_flight(), 0, "nothing left in flight");
 }
 
-async fn send_without_receive_is_rnr_error<R: TestRuntime>() {
+async fn send_without_receive_is_rnr_error(rt: Rt) {
     if !support::device_present("send_without_receive_is_rnr_error") {
         return;
     }
@@ -107,9 +107,9 @@ async fn send_without_receive_is_rnr_error<R: TestRuntime>() {
         min_rnr_timer: 14,
         ..ConnectOptions::default()
     };
-    let pair = Pair::<R>::with(CqOptions::default(), QpOptions::default(), connect);
+    let pair = Pair::with(CqOptions::default(), QpOptions::default(), connect);
     let started = Instant::now();
-    let (result, _) = within::<R, _>(
+    let (result, _) = within(
         20,
         "send to a peer with no receive",
         pair.a.send(pair.patterned(32, 1)),
@@ -120,7 +120,7 @@ async fn send_without_receive_is_rnr_error<R: TestRuntime>() {
         err.wc_status(),
         Some(WcStatus::RNR_RETRY_EXC_ERR),
         "{}: {err}",
-        R::NAME
+        rt.name()
     );
     assert!(
         err.to_string().contains("no receive posted"),
@@ -133,7 +133,7 @@ async fn send_without_receive_is_rnr_error<R: TestRuntime>() {
     );
 }
 
-async fn full_queues_and_unconnected_pairs_are_typed_errors<R: TestRuntime>() {
+async fn full_queues_and_unconnected_pairs_are_typed_errors(rt: Rt) {
     if !support::device_present("full_queues_and_unconnected_pairs_are_typed_errors") {
         return;
     }
@@ -141,7 +141,7 @@ async fn full_queues_and_unconnected_pairs_are_typed_errors<R: TestRuntime>() {
         max_recv_wr: 4,
         ..QpOptions::default()
     };
-    let pair = Pair::<R>::with(CqOptions::default(), options, ConnectOptions::default());
+    let pair = Pair::with(CqOptions::default(), options, ConnectOptions::default());
     let depth = pair.b.caps().max_recv_wr as usize;
     let mut posted: Vec<_> = (0..depth)
         .map(|_| pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap()))
@@ -156,13 +156,13 @@ async fn full_queues_and_unconnected_pairs_are_typed_errors<R: TestRuntime>() {
             })
         ),
         "{}: {result:?}",
-        R::NAME
+        rt.name()
     );
     assert_eq!(buf.len(), 64, "the rejected buffer comes back");
     // Room comes back once a receive completes.
-    let (sent, _) = within::<R, _>(20, "send", pair.a.send(pair.patterned(8, 1))).await;
+    let (sent, _) = within(20, "send", pair.a.send(pair.patterned(8, 1))).await;
     sent.unwrap();
-    let (got, _) = within::<R, _>(20, "recv", posted.remove(0)).await;
+    let (got, _) = within(20, "recv", posted.remove(0)).await;
     got.unwrap();
     let again = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
     drop(again);
@@ -179,17 +179,17 @@ async fn full_queues_and_unconnected_pairs_are_typed_errors<R: TestRuntime>() {
 }
 
 /// An application shutdown flushes what is pending and refuses new work, saying why.
-async fn shutdown_flushes_pending_work<R: TestRuntime>() {
+async fn shutdown_flushes_pending_work(rt: Rt) {
     if !support::device_present("shutdown_flushes_pending_work") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let pending: Vec<_> = (0..4)
         .map(|_| pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap()))
         .collect();
     pair.b.shutdown().expect("shutdown");
     for op in pending {
-        let (result, _) = within::<R, _>(10, "flushed by shutdown", op).await;
+        let (result, _) = within(10, "flushed by shutdown", op).await;
         let err = result.expect_err("flushed");
         assert!(
             matches!(
@@ -200,7 +200,7 @@ async fn shutdown_flushes_pending_work<R: TestRuntime>() {
                 }
             ),
             "{}: {err:?}",
-            R::NAME
+            rt.name()
         );
     }
     let (result, _) = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap()).await;

@@ -3,7 +3,7 @@
 mod support;
 
 use anyrdma::{Access, LocalBuf, Received, RemoteRegion};
-use support::{holds_pattern, within, Pair, TestRuntime};
+use support::{holds_pattern, within, Pair, Rt};
 
 /// Sizes every transfer test covers: empty, one byte, a page, one MiB, and just over one
 /// MTU (computed per device).
@@ -12,54 +12,55 @@ fn sizes(mtu: usize) -> Vec<usize> {
 }
 
 /// A remote-accessible region on side b, and its description.
-fn exposed<R: anyrdma::Runtime>(
-    pair: &Pair<R>,
-    len: usize,
-    access: Access,
-) -> (LocalBuf, RemoteRegion) {
+fn exposed(pair: &Pair, len: usize, access: Access) -> (LocalBuf, RemoteRegion) {
     let buf = pair.pd.alloc(len, access).expect("alloc exposed region");
     let remote = buf.region().remote().expect("remote description");
     (buf, remote)
 }
 
-async fn send_recv_moves_every_size<R: TestRuntime>() {
+async fn send_recv_moves_every_size(rt: Rt) {
     if !support::device_present("send_recv_moves_every_size") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     for (i, len) in sizes(pair.ctx.mtu() as usize).into_iter().enumerate() {
         let seed = i as u8 + 1;
         let recv = pair
             .b
             .recv(pair.pd.alloc(len.max(1), Access::LOCAL).unwrap());
-        let (sent, _) = within::<R, _>(20, "send", pair.a.send(pair.patterned(len, seed))).await;
-        sent.unwrap_or_else(|e| panic!("{}: send of {len} bytes: {e}", R::NAME));
-        let (got, buf) = within::<R, _>(20, "recv", recv).await;
-        let got = got.unwrap_or_else(|e| panic!("{}: recv of {len} bytes: {e}", R::NAME));
-        assert_eq!(got, Received { len, imm: None }, "{}: {len} bytes", R::NAME);
+        let (sent, _) = within(20, "send", pair.a.send(pair.patterned(len, seed))).await;
+        sent.unwrap_or_else(|e| panic!("{}: send of {len} bytes: {e}", rt.name()));
+        let (got, buf) = within(20, "recv", recv).await;
+        let got = got.unwrap_or_else(|e| panic!("{}: recv of {len} bytes: {e}", rt.name()));
+        assert_eq!(
+            got,
+            Received { len, imm: None },
+            "{}: {len} bytes",
+            rt.name()
+        );
         assert!(
             holds_pattern(&buf[..len], seed),
             "{}: {len} bytes arrived corrupted",
-            R::NAME
+            rt.name()
         );
     }
 }
 
-async fn immediates_arrive<R: TestRuntime>() {
+async fn immediates_arrive(rt: Rt) {
     if !support::device_present("immediates_arrive") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     // Send with immediate.
     let recv = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
-    let (sent, _) = within::<R, _>(
+    let (sent, _) = within(
         20,
         "send_with_imm",
         pair.a.send_with_imm(pair.patterned(10, 3), 0xdead_beef),
     )
     .await;
     sent.expect("send with imm");
-    let (got, buf) = within::<R, _>(20, "recv", recv).await;
+    let (got, buf) = within(20, "recv", recv).await;
     assert_eq!(
         got.expect("recv"),
         Received {
@@ -70,7 +71,7 @@ async fn immediates_arrive<R: TestRuntime>() {
     assert!(holds_pattern(&buf[..10], 3));
     // An immediate of zero is still an immediate (the flag says so, not the value).
     let recv = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
-    let (sent, _) = within::<R, _>(
+    let (sent, _) = within(
         20,
         "send_with_imm 0",
         pair.a.send_with_imm(pair.patterned(1, 4), 0),
@@ -78,7 +79,7 @@ async fn immediates_arrive<R: TestRuntime>() {
     .await;
     sent.expect("send with imm 0");
     assert_eq!(
-        within::<R, _>(20, "recv", recv).await.0.expect("recv"),
+        within(20, "recv", recv).await.0.expect("recv"),
         Received {
             len: 1,
             imm: Some(0)
@@ -87,27 +88,27 @@ async fn immediates_arrive<R: TestRuntime>() {
     // Write with immediate: data lands in the region, the immediate in a receive.
     let (region, remote) = exposed(&pair, 8192, Access::REMOTE_WRITE);
     let recv = pair.b.recv(pair.pd.alloc(1, Access::LOCAL).unwrap());
-    let (wrote, _) = within::<R, _>(
+    let (wrote, _) = within(
         20,
         "write_with_imm",
         pair.a.write_with_imm(pair.patterned(5000, 9), remote, 77),
     )
     .await;
     wrote.expect("write with imm");
-    let (got, _) = within::<R, _>(20, "recv of write imm", recv).await;
+    let (got, _) = within(20, "recv of write imm", recv).await;
     assert_eq!(got.expect("recv").imm, Some(77));
     assert!(
         holds_pattern(&region[..5000], 9),
         "{}: written bytes corrupted",
-        R::NAME
+        rt.name()
     );
 }
 
-async fn write_and_read_move_every_size<R: TestRuntime>() {
+async fn write_and_read_move_every_size(rt: Rt) {
     if !support::device_present("write_and_read_move_every_size") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let (region, remote) = exposed(
         &pair,
         (1 << 20) + 8192,
@@ -115,31 +116,30 @@ async fn write_and_read_move_every_size<R: TestRuntime>() {
     );
     for (i, len) in sizes(pair.ctx.mtu() as usize).into_iter().enumerate() {
         let seed = 40 + i as u8;
-        let (wrote, _) =
-            within::<R, _>(20, "write", pair.a.write(pair.patterned(len, seed), remote)).await;
-        wrote.unwrap_or_else(|e| panic!("{}: write of {len}: {e}", R::NAME));
+        let (wrote, _) = within(20, "write", pair.a.write(pair.patterned(len, seed), remote)).await;
+        wrote.unwrap_or_else(|e| panic!("{}: write of {len}: {e}", rt.name()));
         assert!(
             holds_pattern(&region[..len], seed),
             "{}: write of {len} corrupted",
-            R::NAME
+            rt.name()
         );
-        let (read, back) = within::<R, _>(
+        let (read, back) = within(
             20,
             "read",
             pair.a
                 .read(pair.pd.alloc(len, Access::LOCAL).unwrap(), remote),
         )
         .await;
-        read.unwrap_or_else(|e| panic!("{}: read of {len}: {e}", R::NAME));
+        read.unwrap_or_else(|e| panic!("{}: read of {len}: {e}", rt.name()));
         assert!(
             holds_pattern(&back, seed),
             "{}: read of {len} corrupted",
-            R::NAME
+            rt.name()
         );
     }
     // A write into the middle of the region through a checked sub-slice.
     let middle = remote.slice(100..200).unwrap();
-    let (wrote, _) = within::<R, _>(
+    let (wrote, _) = within(
         20,
         "write middle",
         pair.a.write(pair.patterned(100, 99), middle),
@@ -150,11 +150,11 @@ async fn write_and_read_move_every_size<R: TestRuntime>() {
     drop(region);
 }
 
-async fn scatter_gather_lists<R: TestRuntime>() {
+async fn scatter_gather_lists(rt: Rt) {
     if !support::device_present("scatter_gather_lists") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     // Gather three pieces into one message, scatter it into two.
     let mut whole = pair.patterned(3000, 5);
     let mut rest = whole.split_off(1000);
@@ -164,16 +164,16 @@ async fn scatter_gather_lists<R: TestRuntime>() {
         pair.pd.alloc(2000, Access::LOCAL).unwrap(),
     ];
     let recv = pair.b.recv(recv_bufs);
-    let (sent, pieces) = within::<R, _>(20, "gather send", pair.a.send([whole, rest, last])).await;
+    let (sent, pieces) = within(20, "gather send", pair.a.send([whole, rest, last])).await;
     sent.expect("gathered send");
-    let (got, bufs) = within::<R, _>(20, "scatter recv", recv).await;
+    let (got, bufs) = within(20, "scatter recv", recv).await;
     assert_eq!(got.expect("scattered recv").len, 3000);
     let mut joined = bufs[0].to_vec();
     joined.extend_from_slice(&bufs[1][..1000]);
     assert!(
         holds_pattern(&joined, 5),
         "{}: scatter-gather reordered or corrupted bytes",
-        R::NAME
+        rt.name()
     );
     // The pieces join back into the original buffer.
     let [mut a, b, c] = pieces;
@@ -185,7 +185,7 @@ async fn scatter_gather_lists<R: TestRuntime>() {
     support::fill(&mut region, 6);
     let mut first = pair.pd.alloc(4096, Access::LOCAL).unwrap();
     let second = first.split_off(1024);
-    let (read, mut back) = within::<R, _>(
+    let (read, mut back) = within(
         20,
         "scattered read",
         pair.a.read(vec![first, second], remote),
@@ -198,22 +198,25 @@ async fn scatter_gather_lists<R: TestRuntime>() {
     assert!(
         holds_pattern(&first, 6),
         "{}: scattered read corrupted",
-        R::NAME
+        rt.name()
     );
 }
 
-async fn inline_and_batched_sends<R: TestRuntime>() {
+async fn inline_and_batched_sends(rt: Rt) {
     if !support::device_present("inline_and_batched_sends") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let inline = pair.a.max_inline() as usize;
-    assert!(inline > 0, "{}: the device granted no inline data", R::NAME);
+    assert!(
+        inline > 0,
+        "{}: the device granted no inline data",
+        rt.name()
+    );
     let recv = pair.b.recv(pair.pd.alloc(inline, Access::LOCAL).unwrap());
-    let (sent, _) =
-        within::<R, _>(20, "inline send", pair.a.send(pair.patterned(inline, 11))).await;
+    let (sent, _) = within(20, "inline send", pair.a.send(pair.patterned(inline, 11))).await;
     sent.expect("inline send");
-    let (got, buf) = within::<R, _>(20, "recv", recv).await;
+    let (got, buf) = within(20, "recv", recv).await;
     assert_eq!(got.unwrap().len, inline);
     assert!(holds_pattern(&buf[..inline], 11));
 
@@ -229,32 +232,29 @@ async fn inline_and_batched_sends<R: TestRuntime>() {
     }
     let batch = batch.send_with_imm(pair.patterned(8, 1), 8);
     assert_eq!(batch.len(), 9);
-    let (result, bufs) = within::<R, _>(20, "batch", batch.submit()).await;
+    let (result, bufs) = within(20, "batch", batch.submit()).await;
     result.expect("batch");
     assert_eq!(bufs.len(), 9, "every buffer comes back");
-    assert_eq!(
-        within::<R, _>(20, "recv", recv).await.0.unwrap().imm,
-        Some(8)
-    );
+    assert_eq!(within(20, "recv", recv).await.0.unwrap().imm, Some(8));
     for i in 0..8 {
         assert!(
             holds_pattern(&region[i * 512..(i + 1) * 512], 20 + i as u8),
             "{}: batch write {i}",
-            R::NAME
+            rt.name()
         );
     }
     assert_eq!(pair.cq_a.in_flight(), 0);
 }
 
-async fn atomics_count_exactly<R: TestRuntime>() {
+async fn atomics_count_exactly(rt: Rt) {
     if !support::device_present("atomics_count_exactly") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let (mut counter, remote) = exposed(&pair, 8, Access::REMOTE_ATOMIC);
     counter.copy_from_slice(&5u64.to_ne_bytes());
     // Compare-and-swap: succeeds when the value matches, fails (returning it) otherwise.
-    let (old, buf) = within::<R, _>(
+    let (old, buf) = within(
         20,
         "cas",
         pair.a
@@ -262,7 +262,7 @@ async fn atomics_count_exactly<R: TestRuntime>() {
     )
     .await;
     assert_eq!(old.expect("cas"), 5);
-    let (old, _) = within::<R, _>(20, "cas miss", pair.a.compare_and_swap(buf, remote, 5, 7)).await;
+    let (old, _) = within(20, "cas miss", pair.a.compare_and_swap(buf, remote, 5, 7)).await;
     assert_eq!(
         old.expect("cas miss"),
         100,
@@ -277,7 +277,7 @@ async fn atomics_count_exactly<R: TestRuntime>() {
     for t in 0..TASKS {
         let qp = pair.a.clone();
         let mut buf = pair.pd.alloc(8, Access::LOCAL).unwrap();
-        tasks.push(R::spawn(async move {
+        tasks.push(rt.spawn(async move {
             let mut seen = Vec::new();
             for _ in 0..ADDS {
                 let (old, back) = qp.fetch_and_add(buf, remote, t + 1).await;
@@ -289,14 +289,14 @@ async fn atomics_count_exactly<R: TestRuntime>() {
     }
     let mut olds = Vec::new();
     for task in tasks {
-        olds.extend(within::<R, _>(60, "fetch_and_add task", task).await);
+        olds.extend(within(60, "fetch_and_add task", task).await);
     }
     let expected: u64 = 100 + ADDS * (1..=TASKS).sum::<u64>();
     assert_eq!(
         u64::from_ne_bytes(counter[..].try_into().unwrap()),
         expected,
         "{}: lost or doubled adds",
-        R::NAME
+        rt.name()
     );
     olds.sort_unstable();
     olds.dedup();
@@ -304,15 +304,15 @@ async fn atomics_count_exactly<R: TestRuntime>() {
         olds.len() as u64,
         TASKS * ADDS,
         "{}: every add saw a distinct previous value",
-        R::NAME
+        rt.name()
     );
 }
 
-async fn remote_regions_are_checked_before_posting<R: TestRuntime>() {
+async fn remote_regions_are_checked_before_posting(rt: Rt) {
     if !support::device_present("remote_regions_are_checked_before_posting") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let (_region, remote) = exposed(
         &pair,
         4096,
@@ -322,7 +322,7 @@ async fn remote_regions_are_checked_before_posting<R: TestRuntime>() {
     assert!(
         matches!(result, Err(anyrdma::Error::OutOfBounds { len: 4097, .. })),
         "{}: {result:?}",
-        R::NAME
+        rt.name()
     );
     assert_eq!(buf.len(), 4097, "the buffer comes back");
     let (result, _) = pair
@@ -359,7 +359,7 @@ async fn remote_regions_are_checked_before_posting<R: TestRuntime>() {
         "the queue pair is still healthy"
     );
     // And it still works.
-    let (result, _) = within::<R, _>(
+    let (result, _) = within(
         20,
         "valid write",
         pair.a.write(pair.patterned(4096, 2), remote),
@@ -369,7 +369,7 @@ async fn remote_regions_are_checked_before_posting<R: TestRuntime>() {
 }
 
 /// Busy polling and spinning before sleep move the same bytes as the default event mode.
-async fn poll_modes_move_bytes<R: TestRuntime>() {
+async fn poll_modes_move_bytes(rt: Rt) {
     if !support::device_present("poll_modes_move_bytes") {
         return;
     }
@@ -381,7 +381,7 @@ async fn poll_modes_move_bytes<R: TestRuntime>() {
             poll_mode: mode,
             ..anyrdma::CqOptions::default()
         };
-        let pair = Pair::<R>::with(
+        let pair = Pair::with(
             cq,
             anyrdma::QpOptions::default(),
             anyrdma::ConnectOptions::default(),
@@ -389,17 +389,16 @@ async fn poll_modes_move_bytes<R: TestRuntime>() {
         let (region, remote) = exposed(&pair, 4096, Access::REMOTE_WRITE);
         for round in 0..50u8 {
             let recv = pair.b.recv(pair.pd.alloc(4096, Access::LOCAL).unwrap());
-            let (sent, _) =
-                within::<R, _>(20, "send", pair.a.send(pair.patterned(4096, round))).await;
-            sent.unwrap_or_else(|e| panic!("{} {mode:?}: {e}", R::NAME));
-            let (got, buf) = within::<R, _>(20, "recv", recv).await;
+            let (sent, _) = within(20, "send", pair.a.send(pair.patterned(4096, round))).await;
+            sent.unwrap_or_else(|e| panic!("{} {mode:?}: {e}", rt.name()));
+            let (got, buf) = within(20, "recv", recv).await;
             assert_eq!(got.unwrap().len, 4096);
             assert!(
                 holds_pattern(&buf, round),
                 "{} {mode:?}: corrupted",
-                R::NAME
+                rt.name()
             );
-            let (wrote, _) = within::<R, _>(
+            let (wrote, _) = within(
                 20,
                 "write",
                 pair.a.write(pair.patterned(4096, round), remote),
@@ -413,11 +412,11 @@ async fn poll_modes_move_bytes<R: TestRuntime>() {
 
 /// Disjoint pieces of one registration are in flight at once, with no lock on the region;
 /// a user's `Vec` is registered in place and comes back intact.
-async fn pieces_of_one_region_fly_together<R: TestRuntime>() {
+async fn pieces_of_one_region_fly_together(rt: Rt) {
     if !support::device_present("pieces_of_one_region_fly_together") {
         return;
     }
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let (region, remote) = exposed(&pair, 64 << 10, Access::REMOTE_WRITE);
     let mut whole = pair.patterned(64 << 10, 7);
     let mut pieces = Vec::new();
@@ -436,14 +435,14 @@ async fn pieces_of_one_region_fly_together<R: TestRuntime>() {
     assert_eq!(pair.cq_a.in_flight(), 8, "eight pieces in flight at once");
     let mut back = Vec::new();
     for op in ops {
-        let (result, piece) = within::<R, _>(20, "piece write", op).await;
+        let (result, piece) = within(20, "piece write", op).await;
         result.expect("piece write");
         back.push(piece);
     }
     assert!(
         holds_pattern(&region, 7),
         "{}: the pieces landed in the wrong places",
-        R::NAME
+        rt.name()
     );
     let mut joined = back.remove(0);
     for piece in back {
@@ -459,9 +458,9 @@ async fn pieces_of_one_region_fly_together<R: TestRuntime>() {
         .register(data, Access::LOCAL)
         .expect("register a Vec");
     let recv = pair.b.recv(pair.pd.alloc(3000, Access::LOCAL).unwrap());
-    let (sent, owned) = within::<R, _>(20, "send a Vec", pair.a.send(owned)).await;
+    let (sent, owned) = within(20, "send a Vec", pair.a.send(owned)).await;
     sent.expect("send");
-    let (got, buf) = within::<R, _>(20, "recv", recv).await;
+    let (got, buf) = within(20, "recv", recv).await;
     assert_eq!(got.unwrap().len, 3000);
     assert!(holds_pattern(&buf, 12));
     let data = owned.into_vec().expect("sole owner gets the Vec back");
@@ -469,15 +468,15 @@ async fn pieces_of_one_region_fly_together<R: TestRuntime>() {
 }
 
 /// Receives posted on one shared receive queue serve every queue pair attached to it.
-async fn shared_receive_queue_serves_many_pairs<R: TestRuntime>() {
+async fn shared_receive_queue_serves_many_pairs(rt: Rt) {
     if !support::device_present("shared_receive_queue_serves_many_pairs") {
         return;
     }
     use anyrdma::core::{CompletionQueue, QueuePair, SharedReceiveQueue};
-    let pair = Pair::<R>::new();
+    let pair = Pair::new();
     let ctx = &pair.ctx;
     let pd = &pair.pd;
-    let recv_cq = CompletionQueue::<R>::new(ctx, anyrdma::CqOptions::default()).unwrap();
+    let recv_cq = CompletionQueue::new(ctx, anyrdma::CqOptions::default()).unwrap();
     let srq = SharedReceiveQueue::new(pd, &recv_cq, anyrdma::SrqOptions::default()).unwrap();
     let senders: Vec<_> = (0..3)
         .map(|_| QueuePair::new(pd, &pair.cq_a, &pair.cq_a, anyrdma::QpOptions::default()).unwrap())
@@ -504,25 +503,25 @@ async fn shared_receive_queue_serves_many_pairs<R: TestRuntime>() {
     assert_eq!(srq.posted(), 6);
     for (i, s) in senders.iter().enumerate() {
         for j in 0..2u32 {
-            let (sent, _) = within::<R, _>(
+            let (sent, _) = within(
                 20,
                 "send to an SRQ",
                 s.send_with_imm(pair.patterned(100, i as u8), i as u32 * 10 + j),
             )
             .await;
-            sent.unwrap_or_else(|e| panic!("{}: {e}", R::NAME));
+            sent.unwrap_or_else(|e| panic!("{}: {e}", rt.name()));
         }
     }
     let mut imms = Vec::new();
     for inbox in inboxes {
-        let (got, buf) = within::<R, _>(20, "SRQ receive", inbox).await;
+        let (got, buf) = within(20, "SRQ receive", inbox).await;
         let got = got.unwrap();
         assert_eq!(got.len, 100);
         let imm = got.imm.expect("immediate");
         assert!(
             holds_pattern(&buf[..100], (imm / 10) as u8),
             "{}: SRQ data corrupted",
-            R::NAME
+            rt.name()
         );
         imms.push(imm);
     }
@@ -537,7 +536,7 @@ async fn shared_receive_queue_serves_many_pairs<R: TestRuntime>() {
     // A message too long for the SRQ's buffer fails the queue pair that consumed it, not the
     // SRQ nor the other queue pairs.
     let small = srq.recv(pd.alloc(16, Access::LOCAL).unwrap());
-    let (sent, _) = within::<R, _>(
+    let (sent, _) = within(
         20,
         "oversized send",
         senders[1].send(pair.patterned(100, 1)),
@@ -546,9 +545,9 @@ async fn shared_receive_queue_serves_many_pairs<R: TestRuntime>() {
     assert!(
         sent.is_err(),
         "{}: the peer cannot take 100 bytes into 16",
-        R::NAME
+        rt.name()
     );
-    let (got, _) = within::<R, _>(20, "oversized SRQ receive", small).await;
+    let (got, _) = within(20, "oversized SRQ receive", small).await;
     let err = got.expect_err("message too long");
     // The status depends on the device (LOC_LEN_ERR, or LOC_QP_OP_ERR on rxe); the queue
     // pair is the consumer's.
@@ -556,12 +555,12 @@ async fn shared_receive_queue_serves_many_pairs<R: TestRuntime>() {
     assert!(
         matches!(&err, anyrdma::Error::WorkCompletion { qpn, .. } if *qpn == consumer),
         "{}: {err:?}",
-        R::NAME
+        rt.name()
     );
     assert!(
         receivers[1].failure().is_some(),
         "{}: the consuming queue pair failed",
-        R::NAME
+        rt.name()
     );
     assert!(receivers[0].failure().is_none() && receivers[2].failure().is_none());
     let (result, _) = receivers[1].send(pair.patterned(8, 1)).await;
@@ -570,9 +569,9 @@ async fn shared_receive_queue_serves_many_pairs<R: TestRuntime>() {
         "{result:?}"
     );
     let inbox = srq.recv(pd.alloc(256, Access::LOCAL).unwrap());
-    let (sent, _) = within::<R, _>(20, "send after", senders[0].send(pair.patterned(50, 3))).await;
+    let (sent, _) = within(20, "send after", senders[0].send(pair.patterned(50, 3))).await;
     sent.expect("the SRQ still serves the other queue pairs");
-    let (got, buf) = within::<R, _>(20, "SRQ receive after", inbox).await;
+    let (got, buf) = within(20, "SRQ receive after", inbox).await;
     assert_eq!(got.expect("receive").len, 50);
     assert!(holds_pattern(&buf[..50], 3));
 
@@ -587,7 +586,7 @@ async fn shared_receive_queue_serves_many_pairs<R: TestRuntime>() {
         recv_cq.in_flight(),
         0,
         "{}: the destroyed SRQ's receives are released",
-        R::NAME
+        rt.name()
     );
     assert!(anyrdma::registered_regions() <= baseline + 4);
 }

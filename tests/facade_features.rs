@@ -1,10 +1,11 @@
 //! The facade's runtime features, seen from an application: with no runtime feature the build
-//! stops with our error naming the features; with one it builds.
+//! stops with our error naming the features; with one it builds and uses it; with several it
+//! builds, keeps the plain names, and picks the default in the documented order.
 //!
-//! The application is the fixture crate `tests/fixtures/no-runtime` (outside the workspace). It is
+//! The application is the fixture crate `tests/fixtures/app` (outside the workspace). It is
 //! copied under the target directory with its path dependency made absolute and the workspace's
 //! `Cargo.lock` beside it, so it resolves the versions we test with and needs no network; its
-//! build is cached in `<target>/tmp/fixture-no-runtime`.
+//! build is cached in `<target>/tmp/fixture-app`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,16 +13,16 @@ use std::sync::Mutex;
 use std::{env, fs};
 
 /// The error text of `compile_error!` in `src/lib.rs`.
-const FRIENDLY_ERROR: &str = r#"enable exactly one of the features "tokio", "async-std" or "smol""#;
+const FRIENDLY_ERROR: &str = r#"enable one of the features "tokio", "async-std" or "smol""#;
 
-/// Both tests share one fixture build directory: one `cargo check` at a time.
+/// The tests share one fixture build directory: one `cargo check` at a time.
 static FIXTURE: Mutex<()> = Mutex::new(());
 
 /// Copies the fixture to the target directory and returns the path of its manifest there.
 fn fixture() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let src = root.join("tests/fixtures/no-runtime");
-    let dst = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixture-no-runtime");
+    let src = root.join("tests/fixtures/app");
+    let dst = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixture-app");
     fs::create_dir_all(dst.join("src")).expect("create the fixture directory");
 
     let manifest = fs::read_to_string(src.join("Cargo.toml")).expect("read the fixture manifest");
@@ -51,6 +52,22 @@ fn write_if_changed(path: &Path, text: &str) {
 
 /// `cargo check` of the fixture with `args` added.
 fn check_fixture(args: &[&str]) -> Output {
+    cargo_fixture("check", args)
+}
+
+/// `cargo run` of the fixture with `args` added: its standard output, or the test fails.
+fn run_fixture(args: &[&str]) -> String {
+    let out = cargo_fixture("run", args);
+    assert!(
+        out.status.success(),
+        "the fixture with {args:?} did not build or run; cargo said:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `cargo COMMAND` on the fixture with `args` added.
+fn cargo_fixture(command: &str, args: &[&str]) -> Output {
     let _one_at_a_time = FIXTURE
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -58,7 +75,7 @@ fn check_fixture(args: &[&str]) -> Output {
     let target = manifest.parent().expect("fixture dir").join("target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     Command::new(cargo)
-        .arg("check")
+        .arg(command)
         .arg("--manifest-path")
         .arg(&manifest)
         .arg("--target-dir")
@@ -86,11 +103,20 @@ fn no_runtime_feature_fails_with_the_friendly_error() {
 }
 
 #[test]
-fn one_runtime_feature_builds() {
-    let out = check_fixture(&["--features", "tokio"]);
-    assert!(
-        out.status.success(),
-        "the facade with the tokio feature did not build; cargo said:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn one_runtime_feature_is_the_default_everywhere() {
+    let out = run_fixture(&["--features", "tokio"]);
+    assert_eq!(out, "outside: tokio\ninside tokio: tokio\n");
+    let out = run_fixture(&["--features", "smol"]);
+    assert_eq!(out, "outside: smol\n");
+}
+
+/// Cargo unifies features: a dependency may turn on a second runtime. The application still
+/// builds with the plain names, and the default follows the documented order: Tokio inside a
+/// Tokio runtime, otherwise async-std, then smol, then Tokio.
+#[test]
+fn several_runtime_features_keep_the_names_and_pick_in_order() {
+    let out = run_fixture(&["--features", "tokio smol"]);
+    assert_eq!(out, "outside: smol\ninside tokio: tokio\n");
+    let out = run_fixture(&["--features", "tokio async-std smol"]);
+    assert_eq!(out, "outside: async-std\ninside tokio: tokio\n");
 }

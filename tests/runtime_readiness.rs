@@ -1,4 +1,4 @@
-//! The Runtime contract, checked on every runtime with one generic body each: fd readiness
+//! The Runtime contract, checked on every runtime with one body each: fd readiness
 //! wakes the waiting task, a pending wait can be dropped and its registration is gone,
 //! timers fire and timeouts elapse.
 
@@ -7,11 +7,11 @@ mod support;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::os::fd::RawFd;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyrdma::ReadinessFd;
-use support::TestRuntime;
+use support::Rt;
 
 /// A non-blocking pipe, closed on drop.
 struct Pipe {
@@ -50,6 +50,17 @@ impl Pipe {
     }
 }
 
+/// `poll_read_with` of one byte.
+fn read_with(watched: &dyn ReadinessFd, cx: &mut Context<'_>, fd: RawFd) -> Poll<io::Result<u8>> {
+    let mut byte = 0;
+    watched
+        .poll_read_with(cx, &mut || {
+            byte = Pipe::read_byte(fd)?;
+            Ok(())
+        })
+        .map(|read| read.map(|()| byte))
+}
+
 impl Drop for Pipe {
     fn drop(&mut self) {
         // SAFETY: both descriptors came from pipe2 and are closed once, here.
@@ -61,55 +72,57 @@ impl Drop for Pipe {
 }
 
 /// A write from another task, after the reader went to sleep, wakes the reader.
-async fn readable_fd_wakes_waiting_task<R: TestRuntime>() {
+async fn readable_fd_wakes_waiting_task(rt: Rt) {
     let pipe = Pipe::new();
     // SAFETY: the pipe outlives the registration (declared first, dropped last).
-    let watched = unsafe { R::register_fd(pipe.read) }.expect("register pipe");
+    let watched = unsafe { rt.handle().register_fd(pipe.read) }.expect("register pipe");
     let write_fd = pipe.write;
-    let writer = R::spawn(async move {
-        R::sleep(Duration::from_millis(30)).await;
+    let writer = rt.spawn(async move {
+        rt.handle().sleep(Duration::from_millis(30)).await;
         Pipe::write_byte(write_fd, 42);
     });
     let started = Instant::now();
-    let byte = poll_fn(|cx| watched.poll_read_with(cx, || Pipe::read_byte(pipe.read)))
+    let byte = poll_fn(|cx| read_with(&*watched, cx, pipe.read))
         .await
         .expect("read after wake");
-    assert_eq!(byte, 42, "{}: wrong byte", R::NAME);
+    assert_eq!(byte, 42, "{}: wrong byte", rt.name());
     assert!(
         started.elapsed() >= Duration::from_millis(25),
         "{}: read before the write",
-        R::NAME
+        rt.name()
     );
     writer.await;
 }
 
 /// Bytes left after one read are seen without a new edge: the source is drained, never
 /// a wake-up lost.
-async fn readiness_is_edge_safe<R: TestRuntime>() {
+async fn readiness_is_edge_safe(rt: Rt) {
     let pipe = Pipe::new();
     // SAFETY: the pipe outlives the registration (declared first, dropped last).
-    let watched = unsafe { R::register_fd(pipe.read) }.expect("register pipe");
+    let watched = unsafe { rt.handle().register_fd(pipe.read) }.expect("register pipe");
     Pipe::write_byte(pipe.write, 1);
     Pipe::write_byte(pipe.write, 2);
     for expected in [1, 2] {
-        let byte = anyrdma::core::timeout::<R, _>(
-            Duration::from_secs(5),
-            poll_fn(|cx| watched.poll_read_with(cx, || Pipe::read_byte(pipe.read))),
-        )
-        .await
-        .expect("second byte must not wait for a new edge")
-        .expect("read");
+        let byte = rt
+            .handle()
+            .timeout(
+                Duration::from_secs(5),
+                poll_fn(|cx| read_with(&*watched, cx, pipe.read)),
+            )
+            .await
+            .expect("second byte must not wait for a new edge")
+            .expect("read");
         assert_eq!(byte, expected);
     }
     // Drained: the next wait is pending until a new write, which then wakes it.
     let mut pending_checked = false;
     let byte = poll_fn(|cx| {
-        let poll = watched.poll_read_with(cx, || Pipe::read_byte(pipe.read));
+        let poll = read_with(&*watched, cx, pipe.read);
         if !pending_checked {
             assert!(
                 poll.is_pending(),
                 "{}: empty pipe reported readable",
-                R::NAME
+                rt.name()
             );
             pending_checked = true;
             Pipe::write_byte(pipe.write, 3);
@@ -123,27 +136,26 @@ async fn readiness_is_edge_safe<R: TestRuntime>() {
 
 /// Dropping a registration with a pending wait deregisters it: registering the same
 /// descriptor again succeeds (the reactor would refuse a descriptor it still watches).
-async fn dropped_wait_deregisters<R: TestRuntime>() {
+async fn dropped_wait_deregisters(rt: Rt) {
     let pipe = Pipe::new();
     for _ in 0..100 {
         // SAFETY: the pipe outlives the registration (declared first, dropped last).
-        let watched = unsafe { R::register_fd(pipe.read) }.expect("register again after drop");
-        let mut wait = std::pin::pin!(poll_fn(
-            |cx| watched.poll_read_with(cx, || Pipe::read_byte(pipe.read))
-        ));
+        let watched =
+            unsafe { rt.handle().register_fd(pipe.read) }.expect("register again after drop");
+        let mut wait = std::pin::pin!(poll_fn(|cx| read_with(&*watched, cx, pipe.read)));
         let polled = poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
         assert!(
             polled.is_pending(),
             "{}: empty pipe reported readable",
-            R::NAME
+            rt.name()
         );
         drop(watched);
     }
     // Still works after all that churn.
     // SAFETY: the pipe outlives the registration (declared first, dropped last).
-    let watched = unsafe { R::register_fd(pipe.read) }.expect("register");
+    let watched = unsafe { rt.handle().register_fd(pipe.read) }.expect("register");
     Pipe::write_byte(pipe.write, 9);
-    let byte = poll_fn(|cx| watched.poll_read_with(cx, || Pipe::read_byte(pipe.read)))
+    let byte = poll_fn(|cx| read_with(&*watched, cx, pipe.read))
         .await
         .expect("read");
     assert_eq!(byte, 9);
@@ -151,20 +163,23 @@ async fn dropped_wait_deregisters<R: TestRuntime>() {
 
 /// A sleep lasts at least its duration; a timeout elapses and reports the duration; a
 /// timeout that does not elapse passes the output through.
-async fn timers_fire_and_timeouts_elapse<R: TestRuntime>() {
+async fn timers_fire_and_timeouts_elapse(rt: Rt) {
     let started = Instant::now();
-    R::sleep(Duration::from_millis(20)).await;
+    rt.handle().sleep(Duration::from_millis(20)).await;
     assert!(
         started.elapsed() >= Duration::from_millis(20),
         "{}: sleep returned early",
-        R::NAME
+        rt.name()
     );
 
     let never = std::future::pending::<()>();
-    let result = anyrdma::core::timeout::<R, _>(Duration::from_millis(20), never).await;
+    let result = rt.handle().timeout(Duration::from_millis(20), never).await;
     assert_eq!(result, Err(anyrdma::Elapsed(Duration::from_millis(20))));
 
-    let quick = anyrdma::core::timeout::<R, _>(Duration::from_secs(5), async { 7 }).await;
+    let quick = rt
+        .handle()
+        .timeout(Duration::from_secs(5), async { 7 })
+        .await;
     assert_eq!(quick, Ok(7));
 }
 

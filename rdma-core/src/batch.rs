@@ -8,7 +8,6 @@ use crate::mr::LocalBuf;
 use crate::op::{Done, Op, Owner};
 use crate::qp::{QpShared, QueuePair};
 use crate::remote::RemoteRegion;
-use crate::runtime::Runtime;
 use crate::send::SendKind;
 use crate::slots::SlotId;
 use crate::wc::WorkKind;
@@ -19,13 +18,13 @@ use crate::wc::WorkKind;
 /// the last one completes, which on a reliable connection means all of them did. If any
 /// fails, the batch resolves to the first failure.
 #[must_use = "nothing is posted until submit()"]
-pub struct Batch<R: Runtime> {
-    qp: QueuePair<R>,
+pub struct Batch {
+    qp: QueuePair,
     items: Vec<(LocalBuf, SendKind)>,
 }
 
-impl<R: Runtime> Batch<R> {
-    pub(crate) fn new(qp: QueuePair<R>) -> Self {
+impl Batch {
+    pub(crate) fn new(qp: QueuePair) -> Self {
         Batch {
             qp,
             items: Vec::new(),
@@ -103,7 +102,7 @@ impl<R: Runtime> Batch<R> {
 
     /// Posts the whole batch with one doorbell; resolves when all of it completed, to the
     /// result and the buffers in the order they were added.
-    pub fn submit(self) -> Op<R, Vec<LocalBuf>, Done> {
+    pub fn submit(self) -> Op<Vec<LocalBuf>, Done> {
         let Batch { qp, items } = self;
         let shared = qp.shared;
         let mut partial = false;
@@ -120,7 +119,7 @@ impl<R: Runtime> Batch<R> {
     }
 
     fn post(
-        shared: &QpShared<R>,
+        shared: &QpShared,
         items: &[(LocalBuf, SendKind)],
         partial: &mut bool,
     ) -> Result<SlotId> {

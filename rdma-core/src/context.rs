@@ -7,11 +7,19 @@ use rdma_sys::*;
 use crate::device::{self, DeviceHandle, PortSelection};
 use crate::error::{Error, Result};
 use crate::pd::ProtectionDomain;
+use crate::runtime::RuntimeHandle;
 
-/// An opened RDMA device, bound to the port and GID its queue pairs use.
+/// An opened RDMA device, bound to the port and GID its queue pairs use, and to the async
+/// runtime its completion queues wait with.
 ///
 /// Cheap to clone; the device is closed when the last clone and every object made from it
 /// (protection domains, completion queues, queue pairs, memory) are gone.
+///
+/// The runtime: a context opened with no runtime uses the process default
+/// ([`runtime::default_runtime`](crate::runtime::default_runtime): with the `anyrdma` crate,
+/// the one its runtime features pick), looked up when one of its completion queues first
+/// waits. [`Context::with_runtime`] binds one explicitly, so that one process can drive one
+/// device with Tokio and another with smol.
 ///
 /// ```no_run
 /// # fn main() -> anyrdma_core::Result<()> {
@@ -23,6 +31,8 @@ use crate::pd::ProtectionDomain;
 #[derive(Clone)]
 pub struct Context {
     pub(crate) inner: Arc<ContextInner>,
+    /// `None`: the process default, looked up at the first wait.
+    runtime: Option<RuntimeHandle>,
 }
 
 pub(crate) struct ContextInner {
@@ -99,6 +109,7 @@ impl Context {
             atomics: attr.atomic_cap != ibv_atomic_cap::IBV_ATOMIC_NONE,
         };
         Ok(Context {
+            runtime: None,
             inner: Arc::new(ContextInner {
                 device,
                 name: selection.device.clone(),
@@ -110,6 +121,28 @@ impl Context {
                 limits,
             }),
         })
+    }
+
+    /// This context (the same opened device) bound to `runtime`: completion queues created
+    /// from the result wait with it. Objects created before keep the runtime they had.
+    ///
+    /// ```no_run
+    /// # fn demo(smol: impl anyrdma_core::Runtime) -> anyrdma_core::Result<()> {
+    /// use anyrdma_core::{CompletionQueue, Context, CqOptions};
+    /// let ctx = Context::open_default()?.with_runtime(smol);
+    /// let cq = CompletionQueue::new(&ctx, CqOptions::default())?; // waits with smol
+    /// # Ok(()) }
+    /// ```
+    pub fn with_runtime(&self, runtime: impl Into<RuntimeHandle>) -> Context {
+        Context {
+            inner: self.inner.clone(),
+            runtime: Some(runtime.into()),
+        }
+    }
+
+    /// The runtime bound with [`Context::with_runtime`]; `None` means the process default.
+    pub fn runtime(&self) -> Option<&RuntimeHandle> {
+        self.runtime.as_ref()
     }
 
     /// Allocates a protection domain on this device.
@@ -156,6 +189,7 @@ impl std::fmt::Debug for Context {
             .field("device", &self.inner.name)
             .field("port", &self.inner.port)
             .field("gid_index", &self.inner.gid_index)
+            .field("runtime", &self.runtime.as_ref().map(RuntimeHandle::name))
             .finish()
     }
 }

@@ -5,21 +5,23 @@
 //! batches and dispatches every completion to its slot, waking the task that waits there:
 //! there is no background thread and no timer. When the CQ is empty, the future arms the
 //! CQ (`ibv_req_notify_cq`), polls once more to close the race with completions that
-//! arrived meanwhile, and sleeps on the completion channel's fd through the [`Runtime`].
+//! arrived meanwhile, and sleeps on the completion channel's fd through the context's
+//! runtime. The fd is registered with that runtime on the first such sleep (never in busy
+//! mode), from inside the waiting task.
 //! The channel is watched with one waker that fans out to every sleeping task, so a task
 //! that leaves never takes the wake-up of the others with it.
 
 use std::any::Any;
-use std::mem::{ManuallyDrop, MaybeUninit};
+use std::mem::MaybeUninit;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use rdma_sys::*;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::runtime::{set_nonblocking, ReadinessFd, Runtime};
+use crate::runtime::{default_runtime, set_nonblocking, ReadinessFd, RuntimeHandle};
 use crate::slots::{QpStatus, SlotId, SlotInfo, SlotResult, SlotTable, WcInfo};
 use crate::wake::{lock, Sleepers, WakeList, POLL_BATCH};
 
@@ -68,34 +70,34 @@ impl Default for CqOptions {
     }
 }
 
-/// A completion queue with its completion channel, driven by runtime `R`.
+/// A completion queue with its completion channel. It waits with the runtime of the
+/// [`Context`] it was made from.
 ///
 /// Cheap to clone. Queue pairs keep it alive while they exist.
 ///
 /// ```no_run
-/// # async fn demo<R: anyrdma_core::Runtime>() -> anyrdma_core::Result<()> {
+/// # fn demo() -> anyrdma_core::Result<()> {
 /// use anyrdma_core::{CompletionQueue, Context, CqOptions};
 /// let ctx = Context::open_default()?;
-/// let cq = CompletionQueue::<R>::new(&ctx, CqOptions::default())?;
+/// let cq = CompletionQueue::new(&ctx, CqOptions::default())?;
 /// # Ok(()) }
 /// ```
-pub struct CompletionQueue<R: Runtime> {
-    pub(crate) shared: Arc<CqShared<R>>,
+#[derive(Clone)]
+pub struct CompletionQueue {
+    pub(crate) shared: Arc<CqShared>,
 }
 
-impl<R: Runtime> Clone for CompletionQueue<R> {
-    fn clone(&self) -> Self {
-        CompletionQueue {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-pub(crate) struct CqShared<R: Runtime> {
+pub(crate) struct CqShared {
     raw: NonNull<ibv_cq>,
     channel: NonNull<ibv_comp_channel>,
-    /// Dropped before the channel is destroyed.
-    fd: ManuallyDrop<R::Fd>,
+    /// The channel's fd.
+    fd: std::os::fd::RawFd,
+    /// The runtime bound to the context it was made from; else the process default, looked
+    /// up by the first operation posted in event mode (from inside its task, as a rule).
+    runtime: OnceLock<RuntimeHandle>,
+    /// The channel's fd registered with the runtime, on the first sleep. Dropped before the
+    /// channel is destroyed.
+    watch: OnceLock<Box<dyn ReadinessFd>>,
     sleepers: Arc<Sleepers>,
     channel_waker: Waker,
     state: Mutex<CqState>,
@@ -105,26 +107,29 @@ pub(crate) struct CqShared<R: Runtime> {
 }
 
 // SAFETY: libibverbs CQs and channels are thread-safe; all mutable state is behind `state`.
-unsafe impl<R: Runtime> Send for CqShared<R> {}
+unsafe impl Send for CqShared {}
 // SAFETY: as above.
-unsafe impl<R: Runtime> Sync for CqShared<R> {}
+unsafe impl Sync for CqShared {}
 
 /// The state of a CQ, behind one lock.
 struct CqState {
     table: SlotTable,
     armed: bool,
     unacked: u32,
-    /// The channel failed: fall back to polling.
+    /// The channel failed, or the runtime cannot watch it: fall back to polling.
     channel_failed: bool,
+    /// Why the runtime cannot watch the channel, when it cannot.
+    watch_error: Option<Arc<Error>>,
 }
 
-impl<R: Runtime> CompletionQueue<R> {
-    /// Creates a completion queue with its own completion channel, registered with `R`.
+impl CompletionQueue {
+    /// Creates a completion queue with its own completion channel. It waits with the runtime
+    /// of `ctx` (see [`Context::with_runtime`]); nothing is registered with a runtime until
+    /// a task first sleeps on it, so it can be created outside any runtime.
     ///
     /// # Errors
-    /// [`Error::Verbs`] when the channel or CQ cannot be created; an I/O error from the
-    /// runtime when it cannot watch the channel (e.g. no runtime on this thread).
-    pub fn new(ctx: &Context, options: CqOptions) -> Result<CompletionQueue<R>> {
+    /// [`Error::Verbs`] when the channel or CQ cannot be created.
+    pub fn new(ctx: &Context, options: CqOptions) -> Result<CompletionQueue> {
         let entries = options.entries.clamp(1, ctx.limits().max_cqe.max(1));
         // SAFETY: the context is open while `ctx` lives, and CqShared keeps a clone.
         let channel = unsafe { ibv_create_comp_channel(ctx.raw()) };
@@ -138,10 +143,6 @@ impl<R: Runtime> CompletionQueue<R> {
         // SAFETY: `channel` is valid; reading its fd field.
         let fd = unsafe { (*channel.as_ptr()).fd };
         set_nonblocking(fd).map_err(|e| destroy_channel(Error::verbs("fcntl(O_NONBLOCK)", e)))?;
-        // SAFETY: the channel's fd is open and non-blocking, and CqShared drops the
-        // registration before it destroys the channel.
-        let watched = unsafe { R::register_fd(fd) }
-            .map_err(|e| destroy_channel(Error::verbs("Runtime::register_fd", e)))?;
         // SAFETY: context and channel are valid; the CQ is destroyed before both.
         let raw = unsafe {
             ibv_create_cq(
@@ -153,9 +154,7 @@ impl<R: Runtime> CompletionQueue<R> {
             )
         };
         let Some(raw) = NonNull::new(raw) else {
-            let err = Error::last_os("ibv_create_cq");
-            drop(watched);
-            return Err(destroy_channel(err));
+            return Err(destroy_channel(Error::last_os("ibv_create_cq")));
         };
         // SAFETY: `raw` is the CQ just created; ibv_create_cq may round the size up.
         let entries = unsafe { (*raw.as_ptr()).cqe }.max(1) as u32;
@@ -164,7 +163,13 @@ impl<R: Runtime> CompletionQueue<R> {
             shared: Arc::new(CqShared {
                 raw,
                 channel,
-                fd: ManuallyDrop::new(watched),
+                fd,
+                runtime: ctx
+                    .runtime()
+                    .cloned()
+                    .map(OnceLock::from)
+                    .unwrap_or_default(),
+                watch: OnceLock::new(),
                 channel_waker: Waker::from(sleepers.clone()),
                 sleepers,
                 state: Mutex::new(CqState {
@@ -172,6 +177,7 @@ impl<R: Runtime> CompletionQueue<R> {
                     armed: false,
                     unacked: 0,
                     channel_failed: false,
+                    watch_error: None,
                 }),
                 entries,
                 mode: options.poll_mode,
@@ -201,6 +207,19 @@ impl<R: Runtime> CompletionQueue<R> {
         lock(&self.shared.state).table.in_use()
     }
 
+    /// Why this CQ polls instead of sleeping on its completion channel, if it does: the
+    /// runtime could not watch the channel (for example, Tokio's, when the first task that
+    /// waited ran outside any Tokio runtime). Operations still complete, at the cost of a
+    /// busy core while they are pending.
+    pub fn wait_error(&self) -> Option<Arc<Error>> {
+        lock(&self.shared.state).watch_error.clone()
+    }
+
+    /// The runtime this CQ waits with, once it is settled (see [`Context::with_runtime`]).
+    pub fn runtime(&self) -> Option<RuntimeHandle> {
+        self.shared.runtime.get().cloned()
+    }
+
     /// Polls the CQ once and dispatches what it finds, without waiting. Operations' futures
     /// do this themselves; call it to release the buffers of dropped operations when no
     /// future is pending on this CQ.
@@ -214,13 +233,20 @@ impl<R: Runtime> CompletionQueue<R> {
     }
 }
 
-impl<R: Runtime> CqShared<R> {
+impl CqShared {
     pub(crate) fn raw(&self) -> *mut ibv_cq {
         self.raw.as_ptr()
     }
 
     /// Takes a slot for `info`, reserving CQ room for its work requests.
+    ///
+    /// In event mode, the first one also settles the runtime that waits for completions:
+    /// with none at all, the operation fails here, before anything is posted, rather than
+    /// being awaited with no way to sleep.
     pub(crate) fn reserve(&self, info: SlotInfo) -> Result<SlotId> {
+        if self.runtime.get().is_none() && self.mode != PollMode::Busy {
+            self.runtime()?;
+        }
         lock(&self.state).table.reserve(info)
     }
 
@@ -295,8 +321,11 @@ impl<R: Runtime> CqShared<R> {
                         }
                         continue;
                     }
+                    let Some(watch) = self.watch_channel(&mut state) else {
+                        continue; // no way to sleep: poll instead (channel_failed is set)
+                    };
                     drop(state);
-                    match self.wait_channel(cx) {
+                    match self.wait_channel(watch, cx) {
                         Poll::Ready(()) => continue,
                         Poll::Pending => return Poll::Pending,
                     }
@@ -308,14 +337,49 @@ impl<R: Runtime> CqShared<R> {
         }
     }
 
+    /// The runtime that waits for this CQ's completions (see the `runtime` field).
+    fn runtime(&self) -> Result<&RuntimeHandle> {
+        if let Some(runtime) = self.runtime.get() {
+            return Ok(runtime);
+        }
+        let runtime = default_runtime()?;
+        Ok(self.runtime.get_or_init(|| runtime))
+    }
+
+    /// The completion channel's fd as registered with the runtime: registered on the first
+    /// call, under the state lock so that it happens once. When the runtime cannot watch
+    /// it, the CQ falls back to polling and keeps the reason ([`CompletionQueue::wait_error`]).
+    fn watch_channel(&self, state: &mut CqState) -> Option<&dyn ReadinessFd> {
+        if let Some(watch) = self.watch.get() {
+            return Some(&**watch);
+        }
+        let registered = self.runtime().and_then(|runtime| {
+            // SAFETY: the channel's fd was made non-blocking in `new`, and stays open until
+            // Drop, which drops this registration before it destroys the channel.
+            unsafe { runtime.register_fd(self.fd) }.map_err(|source| Error::Runtime {
+                runtime: runtime.name(),
+                what: "the completion channel",
+                source,
+            })
+        });
+        match registered {
+            Ok(watch) => Some(&**self.watch.get_or_init(|| watch)),
+            Err(err) => {
+                state.channel_failed = true;
+                state.watch_error = Some(Arc::new(err));
+                None
+            }
+        }
+    }
+
     /// Sleeps on the completion channel; Ready once an event was taken (the CQ is re-armed
     /// then, and must be polled again).
-    fn wait_channel(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
+    fn wait_channel(&self, watch: &dyn ReadinessFd, cx: &mut TaskContext<'_>) -> Poll<()> {
         // Register as a sleeper before looking at the fd, so an event after the look finds
         // this task in the list.
         self.sleepers.add(cx.waker());
         let mut channel_cx = TaskContext::from_waker(&self.channel_waker);
-        let event = match self.fd.poll_read_with(&mut channel_cx, || self.get_event()) {
+        let event = match watch.poll_read_with(&mut channel_cx, &mut || self.get_event()) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(event) => event,
         };
@@ -387,7 +451,7 @@ impl<R: Runtime> CqShared<R> {
     }
 }
 
-impl<R: Runtime> Drop for CqShared<R> {
+impl Drop for CqShared {
     fn drop(&mut self) {
         // Every queue pair using this CQ is gone (each holds an Arc), so the device no
         // longer touches the buffers of abandoned slots: they drop with `state`.
@@ -402,8 +466,8 @@ impl<R: Runtime> Drop for CqShared<R> {
         }
         // SAFETY: no QP uses the CQ any more; it is destroyed once.
         unsafe { ibv_destroy_cq(self.raw()) };
-        // SAFETY: the registration is dropped exactly once, before its fd is closed.
-        unsafe { ManuallyDrop::drop(&mut self.fd) };
+        // The registration goes before its fd is closed.
+        drop(self.watch.take());
         // SAFETY: the channel's only CQ is destroyed; destroyed once.
         unsafe { ibv_destroy_comp_channel(self.channel.as_ptr()) };
     }

@@ -31,6 +31,19 @@ pub enum Error {
         /// What to check, when there is something more specific than the errno.
         hint: Option<&'static str>,
     },
+    /// No async runtime is available to wait on: the object was given none, and there is no
+    /// process default (see [`crate::runtime::default_runtime`]).
+    NoRuntime,
+    /// The async runtime could not watch a file descriptor (for example, Tokio's, when the
+    /// waiting thread is outside any Tokio runtime).
+    Runtime {
+        /// The runtime's name, e.g. `tokio`.
+        runtime: &'static str,
+        /// What it was asked to watch, e.g. `the completion channel`.
+        what: &'static str,
+        /// The runtime's error.
+        source: io::Error,
+    },
     /// Registering memory failed because of the locked-memory limit (`RLIMIT_MEMLOCK`).
     MemlockLimit {
         /// Bytes that were to be registered.
@@ -186,6 +199,17 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::NoRuntime => write!(
+                f,
+                "no async runtime to wait on: enable a runtime feature of the `anyrdma` crate \
+                 (`features = [\"tokio\"]`, `\"async-std\"` or `\"smol\"`), or give one with \
+                 `Context::with_runtime` or `anyrdma_core::runtime::set_default_runtime`"
+            ),
+            Error::Runtime {
+                runtime,
+                what,
+                source,
+            } => write!(f, "the {runtime} runtime cannot watch {what}: {source}"),
             Error::MemlockLimit { requested, limit } => write!(
                 f,
                 "registering {requested} bytes of memory failed: the locked-memory limit \
@@ -286,7 +310,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Verbs { source, .. } => Some(source),
+            Error::Verbs { source, .. } | Error::Runtime { source, .. } => Some(source),
             Error::Flushed {
                 cause: Some(cause), ..
             }

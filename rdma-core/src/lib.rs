@@ -6,8 +6,19 @@
 //! boundary, implemented by the `anyrdma-tokio`, `anyrdma-async-std` and `anyrdma-smol`
 //! adapters.
 //!
-//! Applications usually depend on the `anyrdma` facade crate with one runtime feature;
-//! libraries depend on this crate and stay generic over `R: Runtime`.
+//! No public type names a runtime: the runtime is a value ([`RuntimeHandle`]) held by the
+//! [`Context`]. Applications usually depend on the `anyrdma` facade crate with one runtime
+//! feature, which sets the process default; libraries depend on this crate and write plain
+//! code:
+//!
+//! ```no_run
+//! use anyrdma_core::{LocalBuf, QueuePair, RemoteRegion, Result};
+//!
+//! pub async fn put(qp: &QueuePair, data: LocalBuf, at: RemoteRegion) -> Result<LocalBuf> {
+//!     let (result, data) = qp.write(data, at).await;
+//!     result.map(|()| data)
+//! }
+//! ```
 
 #![warn(missing_docs)]
 
@@ -45,6 +56,6 @@ pub use op::{Atomic, Done, Op, Outcome, Received, Recv};
 pub use pd::ProtectionDomain;
 pub use qp::{ConnectOptions, Endpoint, QpOptions, QueuePair};
 pub use remote::RemoteRegion;
-pub use runtime::{timeout, Elapsed, ReadinessFd, Runtime};
+pub use runtime::{sleep, timeout, Elapsed, ReadinessFd, Runtime, RuntimeHandle};
 pub use srq::{SharedReceiveQueue, SrqOptions};
 pub use wc::{WcStatus, WorkKind};

@@ -16,7 +16,6 @@ use crate::buffers::{sealed, Buffers};
 use crate::cq::CqShared;
 use crate::error::{Error, Result};
 use crate::qp::QpShared;
-use crate::runtime::Runtime;
 use crate::slots::{SlotId, WcInfo};
 use crate::srq::SrqShared;
 
@@ -75,17 +74,17 @@ impl Outcome for Atomic {
 }
 
 /// The queue an operation was posted on: keeps it (and so its completion queue) alive.
-pub(crate) enum Owner<R: Runtime> {
+pub(crate) enum Owner {
     /// The send queue of a queue pair.
-    Send(Arc<QpShared<R>>),
+    Send(Arc<QpShared>),
     /// The receive queue of a queue pair.
-    Recv(Arc<QpShared<R>>),
+    Recv(Arc<QpShared>),
     /// A shared receive queue.
-    Srq(Arc<SrqShared<R>>),
+    Srq(Arc<SrqShared>),
 }
 
-impl<R: Runtime> Owner<R> {
-    fn cq(&self) -> &CqShared<R> {
+impl Owner {
+    fn cq(&self) -> &CqShared {
         match self {
             Owner::Send(qp) => &qp.send_cq.shared,
             Owner::Recv(qp) => &qp.recv_cq.shared,
@@ -100,8 +99,8 @@ impl<R: Runtime> Owner<R> {
 /// from one task. Dropping it cancels nothing on the wire: it only gives up the result, and
 /// the buffers are released once the device is done with them.
 #[must_use = "the request is posted; await the Op to get the result and the buffers back"]
-pub struct Op<R: Runtime, B: Buffers, O: Outcome> {
-    owner: Owner<R>,
+pub struct Op<B: Buffers, O: Outcome> {
+    owner: Owner,
     slot: Option<SlotId>,
     /// Boxed: a failure before posting is rare, and the future stays small.
     early: Option<Box<Error>>,
@@ -109,8 +108,8 @@ pub struct Op<R: Runtime, B: Buffers, O: Outcome> {
     _outcome: PhantomData<fn() -> O>,
 }
 
-impl<R: Runtime, B: Buffers, O: Outcome> Op<R, B, O> {
-    pub(crate) fn new(owner: Owner<R>, posted: Result<SlotId>, buffers: B) -> Self {
+impl<B: Buffers, O: Outcome> Op<B, O> {
+    pub(crate) fn new(owner: Owner, posted: Result<SlotId>, buffers: B) -> Self {
         let (slot, early) = match posted {
             Ok(slot) => (Some(slot), None),
             Err(err) => (None, Some(Box::new(err))),
@@ -125,7 +124,7 @@ impl<R: Runtime, B: Buffers, O: Outcome> Op<R, B, O> {
     }
 }
 
-impl<R: Runtime, B: Buffers, O: Outcome> Future for Op<R, B, O> {
+impl<B: Buffers, O: Outcome> Future for Op<B, O> {
     type Output = (Result<O::Output>, B);
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
@@ -149,7 +148,7 @@ impl<R: Runtime, B: Buffers, O: Outcome> Future for Op<R, B, O> {
     }
 }
 
-impl<R: Runtime, B: Buffers, O: Outcome> Drop for Op<R, B, O> {
+impl<B: Buffers, O: Outcome> Drop for Op<B, O> {
     fn drop(&mut self) {
         if let (Some(id), Some(buffers)) = (self.slot.take(), self.buffers.take()) {
             self.owner.cq().abandon(id, Box::new(buffers));

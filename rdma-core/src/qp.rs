@@ -13,7 +13,6 @@ use crate::error::{Error, QpShutdownReason, Result};
 use crate::mr::LocalBuf;
 use crate::pd::ProtectionDomain;
 use crate::queue::WorkQueueRef;
-use crate::runtime::Runtime;
 use crate::slots::{QpStatus, WorkQueue};
 use crate::srq::SharedReceiveQueue;
 
@@ -127,44 +126,37 @@ impl Endpoint {
 const STATE_INIT: u8 = 0;
 const STATE_RTS: u8 = 2;
 
-/// A reliable connected queue pair driven by runtime `R`.
+/// A reliable connected queue pair (see [`Context`](crate::Context) for the runtime it waits with).
 ///
 /// Cheap to clone. It keeps its protection domain and completion queues alive; the last
 /// clone (and the last pending operation) to go moves it to the error state, destroys it,
 /// and only then releases the buffers its dropped operations left behind.
 ///
 /// ```no_run
-/// # fn demo<R: anyrdma_core::Runtime>(peer: anyrdma_core::Endpoint) -> anyrdma_core::Result<()> {
+/// # fn demo(peer: anyrdma_core::Endpoint) -> anyrdma_core::Result<()> {
 /// use anyrdma_core::*;
 /// let ctx = Context::open_default()?;
 /// let pd = ctx.alloc_pd()?;
-/// let cq = CompletionQueue::<R>::new(&ctx, CqOptions::default())?;
+/// let cq = CompletionQueue::new(&ctx, CqOptions::default())?;
 /// let qp = QueuePair::new(&pd, &cq, &cq, QpOptions::default())?;
 /// let mine = qp.endpoint(); // send this to the peer, receive `peer`
 /// qp.connect(&peer, ConnectOptions::default())?;
 /// # Ok(()) }
 /// ```
-pub struct QueuePair<R: Runtime> {
-    pub(crate) shared: Arc<QpShared<R>>,
+#[derive(Clone)]
+pub struct QueuePair {
+    pub(crate) shared: Arc<QpShared>,
 }
 
-impl<R: Runtime> Clone for QueuePair<R> {
-    fn clone(&self) -> Self {
-        QueuePair {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-pub(crate) struct QpShared<R: Runtime> {
+pub(crate) struct QpShared {
     raw: NonNull<ibv_qp>,
     pub(crate) status: Arc<QpStatus>,
     pub(crate) pd: ProtectionDomain,
-    pub(crate) send_cq: CompletionQueue<R>,
-    pub(crate) recv_cq: CompletionQueue<R>,
+    pub(crate) send_cq: CompletionQueue,
+    pub(crate) recv_cq: CompletionQueue,
     pub(crate) caps: ibv_qp_cap,
     /// The shared receive queue its receives come from, if any.
-    pub(crate) srq: Option<SharedReceiveQueue<R>>,
+    pub(crate) srq: Option<SharedReceiveQueue>,
     /// Buffers of a batch posted only in part: the device may use them until the QP is
     /// destroyed.
     quarantine: Mutex<Vec<LocalBuf>>,
@@ -174,11 +166,11 @@ pub(crate) struct QpShared<R: Runtime> {
 
 // SAFETY: libibverbs QPs are thread-safe (posting and modifying from any thread); the
 // pointer stays valid until QpShared drops.
-unsafe impl<R: Runtime> Send for QpShared<R> {}
+unsafe impl Send for QpShared {}
 // SAFETY: as above.
-unsafe impl<R: Runtime> Sync for QpShared<R> {}
+unsafe impl Sync for QpShared {}
 
-impl<R: Runtime> QueuePair<R> {
+impl QueuePair {
     /// Creates a reliable connected queue pair and moves it to INIT, so receives can be
     /// posted before [`connect`](QueuePair::connect).
     ///
@@ -187,10 +179,10 @@ impl<R: Runtime> QueuePair<R> {
     /// when the device refuses the sizes.
     pub fn new(
         pd: &ProtectionDomain,
-        send_cq: &CompletionQueue<R>,
-        recv_cq: &CompletionQueue<R>,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
         options: QpOptions,
-    ) -> Result<QueuePair<R>> {
+    ) -> Result<QueuePair> {
         Self::create(pd, send_cq, recv_cq, None, options)
     }
 
@@ -201,20 +193,20 @@ impl<R: Runtime> QueuePair<R> {
     /// As [`QueuePair::new`].
     pub fn with_srq(
         pd: &ProtectionDomain,
-        send_cq: &CompletionQueue<R>,
-        srq: &SharedReceiveQueue<R>,
+        send_cq: &CompletionQueue,
+        srq: &SharedReceiveQueue,
         options: QpOptions,
-    ) -> Result<QueuePair<R>> {
+    ) -> Result<QueuePair> {
         Self::create(pd, send_cq, srq.cq(), Some(srq), options)
     }
 
     fn create(
         pd: &ProtectionDomain,
-        send_cq: &CompletionQueue<R>,
-        recv_cq: &CompletionQueue<R>,
-        srq: Option<&SharedReceiveQueue<R>>,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
+        srq: Option<&SharedReceiveQueue>,
         options: QpOptions,
-    ) -> Result<QueuePair<R>> {
+    ) -> Result<QueuePair> {
         let ctx = pd.context();
         send_cq.check_device(pd)?;
         recv_cq.check_device(pd)?;
@@ -406,13 +398,13 @@ impl<R: Runtime> QueuePair<R> {
     }
 }
 
-impl<R: Runtime> QpShared<R> {
+impl QpShared {
     pub(crate) fn raw(&self) -> *mut ibv_qp {
         self.raw.as_ptr()
     }
 
     /// The send queue, for posting: fails fast when the QP is in error or not connected.
-    pub(crate) fn send_queue(&self) -> Result<WorkQueueRef<'_, R>> {
+    pub(crate) fn send_queue(&self) -> Result<WorkQueueRef<'_>> {
         self.check_failure()?;
         if self.state.load(Ordering::Acquire) != STATE_RTS {
             return Err(Error::NotConnected {
@@ -430,7 +422,7 @@ impl<R: Runtime> QpShared<R> {
     }
 
     /// The receive queue, for posting: fails fast when the QP is in error.
-    pub(crate) fn recv_queue(&self) -> Result<WorkQueueRef<'_, R>> {
+    pub(crate) fn recv_queue(&self) -> Result<WorkQueueRef<'_>> {
         self.check_failure()?;
         Ok(WorkQueueRef {
             status: &self.status,
@@ -504,7 +496,7 @@ impl<R: Runtime> QpShared<R> {
     }
 }
 
-impl<R: Runtime> Drop for QpShared<R> {
+impl Drop for QpShared {
     fn drop(&mut self) {
         let busy = self.status.sq_used.load(Ordering::Acquire)
             + self.status.rq_used.load(Ordering::Acquire)

@@ -9,15 +9,14 @@ use crate::buffers::{Buffers, SgeList};
 use crate::cq::CqShared;
 use crate::error::{Error, Result};
 use crate::remote::RemoteRegion;
-use crate::runtime::Runtime;
 use crate::slots::{QpStatus, SlotId, SlotInfo, WorkQueue};
 use crate::wc::WorkKind;
 
 /// One work queue (the send or receive queue of a QP, or a shared receive queue) as the
 /// posting code sees it.
-pub(crate) struct WorkQueueRef<'a, R: Runtime> {
+pub(crate) struct WorkQueueRef<'a> {
     pub(crate) status: &'a Arc<QpStatus>,
-    pub(crate) cq: &'a CqShared<R>,
+    pub(crate) cq: &'a CqShared,
     pub(crate) queue: WorkQueue,
     pub(crate) depth: u32,
     /// For errors: "send queue", "receive queue", "shared receive queue".
@@ -26,7 +25,7 @@ pub(crate) struct WorkQueueRef<'a, R: Runtime> {
     pub(crate) call: &'static str,
 }
 
-impl<R: Runtime> WorkQueueRef<'_, R> {
+impl WorkQueueRef<'_> {
     fn used(&self) -> &AtomicU32 {
         match self.queue {
             WorkQueue::Send => &self.status.sq_used,

@@ -9,7 +9,6 @@ use crate::mr::LocalBuf;
 use crate::op::{Atomic, Done, Op, Outcome, Owner, Recv};
 use crate::qp::{QpShared, QueuePair};
 use crate::remote::RemoteRegion;
-use crate::runtime::Runtime;
 use crate::slots::SlotId;
 use crate::wc::WorkKind;
 
@@ -146,7 +145,7 @@ impl SendKind {
     }
 }
 
-impl<R: Runtime> QpShared<R> {
+impl QpShared {
     fn post_send_one<B: Buffers>(&self, buffers: &B, kind: SendKind) -> Result<SlotId> {
         let mut sges = SgeList::collect(buffers, self.caps.max_send_sge, self.pd.raw())?;
         kind.validate(sges.total, sges.len)?;
@@ -167,8 +166,8 @@ impl<R: Runtime> QpShared<R> {
     }
 }
 
-impl<R: Runtime> QueuePair<R> {
-    fn send_op<B: Buffers, O: Outcome>(&self, buffers: B, kind: SendKind) -> Op<R, B, O> {
+impl QueuePair {
+    fn send_op<B: Buffers, O: Outcome>(&self, buffers: B, kind: SendKind) -> Op<B, O> {
         let posted = self.shared.post_send_one(&buffers, kind);
         Op::new(Owner::Send(self.shared.clone()), posted, buffers)
     }
@@ -177,24 +176,24 @@ impl<R: Runtime> QueuePair<R> {
     /// bytes go inline.
     ///
     /// ```no_run
-    /// # async fn demo<R: anyrdma_core::Runtime>(qp: anyrdma_core::QueuePair<R>, mut buf: anyrdma_core::LocalBuf) {
+    /// # async fn demo(qp: anyrdma_core::QueuePair, mut buf: anyrdma_core::LocalBuf) {
     /// buf[..5].copy_from_slice(b"hello");
     /// let (result, buf) = qp.send(buf).await;
     /// result.expect("the peer had a receive posted");
     /// # }
     /// ```
-    pub fn send<B: Buffers>(&self, buffers: B) -> Op<R, B, Done> {
+    pub fn send<B: Buffers>(&self, buffers: B) -> Op<B, Done> {
         self.send_op(buffers, SendKind::Send { imm: None })
     }
 
     /// Sends `buffers` with 32 bits of immediate data, delivered with the peer's receive.
-    pub fn send_with_imm<B: Buffers>(&self, buffers: B, imm: u32) -> Op<R, B, Done> {
+    pub fn send_with_imm<B: Buffers>(&self, buffers: B, imm: u32) -> Op<B, Done> {
         self.send_op(buffers, SendKind::Send { imm: Some(imm) })
     }
 
     /// Posts a receive into `buffers` (scattered in order); resolves to the length and
     /// immediate data of the message that lands there.
-    pub fn recv<B: Buffers>(&self, buffers: B) -> Op<R, B, Recv> {
+    pub fn recv<B: Buffers>(&self, buffers: B) -> Op<B, Recv> {
         let posted = match &self.shared.srq {
             Some(_) => Err(Error::InvalidArgument(
                 "this queue pair takes its receives from a shared receive queue: post them there"
@@ -218,7 +217,7 @@ impl<R: Runtime> QueuePair<R> {
 
     /// Writes `buffers` to the start of `remote`. The length is checked against `remote`
     /// before posting: [`Error::OutOfBounds`] and nothing is sent when it does not fit.
-    pub fn write<B: Buffers>(&self, buffers: B, remote: RemoteRegion) -> Op<R, B, Done> {
+    pub fn write<B: Buffers>(&self, buffers: B, remote: RemoteRegion) -> Op<B, Done> {
         self.send_op(buffers, SendKind::Write { remote, imm: None })
     }
 
@@ -230,7 +229,7 @@ impl<R: Runtime> QueuePair<R> {
         buffers: B,
         remote: RemoteRegion,
         imm: u32,
-    ) -> Op<R, B, Done> {
+    ) -> Op<B, Done> {
         self.send_op(
             buffers,
             SendKind::Write {
@@ -241,7 +240,7 @@ impl<R: Runtime> QueuePair<R> {
     }
 
     /// Reads the start of `remote` into `buffers` (as many bytes as they hold).
-    pub fn read<B: Buffers>(&self, buffers: B, remote: RemoteRegion) -> Op<R, B, Done> {
+    pub fn read<B: Buffers>(&self, buffers: B, remote: RemoteRegion) -> Op<B, Done> {
         self.send_op(buffers, SendKind::Read { remote })
     }
 
@@ -253,7 +252,7 @@ impl<R: Runtime> QueuePair<R> {
         remote: RemoteRegion,
         compare: u64,
         swap: u64,
-    ) -> Op<R, LocalBuf, Atomic> {
+    ) -> Op<LocalBuf, Atomic> {
         self.send_op(
             buf,
             SendKind::CompareSwap {
@@ -271,7 +270,7 @@ impl<R: Runtime> QueuePair<R> {
         buf: LocalBuf,
         remote: RemoteRegion,
         add: u64,
-    ) -> Op<R, LocalBuf, Atomic> {
+    ) -> Op<LocalBuf, Atomic> {
         self.send_op(buf, SendKind::FetchAdd { remote, add })
     }
 
@@ -279,12 +278,12 @@ impl<R: Runtime> QueuePair<R> {
     /// which only the last is signaled.
     ///
     /// ```no_run
-    /// # async fn demo<R: anyrdma_core::Runtime>(qp: anyrdma_core::QueuePair<R>, a: anyrdma_core::LocalBuf, b: anyrdma_core::LocalBuf, r: anyrdma_core::RemoteRegion) {
+    /// # async fn demo(qp: anyrdma_core::QueuePair, a: anyrdma_core::LocalBuf, b: anyrdma_core::LocalBuf, r: anyrdma_core::RemoteRegion) {
     /// let (result, bufs) = qp.batch().write(a, r).send(b).submit().await;
     /// result.expect("every request of the batch succeeded");
     /// # }
     /// ```
-    pub fn batch(&self) -> Batch<R> {
+    pub fn batch(&self) -> Batch {
         Batch::new(self.clone())
     }
 }

@@ -12,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::op::{Op, Owner, Recv};
 use crate::pd::ProtectionDomain;
 use crate::queue::WorkQueueRef;
-use crate::runtime::Runtime;
 use crate::slots::{QpStatus, WorkQueue};
 
 /// Sizes of a shared receive queue; capped at what the device allows.
@@ -40,54 +39,43 @@ impl Default for SrqOptions {
 /// queue pair uses as its receive CQ. Cheap to clone; attached queue pairs keep it alive.
 ///
 /// ```no_run
-/// # fn demo<R: anyrdma_core::Runtime>() -> anyrdma_core::Result<()> {
+/// # fn demo() -> anyrdma_core::Result<()> {
 /// use anyrdma_core::*;
 /// let ctx = Context::open_default()?;
 /// let pd = ctx.alloc_pd()?;
-/// let cq = CompletionQueue::<R>::new(&ctx, CqOptions::default())?;
+/// let cq = CompletionQueue::new(&ctx, CqOptions::default())?;
 /// let srq = SharedReceiveQueue::new(&pd, &cq, SrqOptions::default())?;
 /// let qp1 = QueuePair::with_srq(&pd, &cq, &srq, QpOptions::default())?;
 /// let qp2 = QueuePair::with_srq(&pd, &cq, &srq, QpOptions::default())?;
 /// let inbox = srq.recv(pd.alloc(4096, Access::LOCAL)?); // either QP's peer may fill it
 /// # Ok(()) }
 /// ```
-pub struct SharedReceiveQueue<R: Runtime> {
-    pub(crate) shared: Arc<SrqShared<R>>,
+#[derive(Clone)]
+pub struct SharedReceiveQueue {
+    pub(crate) shared: Arc<SrqShared>,
 }
 
-impl<R: Runtime> Clone for SharedReceiveQueue<R> {
-    fn clone(&self) -> Self {
-        SharedReceiveQueue {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-pub(crate) struct SrqShared<R: Runtime> {
+pub(crate) struct SrqShared {
     raw: NonNull<ibv_srq>,
     pub(crate) status: Arc<QpStatus>,
     pd: ProtectionDomain,
-    pub(crate) cq: CompletionQueue<R>,
+    pub(crate) cq: CompletionQueue,
     max_wr: u32,
     max_sge: u32,
 }
 
 // SAFETY: libibverbs SRQs are thread-safe; the pointer stays valid until SrqShared drops.
-unsafe impl<R: Runtime> Send for SrqShared<R> {}
+unsafe impl Send for SrqShared {}
 // SAFETY: as above.
-unsafe impl<R: Runtime> Sync for SrqShared<R> {}
+unsafe impl Sync for SrqShared {}
 
-impl<R: Runtime> SharedReceiveQueue<R> {
+impl SharedReceiveQueue {
     /// Creates a shared receive queue whose receives complete on `cq`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when `cq` belongs to another device;
     /// [`Error::Verbs`] when the device refuses the sizes.
-    pub fn new(
-        pd: &ProtectionDomain,
-        cq: &CompletionQueue<R>,
-        options: SrqOptions,
-    ) -> Result<Self> {
+    pub fn new(pd: &ProtectionDomain, cq: &CompletionQueue, options: SrqOptions) -> Result<Self> {
         cq.check_device(pd)?;
         let limits = pd.context().limits();
         // SAFETY: ibv_srq_init_attr is plain C data.
@@ -115,7 +103,7 @@ impl<R: Runtime> SharedReceiveQueue<R> {
 
     /// Posts a receive into `buffers`; resolves when a message for any attached queue pair
     /// lands there.
-    pub fn recv<B: Buffers>(&self, buffers: B) -> Op<R, B, Recv> {
+    pub fn recv<B: Buffers>(&self, buffers: B) -> Op<B, Recv> {
         let shared = &self.shared;
         let queue = WorkQueueRef {
             status: &shared.status,
@@ -139,7 +127,7 @@ impl<R: Runtime> SharedReceiveQueue<R> {
     }
 
     /// The completion queue its receives complete on.
-    pub fn cq(&self) -> &CompletionQueue<R> {
+    pub fn cq(&self) -> &CompletionQueue {
         &self.shared.cq
     }
 
@@ -148,7 +136,7 @@ impl<R: Runtime> SharedReceiveQueue<R> {
     }
 }
 
-impl<R: Runtime> Drop for SrqShared<R> {
+impl Drop for SrqShared {
     fn drop(&mut self) {
         // SAFETY: no attached QP is left (each holds an Arc to this SRQ) and no pending
         // future either; destroyed once.

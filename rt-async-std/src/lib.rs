@@ -1,12 +1,12 @@
 //! async-std adapter for anyrdma: implements [`anyrdma_core::Runtime`] with
 //! [`async_io::Async`] readiness and [`async_io::Timer`].
 //!
-//! Works with any executor that runs on async-io's reactor (async-std's tasks and `block_on`,
-//! and any executor driving async-io).
+//! Works with any executor that runs on async-io's reactor (async-std's tasks and `block_on`, and any executor driving async-io).
 //!
 //! ```no_run
-//! use anyrdma_async_std::AsyncStdRuntime;
-//! async_io::block_on(anyrdma_core::timeout::<AsyncStdRuntime, _>(std::time::Duration::from_secs(1), async {})).unwrap();
+//! # fn demo() -> anyrdma_core::Result<()> {
+//! let ctx = anyrdma_core::Context::open_default()?.with_runtime(anyrdma_async_std::AsyncStd);
+//! # Ok(()) }
 //! ```
 
 use std::io;
@@ -14,16 +14,17 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use anyrdma_core::runtime::Sleep;
 use anyrdma_core::{ReadinessFd, Runtime};
 use async_io::{Async, Timer};
 
-/// The async-std runtime (its reactor is async-io).
+/// The async-std runtime (its reactor is async-io's).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct AsyncStdRuntime;
+pub struct AsyncStd;
 
 /// A descriptor registered with async-io's reactor. Dropping it deregisters, never closes.
 #[derive(Debug)]
-pub struct AsyncStdFd(Async<WatchedFd>);
+struct AsyncStdFd(Async<WatchedFd>);
 
 /// A raw descriptor that async-io may watch but does not own.
 #[derive(Debug)]
@@ -37,25 +38,29 @@ impl AsFd for WatchedFd {
     }
 }
 
-impl Runtime for AsyncStdRuntime {
-    type Fd = AsyncStdFd;
-    type Sleep = Timer;
-
-    unsafe fn register_fd(fd: RawFd) -> io::Result<AsyncStdFd> {
-        Async::new(WatchedFd(fd)).map(AsyncStdFd)
+impl Runtime for AsyncStd {
+    fn name(&self) -> &'static str {
+        "async-std"
     }
 
-    fn sleep(duration: Duration) -> Timer {
-        Timer::after(duration)
+    unsafe fn register_fd(&self, fd: RawFd) -> io::Result<Box<dyn ReadinessFd>> {
+        Ok(Box::new(AsyncStdFd(Async::new(WatchedFd(fd))?)))
+    }
+
+    fn sleep(&self, duration: Duration) -> Sleep {
+        let timer = Timer::after(duration);
+        Box::pin(async move {
+            timer.await;
+        })
     }
 }
 
 impl ReadinessFd for AsyncStdFd {
-    fn poll_read_with<T>(
+    fn poll_read_with(
         &self,
         cx: &mut Context<'_>,
-        mut op: impl FnMut() -> io::Result<T>,
-    ) -> Poll<io::Result<T>> {
+        op: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Poll<io::Result<()>> {
         loop {
             match op() {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}

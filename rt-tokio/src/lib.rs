@@ -2,13 +2,13 @@
 //! [`tokio::io::unix::AsyncFd`] and Tokio's timers.
 //!
 //! The Tokio runtime must have I/O and time enabled (`Builder::enable_all`, or
-//! `#[tokio::main]`), and verbs objects that wait on events must be created inside it.
+//! `#[tokio::main]`). Verbs objects can be created anywhere; a completion queue registers
+//! its channel with the Tokio runtime of the first task that sleeps on it.
 //!
 //! ```no_run
-//! # async fn demo() {
-//! use anyrdma_tokio::TokioRuntime;
-//! anyrdma_core::timeout::<TokioRuntime, _>(std::time::Duration::from_secs(1), async {}).await.unwrap();
-//! # }
+//! # fn demo() -> anyrdma_core::Result<()> {
+//! let ctx = anyrdma_core::Context::open_default()?.with_runtime(anyrdma_tokio::Tokio);
+//! # Ok(()) }
 //! ```
 
 use std::io;
@@ -16,17 +16,25 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use anyrdma_core::runtime::Sleep;
 use anyrdma_core::{ReadinessFd, Runtime};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 /// The Tokio runtime (current-thread or multi-thread).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TokioRuntime;
+pub struct Tokio;
+
+impl Tokio {
+    /// Whether the calling thread runs inside a Tokio runtime.
+    pub fn is_current() -> bool {
+        tokio::runtime::Handle::try_current().is_ok()
+    }
+}
 
 /// A descriptor registered with Tokio's reactor. Dropping it deregisters, never closes.
 #[derive(Debug)]
-pub struct TokioFd(AsyncFd<BorrowedRawFd>);
+struct TokioFd(AsyncFd<BorrowedRawFd>);
 
 /// A raw descriptor that Tokio may watch but does not own.
 #[derive(Debug)]
@@ -38,36 +46,37 @@ impl AsRawFd for BorrowedRawFd {
     }
 }
 
-impl Runtime for TokioRuntime {
-    type Fd = TokioFd;
-    type Sleep = tokio::time::Sleep;
+impl Runtime for Tokio {
+    fn name(&self) -> &'static str {
+        "tokio"
+    }
 
-    unsafe fn register_fd(fd: RawFd) -> io::Result<TokioFd> {
+    unsafe fn register_fd(&self, fd: RawFd) -> io::Result<Box<dyn ReadinessFd>> {
         // AsyncFd::new panics outside a runtime; turn that into an error the user can read.
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             io::Error::other(
-                "anyrdma: no Tokio runtime is running on this thread; create verbs objects \
-                 inside the runtime (e.g. within #[tokio::main])",
+                "no Tokio runtime is running on this thread; await anyrdma operations from \
+                 Tokio tasks (e.g. within #[tokio::main])",
             )
         })?;
         let _entered = handle.enter();
         // SAFETY: the caller keeps `fd` open and unchanged until the TokioFd is dropped.
-        unsafe { AsyncFd::register_with_interest(BorrowedRawFd(fd), Interest::READABLE) }
-            .map(TokioFd)
-            .map_err(io::Error::from)
+        let watched =
+            unsafe { AsyncFd::register_with_interest(BorrowedRawFd(fd), Interest::READABLE) }?;
+        Ok(Box::new(TokioFd(watched)))
     }
 
-    fn sleep(duration: Duration) -> tokio::time::Sleep {
-        tokio::time::sleep(duration)
+    fn sleep(&self, duration: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(duration))
     }
 }
 
 impl ReadinessFd for TokioFd {
-    fn poll_read_with<T>(
+    fn poll_read_with(
         &self,
         cx: &mut Context<'_>,
-        mut op: impl FnMut() -> io::Result<T>,
-    ) -> Poll<io::Result<T>> {
+        op: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Poll<io::Result<()>> {
         loop {
             let mut guard = match self.0.poll_read_ready(cx) {
                 Poll::Ready(Ok(guard)) => guard,

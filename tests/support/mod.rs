@@ -1,74 +1,89 @@
-//! Shared test harness: run one generic test body on each runtime.
+//! Shared test harness: run one test body on each runtime.
 //!
-//! A behavioural test is written once as `async fn name<R: TestRuntime>()` and instantiated
-//! for every runtime whose feature is enabled with [`runtime_tests!`].
+//! A behavioural test is written once as `async fn name(rt: Rt)` and instantiated for every
+//! runtime whose feature is enabled with [`runtime_tests!`]: the runtime is a value passed to
+//! the body, which it uses to spawn tasks and to name itself in messages. The anyrdma objects
+//! the body creates use the default runtime of the build's one feature: the same runtime.
 
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::pin::Pin;
 
-use anyrdma::Runtime;
-
 /// A runtime the tests can drive: block on a future and spawn tasks.
-pub trait TestRuntime: Runtime {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rt {
+    /// Tokio, multi-thread scheduler with two workers.
+    Tokio,
+    /// Tokio, current-thread scheduler.
+    TokioCurrentThread,
+    /// async-std.
+    AsyncStd,
+    /// smol.
+    Smol,
+}
+
+impl Rt {
     /// Printed in test output.
-    const NAME: &'static str;
+    pub fn name(self) -> &'static str {
+        match self {
+            Rt::Tokio => "tokio",
+            Rt::TokioCurrentThread => "tokio-current-thread",
+            Rt::AsyncStd => "async-std",
+            Rt::Smol => "smol",
+        }
+    }
+
+    /// The name of the anyrdma runtime adapter behind it (`RuntimeHandle::name`).
+    pub fn adapter(self) -> &'static str {
+        match self {
+            Rt::Tokio | Rt::TokioCurrentThread => "tokio",
+            Rt::AsyncStd => "async-std",
+            Rt::Smol => "smol",
+        }
+    }
+
+    /// The anyrdma runtime behind it.
+    pub fn handle(self) -> anyrdma::RuntimeHandle {
+        match self {
+            Rt::Tokio | Rt::TokioCurrentThread => anyrdma_tokio::Tokio.into(),
+            Rt::AsyncStd => anyrdma_async_std::AsyncStd.into(),
+            Rt::Smol => anyrdma_smol::Smol.into(),
+        }
+    }
 
     /// Runs `future` to completion on a fresh instance of the runtime.
-    fn block_on<F: Future>(future: F) -> F::Output;
+    pub fn block_on<F: Future>(self, future: F) -> F::Output {
+        match self {
+            Rt::Tokio => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("build a Tokio runtime")
+                .block_on(future),
+            Rt::TokioCurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build a Tokio runtime")
+                .block_on(future),
+            Rt::AsyncStd => async_std::task::block_on(future),
+            Rt::Smol => smol::block_on(future),
+        }
+    }
 
     /// Spawns `future` as a task of the running runtime and returns its output's future.
-    fn spawn<T: Send + 'static>(
-        future: impl Future<Output = T> + Send + 'static,
-    ) -> Pin<Box<dyn Future<Output = T> + Send>>;
-}
-
-impl TestRuntime for anyrdma_tokio::TokioRuntime {
-    const NAME: &'static str = "tokio";
-
-    fn block_on<F: Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("build a Tokio runtime")
-            .block_on(future)
-    }
-
-    fn spawn<T: Send + 'static>(
+    pub fn spawn<T: Send + 'static>(
+        self,
         future: impl Future<Output = T> + Send + 'static,
     ) -> Pin<Box<dyn Future<Output = T> + Send>> {
-        let handle = tokio::spawn(future);
-        Box::pin(async move { handle.await.expect("spawned task panicked") })
-    }
-}
-
-impl TestRuntime for anyrdma_async_std::AsyncStdRuntime {
-    const NAME: &'static str = "async-std";
-
-    fn block_on<F: Future>(future: F) -> F::Output {
-        async_std::task::block_on(future)
-    }
-
-    fn spawn<T: Send + 'static>(
-        future: impl Future<Output = T> + Send + 'static,
-    ) -> Pin<Box<dyn Future<Output = T> + Send>> {
-        Box::pin(async_std::task::spawn(future))
-    }
-}
-
-impl TestRuntime for anyrdma_smol::SmolRuntime {
-    const NAME: &'static str = "smol";
-
-    fn block_on<F: Future>(future: F) -> F::Output {
-        smol::block_on(future)
-    }
-
-    fn spawn<T: Send + 'static>(
-        future: impl Future<Output = T> + Send + 'static,
-    ) -> Pin<Box<dyn Future<Output = T> + Send>> {
-        Box::pin(smol::spawn(future))
+        match self {
+            Rt::Tokio | Rt::TokioCurrentThread => {
+                let handle = tokio::spawn(future);
+                Box::pin(async move { handle.await.expect("spawned task panicked") })
+            }
+            Rt::AsyncStd => Box::pin(async_std::task::spawn(future)),
+            Rt::Smol => Box::pin(smol::spawn(future)),
+        }
     }
 }
 
@@ -86,8 +101,8 @@ pub fn device_present(test: &str) -> bool {
     found
 }
 
-/// Instantiates generic test bodies `async fn name<R: TestRuntime>()` once per runtime
-/// whose feature is enabled: `runtime_tests!(name_a, name_b);` makes `tokio::name_a`,
+/// Instantiates test bodies `async fn name(rt: Rt)` once per runtime whose feature is
+/// enabled: `runtime_tests!(name_a, name_b);` makes `tokio::name_a`, `tokio_ct::name_a`,
 /// `async_std::name_a`, `smol::name_a`, ...
 #[macro_export]
 macro_rules! runtime_tests {
@@ -96,27 +111,29 @@ macro_rules! runtime_tests {
         mod tokio {
             $(#[test]
             fn $name() {
-                <anyrdma_tokio::TokioRuntime as $crate::support::TestRuntime>::block_on(
-                    super::$name::<anyrdma_tokio::TokioRuntime>(),
-                )
+                $crate::support::Rt::Tokio.block_on(super::$name($crate::support::Rt::Tokio))
+            })*
+        }
+        #[cfg(feature = "tokio")]
+        mod tokio_ct {
+            $(#[test]
+            fn $name() {
+                let rt = $crate::support::Rt::TokioCurrentThread;
+                rt.block_on(super::$name(rt))
             })*
         }
         #[cfg(feature = "async-std")]
         mod async_std {
             $(#[test]
             fn $name() {
-                <anyrdma_async_std::AsyncStdRuntime as $crate::support::TestRuntime>::block_on(
-                    super::$name::<anyrdma_async_std::AsyncStdRuntime>(),
-                )
+                $crate::support::Rt::AsyncStd.block_on(super::$name($crate::support::Rt::AsyncStd))
             })*
         }
         #[cfg(feature = "smol")]
         mod smol {
             $(#[test]
             fn $name() {
-                <anyrdma_smol::SmolRuntime as $crate::support::TestRuntime>::block_on(
-                    super::$name::<anyrdma_smol::SmolRuntime>(),
-                )
+                $crate::support::Rt::Smol.block_on(super::$name($crate::support::Rt::Smol))
             })*
         }
     };
@@ -124,17 +141,17 @@ macro_rules! runtime_tests {
 
 /// Two reliable connected queue pairs on one device, each with its own CQ, connected to
 /// each other: the out-of-band loopback every device test starts from.
-pub struct Pair<R: anyrdma::Runtime> {
+pub struct Pair {
     pub ctx: anyrdma::Context,
     pub pd: anyrdma::ProtectionDomain,
-    pub a: anyrdma::core::QueuePair<R>,
-    pub b: anyrdma::core::QueuePair<R>,
-    pub cq_a: anyrdma::core::CompletionQueue<R>,
-    pub cq_b: anyrdma::core::CompletionQueue<R>,
+    pub a: anyrdma::QueuePair,
+    pub b: anyrdma::QueuePair,
+    pub cq_a: anyrdma::CompletionQueue,
+    pub cq_b: anyrdma::CompletionQueue,
 }
 
-impl<R: anyrdma::Runtime> Pair<R> {
-    pub fn new() -> Pair<R> {
+impl Pair {
+    pub fn new() -> Pair {
         Self::with(
             anyrdma::CqOptions::default(),
             anyrdma::QpOptions::default(),
@@ -146,13 +163,13 @@ impl<R: anyrdma::Runtime> Pair<R> {
         cq: anyrdma::CqOptions,
         qp: anyrdma::QpOptions,
         connect: anyrdma::ConnectOptions,
-    ) -> Pair<R> {
+    ) -> Pair {
         let ctx = anyrdma::Context::open_default().expect("open the default RDMA device");
         let pd = ctx.alloc_pd().expect("alloc PD");
-        let cq_a = anyrdma::core::CompletionQueue::<R>::new(&ctx, cq).expect("create CQ a");
-        let cq_b = anyrdma::core::CompletionQueue::<R>::new(&ctx, cq).expect("create CQ b");
-        let a = anyrdma::core::QueuePair::new(&pd, &cq_a, &cq_a, qp).expect("create QP a");
-        let b = anyrdma::core::QueuePair::new(&pd, &cq_b, &cq_b, qp).expect("create QP b");
+        let cq_a = anyrdma::CompletionQueue::new(&ctx, cq).expect("create CQ a");
+        let cq_b = anyrdma::CompletionQueue::new(&ctx, cq).expect("create CQ b");
+        let a = anyrdma::QueuePair::new(&pd, &cq_a, &cq_a, qp).expect("create QP a");
+        let b = anyrdma::QueuePair::new(&pd, &cq_b, &cq_b, qp).expect("create QP b");
         a.connect(&b.endpoint(), connect).expect("connect a to b");
         b.connect(&a.endpoint(), connect).expect("connect b to a");
         Pair {
@@ -190,8 +207,8 @@ pub fn holds_pattern(bytes: &[u8], seed: u8) -> bool {
 
 /// Runs `future`, failing the test if it takes longer than `secs`: a device test must
 /// never hang.
-pub async fn within<R: anyrdma::Runtime, F: Future>(secs: u64, what: &str, future: F) -> F::Output {
-    match anyrdma::core::timeout::<R, _>(std::time::Duration::from_secs(secs), future).await {
+pub async fn within<F: Future>(secs: u64, what: &str, future: F) -> F::Output {
+    match anyrdma::timeout(std::time::Duration::from_secs(secs), future).await {
         Ok(output) => output,
         Err(_) => panic!("{what}: no result within {secs} s"),
     }

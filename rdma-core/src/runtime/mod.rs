@@ -1,0 +1,195 @@
+//! The executor-neutral boundary: what the core needs from an async runtime, held as a value.
+//!
+//! anyrdma's futures are completion-driven: they make progress when they are polled, by
+//! polling a completion queue or reading an event channel. The only things the core needs
+//! from an executor are a way to sleep until a file descriptor becomes readable (the
+//! completion channel of a CQ, the rdma_cm event channel, the device's async event fd) and
+//! timers. It never spawns tasks and never blocks.
+//!
+//! A runtime is a value, not a type parameter: [`RuntimeHandle`] is a cheap, shared handle to
+//! an object-safe [`Runtime`]. No public type of anyrdma names a runtime, so library code is
+//! plain:
+//!
+//! ```no_run
+//! use anyrdma_core::{LocalBuf, QueuePair, RemoteRegion, Result};
+//!
+//! /// Works on whatever runtime the application picked.
+//! pub async fn put(qp: &QueuePair, data: LocalBuf, at: RemoteRegion) -> Result<LocalBuf> {
+//!     let (result, data) = qp.write(data, at).await;
+//!     result.map(|()| data)
+//! }
+//! ```
+//!
+//! # Which runtime drives an object
+//! The runtime is held by the [`Context`](crate::Context):
+//! [`Context::with_runtime`](crate::Context::with_runtime) binds one explicitly, and every
+//! completion queue made from that context uses it. A context opened without one uses the
+//! process default ([`default_runtime`]), looked up by a completion queue's first operation
+//! in event mode, from inside the task that posts it. Nothing is registered with a runtime before that first wait, so verbs
+//! objects can be built in synchronous setup code, outside any runtime.
+//!
+//! The `anyrdma` crate sets the process default from its runtime features; see
+//! [`default_runtime`] for the order. Adapters implement [`Runtime`] for Tokio
+//! (`anyrdma-tokio`), async-std (`anyrdma-async-std`) and smol (`anyrdma-smol`).
+//!
+//! # Cost
+//! The runtime is only consulted when a task goes to sleep on a file descriptor or a timer;
+//! posting, polling a completion queue and completing an operation never call it.
+
+mod default;
+mod timeout;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub use default::{default_runtime, set_default_provider, set_default_runtime, DefaultProvider};
+pub use timeout::{sleep, timeout, Elapsed};
+
+/// A boxed timer future, as [`Runtime::sleep`] returns it.
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// An async runtime, as seen by the anyrdma core. Object-safe: held as a [`RuntimeHandle`].
+///
+/// Implementations are usually zero-sized (`anyrdma_tokio::Tokio`, `anyrdma_async_std::AsyncStd`,
+/// `anyrdma_smol::Smol`).
+pub trait Runtime: Send + Sync + fmt::Debug + 'static {
+    /// A short name for messages, e.g. `"tokio"`.
+    fn name(&self) -> &'static str;
+
+    /// Registers `fd` for read readiness. The handle does not take ownership of `fd`;
+    /// dropping it deregisters the descriptor (it does not close it).
+    ///
+    /// Called from inside a task that is about to wait, so a runtime that needs a current
+    /// context (Tokio) finds it there.
+    ///
+    /// # Safety
+    /// `fd` must be an open descriptor in non-blocking mode, and must stay open (and refer
+    /// to the same file description) until the returned handle is dropped.
+    ///
+    /// # Errors
+    /// Fails when the reactor refuses the descriptor (for example, it is already
+    /// registered, or no runtime is running on this thread when the runtime needs one).
+    unsafe fn register_fd(&self, fd: RawFd) -> io::Result<Box<dyn ReadinessFd>>;
+
+    /// A future that completes after `duration`.
+    fn sleep(&self, duration: Duration) -> Sleep;
+}
+
+/// A file descriptor registered with a runtime's reactor: its read readiness wakes a task.
+pub trait ReadinessFd: Send + Sync {
+    /// Runs the non-blocking operation `op` until it succeeds or fails with an error other
+    /// than [`io::ErrorKind::WouldBlock`].
+    ///
+    /// When `op` would block, the readiness is cleared, the task in `cx` is registered to be
+    /// woken when the descriptor becomes readable again, and `Poll::Pending` is returned.
+    /// Because `op` drains the source up to `WouldBlock` before the task sleeps, and the
+    /// readiness is cleared only for what was seen before that attempt, no edge is ever lost.
+    fn poll_read_with(
+        &self,
+        cx: &mut Context<'_>,
+        op: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Poll<io::Result<()>>;
+}
+
+/// A cheap, shared handle to a [`Runtime`]: what a [`Context`](crate::Context) holds.
+///
+/// ```
+/// use anyrdma_core::runtime::{Runtime, RuntimeHandle, Sleep, ReadinessFd};
+/// use std::{io, os::fd::RawFd, time::Duration};
+///
+/// /// A runtime that can do nothing, to show the shape of an adapter.
+/// #[derive(Debug)]
+/// struct Inert;
+///
+/// impl Runtime for Inert {
+///     fn name(&self) -> &'static str { "inert" }
+///     unsafe fn register_fd(&self, _: RawFd) -> io::Result<Box<dyn ReadinessFd>> {
+///         Err(io::Error::other("inert runtime"))
+///     }
+///     fn sleep(&self, _: Duration) -> Sleep { Box::pin(std::future::pending()) }
+/// }
+///
+/// let handle = RuntimeHandle::new(Inert);
+/// assert_eq!(handle.name(), "inert");
+/// ```
+#[derive(Clone)]
+pub struct RuntimeHandle(Arc<dyn Runtime>);
+
+impl RuntimeHandle {
+    /// Wraps `runtime`.
+    pub fn new(runtime: impl Runtime) -> Self {
+        RuntimeHandle(Arc::new(runtime))
+    }
+
+    /// The runtime's name, e.g. `"tokio"`.
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    /// Sleeps for `duration` on this runtime.
+    pub fn sleep(&self, duration: Duration) -> Sleep {
+        self.0.sleep(duration)
+    }
+
+    /// Runs `future` for at most `duration`, with this runtime's timer.
+    ///
+    /// # Errors
+    /// [`Elapsed`] when the deadline passes first; `future` is dropped then.
+    pub async fn timeout<F: Future>(
+        &self,
+        duration: Duration,
+        future: F,
+    ) -> Result<F::Output, Elapsed> {
+        timeout::with_sleep(duration, future, self.0.sleep(duration)).await
+    }
+
+    /// Registers `fd` for read readiness with this runtime, for code that waits on
+    /// descriptors of its own.
+    ///
+    /// # Safety
+    /// As [`Runtime::register_fd`].
+    ///
+    /// # Errors
+    /// As [`Runtime::register_fd`].
+    pub unsafe fn register_fd(&self, fd: RawFd) -> io::Result<Box<dyn ReadinessFd>> {
+        // SAFETY: forwarded; the caller upholds the contract of Runtime::register_fd.
+        unsafe { self.0.register_fd(fd) }
+    }
+
+    /// Whether both handles hold the same runtime object.
+    pub fn same_as(&self, other: &RuntimeHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<R: Runtime> From<R> for RuntimeHandle {
+    fn from(runtime: R) -> Self {
+        RuntimeHandle::new(runtime)
+    }
+}
+
+impl fmt::Debug for RuntimeHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RuntimeHandle").field(&self.0).finish()
+    }
+}
+
+/// Puts `fd` in non-blocking mode, as [`Runtime::register_fd`] requires.
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take no pointers.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

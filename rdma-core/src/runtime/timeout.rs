@@ -1,0 +1,79 @@
+//! Deadlines and sleeps that need no runtime named.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use super::{default_runtime, Sleep};
+
+/// The error of [`timeout`]: the deadline passed before the future completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(pub Duration);
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "timed out after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+/// Runs `future` for at most `duration`, on the [`default_runtime`] of the task that awaits
+/// it (use [`RuntimeHandle::timeout`](super::RuntimeHandle::timeout) to name one).
+///
+/// ```no_run
+/// # async fn demo(qp: anyrdma_core::QueuePair, buf: anyrdma_core::LocalBuf) {
+/// use std::time::Duration;
+/// match anyrdma_core::timeout(Duration::from_secs(1), qp.send(buf)).await {
+///     Ok((result, buf)) => { /* sent, or a typed error; the buffer is back */ }
+///     Err(elapsed) => { /* the Op was dropped: its buffer is released once the NIC is done */ }
+/// }
+/// # }
+/// ```
+///
+/// # Errors
+/// [`Elapsed`] when the deadline passes first; `future` is dropped then.
+///
+/// # Panics
+/// When there is no default runtime (no `anyrdma` runtime feature is linked and none was
+/// set with [`set_default_runtime`](super::set_default_runtime)): a deadline that cannot be
+/// kept must not be silently ignored.
+pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
+    with_sleep(duration, future, default_sleep(duration)).await
+}
+
+/// Sleeps for `duration` on the [`default_runtime`] of the task that awaits it.
+///
+/// # Panics
+/// As [`timeout`], when there is no default runtime.
+pub async fn sleep(duration: Duration) {
+    default_sleep(duration).await;
+}
+
+fn default_sleep(duration: Duration) -> Sleep {
+    match default_runtime() {
+        Ok(runtime) => runtime.sleep(duration),
+        Err(err) => panic!("anyrdma: cannot start a timer: {err}"),
+    }
+}
+
+/// Polls `future` until it completes or `sleep` (of `duration`) does.
+pub(super) async fn with_sleep<F: Future>(
+    duration: Duration,
+    future: F,
+    sleep: Sleep,
+) -> Result<F::Output, Elapsed> {
+    let mut future = pin!(future);
+    let mut sleep = sleep;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed(duration))),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
