@@ -165,6 +165,16 @@ impl Pair {
         connect: anyrdma::ConnectOptions,
     ) -> Pair {
         let ctx = anyrdma::Context::open_default().expect("open the default RDMA device");
+        Self::on(ctx, cq, qp, connect)
+    }
+
+    /// A pair on `ctx` (and so on its runtime).
+    pub fn on(
+        ctx: anyrdma::Context,
+        cq: anyrdma::CqOptions,
+        qp: anyrdma::QpOptions,
+        connect: anyrdma::ConnectOptions,
+    ) -> Pair {
         let pd = ctx.alloc_pd().expect("alloc PD");
         let cq_a = anyrdma::CompletionQueue::new(&ctx, cq).expect("create CQ a");
         let cq_b = anyrdma::CompletionQueue::new(&ctx, cq).expect("create CQ b");
