@@ -161,11 +161,6 @@ impl RuntimeHandle {
         // SAFETY: forwarded; the caller upholds the contract of Runtime::register_fd.
         unsafe { self.0.register_fd(fd) }
     }
-
-    /// Whether both handles hold the same runtime object.
-    pub fn same_as(&self, other: &RuntimeHandle) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 impl<R: Runtime> From<R> for RuntimeHandle {
