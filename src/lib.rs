@@ -36,10 +36,11 @@ pub use anyrdma_core as core;
 pub use anyrdma_core::{
     default_port, devices, registered_regions, sleep, timeout, Access, Atomic, Batch, Buffers,
     CompletionQueue, ConnectOptions, Context, CqOptions, DeviceInfo, DeviceLimits, DeviceSpec,
-    Done, Elapsed, Endpoint, Error, Gid, GidEntry, GidType, LinkLayer, LocalBuf, MemoryRegion, Op,
-    Outcome, PollMode, PortInfo, PortSelection, PortState, ProtectionDomain, QpOptions,
-    QpShutdownReason, QueuePair, ReadinessFd, Received, Recv, RemoteRegion, Result, Runtime,
-    RuntimeHandle, SharedReceiveQueue, SrqOptions, WcStatus, WorkKind, DEVICE_ENV, MAX_SGE,
+    Done, Elapsed, Endpoint, Error, Gid, GidEntry, GidType, LinkLayer, LocalBuf, MemoryRegion,
+    MessageKind, Op, Outcome, PollMode, PortInfo, PortSelection, PortState, ProtectionDomain,
+    QpOptions, QpShutdownReason, QueuePair, ReadinessFd, Received, Recv, RemoteRegion, Result,
+    Runtime, RuntimeHandle, SharedReceiveQueue, SrqOptions, WcStatus, WorkKind, DEVICE_ENV,
+    MAX_SGE,
 };
 pub use anyrdma_core::{device, error};
 

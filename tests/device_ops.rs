@@ -2,7 +2,7 @@
 
 mod support;
 
-use anyrdma::{Access, LocalBuf, Received, RemoteRegion};
+use anyrdma::{Access, LocalBuf, MessageKind, Received, RemoteRegion};
 use support::{holds_pattern, within, Pair, Rt};
 
 /// Sizes every transfer test covers: empty, one byte, a page, one MiB, and just over one
@@ -34,7 +34,11 @@ async fn send_recv_moves_every_size(rt: Rt) {
         let got = got.unwrap_or_else(|e| panic!("{}: recv of {len} bytes: {e}", rt.name()));
         assert_eq!(
             got,
-            Received { len, imm: None },
+            Received {
+                len,
+                imm: None,
+                kind: MessageKind::Send
+            },
             "{}: {len} bytes",
             rt.name()
         );
@@ -65,7 +69,8 @@ async fn immediates_arrive(rt: Rt) {
         got.expect("recv"),
         Received {
             len: 10,
-            imm: Some(0xdead_beef)
+            imm: Some(0xdead_beef),
+            kind: MessageKind::SendWithImm
         }
     );
     assert!(holds_pattern(&buf[..10], 3));
@@ -82,10 +87,12 @@ async fn immediates_arrive(rt: Rt) {
         within(20, "recv", recv).await.0.expect("recv"),
         Received {
             len: 1,
-            imm: Some(0)
+            imm: Some(0),
+            kind: MessageKind::SendWithImm
         }
     );
-    // Write with immediate: data lands in the region, the immediate in a receive.
+    // Write with immediate: data lands in the region, the immediate in a receive, whose
+    // buffer (1 byte here) holds nothing of the 5,000 bytes written: `&buf[..len]` is safe.
     let (region, remote) = exposed(&pair, 8192, Access::REMOTE_WRITE);
     let recv = pair.b.recv(pair.pd.alloc(1, Access::LOCAL).unwrap());
     let (wrote, _) = within(
@@ -95,8 +102,19 @@ async fn immediates_arrive(rt: Rt) {
     )
     .await;
     wrote.expect("write with imm");
-    let (got, _) = within(20, "recv of write imm", recv).await;
-    assert_eq!(got.expect("recv").imm, Some(77));
+    let (got, buf) = within(20, "recv of write imm", recv).await;
+    let got = got.expect("recv");
+    assert_eq!(
+        got,
+        Received {
+            len: 0,
+            imm: Some(77),
+            kind: MessageKind::WriteWithImm
+        },
+        "{}",
+        rt.name()
+    );
+    assert!(buf[..got.len].is_empty());
     assert!(
         holds_pattern(&region[..5000], 9),
         "{}: written bytes corrupted",

@@ -4,7 +4,7 @@
 
 mod support;
 
-use anyrdma::{Access, CqOptions, PollMode, QpOptions, Received};
+use anyrdma::{Access, CqOptions, MessageKind, PollMode, QpOptions, Received};
 use anyrdma_fixture_plain_library::{deliver, get, put};
 use support::{fill, holds_pattern, within, Pair, Rt};
 
@@ -65,7 +65,16 @@ async fn plain_library_round_trips(rt: Rt) {
         )
         .await
         .unwrap_or_else(|e| panic!("{}: deliver: {e}", rt.name()));
-        assert_eq!(received, Received { len, imm: None }, "{}", rt.name());
+        assert_eq!(
+            received,
+            Received {
+                len,
+                imm: None,
+                kind: MessageKind::Send
+            },
+            "{}",
+            rt.name()
+        );
         assert!(
             holds_pattern(&inbox, 9),
             "{}: the send arrived wrong",

@@ -10,7 +10,7 @@ mod support;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use anyrdma::{Context, CqOptions, PollMode, QpOptions, Received, RuntimeHandle};
+use anyrdma::{Context, CqOptions, MessageKind, PollMode, QpOptions, Received, RuntimeHandle};
 use support::{holds_pattern, Pair};
 
 const ROUND_TRIPS: usize = 300;
@@ -58,7 +58,8 @@ async fn ping_pong(pair: &Pair, runtime: &RuntimeHandle, who: &str) -> (Instant,
             received,
             Received {
                 len,
-                imm: Some(i as u32)
+                imm: Some(i as u32),
+                kind: MessageKind::SendWithImm
             },
             "{who}"
         );

@@ -52,7 +52,7 @@ pub use device::{
 };
 pub use error::{Error, QpShutdownReason, Result};
 pub use mr::{registered_regions, Access, LocalBuf, MemoryRegion};
-pub use op::{Atomic, Done, Op, Outcome, Received, Recv};
+pub use op::{Atomic, Done, MessageKind, Op, Outcome, Received, Recv};
 pub use pd::ProtectionDomain;
 pub use qp::{ConnectOptions, Endpoint, QpOptions, QueuePair};
 pub use remote::RemoteRegion;

@@ -22,10 +22,26 @@ use crate::srq::SrqShared;
 /// What a receive reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Received {
-    /// Bytes received, from the start of the buffers.
+    /// Bytes placed in the receive buffers, from their start: the message's length for a
+    /// send, and 0 for a write with immediate (its data went to the written region, not here).
     pub len: usize,
     /// Immediate data sent with the message, if any.
     pub imm: Option<u32>,
+    /// What the peer did to complete this receive.
+    pub kind: MessageKind,
+}
+
+/// The peer operation that consumed a receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// A send: its bytes are in the receive buffers.
+    Send,
+    /// A send with immediate data: its bytes are in the receive buffers, the immediate in
+    /// [`Received::imm`].
+    SendWithImm,
+    /// An RDMA write with immediate data: its bytes went to the written region; the receive
+    /// carries only the immediate.
+    WriteWithImm,
 }
 
 /// How an operation turns its completion into its output.
@@ -157,8 +173,16 @@ impl<B: Buffers, O: Outcome> Drop for Op<B, O> {
 }
 
 fn received(info: WcInfo) -> Received {
+    // For a write with immediate, byte_len is the write's length (rxe, mlx5): nothing of it
+    // is in the receive buffers.
+    let (len, kind) = match (info.write_with_imm, info.imm) {
+        (true, _) => (0, MessageKind::WriteWithImm),
+        (false, Some(_)) => (info.byte_len as usize, MessageKind::SendWithImm),
+        (false, None) => (info.byte_len as usize, MessageKind::Send),
+    };
     Received {
-        len: info.byte_len as usize,
+        len,
         imm: info.imm,
+        kind,
     }
 }

@@ -34,6 +34,8 @@ pub(crate) enum WorkQueue {
 pub(crate) struct WcInfo {
     pub(crate) byte_len: u32,
     pub(crate) imm: Option<u32>,
+    /// A receive consumed by an RDMA write with immediate.
+    pub(crate) write_with_imm: bool,
 }
 
 /// Queue pairs attached to a shared receive queue: number and status.
@@ -345,6 +347,7 @@ impl SlotTable {
                 imm: (wc.wc_flags & ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0)
                     // SAFETY: WITH_IMM says the union holds immediate data (network order).
                     .then(|| u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data })),
+                write_with_imm: wc.opcode == ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM,
             }),
         };
         if let Some(buffers) = abandoned.take() {
