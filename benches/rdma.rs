@@ -504,11 +504,13 @@ async fn lat_msg(
             qp.send(buf)
         }
     };
+    let pacing = Pacing::from_env();
     barrier(ctl)?;
     for i in 0..spec.iters {
         if client {
             stamps.push(Instant::now());
             pending = Some(post(sbuf.take().expect("buffer back"), i));
+            pacing.after_client_post();
         }
         let (res, rbuf) = recv.await;
         res?;
@@ -517,6 +519,7 @@ async fn lat_msg(
             sbuf = Some(done(op).await?);
         }
         if !client {
+            pacing.before_server_reply();
             pending = Some(post(sbuf.take().expect("buffer back"), i));
         }
     }
@@ -526,6 +529,41 @@ async fn lat_msg(
     }
     drop(recv); // the last receive stays posted; released when the QP goes
     Ok(stamps)
+}
+
+/// Fixed pauses that make the instruction count of a ping-pong independent of timing, for
+/// callgrind (`ANYRDMA_BENCH_PACE=server|client`, 2 ms): `server` delays every reply, so the
+/// client always finds nothing and sleeps (the event-mode path through the runtime); `client`
+/// pauses after each post, so the reply is there at the first poll (no empty polls).
+#[derive(Clone, Copy)]
+enum Pacing {
+    None,
+    Server,
+    Client,
+}
+
+impl Pacing {
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
+    fn from_env() -> Pacing {
+        match std::env::var("ANYRDMA_BENCH_PACE").as_deref() {
+            Ok("server") => Pacing::Server,
+            Ok("client") => Pacing::Client,
+            _ => Pacing::None,
+        }
+    }
+
+    fn after_client_post(self) {
+        if let Pacing::Client = self {
+            std::thread::sleep(Self::PAUSE);
+        }
+    }
+
+    fn before_server_reply(self) {
+        if let Pacing::Server = self {
+            std::thread::sleep(Self::PAUSE);
+        }
+    }
 }
 
 async fn lat_read(s: &Side, spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Vec<Instant>> {
@@ -1067,6 +1105,7 @@ mod raw {
             }
             let last = target as usize + size - 1;
             let mut stamps = Vec::with_capacity(spec.iters + 1);
+            let pacing = Pacing::from_env();
             barrier(&mut ctl)?;
             for i in 0..spec.iters {
                 match spec.test {
@@ -1101,6 +1140,7 @@ mod raw {
                         if client {
                             stamps.push(Instant::now());
                             r.post_send(opcode, sbuf, smr, size, remote, i as u32, inline)?;
+                            pacing.after_client_post();
                         }
                         // Client: the reply, then its request's completion; server: the request,
                         // then the completion of its previous reply. The receive is re-posted before replying.
@@ -1110,6 +1150,7 @@ mod raw {
                             r.claim(false)?;
                         }
                         if !client {
+                            pacing.before_server_reply();
                             r.post_send(opcode, sbuf, smr, size, remote, i as u32, inline)?;
                         }
                     }

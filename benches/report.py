@@ -184,12 +184,10 @@ def full_run_tables():
     sizes = sorted({r["size"] for r in rows if r["test"].endswith("_lat")})
     impls = [("raw", "raw")] + [("anyrdma", rt) for rt in RUNTIMES] + [("async-rdma", "tokio-mt")]
 
-
     def ref_row(test, mode, size):
         if test == "write_imm_lat":
             return find("raw", test, mode, size)
         return find("perftest", test, mode, size)
-
 
     for metric, title in (("median_us", "median"), ("p99_us", "99th percentile")):
         md.append(f"### Latency, {title} (µs)")
@@ -236,11 +234,9 @@ def full_run_tables():
     # ---- Goals -----------------------------------------------------------------------------------
     goals = []
 
-
     def worst(pairs):
         pairs = [p for p in pairs if p[0] is not None]
         return max(pairs, key=lambda p: p[0]) if pairs else (None, "")
-
 
     def lat_ratios(mode, rts):
         out = []
@@ -254,7 +250,6 @@ def full_run_tables():
                     if ref and r:
                         out.append((ratio(r["median_us"], ref["median_us"]), f"{rt} {test} {size} B"))
         return out
-
 
     for mode, limit in (("busy", 1.05), ("event", 1.3)):
         rs = lat_ratios(mode, RUNTIMES)
@@ -411,11 +406,14 @@ def callgrind_section():
               "(Ir of the longer run - Ir of the shorter run) / (difference in round trips), from runs of "
               f"{runs} round trips, so that set-up and tear-down cancel. Kernel time is not counted. "
               "**event** (`PollMode::Event { spin: 0 }`; raw verbs: poll, arm, poll, `ibv_get_cq_event`): "
-              "each round trip posts and completes one write-with-imm, completes and re-posts one receive and "
-              "sleeps once on the completion channel. **busy** (`PollMode::Busy`; raw verbs: an `ibv_poll_cq` "
-              "loop): no sleep, but every empty poll (and, for anyrdma, every trip through the executor) while "
-              "the reply is on its way is counted, so busy rows depend on timing and vary from run to run more "
-              "than event rows; the two runs' Ir are shown to judge that by.")
+              "a round trip posts and completes one write-with-imm, completes and re-posts one receive, and arms "
+              "and sleeps on the completion channel unless the reply is already there when the client polls. "
+              "**busy** (`PollMode::Busy`; raw verbs: an `ibv_poll_cq` loop): no sleep, but every empty poll "
+              "(and, for anyrdma, every trip through the executor) while the reply is on its way is counted. "
+              "Both depend on timing, as the client runs many times slower under callgrind than its server: "
+              "event rows vary from run to run by several percent, busy rows by up to several times, so a "
+              "difference of a few percent between two rows of one run is within the noise; the two runs' Ir "
+              "are shown to judge by.")
     md.append("")
     cur = builds.get("current")
     line = "Current: the working tree" + (f", {build_name('current')}" if cur else "") + "."
@@ -468,9 +466,10 @@ def callgrind_section():
         c, raw = cpu.get(("current", "tokio-ct", mode)), cpu.get(("current", "raw", mode))
         if c and raw:
             md.append("")
-            md.append(f"In {mode} mode, anyrdma (Tokio current-thread) spends "
-                      f"{c['ir_per_round_trip'] - raw['ir_per_round_trip']:,.0f} more instructions per round trip "
-                      f"than raw verbs ({c['ir_per_round_trip'] / raw['ir_per_round_trip']:.2f}x).")
+            more = c["ir_per_round_trip"] - raw["ir_per_round_trip"]
+            md.append(f"In {mode} mode, anyrdma (Tokio current-thread) spends {abs(more):,.0f} "
+                      f"{'more' if more >= 0 else 'fewer'} instructions per round trip than raw verbs "
+                      f"({c['ir_per_round_trip'] / raw['ir_per_round_trip']:.2f}x).")
     # Tokio current-thread event first, then raw verbs event, then the rest; self cost before inclusive.
     for key in sorted(annotate, key=lambda k: (k[3] != "event", k[2] != "tokio-ct", k[1], k[2], k[3],
                                                k[0] != "self")):
