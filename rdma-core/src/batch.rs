@@ -3,10 +3,11 @@
 use rdma_sys::*;
 
 use crate::buffers::check_pd;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::mr::LocalBuf;
 use crate::op::{Done, Op, Owner};
 use crate::qp::{QpShared, QueuePair};
+use crate::queue::{PartlyPosted, Posted};
 use crate::remote::RemoteRegion;
 use crate::send::SendKind;
 use crate::slots::SlotId;
@@ -105,39 +106,49 @@ impl Batch {
     pub fn submit(self) -> Op<Vec<LocalBuf>, Done> {
         let Batch { qp, items } = self;
         let shared = qp.shared;
-        let mut partial = false;
-        let posted = Self::post(&shared, &items, &mut partial);
+        let posted = Self::post(&shared, &items);
         let buffers: Vec<LocalBuf> = items.into_iter().map(|(buf, _)| buf).collect();
-        if partial {
-            // Part of the chain is on the wire, unsignaled, and no completion will say when
-            // the device is done with it: fail the queue pair and keep the buffers until it
-            // is destroyed. The caller gets the error, not the buffers.
-            shared.quarantine(buffers);
-            return Op::new(Owner::Send(shared), posted, Vec::new());
+        match posted {
+            Ok(slot) => Op::new(Owner::Send(shared), Ok(slot), buffers),
+            Err(PartlyPosted {
+                error,
+                slot: Some(slot),
+            }) => {
+                // Part of the chain is on the wire, unsignaled, and no completion will say
+                // when the device is done with it: fail the queue pair, and keep the buffers
+                // in the slot of the part, which its destruction releases. The caller gets
+                // the error, not the buffers.
+                shared.fail_after_partial_post();
+                shared.send_cq.shared.abandon(slot, Box::new(buffers));
+                Op::new(Owner::Send(shared), Err(error), Vec::new())
+            }
+            Err(PartlyPosted { error, slot: None }) => {
+                Op::new(Owner::Send(shared), Err(error), buffers)
+            }
         }
-        Op::new(Owner::Send(shared), posted, buffers)
     }
 
     fn post(
         shared: &QpShared,
         items: &[(LocalBuf, SendKind)],
-        partial: &mut bool,
-    ) -> Result<SlotId> {
+    ) -> std::result::Result<SlotId, PartlyPosted> {
+        let refused = |error| PartlyPosted { error, slot: None };
         if items.is_empty() {
-            return Err(Error::InvalidArgument("an empty batch".into()));
+            return Err(refused(Error::InvalidArgument("an empty batch".into())));
         }
         let pd = shared.pd.raw();
         let mut sges = Vec::with_capacity(items.len());
         for (buf, kind) in items {
-            check_pd(buf, pd)?;
-            kind.validate(buf.len(), 1)?;
+            check_pd(buf, pd).map_err(refused)?;
+            kind.validate(buf.len(), 1).map_err(refused)?;
             sges.push(buf.sge());
         }
         let max_inline = shared.caps.max_inline_data as usize;
-        let count = items.len() as u32;
+        let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
         shared
-            .send_queue()?
-            .post(WorkKind::Batch, None, count, |id| {
+            .send_queue()
+            .map_err(refused)?
+            .post_chain(WorkKind::Batch, None, count, |id| {
                 // SAFETY: ibv_send_wr is plain C data; zero is valid for the fields not set.
                 let mut wrs: Vec<ibv_send_wr> = items
                     .iter()
@@ -163,8 +174,14 @@ impl Batch {
                 // SAFETY: the QP is valid; the WR chain and SGEs live across the call; the
                 // buffers are owned by the Op (or its slot) until the last WR completes.
                 let rc = unsafe { ibv_post_send(shared.raw(), wrs.as_mut_ptr(), &mut bad) };
-                *partial = rc != 0 && !bad.is_null() && bad != wrs.as_mut_ptr();
-                rc
+                let accepted = if rc == 0 || bad.is_null() {
+                    0
+                } else {
+                    // SAFETY: `bad` points into `wrs` (the verbs contract for a failed post).
+                    let refused_at = unsafe { bad.offset_from(wrs.as_ptr()) };
+                    u32::try_from(refused_at).unwrap_or(0)
+                };
+                Posted { rc, accepted }
             })
     }
 }

@@ -8,10 +8,17 @@
 //! arrived meanwhile, and sleeps on the completion channel's fd through the context's
 //! runtime. The fd is registered with that runtime on the first such sleep (never in busy
 //! mode), from inside the waiting task.
+//!
+//! One task at a time sleeps on the channel: the poller. Every other waiting task sleeps on
+//! its own slot, whose waker the dispatch of its completion wakes; a channel event wakes
+//! only the poller, which polls the CQ for everyone. When the poller's operation completes
+//! (or its future is dropped), the oldest waiting task is woken to take over. So a
+//! completion costs at most about two wake-ups, however many tasks wait on the CQ.
 //! The channel is watched with one waker that fans out to every sleeping task, so a task
 //! that leaves never takes the wake-up of the others with it.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,7 +30,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runtime::{default_runtime, set_nonblocking, ReadinessFd, RuntimeHandle};
 use crate::slots::{QpStatus, SlotId, SlotInfo, SlotResult, SlotTable, WcInfo};
-use crate::wake::{lock, Sleepers, WakeList, POLL_BATCH};
+use crate::wake::{lock, ChannelTarget, WakeList, POLL_BATCH};
 
 /// Polls of an empty CQ in busy mode before yielding to the executor: a yield costs more
 /// than a poll.
@@ -98,7 +105,7 @@ pub(crate) struct CqShared {
     /// The channel's fd registered with the runtime, on the first sleep. Dropped before the
     /// channel is destroyed.
     watch: OnceLock<Box<dyn ReadinessFd>>,
-    sleepers: Arc<Sleepers>,
+    /// The waker the reactor holds for the channel: wakes the current poller.
     channel_waker: Waker,
     state: Mutex<CqState>,
     pub(crate) entries: u32,
@@ -120,6 +127,14 @@ struct CqState {
     channel_failed: bool,
     /// Why the runtime cannot watch the channel, when it cannot.
     watch_error: Option<Arc<Error>>,
+    /// The slot whose task sleeps on the channel for every waiting task (event mode).
+    poller: Option<SlotId>,
+    /// Whom the channel waker wakes: the poller's task, set under this lock by the poller
+    /// only.
+    channel_target: Arc<ChannelTarget>,
+    /// Slots whose tasks wait for their completion and may take over as the poller, oldest
+    /// first. Entries of slots that completed meanwhile are skipped, and pruned now and then.
+    queued: VecDeque<SlotId>,
 }
 
 impl CompletionQueue {
@@ -158,7 +173,7 @@ impl CompletionQueue {
         };
         // SAFETY: `raw` is the CQ just created; ibv_create_cq may round the size up.
         let entries = unsafe { (*raw.as_ptr()).cqe }.max(1) as u32;
-        let sleepers = Arc::new(Sleepers::default());
+        let channel_target = Arc::new(ChannelTarget::default());
         Ok(CompletionQueue {
             shared: Arc::new(CqShared {
                 raw,
@@ -170,15 +185,17 @@ impl CompletionQueue {
                     .map(OnceLock::from)
                     .unwrap_or_default(),
                 watch: OnceLock::new(),
-                channel_waker: Waker::from(sleepers.clone()),
-                sleepers,
                 state: Mutex::new(CqState {
                     table: SlotTable::new(entries),
                     armed: false,
                     unacked: 0,
                     channel_failed: false,
                     watch_error: None,
+                    poller: None,
+                    channel_target: channel_target.clone(),
+                    queued: VecDeque::new(),
                 }),
+                channel_waker: Waker::from(channel_target),
                 entries,
                 mode: options.poll_mode,
                 ctx: ctx.clone(),
@@ -240,14 +257,32 @@ impl CqShared {
 
     /// Takes a slot for `info`, reserving CQ room for its work requests.
     ///
-    /// In event mode, the first one also settles the runtime that waits for completions:
-    /// with none at all, the operation fails here, before anything is posted, rather than
-    /// being awaited with no way to sleep.
+    /// The first one also settles the runtime that waits for completions (and keeps the
+    /// cooperative budget): with none at all, the operation fails here, before anything is
+    /// posted, rather than being awaited with no way to sleep.
     pub(crate) fn reserve(&self, info: SlotInfo) -> Result<SlotId> {
-        if self.runtime.get().is_none() && self.mode != PollMode::Busy {
+        if self.runtime.get().is_none() {
             self.runtime()?;
         }
         lock(&self.state).table.reserve(info)
+    }
+
+    /// The device took only the first `accepted` requests of slot `id`.
+    pub(crate) fn shrink(&self, id: SlotId, accepted: u32) {
+        lock(&self.state).table.shrink(id, accepted);
+    }
+
+    /// Polls the CQ until it is empty, dispatching everything: frees the room and the queue
+    /// credits of completions nobody polled.
+    pub(crate) fn reap(&self) {
+        loop {
+            let mut wake = WakeList::new();
+            let (found, _) = self.poll_cq(&mut lock(&self.state), &mut wake, None);
+            wake.run();
+            if found < POLL_BATCH {
+                return;
+            }
+        }
     }
 
     /// Gives back a slot whose work requests were never posted.
@@ -257,7 +292,12 @@ impl CqShared {
 
     /// Marks the future of `id` as gone: its buffers wait in the slot for the completion.
     pub(crate) fn abandon(&self, id: SlotId, buffers: Box<dyn Any + Send>) {
-        let done_already = lock(&self.state).table.abandon(id, buffers);
+        let mut wake = WakeList::new();
+        let mut state = lock(&self.state);
+        let done_already = state.table.abandon(id, buffers);
+        Self::leave(&mut state, id, &mut wake);
+        drop(state);
+        wake.run();
         drop(done_already); // outside the lock: dropping buffers may deregister memory
     }
 
@@ -279,16 +319,28 @@ impl CqShared {
 
     /// Polls for the completion of slot `id`, driving the CQ as described in the module docs.
     pub(crate) fn poll_slot(&self, id: SlotId, cx: &mut TaskContext<'_>) -> Poll<Result<WcInfo>> {
+        // A task whose operations are always complete when polled must still let others run.
+        if let Some(runtime) = self.runtime.get() {
+            if runtime.poll_budget(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
         let ready = |result: SlotResult| Poll::Ready(result.map_err(|err| *err));
         let mut spins = 0u32;
         let mut wake = WakeList::new();
         loop {
             let mut state = lock(&self.state);
             if let Some(result) = state.table.take_done(id) {
+                Self::leave(&mut state, id, &mut wake);
+                drop(state);
+                wake.run();
                 return ready(result);
             }
             let (found, own) = self.poll_cq(&mut state, &mut wake, Some(id));
             if found > 0 {
+                if own.is_some() {
+                    Self::leave(&mut state, id, &mut wake);
+                }
                 drop(state);
                 wake.run();
                 match own {
@@ -313,20 +365,33 @@ impl CqShared {
                 }
                 PollMode::Event { .. } => {
                     state.table.set_waker(id, cx.waker());
+                    if !Self::claim_poller(&mut state, id) {
+                        // The poller wakes this task with its completion, or to take over.
+                        if state.table.mark_queued(id) {
+                            Self::queue(&mut state, id);
+                        }
+                        return Poll::Pending;
+                    }
                     if !state.armed {
                         // Arm, then poll again: a completion that arrived before the arm
                         // raises no event.
                         if self.arm(&mut state).is_err() {
-                            state.channel_failed = true;
+                            Self::fail_channel(&mut state, &mut wake);
                         }
+                        drop(state);
+                        wake.run();
                         continue;
                     }
-                    let Some(watch) = self.watch_channel(&mut state) else {
+                    let Some(watch) = self.watch_channel(&mut state, &mut wake) else {
+                        drop(state);
+                        wake.run();
                         continue; // no way to sleep: poll instead (channel_failed is set)
                     };
+                    state.channel_target.set(cx.waker());
                     drop(state);
-                    match self.wait_channel(watch, cx) {
-                        Poll::Ready(()) => continue,
+                    match self.wait_channel(watch, id) {
+                        Poll::Ready(Some(result)) => return ready(result),
+                        Poll::Ready(None) => continue,
                         Poll::Pending => return Poll::Pending,
                     }
                 }
@@ -334,6 +399,53 @@ impl CqShared {
             spins += 1;
             drop(state);
             std::hint::spin_loop();
+        }
+    }
+
+    /// Makes the task of `id` the poller, unless another task still is.
+    fn claim_poller(state: &mut CqState, id: SlotId) -> bool {
+        match state.poller {
+            Some(poller) if poller != id && state.table.is_pending(poller) => false,
+            _ => {
+                state.poller = Some(id);
+                true
+            }
+        }
+    }
+
+    /// Queues `id` to take over as the poller, pruning entries of slots that completed.
+    fn queue(state: &mut CqState, id: SlotId) {
+        state.queued.push_back(id);
+        if state.queued.len() > 2 * state.table.in_use() + 16 {
+            let CqState { queued, table, .. } = state;
+            queued.retain(|&queued_id| table.is_pending(queued_id));
+        }
+    }
+
+    /// The task of `id` stops waiting: if it was the poller, the oldest waiting task is
+    /// woken to take over the channel.
+    fn leave(state: &mut CqState, id: SlotId, wake: &mut WakeList) {
+        if state.poller != Some(id) {
+            return;
+        }
+        state.poller = None;
+        state.channel_target.clear();
+        while let Some(next) = state.queued.pop_front() {
+            if let Some(waker) = state.table.take_queued(next) {
+                wake.push(waker);
+                return;
+            }
+        }
+    }
+
+    /// The channel cannot be used: every waiting task is woken to poll instead.
+    fn fail_channel(state: &mut CqState, wake: &mut WakeList) {
+        state.channel_failed = true;
+        state.poller = None;
+        while let Some(next) = state.queued.pop_front() {
+            if let Some(waker) = state.table.take_queued(next) {
+                wake.push(waker);
+            }
         }
     }
 
@@ -349,7 +461,7 @@ impl CqShared {
     /// The completion channel's fd as registered with the runtime: registered on the first
     /// call, under the state lock so that it happens once. When the runtime cannot watch
     /// it, the CQ falls back to polling and keeps the reason ([`CompletionQueue::wait_error`]).
-    fn watch_channel(&self, state: &mut CqState) -> Option<&dyn ReadinessFd> {
+    fn watch_channel(&self, state: &mut CqState, wake: &mut WakeList) -> Option<&dyn ReadinessFd> {
         if let Some(watch) = self.watch.get() {
             return Some(&**watch);
         }
@@ -365,7 +477,7 @@ impl CqShared {
         match registered {
             Ok(watch) => Some(&**self.watch.get_or_init(|| watch)),
             Err(err) => {
-                state.channel_failed = true;
+                Self::fail_channel(state, wake);
                 state.watch_error = Some(Arc::new(err));
                 None
             }
@@ -374,19 +486,23 @@ impl CqShared {
 
     /// Sleeps on the completion channel; Ready once an event was taken (the CQ is re-armed
     /// then, and must be polled again).
-    fn wait_channel(&self, watch: &dyn ReadinessFd, cx: &mut TaskContext<'_>) -> Poll<()> {
-        // Register as a sleeper before looking at the fd, so an event after the look finds
-        // this task in the list.
-        self.sleepers.add(cx.waker());
+    ///
+    /// The reactor always holds the CQ's own channel waker, which wakes whichever task is the
+    /// poller when the event comes: a task that stopped being the poller while it was still
+    /// registering cannot take the wake-up with it. Whoever takes an event empties the CQ
+    /// before anything else (an event is raised once for all it holds): the result of `id`
+    /// among them is handed back.
+    fn wait_channel(&self, watch: &dyn ReadinessFd, id: SlotId) -> Poll<Option<SlotResult>> {
         let mut channel_cx = TaskContext::from_waker(&self.channel_waker);
         let event = match watch.poll_read_with(&mut channel_cx, &mut || self.get_event()) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(event) => event,
         };
+        let mut wake = WakeList::new();
         let mut state = lock(&self.state);
         if event.is_err() {
-            state.channel_failed = true;
-            return Poll::Ready(());
+            Self::fail_channel(&mut state, &mut wake);
+            return Poll::Ready(None);
         }
         state.armed = false;
         state.unacked += 1;
@@ -395,12 +511,22 @@ impl CqShared {
             unsafe { ibv_ack_cq_events(self.raw(), state.unacked) };
             state.unacked = 0;
         }
-        // Re-arm at once (the caller polls again): another task may already be asleep
-        // counting on the CQ being armed.
+        // Re-arm before polling: a completion after the last poll then raises a new event.
         if self.arm(&mut state).is_err() {
-            state.channel_failed = true;
+            Self::fail_channel(&mut state, &mut wake);
         }
-        Poll::Ready(())
+        let mut own = None;
+        loop {
+            let (found, mine) = self.poll_cq(&mut state, &mut wake, Some(id));
+            own = own.or(mine);
+            if found < POLL_BATCH {
+                break;
+            }
+        }
+        if own.is_some() {
+            Self::leave(&mut state, id, &mut wake);
+        }
+        Poll::Ready(own)
     }
 
     fn arm(&self, state: &mut CqState) -> Result<()> {
@@ -464,10 +590,18 @@ impl Drop for CqShared {
             // SAFETY: all events taken from this CQ must be acknowledged before destroying it.
             unsafe { ibv_ack_cq_events(self.raw(), unacked) };
         }
-        // SAFETY: no QP uses the CQ any more; it is destroyed once.
-        unsafe { ibv_destroy_cq(self.raw()) };
+        // SAFETY: no QP object of ours uses the CQ any more; it is destroyed once.
+        let rc = unsafe { ibv_destroy_cq(self.raw()) };
         // The registration goes before its fd is closed.
         drop(self.watch.take());
+        if rc != 0 {
+            // A queue pair whose destruction failed still uses the CQ, so the device may
+            // still write the buffers its slots hold: leak them (and the channel the CQ
+            // still refers to) rather than free memory the device may touch.
+            let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+            std::mem::forget(std::mem::replace(&mut state.table, SlotTable::new(0)));
+            return;
+        }
         // SAFETY: the channel's only CQ is destroyed; destroyed once.
         unsafe { ibv_destroy_comp_channel(self.channel.as_ptr()) };
     }

@@ -68,9 +68,21 @@ pub enum Error {
         /// The remote address.
         addr: u64,
     },
-    /// The queue has no room for the work request; nothing was posted.
+    /// The queue has no room for the work request now, even after taking every completion
+    /// that was waiting; nothing was posted.
     QueueFull {
-        /// Which queue: "send queue", "receive queue" or "completion queue".
+        /// Which queue: "send queue", "receive queue", "shared receive queue" or
+        /// "completion queue".
+        queue: &'static str,
+        /// Its depth.
+        depth: u32,
+    },
+    /// More work requests in one post (a batch) than the queue can ever hold; nothing was
+    /// posted.
+    TooManyRequests {
+        /// Work requests in the post.
+        requests: u32,
+        /// Which queue is too small, as in [`Error::QueueFull`].
         queue: &'static str,
         /// Its depth.
         depth: u32,
@@ -239,8 +251,19 @@ impl fmt::Display for Error {
             ),
             Error::QueueFull { queue, depth } => write!(
                 f,
-                "the {queue} is full ({depth} entries in flight); await some operations \
-                 before posting more, or create the queue pair with a deeper queue"
+                "the {queue} is full ({depth} entries in flight); nothing was posted. Await \
+                 operations in flight before posting more, or create {}",
+                bigger(queue)
+            ),
+            Error::TooManyRequests {
+                requests,
+                queue,
+                depth,
+            } => write!(
+                f,
+                "{requests} work requests in one post, but the {queue} holds at most {depth}; \
+                 nothing was posted. Post fewer at once (split the batch), or create {}",
+                bigger(queue)
             ),
             Error::NotConnected { qpn } => write!(
                 f,
@@ -304,6 +327,17 @@ impl fmt::Display for Error {
                  posted. It failed because: {cause}. Create and connect a new queue pair"
             ),
         }
+    }
+}
+
+/// What to create instead of a queue that is too small.
+fn bigger(queue: &str) -> &'static str {
+    if queue == "completion queue" {
+        "the completion queue with more entries (CqOptions::entries)"
+    } else if queue == "shared receive queue" {
+        "the shared receive queue deeper (SrqOptions::max_wr)"
+    } else {
+        "the queue pair with a deeper queue (QpOptions::max_send_wr, max_recv_wr)"
     }
 }
 

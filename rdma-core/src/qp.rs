@@ -3,14 +3,13 @@
 use std::hash::{BuildHasher, Hasher};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rdma_sys::*;
 
 use crate::context::mtu_enum;
 use crate::cq::CompletionQueue;
 use crate::error::{Error, QpShutdownReason, Result};
-use crate::mr::LocalBuf;
 use crate::pd::ProtectionDomain;
 use crate::queue::WorkQueueRef;
 use crate::slots::{QpStatus, WorkQueue};
@@ -157,9 +156,6 @@ pub(crate) struct QpShared {
     pub(crate) caps: ibv_qp_cap,
     /// The shared receive queue its receives come from, if any.
     pub(crate) srq: Option<SharedReceiveQueue>,
-    /// Buffers of a batch posted only in part: the device may use them until the QP is
-    /// destroyed.
-    quarantine: Mutex<Vec<LocalBuf>>,
     state: AtomicU8,
     psn: u32,
 }
@@ -244,7 +240,6 @@ impl QueuePair {
             // ibv_create_qp writes back the capabilities actually granted.
             caps: init.cap,
             srq: srq.cloned(),
-            quarantine: Mutex::new(Vec::new()),
             state: AtomicU8::new(STATE_INIT),
             psn: random_psn(qpn),
         };
@@ -452,14 +447,11 @@ impl QpShared {
         }));
     }
 
-    /// Keeps `buffers` until the QP is destroyed, and fails the QP so that happens soon.
-    pub(crate) fn quarantine(&self, buffers: Vec<LocalBuf>) {
+    /// Fails the QP after the device took only part of a chain: the part is flushed, and
+    /// its buffers wait in its slot until the QP is destroyed.
+    pub(crate) fn fail_after_partial_post(&self) {
         self.fail(QpShutdownReason::PartialBatch);
         let _ = self.to_error();
-        self.quarantine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(buffers);
     }
 
     fn modify(

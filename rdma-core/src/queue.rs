@@ -25,6 +25,31 @@ pub(crate) struct WorkQueueRef<'a> {
     pub(crate) call: &'static str,
 }
 
+/// Takes `wrs` of the credits counted by `used`, unless that would exceed `depth`. A
+/// compare and swap, never an add undone afterwards: a poster that does not fit must not
+/// make a concurrent one that does fit see a full queue.
+fn take_credits(used: &AtomicU32, wrs: u32, depth: u32) -> bool {
+    used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+        taken.checked_add(wrs).filter(|&total| total <= depth)
+    })
+    .is_ok()
+}
+
+/// What a posting function reports: the verbs return code, and how many work requests of
+/// the chain the device took before the one it refused.
+pub(crate) struct Posted {
+    pub(crate) rc: i32,
+    pub(crate) accepted: u32,
+}
+
+/// A chain the device took only in part: the error, and the slot that now stands for the
+/// requests it took. They complete (flushed, once the caller fails the queue pair) without a
+/// signaled last request, so the slot stays reserved until the queue pair is destroyed.
+pub(crate) struct PartlyPosted {
+    pub(crate) error: Error,
+    pub(crate) slot: Option<SlotId>,
+}
+
 impl WorkQueueRef<'_> {
     fn used(&self) -> &AtomicU32 {
         match self.queue {
@@ -42,41 +67,89 @@ impl WorkQueueRef<'_> {
         wrs: u32,
         post: impl FnOnce(SlotId) -> i32,
     ) -> Result<SlotId> {
-        let before = self.used().fetch_add(wrs, Ordering::AcqRel);
-        if before + wrs > self.depth {
-            self.used().fetch_sub(wrs, Ordering::AcqRel);
-            return Err(Error::QueueFull {
-                queue: self.name,
-                depth: self.depth,
-            });
+        self.post_chain(kind, remote, wrs, |id| Posted {
+            rc: post(id),
+            accepted: 0,
+        })
+        .map_err(|partly| partly.error)
+    }
+
+    /// As [`WorkQueueRef::post`], for a chain of `wrs` requests that the device may take in
+    /// part (see [`PartlyPosted`]).
+    pub(crate) fn post_chain(
+        &self,
+        kind: WorkKind,
+        remote: Option<RemoteRegion>,
+        wrs: u32,
+        post: impl FnOnce(SlotId) -> Posted,
+    ) -> std::result::Result<SlotId, PartlyPosted> {
+        let refused = |error| PartlyPosted { error, slot: None };
+        if wrs > self.depth || wrs > self.cq.entries {
+            let (queue, depth) = if wrs > self.depth {
+                (self.name, self.depth)
+            } else {
+                ("completion queue", self.cq.entries)
+            };
+            return Err(refused(Error::TooManyRequests {
+                requests: wrs,
+                queue,
+                depth,
+            }));
         }
-        let info = SlotInfo {
+        let info = || SlotInfo {
             qp: self.status.clone(),
             kind,
             remote,
             queue: self.queue,
             wrs,
         };
-        let id = self
-            .cq
-            .reserve(info)
-            .inspect_err(|_| self.status.release(self.queue, wrs))?;
-        let rc = post(id);
-        if rc != 0 {
-            self.cq.unreserve(id);
-            self.status.release(self.queue, wrs);
-            // ENOMEM from a post means the queue is full (our count and the device's disagree
-            // only if the device reserves entries of its own).
-            return Err(if rc == libc::ENOMEM {
-                Error::QueueFull {
+        let mut reaped = false;
+        let id = loop {
+            if take_credits(self.used(), wrs, self.depth) {
+                match self.cq.reserve(info()) {
+                    Ok(id) => break id,
+                    Err(err) if reaped || !matches!(err, Error::QueueFull { .. }) => {
+                        self.status.release(self.queue, wrs);
+                        return Err(refused(err));
+                    }
+                    Err(_) => self.status.release(self.queue, wrs),
+                }
+            } else if reaped {
+                return Err(refused(Error::QueueFull {
                     queue: self.name,
                     depth: self.depth,
-                }
-            } else {
-                Error::from_code(self.call, rc)
-            });
+                }));
+            }
+            // Completions that free room may sit unpolled (their operations' futures were
+            // dropped, or nobody awaits right now): take them before saying the queue is full.
+            self.cq.reap();
+            reaped = true;
+        };
+        let Posted { rc, accepted } = post(id);
+        if rc == 0 {
+            return Ok(id);
         }
-        Ok(id)
+        // ENOMEM from a post means the queue is full (our count and the device's disagree
+        // only if the device reserves entries of its own).
+        let error = if rc == libc::ENOMEM {
+            Error::QueueFull {
+                queue: self.name,
+                depth: self.depth,
+            }
+        } else {
+            Error::from_code(self.call, rc)
+        };
+        if accepted == 0 {
+            self.cq.unreserve(id);
+            self.status.release(self.queue, wrs);
+            return Err(refused(error));
+        }
+        self.cq.shrink(id, accepted);
+        self.status.release(self.queue, wrs - accepted);
+        Err(PartlyPosted {
+            error,
+            slot: Some(id),
+        })
     }
 
     /// Posts one receive of `buffers` with `raw_post` (`ibv_post_recv` or `ibv_post_srq_recv`).
@@ -99,5 +172,36 @@ impl WorkQueueRef<'_> {
             let mut bad = std::ptr::null_mut();
             raw_post(&mut wr, &mut bad)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    /// 56 of 64 credits taken; a poster of 16 (cannot fit) races one of 8 (fits exactly):
+    /// the one that fits must always get in.
+    #[test]
+    fn a_poster_that_does_not_fit_never_blocks_one_that_does() {
+        let used = AtomicU32::new(0);
+        let start = Barrier::new(2);
+        for _ in 0..20_000 {
+            used.store(56, Ordering::Release);
+            let (big, small) = std::thread::scope(|scope| {
+                let big = scope.spawn(|| {
+                    start.wait();
+                    take_credits(&used, 16, 64)
+                });
+                let small = scope.spawn(|| {
+                    start.wait();
+                    take_credits(&used, 8, 64)
+                });
+                (big.join().unwrap(), small.join().unwrap())
+            });
+            assert!(!big, "16 more than 56 of 64 must not fit");
+            assert!(small, "8 more than 56 of 64 fit, but were refused");
+            assert_eq!(used.load(Ordering::Acquire), 64);
+        }
     }
 }

@@ -17,29 +17,34 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Tasks asleep on the completion channel. The channel fd is always polled with a waker of
-/// this list, so whichever task polled it last, an event wakes every sleeper.
+/// The task the completion channel's waker wakes: the poller of the CQ. The reactor holds a
+/// waker of this (one per CQ, never replaced), so the task it reaches can change without
+/// re-registering, and a task that is no longer the poller cannot keep the wake-up.
 #[derive(Default)]
-pub(crate) struct Sleepers(Mutex<Vec<Waker>>);
+pub(crate) struct ChannelTarget(Mutex<Option<Waker>>);
 
-impl Sleepers {
-    pub(crate) fn add(&self, waker: &Waker) {
-        let mut list = lock(&self.0);
-        if !list.iter().any(|w| w.will_wake(waker)) {
-            list.push(waker.clone());
+impl ChannelTarget {
+    pub(crate) fn set(&self, waker: &Waker) {
+        let mut target = lock(&self.0);
+        match &*target {
+            Some(current) if current.will_wake(waker) => {}
+            _ => *target = Some(waker.clone()),
         }
+    }
+
+    pub(crate) fn clear(&self) {
+        lock(&self.0).take();
     }
 }
 
-impl Wake for Sleepers {
+impl Wake for ChannelTarget {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // Waking only schedules tasks, so it is done under the lock, keeping the list's
-        // capacity for the next round.
-        for waker in lock(&self.0).drain(..) {
+        let target = lock(&self.0).take();
+        if let Some(waker) = target {
             waker.wake();
         }
     }
@@ -50,6 +55,9 @@ impl Wake for Sleepers {
 pub(crate) struct WakeList {
     wakers: [MaybeUninit<Waker>; POLL_BATCH],
     len: usize,
+    /// Past one batch: the task that takes over the channel, or every waiting task when the
+    /// channel fails. Empty, it costs nothing.
+    overflow: Vec<Waker>,
     /// Buffers of dropped operations, freed outside the lock.
     pub(crate) released: Vec<Box<dyn Any + Send>>,
 }
@@ -59,18 +67,23 @@ impl WakeList {
         WakeList {
             wakers: [const { MaybeUninit::uninit() }; POLL_BATCH],
             len: 0,
+            overflow: Vec::new(),
             released: Vec::new(),
         }
     }
 
-    /// Adds a waker; at most one per completion of one `ibv_poll_cq` batch is ever added.
+    /// Adds a waker.
     pub(crate) fn push(&mut self, waker: Waker) {
+        if self.len == POLL_BATCH {
+            self.overflow.push(waker);
+            return;
+        }
         self.wakers[self.len].write(waker);
         self.len += 1;
     }
 
     pub(crate) fn run(&mut self) {
-        if self.len == 0 && self.released.is_empty() {
+        if self.len == 0 && self.released.is_empty() && self.overflow.is_empty() {
             return;
         }
         let len = std::mem::take(&mut self.len);
@@ -78,6 +91,9 @@ impl WakeList {
             // SAFETY: the first `len` entries were written by push and are read once: `len`
             // is reset first, so neither run nor drop reads them again.
             unsafe { waker.assume_init_read() }.wake();
+        }
+        for waker in self.overflow.drain(..) {
+            waker.wake();
         }
         self.released.clear();
     }

@@ -69,6 +69,12 @@ impl Runtime for Tokio {
     fn sleep(&self, duration: Duration) -> Sleep {
         Box::pin(tokio::time::sleep(duration))
     }
+
+    /// Tokio's cooperative budget: one unit per operation poll, charged whether or not the
+    /// poll completes (as Tokio's own resources do once they made progress).
+    fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {
+        tokio::task::coop::poll_proceed(cx).map(|guard| guard.made_progress())
+    }
 }
 
 impl ReadinessFd for TokioFd {

@@ -223,3 +223,21 @@ pub async fn within<F: Future>(secs: u64, what: &str, future: F) -> F::Output {
         Err(_) => panic!("{what}: no result within {secs} s"),
     }
 }
+
+/// Ends the whole test process if the guard lives longer than `secs`: for tests whose failure
+/// is a hang that no timer inside the runtime can break (a task that never yields).
+pub fn watchdog(secs: u64, what: &'static str) -> Watchdog {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            wait.recv_timeout(std::time::Duration::from_secs(secs))
+        {
+            eprintln!("{what}: still running after {secs} s: a task never yields (aborting)");
+            std::process::exit(101);
+        }
+    });
+    Watchdog(done)
+}
+
+/// See [`watchdog`]: dropping it disarms the watchdog.
+pub struct Watchdog(std::sync::mpsc::Sender<()>);

@@ -36,6 +36,7 @@
 //! The runtime is only consulted when a task goes to sleep on a file descriptor or a timer;
 //! posting, polling a completion queue and completing an operation never call it.
 
+pub mod budget;
 mod default;
 mod timeout;
 
@@ -79,6 +80,18 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
 
     /// A future that completes after `duration`.
     fn sleep(&self, duration: Duration) -> Sleep;
+
+    /// Asks whether the polling task may go on, before an operation's future does its work.
+    /// `Pending` (the task woken at once) makes the future yield, so that a task whose
+    /// operations are always complete when polled still lets other tasks and timers of its
+    /// thread run.
+    ///
+    /// A runtime with a cooperative budget spends one unit here (Tokio: 128 a scheduling
+    /// turn). The default, for runtimes without one, yields once every
+    /// [`budget::POLLS_PER_YIELD`] calls on a thread.
+    fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {
+        budget::poll_yield_now_and_then(cx)
+    }
 }
 
 /// A file descriptor registered with a runtime's reactor: its read readiness wakes a task.
@@ -147,6 +160,12 @@ impl RuntimeHandle {
         future: F,
     ) -> Result<F::Output, Elapsed> {
         timeout::with_sleep(duration, future, self.0.sleep(duration)).await
+    }
+
+    /// [`Runtime::poll_budget`] of this runtime.
+    #[inline]
+    pub fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.poll_budget(cx)
     }
 
     /// Registers `fd` for read readiness with this runtime, for code that waits on

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::pin;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{default_runtime, Sleep};
 
@@ -24,7 +24,7 @@ impl std::error::Error for Elapsed {}
 ///
 /// ```no_run
 /// # async fn demo(qp: anyrdma_core::QueuePair, buf: anyrdma_core::LocalBuf) {
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// match anyrdma_core::timeout(Duration::from_secs(1), qp.send(buf)).await {
 ///     Ok((result, buf)) => { /* sent, or a typed error; the buffer is back */ }
 ///     Err(elapsed) => { /* the Op was dropped: its buffer is released once the NIC is done */ }
@@ -59,16 +59,24 @@ fn default_sleep(duration: Duration) -> Sleep {
 }
 
 /// Polls `future` until it completes or `sleep` (of `duration`) does.
+///
+/// The deadline is also checked against the clock at every poll: a runtime's timer may stay
+/// pending past its deadline when the task's cooperative budget is spent (Tokio's does, and
+/// the future, by spending it, can cause that), while the task keeps being polled.
 pub(super) async fn with_sleep<F: Future>(
     duration: Duration,
     future: F,
     sleep: Sleep,
 ) -> Result<F::Output, Elapsed> {
+    let deadline = Instant::now() + duration;
     let mut future = pin!(future);
     let mut sleep = sleep;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(output) = future.as_mut().poll(cx) {
             return Poll::Ready(Ok(output));
+        }
+        if Instant::now() >= deadline {
+            return Poll::Ready(Err(Elapsed(duration)));
         }
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed(duration))),
