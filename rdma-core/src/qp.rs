@@ -45,17 +45,49 @@ impl Default for QpOptions {
 }
 
 /// Transport parameters used by [`QueuePair::connect`].
+///
+/// # A peer that is gone
+/// Reliable connected transport has no keepalive. A peer that died (its process killed, its
+/// machine down, its queue pair destroyed), or one that never existed (a wrong queue pair
+/// number), shows only when this side sends, writes, reads or uses an atomic and no
+/// acknowledgement comes back: the request is sent again every `timeout` until `retry_cnt`
+/// retries are spent, then it fails with
+/// [`WcStatus::RETRY_EXC_ERR`](crate::WcStatus::RETRY_EXC_ERR), the queue pair goes to the
+/// error state and everything else pending on it, receives too, is flushed. A queue pair that
+/// only waits for receives waits until then, so post a send or a write to find out. With the
+/// defaults that takes 7 tries of at least 67 ms each: about half a second.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectOptions {
-    /// Local ACK timeout, as the verbs exponent: 4.096 µs × 2^timeout (14 ≈ 67 ms).
+    /// Local ACK timeout: how long a request waits for its acknowledgement before it is sent
+    /// again, as the exponent of the verbs encoding: at least 4.096 µs × 2^timeout (a device
+    /// may round it up). 0-31. Default 14: about 67 ms per try (12: 17 ms, 18: 1.07 s).
+    ///
+    /// 0 disables the timer: a lost packet or a dead peer is then never detected, and an
+    /// operation to such a peer never completes. Use it only to debug.
     pub timeout: u8,
-    /// Retransmissions before a request fails with `RETRY_EXC_ERR` (at most 7).
+    /// Transport retries: how many times a request is sent again after its timeout expired
+    /// (or after the peer reported a lost packet) before it fails with `RETRY_EXC_ERR`. 0-7.
+    /// Default 6: a peer that is gone is detected after 7 tries, about 7 × 67 ms ≈ 0.47 s
+    /// with the default `timeout`.
+    ///
+    /// 7 is accepted: by the InfiniBand specification it is a plain count of 7 (unlike
+    /// `rnr_retry`, this counter has no "infinite" value), and hardware NICs such as mlx5
+    /// count it so. Soft-RoCE (rxe), however, treats 7 as "retry forever": there a dead or
+    /// wrong peer is never detected and the operation never completes. Portable code uses 6
+    /// at most.
     pub retry_cnt: u8,
-    /// Retries while the peer has no receive posted, before `RNR_RETRY_EXC_ERR` (0-6;
-    /// 7 means retry forever, which can hang a send to a peer that never posts).
+    /// Receiver-not-ready retries: how many times a send (or a write with immediate) is sent
+    /// again after the peer answered that it had no receive posted, before it fails with
+    /// `RNR_RETRY_EXC_ERR`. 0-7; by the specification 7 means retry forever, on every device,
+    /// which hangs a send to a peer that never posts a receive. Each retry waits the delay
+    /// the peer asks for (its `min_rnr_timer`). Default 6: with the peer's default timer, a
+    /// send fails after about 6 × 1.28 ms ≈ 8 ms without a receive; a peer that posts its
+    /// receives late should raise its `min_rnr_timer`.
     pub rnr_retry: u8,
-    /// How long a peer waits before retrying a send this side had no receive for, as the
-    /// verbs code (14 = 1.28 ms, 18 = 5.12 ms).
+    /// The delay this side asks a sender to wait before it retries a send that found no
+    /// receive posted, in the verbs encoding (0-31, not linear): 1 = 0.01 ms, 12 = 0.64 ms,
+    /// 14 = 1.28 ms (the default), 18 = 5.12 ms, 22 = 20.48 ms, 26 = 81.92 ms,
+    /// 31 = 491.52 ms, and 0 = 655.36 ms.
     pub min_rnr_timer: u8,
     /// Outstanding RDMA reads and atomics, each way (capped at the device's limit).
     pub max_rd_atomic: u8,
@@ -67,7 +99,8 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             timeout: 14,
-            retry_cnt: 7,
+            // Not 7: finite on every device (see the field's documentation).
+            retry_cnt: 6,
             rnr_retry: 6,
             min_rnr_timer: 14,
             max_rd_atomic: 16,
