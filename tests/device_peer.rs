@@ -209,9 +209,68 @@ async fn killed_peer_is_detected(rt: Rt) {
     );
 }
 
+/// A retry count the transport cannot carry is refused, not clamped (a clamped 8 would be
+/// 7, which Soft-RoCE retries forever), and the queue pair is left unchanged.
+async fn out_of_range_options_are_refused_and_change_nothing(rt: Rt) {
+    if !support::device_present("out_of_range_options_are_refused_and_change_nothing") {
+        return;
+    }
+    let side = Side::new();
+    let peer = QueuePair::new(&side.pd, &side.cq, &side.cq, QpOptions::default()).unwrap();
+    let too_many = ConnectOptions {
+        retry_cnt: 8,
+        ..ConnectOptions::default()
+    };
+    let err = side
+        .qp
+        .connect(&peer.endpoint(), too_many)
+        .expect_err("retry_cnt 8 does not fit in 3 bits");
+    assert!(
+        matches!(
+            err,
+            Error::OptionOutOfRange {
+                option: "ConnectOptions::retry_cnt",
+                value: 8,
+                max: 7
+            }
+        ),
+        "{}: {err:?}",
+        rt.name()
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("retry_cnt is 8") && text.contains("at most 7"),
+        "message: {text}"
+    );
+    // Nothing was changed: the queue pair is still unconnected...
+    let (result, _) = side.qp.send(side.patterned(8, 1)).await;
+    assert!(
+        matches!(result, Err(Error::NotConnected { .. })),
+        "{result:?}"
+    );
+    // ...and connects with corrected options.
+    side.qp
+        .connect(&peer.endpoint(), ConnectOptions::default())
+        .expect("connect with the defaults");
+    peer.connect(&side.qp.endpoint(), ConnectOptions::default())
+        .expect("connect the peer");
+    let recv = peer.recv(side.pd.alloc(64, Access::LOCAL).unwrap());
+    let (sent, _) = within(
+        5,
+        "a send after the refused connect",
+        side.qp.send(side.patterned(8, 2)),
+    )
+    .await;
+    sent.expect("send");
+    let (got, buf) = within(5, "its receive", recv).await;
+    assert_eq!(got.expect("receive").len, 8);
+    assert!(holds_pattern(&buf[..8], 2));
+}
+
 runtime_tests!(
     bogus_endpoint_fails_with_retry_exceeded,
     killed_peer_is_detected,
+    out_of_range_options_are_refused_and_change_nothing,
 );
 
 /// The child process of `killed_peer_is_detected`, seen from the parent. Dropping it kills

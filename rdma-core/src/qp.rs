@@ -56,6 +56,11 @@ impl Default for QpOptions {
 /// error state and everything else pending on it, receives too, is flushed. A queue pair that
 /// only waits for receives waits until then, so post a send or a write to find out. With the
 /// defaults that takes 7 tries of at least 67 ms each: about half a second.
+///
+/// # Ranges
+/// The transport carries these values in 3 or 5 bits. [`QueuePair::connect`] refuses a value
+/// outside its range with [`Error::OptionOutOfRange`] rather than clamping it, since a clamped
+/// count can turn into the one value that means "forever".
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectOptions {
     /// Local ACK timeout: how long a request waits for its acknowledgement before it is sent
@@ -106,6 +111,28 @@ impl Default for ConnectOptions {
             max_rd_atomic: 16,
             mtu: None,
         }
+    }
+}
+
+impl ConnectOptions {
+    /// Checks that every field fits the bits the transport carries it in.
+    fn check(&self) -> Result<()> {
+        let fields = [
+            ("ConnectOptions::timeout", self.timeout, 31),
+            ("ConnectOptions::retry_cnt", self.retry_cnt, 7),
+            ("ConnectOptions::rnr_retry", self.rnr_retry, 7),
+            ("ConnectOptions::min_rnr_timer", self.min_rnr_timer, 31),
+        ];
+        for (option, value, max) in fields {
+            if value > max {
+                return Err(Error::OptionOutOfRange {
+                    option,
+                    value: value.into(),
+                    max: max.into(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -321,9 +348,12 @@ impl QueuePair {
     /// this side's [`endpoint`](QueuePair::endpoint) the same way.
     ///
     /// # Errors
+    /// [`Error::OptionOutOfRange`] when a field of `options` is outside its range: the queue
+    /// pair is left as it was and can be connected with corrected options.
     /// [`Error::Verbs`] with the failing transition when the device refuses the attributes
     /// (e.g. an unreachable GID).
     pub fn connect(&self, remote: &Endpoint, options: ConnectOptions) -> Result<()> {
+        options.check()?;
         let ctx = self.shared.pd.context();
         let limits = ctx.limits();
         let local_mtu = ctx.mtu();
@@ -370,8 +400,8 @@ impl QueuePair {
         let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
         attr.qp_state = ibv_qp_state::IBV_QPS_RTS;
         attr.timeout = options.timeout;
-        attr.retry_cnt = options.retry_cnt.min(7);
-        attr.rnr_retry = options.rnr_retry.min(7);
+        attr.retry_cnt = options.retry_cnt;
+        attr.rnr_retry = options.rnr_retry;
         attr.sq_psn = self.shared.psn;
         attr.max_rd_atomic = rd_atomic_out;
         self.shared.modify(
@@ -577,6 +607,57 @@ mod tests {
             mtu: 4096,
         };
         assert_eq!(Endpoint::from_bytes(&e.to_bytes()), e);
+    }
+
+    #[test]
+    fn connect_options_outside_their_bits_are_refused() {
+        assert!(ConnectOptions::default().check().is_ok());
+        let edges = ConnectOptions {
+            timeout: 31,
+            retry_cnt: 7,
+            rnr_retry: 7,
+            min_rnr_timer: 31,
+            ..ConnectOptions::default()
+        };
+        assert!(edges.check().is_ok(), "the top of every range is accepted");
+        let over = [
+            (
+                "ConnectOptions::timeout",
+                ConnectOptions {
+                    timeout: 32,
+                    ..edges
+                },
+            ),
+            (
+                "ConnectOptions::retry_cnt",
+                ConnectOptions {
+                    retry_cnt: 8,
+                    ..edges
+                },
+            ),
+            (
+                "ConnectOptions::rnr_retry",
+                ConnectOptions {
+                    rnr_retry: 8,
+                    ..edges
+                },
+            ),
+            (
+                "ConnectOptions::min_rnr_timer",
+                ConnectOptions {
+                    min_rnr_timer: 32,
+                    ..edges
+                },
+            ),
+        ];
+        for (name, options) in over {
+            match options.check() {
+                Err(Error::OptionOutOfRange { option, value, max }) => {
+                    assert_eq!((option, value), (name, max + 1));
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 
     #[test]
