@@ -55,8 +55,8 @@ async fn bogus_endpoint_fails_with_retry_exceeded(rt: Rt) {
     }
     let side = Side::new();
     // A queue pair number that does not exist: one this device handed out and that is now
-    // destroyed. Devices allocate numbers cyclically (rxe from a 2^17 range), so it is not
-    // handed out again while the test runs.
+    // destroyed. Soft-RoCE hands numbers out cyclically, so no queue pair created meanwhile
+    // (by the tests running in parallel) takes it back.
     let gone = QueuePair::new(&side.pd, &side.cq, &side.cq, QpOptions::default())
         .expect("create the QP to destroy")
         .qpn();
