@@ -928,8 +928,9 @@ mod raw {
             )?;
             let mut attr: ibv_qp_attr = std::mem::zeroed();
             attr.qp_state = ibv_qp_state::IBV_QPS_RTS;
+            // The transport parameters of ConnectOptions::default().
             attr.timeout = 14;
-            attr.retry_cnt = 7;
+            attr.retry_cnt = 6;
             attr.rnr_retry = 6;
             attr.sq_psn = psn;
             attr.max_rd_atomic = 16;

@@ -53,6 +53,15 @@ pub enum Error {
     },
     /// An argument was outside what the operation accepts; nothing was posted.
     InvalidArgument(String),
+    /// An option is outside the range the transport can carry; nothing was changed.
+    OptionOutOfRange {
+        /// The option, e.g. `ConnectOptions::retry_cnt`.
+        option: &'static str,
+        /// The value given.
+        value: u64,
+        /// The largest value it takes.
+        max: u64,
+    },
     /// A remote access would fall outside the remote region; nothing was posted.
     OutOfBounds {
         /// The region that was to be accessed.
@@ -233,6 +242,11 @@ impl fmt::Display for Error {
             Error::InvalidArgument(what) => {
                 write!(f, "invalid argument: {what}; nothing was posted")
             }
+            Error::OptionOutOfRange { option, value, max } => write!(
+                f,
+                "{option} is {value}, but the transport carries at most {max}; nothing was \
+                 changed (its documentation says what each value means)"
+            ),
             Error::OutOfBounds {
                 region,
                 offset,

@@ -44,17 +44,54 @@ impl Default for QpOptions {
 }
 
 /// Transport parameters used by [`QueuePair::connect`].
+///
+/// # A peer that is gone
+/// Reliable connected transport has no keepalive. A peer that died (its process killed, its
+/// machine down, its queue pair destroyed), or one that never existed (a wrong queue pair
+/// number), shows only when this side sends, writes, reads or uses an atomic and no
+/// acknowledgement comes back: the request is sent again every `timeout` until `retry_cnt`
+/// retries are spent, then it fails with
+/// [`WcStatus::RETRY_EXC_ERR`](crate::WcStatus::RETRY_EXC_ERR), the queue pair goes to the
+/// error state and everything else pending on it, receives too, is flushed. A queue pair that
+/// only waits for receives waits until then, so post a send or a write to find out. With the
+/// defaults that takes 7 tries of at least 67 ms each: about half a second.
+///
+/// # Ranges
+/// The transport carries these values in 3 or 5 bits. [`QueuePair::connect`] refuses a value
+/// outside its range with [`Error::OptionOutOfRange`] rather than clamping it, since a clamped
+/// count can turn into the one value that means "forever".
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectOptions {
-    /// Local ACK timeout, as the verbs exponent: 4.096 µs × 2^timeout (14 ≈ 67 ms).
+    /// Local ACK timeout: how long a request waits for its acknowledgement before it is sent
+    /// again, as the exponent of the verbs encoding: at least 4.096 µs × 2^timeout (a device
+    /// may round it up). 0-31. Default 14: about 67 ms per try (12: 17 ms, 18: 1.07 s).
+    ///
+    /// 0 disables the timer: a lost packet or a dead peer is then never detected, and an
+    /// operation to such a peer never completes. Use it only to debug.
     pub timeout: u8,
-    /// Retransmissions before a request fails with `RETRY_EXC_ERR` (at most 7).
+    /// Transport retries: how many times a request is sent again after its timeout expired
+    /// (or after the peer reported a lost packet) before it fails with `RETRY_EXC_ERR`. 0-7.
+    /// Default 6: a peer that is gone is detected after 7 tries, about 7 × 67 ms ≈ 0.47 s
+    /// with the default `timeout`.
+    ///
+    /// 7 is accepted: by the InfiniBand specification it is a plain count of 7 (unlike
+    /// `rnr_retry`, this counter has no "infinite" value), and hardware NICs such as mlx5
+    /// count it so. Soft-RoCE (rxe), however, treats 7 as "retry forever": there a dead or
+    /// wrong peer is never detected and the operation never completes. Portable code uses 6
+    /// at most.
     pub retry_cnt: u8,
-    /// Retries while the peer has no receive posted, before `RNR_RETRY_EXC_ERR` (0-6;
-    /// 7 means retry forever, which can hang a send to a peer that never posts).
+    /// Receiver-not-ready retries: how many times a send (or a write with immediate) is sent
+    /// again after the peer answered that it had no receive posted, before it fails with
+    /// `RNR_RETRY_EXC_ERR`. 0-7; by the specification 7 means retry forever, on every device,
+    /// which hangs a send to a peer that never posts a receive. Each retry waits the delay
+    /// the peer asks for (its `min_rnr_timer`). Default 6: with the peer's default timer, a
+    /// send fails after about 6 × 1.28 ms ≈ 8 ms without a receive; a peer that posts its
+    /// receives late should raise its `min_rnr_timer`.
     pub rnr_retry: u8,
-    /// How long a peer waits before retrying a send this side had no receive for, as the
-    /// verbs code (14 = 1.28 ms, 18 = 5.12 ms).
+    /// The delay this side asks a sender to wait before it retries a send that found no
+    /// receive posted, in the verbs encoding (0-31, not linear): 1 = 0.01 ms, 12 = 0.64 ms,
+    /// 14 = 1.28 ms (the default), 18 = 5.12 ms, 22 = 20.48 ms, 26 = 81.92 ms,
+    /// 31 = 491.52 ms, and 0 = 655.36 ms.
     pub min_rnr_timer: u8,
     /// Outstanding RDMA reads and atomics, each way (capped at the device's limit).
     pub max_rd_atomic: u8,
@@ -66,12 +103,35 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             timeout: 14,
-            retry_cnt: 7,
+            // Not 7: finite on every device (see the field's documentation).
+            retry_cnt: 6,
             rnr_retry: 6,
             min_rnr_timer: 14,
             max_rd_atomic: 16,
             mtu: None,
         }
+    }
+}
+
+impl ConnectOptions {
+    /// Checks that every field fits the bits the transport carries it in.
+    fn check(&self) -> Result<()> {
+        let fields = [
+            ("ConnectOptions::timeout", self.timeout, 31),
+            ("ConnectOptions::retry_cnt", self.retry_cnt, 7),
+            ("ConnectOptions::rnr_retry", self.rnr_retry, 7),
+            ("ConnectOptions::min_rnr_timer", self.min_rnr_timer, 31),
+        ];
+        for (option, value, max) in fields {
+            if value > max {
+                return Err(Error::OptionOutOfRange {
+                    option,
+                    value: value.into(),
+                    max: max.into(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -283,9 +343,12 @@ impl QueuePair {
     /// this side's [`endpoint`](QueuePair::endpoint) the same way.
     ///
     /// # Errors
+    /// [`Error::OptionOutOfRange`] when a field of `options` is outside its range: the queue
+    /// pair is left as it was and can be connected with corrected options.
     /// [`Error::Verbs`] with the failing transition when the device refuses the attributes
     /// (e.g. an unreachable GID).
     pub fn connect(&self, remote: &Endpoint, options: ConnectOptions) -> Result<()> {
+        options.check()?;
         let ctx = self.shared.pd.context();
         let limits = ctx.limits();
         let local_mtu = ctx.mtu();
@@ -332,8 +395,8 @@ impl QueuePair {
         let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
         attr.qp_state = ibv_qp_state::IBV_QPS_RTS;
         attr.timeout = options.timeout;
-        attr.retry_cnt = options.retry_cnt.min(7);
-        attr.rnr_retry = options.rnr_retry.min(7);
+        attr.retry_cnt = options.retry_cnt;
+        attr.rnr_retry = options.rnr_retry;
         attr.sq_psn = self.shared.psn;
         attr.max_rd_atomic = rd_atomic_out;
         self.shared.modify(
@@ -536,6 +599,57 @@ mod tests {
             mtu: 4096,
         };
         assert_eq!(Endpoint::from_bytes(&e.to_bytes()), e);
+    }
+
+    #[test]
+    fn connect_options_outside_their_bits_are_refused() {
+        assert!(ConnectOptions::default().check().is_ok());
+        let edges = ConnectOptions {
+            timeout: 31,
+            retry_cnt: 7,
+            rnr_retry: 7,
+            min_rnr_timer: 31,
+            ..ConnectOptions::default()
+        };
+        assert!(edges.check().is_ok(), "the top of every range is accepted");
+        let over = [
+            (
+                "ConnectOptions::timeout",
+                ConnectOptions {
+                    timeout: 32,
+                    ..edges
+                },
+            ),
+            (
+                "ConnectOptions::retry_cnt",
+                ConnectOptions {
+                    retry_cnt: 8,
+                    ..edges
+                },
+            ),
+            (
+                "ConnectOptions::rnr_retry",
+                ConnectOptions {
+                    rnr_retry: 8,
+                    ..edges
+                },
+            ),
+            (
+                "ConnectOptions::min_rnr_timer",
+                ConnectOptions {
+                    min_rnr_timer: 32,
+                    ..edges
+                },
+            ),
+        ];
+        for (name, options) in over {
+            match options.check() {
+                Err(Error::OptionOutOfRange { option, value, max }) => {
+                    assert_eq!((option, value), (name, max + 1));
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -43,6 +43,17 @@ impl Rt {
         }
     }
 
+    /// The module [`runtime_tests!`] puts this runtime's tests in: a test's full name is
+    /// `"{module}::{test}"`, which a test needs to run itself again in a child process.
+    pub fn module(self) -> &'static str {
+        match self {
+            Rt::Tokio => "tokio",
+            Rt::TokioCurrentThread => "tokio_ct",
+            Rt::AsyncStd => "async_std",
+            Rt::Smol => "smol",
+        }
+    }
+
     /// The anyrdma runtime behind it.
     pub fn handle(self) -> anyrdma::RuntimeHandle {
         match self {
