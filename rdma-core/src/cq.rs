@@ -8,17 +8,12 @@
 //! arrived meanwhile, and sleeps on the completion channel's fd through the context's
 //! runtime. The fd is registered with that runtime on the first such sleep (never in busy
 //! mode), from inside the waiting task.
-//!
-//! One task at a time sleeps on the channel: the poller. Every other waiting task sleeps on
-//! its own slot, whose waker the dispatch of its completion wakes; a channel event wakes
-//! only the poller, which polls the CQ for everyone. When the poller's operation completes
-//! (or its future is dropped), the oldest waiting task is woken to take over. So a
-//! completion costs at most about two wake-ups, however many tasks wait on the CQ.
+//! The channel is watched with one waker that fans out to every sleeping task, so a task
+//! that leaves never takes the wake-up of the others with it.
 //! The channel is watched with one waker that fans out to every sleeping task, so a task
 //! that leaves never takes the wake-up of the others with it.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,7 +25,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runtime::{default_runtime, set_nonblocking, ReadinessFd, RuntimeHandle};
 use crate::slots::{QpStatus, SlotId, SlotInfo, SlotResult, SlotTable, WcInfo};
-use crate::wake::{lock, ChannelTarget, WakeList, POLL_BATCH};
+use crate::wake::{lock, Sleepers, WakeList, POLL_BATCH};
 
 /// Polls of an empty CQ in busy mode before yielding to the executor: a yield costs more
 /// than a poll.
@@ -105,7 +100,8 @@ pub(crate) struct CqShared {
     /// The channel's fd registered with the runtime, on the first sleep. Dropped before the
     /// channel is destroyed.
     watch: OnceLock<Box<dyn ReadinessFd>>,
-    /// The waker the reactor holds for the channel: wakes the current poller.
+    /// Tasks asleep on the channel, and the waker the reactor holds for it: wakes them all.
+    sleepers: Arc<Sleepers>,
     channel_waker: Waker,
     state: Mutex<CqState>,
     pub(crate) entries: u32,
@@ -127,14 +123,6 @@ struct CqState {
     channel_failed: bool,
     /// Why the runtime cannot watch the channel, when it cannot.
     watch_error: Option<Arc<Error>>,
-    /// The slot whose task sleeps on the channel for every waiting task (event mode).
-    poller: Option<SlotId>,
-    /// Whom the channel waker wakes: the poller's task, set under this lock by the poller
-    /// only.
-    channel_target: Arc<ChannelTarget>,
-    /// Slots whose tasks wait for their completion and may take over as the poller, oldest
-    /// first. Entries of slots that completed meanwhile are skipped, and pruned now and then.
-    queued: VecDeque<SlotId>,
 }
 
 impl CompletionQueue {
@@ -173,7 +161,7 @@ impl CompletionQueue {
         };
         // SAFETY: `raw` is the CQ just created; ibv_create_cq may round the size up.
         let entries = unsafe { (*raw.as_ptr()).cqe }.max(1) as u32;
-        let channel_target = Arc::new(ChannelTarget::default());
+        let sleepers = Arc::new(Sleepers::default());
         Ok(CompletionQueue {
             shared: Arc::new(CqShared {
                 raw,
@@ -191,11 +179,9 @@ impl CompletionQueue {
                     unacked: 0,
                     channel_failed: false,
                     watch_error: None,
-                    poller: None,
-                    channel_target: channel_target.clone(),
-                    queued: VecDeque::new(),
                 }),
-                channel_waker: Waker::from(channel_target),
+                channel_waker: Waker::from(sleepers.clone()),
+                sleepers,
                 entries,
                 mode: options.poll_mode,
                 ctx: ctx.clone(),
@@ -295,7 +281,6 @@ impl CqShared {
         let mut wake = WakeList::new();
         let mut state = lock(&self.state);
         let done_already = state.table.abandon(id, buffers);
-        Self::leave(&mut state, id, &mut wake);
         drop(state);
         wake.run();
         drop(done_already); // outside the lock: dropping buffers may deregister memory
@@ -331,16 +316,10 @@ impl CqShared {
         loop {
             let mut state = lock(&self.state);
             if let Some(result) = state.table.take_done(id) {
-                Self::leave(&mut state, id, &mut wake);
-                drop(state);
-                wake.run();
                 return ready(result);
             }
             let (found, own) = self.poll_cq(&mut state, &mut wake, Some(id));
             if found > 0 {
-                if own.is_some() {
-                    Self::leave(&mut state, id, &mut wake);
-                }
                 drop(state);
                 wake.run();
                 match own {
@@ -365,33 +344,24 @@ impl CqShared {
                 }
                 PollMode::Event { .. } => {
                     state.table.set_waker(id, cx.waker());
-                    if !Self::claim_poller(&mut state, id) {
-                        // The poller wakes this task with its completion, or to take over.
-                        if state.table.mark_queued(id) {
-                            Self::queue(&mut state, id);
-                        }
-                        return Poll::Pending;
-                    }
                     if !state.armed {
                         // Arm, then poll again: a completion that arrived before the arm
                         // raises no event.
                         if self.arm(&mut state).is_err() {
-                            Self::fail_channel(&mut state, &mut wake);
+                            self.fail_channel(&mut state);
                         }
                         drop(state);
                         wake.run();
                         continue;
                     }
-                    let Some(watch) = self.watch_channel(&mut state, &mut wake) else {
+                    let Some(watch) = self.watch_channel(&mut state) else {
                         drop(state);
                         wake.run();
                         continue; // no way to sleep: poll instead (channel_failed is set)
                     };
-                    state.channel_target.set(cx.waker());
                     drop(state);
-                    match self.wait_channel(watch, id) {
-                        Poll::Ready(Some(result)) => return ready(result),
-                        Poll::Ready(None) => continue,
+                    match self.wait_channel(watch, cx) {
+                        Poll::Ready(()) => continue,
                         Poll::Pending => return Poll::Pending,
                     }
                 }
@@ -402,51 +372,10 @@ impl CqShared {
         }
     }
 
-    /// Makes the task of `id` the poller, unless another task still is.
-    fn claim_poller(state: &mut CqState, id: SlotId) -> bool {
-        match state.poller {
-            Some(poller) if poller != id && state.table.is_pending(poller) => false,
-            _ => {
-                state.poller = Some(id);
-                true
-            }
-        }
-    }
-
-    /// Queues `id` to take over as the poller, pruning entries of slots that completed.
-    fn queue(state: &mut CqState, id: SlotId) {
-        state.queued.push_back(id);
-        if state.queued.len() > 2 * state.table.in_use() + 16 {
-            let CqState { queued, table, .. } = state;
-            queued.retain(|&queued_id| table.is_pending(queued_id));
-        }
-    }
-
-    /// The task of `id` stops waiting: if it was the poller, the oldest waiting task is
-    /// woken to take over the channel.
-    fn leave(state: &mut CqState, id: SlotId, wake: &mut WakeList) {
-        if state.poller != Some(id) {
-            return;
-        }
-        state.poller = None;
-        state.channel_target.clear();
-        while let Some(next) = state.queued.pop_front() {
-            if let Some(waker) = state.table.take_queued(next) {
-                wake.push(waker);
-                return;
-            }
-        }
-    }
-
     /// The channel cannot be used: every waiting task is woken to poll instead.
-    fn fail_channel(state: &mut CqState, wake: &mut WakeList) {
+    fn fail_channel(&self, state: &mut CqState) {
         state.channel_failed = true;
-        state.poller = None;
-        while let Some(next) = state.queued.pop_front() {
-            if let Some(waker) = state.table.take_queued(next) {
-                wake.push(waker);
-            }
-        }
+        self.channel_waker.wake_by_ref();
     }
 
     /// The runtime that waits for this CQ's completions (see the `runtime` field).
@@ -461,7 +390,7 @@ impl CqShared {
     /// The completion channel's fd as registered with the runtime: registered on the first
     /// call, under the state lock so that it happens once. When the runtime cannot watch
     /// it, the CQ falls back to polling and keeps the reason ([`CompletionQueue::wait_error`]).
-    fn watch_channel(&self, state: &mut CqState, wake: &mut WakeList) -> Option<&dyn ReadinessFd> {
+    fn watch_channel(&self, state: &mut CqState) -> Option<&dyn ReadinessFd> {
         if let Some(watch) = self.watch.get() {
             return Some(&**watch);
         }
@@ -477,7 +406,7 @@ impl CqShared {
         match registered {
             Ok(watch) => Some(&**self.watch.get_or_init(|| watch)),
             Err(err) => {
-                Self::fail_channel(state, wake);
+                self.fail_channel(state);
                 state.watch_error = Some(Arc::new(err));
                 None
             }
@@ -486,23 +415,19 @@ impl CqShared {
 
     /// Sleeps on the completion channel; Ready once an event was taken (the CQ is re-armed
     /// then, and must be polled again).
-    ///
-    /// The reactor always holds the CQ's own channel waker, which wakes whichever task is the
-    /// poller when the event comes: a task that stopped being the poller while it was still
-    /// registering cannot take the wake-up with it. Whoever takes an event empties the CQ
-    /// before anything else (an event is raised once for all it holds): the result of `id`
-    /// among them is handed back.
-    fn wait_channel(&self, watch: &dyn ReadinessFd, id: SlotId) -> Poll<Option<SlotResult>> {
+    fn wait_channel(&self, watch: &dyn ReadinessFd, cx: &mut TaskContext<'_>) -> Poll<()> {
+        // Register as a sleeper before looking at the fd, so an event after the look finds
+        // this task in the list.
+        self.sleepers.add(cx.waker());
         let mut channel_cx = TaskContext::from_waker(&self.channel_waker);
         let event = match watch.poll_read_with(&mut channel_cx, &mut || self.get_event()) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(event) => event,
         };
-        let mut wake = WakeList::new();
         let mut state = lock(&self.state);
         if event.is_err() {
-            Self::fail_channel(&mut state, &mut wake);
-            return Poll::Ready(None);
+            self.fail_channel(&mut state);
+            return Poll::Ready(());
         }
         state.armed = false;
         state.unacked += 1;
@@ -511,22 +436,12 @@ impl CqShared {
             unsafe { ibv_ack_cq_events(self.raw(), state.unacked) };
             state.unacked = 0;
         }
-        // Re-arm before polling: a completion after the last poll then raises a new event.
+        // Re-arm at once (the caller polls again): another task may already be asleep
+        // counting on the CQ being armed.
         if self.arm(&mut state).is_err() {
-            Self::fail_channel(&mut state, &mut wake);
+            self.fail_channel(&mut state);
         }
-        let mut own = None;
-        loop {
-            let (found, mine) = self.poll_cq(&mut state, &mut wake, Some(id));
-            own = own.or(mine);
-            if found < POLL_BATCH {
-                break;
-            }
-        }
-        if own.is_some() {
-            Self::leave(&mut state, id, &mut wake);
-        }
-        Poll::Ready(own)
+        Poll::Ready(())
     }
 
     fn arm(&self, state: &mut CqState) -> Result<()> {

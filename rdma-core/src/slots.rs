@@ -120,8 +120,6 @@ enum SlotState {
     Pending {
         info: SlotInfo,
         waker: Option<Waker>,
-        /// In the CQ's queue of tasks that may take over polling its channel.
-        queued: bool,
         /// Boxed: errors are rare, and slots stay small.
         first_error: Option<Box<Error>>,
         /// The buffers of an operation whose future was dropped; released on completion.
@@ -194,7 +192,6 @@ impl SlotTable {
         let pending = SlotState::Pending {
             info,
             waker: None,
-            queued: false,
             first_error: None,
             abandoned: None,
         };
@@ -234,39 +231,6 @@ impl SlotTable {
         if let SlotState::Pending { info, .. } = &mut self.slots[id.index as usize].state {
             self.outstanding -= info.wrs - accepted;
             info.wrs = accepted;
-        }
-    }
-
-    /// Whether `id` is posted and its completion has not come.
-    pub(crate) fn is_pending(&self, id: SlotId) -> bool {
-        let slot = &self.slots[id.index as usize];
-        slot.generation == id.generation && matches!(slot.state, SlotState::Pending { .. })
-    }
-
-    /// Marks `id` as queued to take over the polling of the channel; false if it already is
-    /// (or is not pending).
-    pub(crate) fn mark_queued(&mut self, id: SlotId) -> bool {
-        let slot = &mut self.slots[id.index as usize];
-        match &mut slot.state {
-            SlotState::Pending { queued, .. } if slot.generation == id.generation && !*queued => {
-                *queued = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Unqueues `id` and returns its task's waker, if it still waits.
-    pub(crate) fn take_queued(&mut self, id: SlotId) -> Option<Waker> {
-        let slot = &mut self.slots[id.index as usize];
-        match &mut slot.state {
-            SlotState::Pending { queued, waker, .. }
-                if slot.generation == id.generation && *queued =>
-            {
-                *queued = false;
-                waker.clone()
-            }
-            _ => None,
         }
     }
 
@@ -373,7 +337,6 @@ impl SlotTable {
             waker,
             first_error,
             abandoned,
-            ..
         } = &mut slot.state
         else {
             return None;

@@ -17,34 +17,29 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The task the completion channel's waker wakes: the poller of the CQ. The reactor holds a
-/// waker of this (one per CQ, never replaced), so the task it reaches can change without
-/// re-registering, and a task that is no longer the poller cannot keep the wake-up.
+/// Tasks asleep on the completion channel. The channel fd is always polled with a waker of
+/// this list, so whichever task polled it last, an event wakes every sleeper.
 #[derive(Default)]
-pub(crate) struct ChannelTarget(Mutex<Option<Waker>>);
+pub(crate) struct Sleepers(Mutex<Vec<Waker>>);
 
-impl ChannelTarget {
-    pub(crate) fn set(&self, waker: &Waker) {
-        let mut target = lock(&self.0);
-        match &*target {
-            Some(current) if current.will_wake(waker) => {}
-            _ => *target = Some(waker.clone()),
+impl Sleepers {
+    pub(crate) fn add(&self, waker: &Waker) {
+        let mut list = lock(&self.0);
+        if !list.iter().any(|w| w.will_wake(waker)) {
+            list.push(waker.clone());
         }
-    }
-
-    pub(crate) fn clear(&self) {
-        lock(&self.0).take();
     }
 }
 
-impl Wake for ChannelTarget {
+impl Wake for Sleepers {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let target = lock(&self.0).take();
-        if let Some(waker) = target {
+        // Waking only schedules tasks, so it is done under the lock, keeping the list's
+        // capacity for the next round.
+        for waker in lock(&self.0).drain(..) {
             waker.wake();
         }
     }
@@ -55,8 +50,7 @@ impl Wake for ChannelTarget {
 pub(crate) struct WakeList {
     wakers: [MaybeUninit<Waker>; POLL_BATCH],
     len: usize,
-    /// Past one batch: the task that takes over the channel, or every waiting task when the
-    /// channel fails. Empty, it costs nothing.
+    /// Past one batch (a poll that follows another in one call). Empty, it costs nothing.
     overflow: Vec<Waker>,
     /// Buffers of dropped operations, freed outside the lock.
     pub(crate) released: Vec<Box<dyn Any + Send>>,
