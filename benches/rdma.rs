@@ -369,9 +369,11 @@ fn exchange(
     send_all(ctl, &out)?;
     let mut peers = Vec::new();
     for _ in mine {
-        peers.push(Endpoint::from_bytes(&recv_exact::<30>(ctl)?));
+        peers.push(Endpoint::from_bytes(&recv_exact::<
+            { Endpoint::ENCODED_LEN },
+        >(ctl)?));
     }
-    let region = RemoteRegion::from_bytes(&recv_exact::<20>(ctl)?);
+    let region = RemoteRegion::from_bytes(&recv_exact::<{ RemoteRegion::ENCODED_LEN }>(ctl)?);
     Ok((peers, region))
 }
 
@@ -845,7 +847,7 @@ mod raw {
                 qpn: unsafe { (*self.qp).qp_num },
                 psn,
                 // SAFETY: reading the raw bytes of the GID union.
-                gid: unsafe { gid.raw },
+                gid: anyrdma::Gid(unsafe { gid.raw }),
                 lid: 0,
                 mtu: actx.mtu(),
             })
@@ -870,7 +872,7 @@ mod raw {
             attr.ah_attr.dlid = peer.lid;
             attr.ah_attr.port_num = actx.port();
             attr.ah_attr.is_global = 1;
-            attr.ah_attr.grh.dgid = ibv_gid { raw: peer.gid };
+            attr.ah_attr.grh.dgid = peer.gid.to_raw();
             attr.ah_attr.grh.sgid_index = actx.gid_index();
             attr.ah_attr.grh.hop_limit = 64;
             check(

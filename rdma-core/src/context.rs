@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rdma_sys::*;
 
-use crate::device::{self, DeviceHandle, PortSelection};
+use crate::device::{self, DeviceHandle, Gid, PortSelection};
 use crate::error::{Error, Result};
 use crate::pd::ProtectionDomain;
 use crate::runtime::RuntimeHandle;
@@ -40,7 +40,7 @@ pub(crate) struct ContextInner {
     pub(crate) name: String,
     pub(crate) port: u8,
     pub(crate) gid_index: u8,
-    pub(crate) gid: [u8; 16],
+    pub(crate) gid: Gid,
     pub(crate) lid: u16,
     /// Active MTU of the port, in bytes.
     pub(crate) mtu: u32,
@@ -115,7 +115,7 @@ impl Context {
                 name: selection.device.clone(),
                 port: selection.port,
                 gid_index,
-                gid: *gid.as_bytes(),
+                gid,
                 lid: port.lid,
                 mtu: device::mtu_bytes(port.active_mtu),
                 limits,
