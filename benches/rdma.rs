@@ -369,11 +369,11 @@ fn exchange(
     send_all(ctl, &out)?;
     let mut peers = Vec::new();
     for _ in mine {
-        peers.push(Endpoint::from_bytes(&recv_exact::<
-            { Endpoint::ENCODED_LEN },
-        >(ctl)?));
+        let bytes = recv_exact::<{ Endpoint::ENCODED_LEN }>(ctl)?;
+        peers.push(Endpoint::from_bytes(&bytes)?);
     }
-    let region = RemoteRegion::from_bytes(&recv_exact::<{ RemoteRegion::ENCODED_LEN }>(ctl)?);
+    let bytes = recv_exact::<{ RemoteRegion::ENCODED_LEN }>(ctl)?;
+    let region = RemoteRegion::from_bytes(&bytes)?;
     Ok((peers, region))
 }
 

@@ -117,6 +117,93 @@ pub enum Error {
         /// The failure that put it there.
         cause: Arc<Error>,
     },
+    /// Bytes a peer sent (an encoded [`Endpoint`](crate::Endpoint) or
+    /// [`RemoteRegion`]) were refused: they are not what this build's `to_bytes` writes, or
+    /// they describe something that cannot exist. Nothing of them was used.
+    BadWireFormat {
+        /// What was to be decoded, e.g. `endpoint` or `remote region`.
+        what: &'static str,
+        /// What is wrong with the bytes.
+        problem: WireProblem,
+    },
+}
+
+/// Why encoded bytes from a peer were refused ([`Error::BadWireFormat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WireProblem {
+    /// The bytes are not as long as the format: truncated, padded, or another format.
+    Length {
+        /// The format's length in bytes.
+        expected: usize,
+        /// The length received.
+        actual: usize,
+    },
+    /// The leading kind byte is not this format's: the bytes are another format, not from
+    /// anyrdma, or from an anyrdma that did not tag its formats yet.
+    Kind {
+        /// This format's kind byte.
+        expected: u8,
+        /// The byte received.
+        actual: u8,
+    },
+    /// The bytes are a version of the format that this build does not read.
+    Version {
+        /// The version this build reads.
+        expected: u8,
+        /// The version received.
+        actual: u8,
+    },
+    /// A 24-bit field (a queue pair number or a packet sequence number) is 2^24 or more.
+    Above24Bits {
+        /// The field, e.g. `QP number`.
+        field: &'static str,
+        /// The value received.
+        value: u32,
+    },
+    /// The MTU is not one of 256, 512, 1024, 2048 and 4096 bytes.
+    Mtu(u32),
+    /// The region runs past the end of the 64-bit address space: `addr + len` overflows.
+    AddressWraps {
+        /// The address received.
+        addr: u64,
+        /// The length received.
+        len: u64,
+    },
+}
+
+impl fmt::Display for WireProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireProblem::Length { expected, actual } => write!(
+                f,
+                "{actual} bytes where the format has {expected}: they were cut short, padded, \
+                 or are not this format"
+            ),
+            WireProblem::Kind { expected, actual } => write!(
+                f,
+                "the first byte is {actual:#04x}, not {expected:#04x}: these bytes are another \
+                 format, not from anyrdma, or from a version of anyrdma that did not tag its \
+                 formats; both peers must run compatible versions"
+            ),
+            WireProblem::Version { expected, actual } => write!(
+                f,
+                "format version {actual}, but this build reads version {expected}; both peers \
+                 must run compatible versions of anyrdma"
+            ),
+            WireProblem::Above24Bits { field, value } => {
+                write!(f, "the {field} {value:#x} does not fit in 24 bits")
+            }
+            WireProblem::Mtu(mtu) => write!(
+                f,
+                "the MTU {mtu} is not one of 256, 512, 1024, 2048 and 4096 bytes"
+            ),
+            WireProblem::AddressWraps { addr, len } => write!(
+                f,
+                "{len} bytes at {addr:#x} run past the end of the 64-bit address space"
+            ),
+        }
+    }
 }
 
 /// Why anyrdma or the application moved a queue pair to the error state.
@@ -303,6 +390,9 @@ impl fmt::Display for Error {
                 "queue pair {qpn} is in the error state and takes no new work; nothing was \
                  posted. It failed because: {cause}. Create and connect a new queue pair"
             ),
+            Error::BadWireFormat { what, problem } => {
+                write!(f, "refused the {what} bytes from the peer: {problem}")
+            }
         }
     }
 }

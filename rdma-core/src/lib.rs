@@ -42,6 +42,7 @@ mod slots;
 mod srq;
 mod wake;
 mod wc;
+mod wire;
 
 pub use batch::Batch;
 pub use buffers::{Buffers, MAX_SGE};
@@ -52,7 +53,7 @@ pub use device::{
     PortSelection, PortState, DEVICE_ENV,
 };
 pub use endpoint::Endpoint;
-pub use error::{Error, QpShutdownReason, Result};
+pub use error::{Error, QpShutdownReason, Result, WireProblem};
 pub use mr::{registered_regions, Access, LocalBuf, MemoryRegion};
 pub use op::{Atomic, Done, Op, Outcome, Received, Recv};
 pub use pd::ProtectionDomain;

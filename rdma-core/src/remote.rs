@@ -3,15 +3,16 @@
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, WireProblem};
+use crate::wire::{Format, HEADER_LEN};
 
 /// Memory on a peer that this side may access with RDMA read, write or atomics.
 ///
 /// It is plain data: the peer makes it from a registered region
 /// ([`crate::MemoryRegion::remote`]) and sends it over any channel (see
-/// [`RemoteRegion::to_bytes`]). Every operation checks the access against `len` before
-/// posting, so an out-of-bounds access is a local [`Error::OutOfBounds`] and never reaches
-/// the wire.
+/// [`RemoteRegion::to_bytes`]; [`RemoteRegion::from_bytes`] checks what arrives). Every
+/// operation checks the access against `len` before posting, so an out-of-bounds access is
+/// a local [`Error::OutOfBounds`] and never reaches the wire.
 ///
 /// ```
 /// use anyrdma_core::RemoteRegion;
@@ -19,7 +20,8 @@ use crate::error::{Error, Result};
 /// let tail = region.slice(4000..).unwrap();
 /// assert_eq!((tail.addr, tail.len), (0x1000 + 4000, 96));
 /// assert!(region.slice(4000..4100).is_err());
-/// assert_eq!(RemoteRegion::from_bytes(&region.to_bytes()), region);
+/// assert_eq!(RemoteRegion::from_bytes(&region.to_bytes())?, region);
+/// # Ok::<(), anyrdma_core::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RemoteRegion {
@@ -33,7 +35,7 @@ pub struct RemoteRegion {
 
 impl RemoteRegion {
     /// Size of [`RemoteRegion::to_bytes`].
-    pub const ENCODED_LEN: usize = 20;
+    pub const ENCODED_LEN: usize = FORMAT.len;
 
     /// The sub-region `range` (offsets relative to `addr`).
     ///
@@ -80,29 +82,56 @@ impl RemoteRegion {
         Ok(())
     }
 
-    /// Fixed-size little-endian encoding: addr, len, rkey.
+    /// The encoding a peer decodes with [`RemoteRegion::from_bytes`]: a kind byte (`R`),
+    /// the format version, then address, length and remote key, little-endian.
     pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
-        let mut out = [0; Self::ENCODED_LEN];
-        out[..8].copy_from_slice(&self.addr.to_le_bytes());
-        out[8..16].copy_from_slice(&self.len.to_le_bytes());
-        out[16..].copy_from_slice(&self.rkey.to_le_bytes());
-        out
+        FORMAT
+            .writer()
+            .u64(self.addr)
+            .u64(self.len)
+            .u32(self.rkey)
+            .finish()
     }
 
-    /// Decodes [`RemoteRegion::to_bytes`].
-    pub fn from_bytes(bytes: &[u8; Self::ENCODED_LEN]) -> RemoteRegion {
-        let word = |range: std::ops::Range<usize>| {
-            let mut buf = [0u8; 8];
-            buf[..range.len()].copy_from_slice(&bytes[range]);
-            u64::from_le_bytes(buf)
+    /// Decodes and checks the bytes of a peer's [`RemoteRegion::to_bytes`]: any slice is
+    /// accepted as input.
+    ///
+    /// # Errors
+    /// [`Error::BadWireFormat`] when the bytes are not a whole region of this format and
+    /// version, or when the region runs past the end of the address space
+    /// ([`WireProblem`] says which).
+    pub fn from_bytes(bytes: &[u8]) -> Result<RemoteRegion> {
+        let mut fields = FORMAT.open(bytes)?;
+        let region = RemoteRegion {
+            addr: fields.u64()?,
+            len: fields.u64()?,
+            rkey: fields.u32()?,
         };
-        RemoteRegion {
-            addr: word(0..8),
-            len: word(8..16),
-            rkey: word(16..20) as u32,
+        if region.addr.checked_add(region.len).is_none() {
+            return Err(FORMAT.error(WireProblem::AddressWraps {
+                addr: region.addr,
+                len: region.len,
+            }));
         }
+        Ok(region)
     }
 }
+
+impl TryFrom<&[u8]> for RemoteRegion {
+    type Error = Error;
+
+    /// As [`RemoteRegion::from_bytes`].
+    fn try_from(bytes: &[u8]) -> Result<RemoteRegion> {
+        RemoteRegion::from_bytes(bytes)
+    }
+}
+
+/// kind, version, addr, len, rkey.
+const FORMAT: Format = Format {
+    what: "remote region",
+    kind: b'R',
+    len: HEADER_LEN + 8 + 8 + 4,
+};
 
 impl fmt::Display for RemoteRegion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
