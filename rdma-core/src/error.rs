@@ -53,7 +53,8 @@ pub enum Error {
     },
     /// An argument was outside what the operation accepts; nothing was posted.
     InvalidArgument(String),
-    /// A remote access would fall outside the remote region; nothing was posted.
+    /// A remote access or sub-region would fall outside the remote region. Operations check
+    /// this before posting: one refused for it posted nothing.
     OutOfBounds {
         /// The region that was to be accessed.
         region: RemoteRegion,
@@ -61,6 +62,20 @@ pub enum Error {
         offset: u64,
         /// Length of the access.
         len: u64,
+    },
+    /// A range starts after it ends.
+    ReversedRange {
+        /// The first offset of the range.
+        start: u64,
+        /// The offset after its end.
+        end: u64,
+    },
+    /// A remote region runs past the end of the 64-bit address space (`addr + len`
+    /// overflows), so it cannot be a registration. Operations check this before posting:
+    /// one refused for it posted nothing.
+    RegionWraps {
+        /// The region.
+        region: RemoteRegion,
     },
     /// An atomic operation's remote address is not 8-byte aligned, or its local buffer is
     /// not 8 bytes; nothing was posted.
@@ -314,9 +329,18 @@ impl fmt::Display for Error {
                 len,
             } => write!(
                 f,
-                "remote access out of bounds: {len} bytes at offset {offset} of the remote \
-                 region {region} ({} bytes long); nothing was posted",
+                "out of bounds: {len} bytes at offset {offset} do not fit in the remote region \
+                 {region} ({} bytes long); an operation refused for this posted nothing",
                 region.len
+            ),
+            Error::ReversedRange { start, end } => {
+                write!(f, "the range {start}..{end} starts after it ends")
+            }
+            Error::RegionWraps { region } => write!(
+                f,
+                "the remote region {region} runs past the end of the 64-bit address space, \
+                 so it cannot be memory a peer registered (RemoteRegion::from_bytes refuses \
+                 such bytes); an operation refused for this posted nothing"
             ),
             Error::Misaligned { addr } => write!(
                 f,

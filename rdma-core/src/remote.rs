@@ -40,29 +40,49 @@ impl RemoteRegion {
     /// The sub-region `range` (offsets relative to `addr`).
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] when the range does not lie inside this region.
+    /// [`Error::OutOfBounds`] when the range does not lie inside this region,
+    /// [`Error::ReversedRange`] when it starts after it ends, [`Error::RegionWraps`] when
+    /// this region runs past the end of the address space.
     pub fn slice(&self, range: impl RangeBounds<u64>) -> Result<RemoteRegion> {
+        self.check_wrap()?;
+        // In u128: `..=u64::MAX` ends at 2^64, which no u64 holds.
         let start = match range.start_bound() {
-            Bound::Included(&s) => s,
-            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Included(&s) => u128::from(s),
+            Bound::Excluded(&s) => u128::from(s) + 1,
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&e) => e.saturating_add(1),
-            Bound::Excluded(&e) => e,
-            Bound::Unbounded => self.len,
+            Bound::Included(&e) => u128::from(e) + 1,
+            Bound::Excluded(&e) => u128::from(e),
+            Bound::Unbounded => u128::from(self.len),
         };
-        let len = end.saturating_sub(start);
-        self.check(start, len)?;
+        let len = u128::from(self.len);
+        if start > len || end > len {
+            return Err(Error::OutOfBounds {
+                region: *self,
+                offset: saturate(start),
+                len: saturate(end.saturating_sub(start)),
+            });
+        }
+        if start > end {
+            return Err(Error::ReversedRange {
+                start: saturate(start),
+                end: saturate(end),
+            });
+        }
+        // Both bounds are at most `self.len`, so they fit in u64, and `addr + start` does
+        // not wrap because `addr + len` does not.
+        let (start, end) = (saturate(start), saturate(end));
         Ok(RemoteRegion {
             addr: self.addr + start,
-            len,
+            len: end - start,
             rkey: self.rkey,
         })
     }
 
     /// Checks that `len` bytes at `offset` lie inside the region.
     pub(crate) fn check(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_wrap()?;
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
             _ => Err(Error::OutOfBounds {
@@ -70,6 +90,15 @@ impl RemoteRegion {
                 offset,
                 len,
             }),
+        }
+    }
+
+    /// Checks that the region ends inside the address space. No registration can be a
+    /// region that does not, and offsets into it would overflow.
+    fn check_wrap(&self) -> Result<()> {
+        match self.addr.checked_add(self.len) {
+            Some(_) => Ok(()),
+            None => Err(Error::RegionWraps { region: *self }),
         }
     }
 
@@ -115,6 +144,11 @@ impl RemoteRegion {
         }
         Ok(region)
     }
+}
+
+/// A range bound as u64 (bounds beyond it only appear in errors).
+fn saturate(bound: u128) -> u64 {
+    u64::try_from(bound).unwrap_or(u64::MAX)
 }
 
 impl TryFrom<&[u8]> for RemoteRegion {
@@ -179,6 +213,80 @@ mod tests {
         assert!(
             r.check(u64::MAX, 2).is_err(),
             "overflow must not wrap into bounds"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::reversed_empty_ranges)] // reversed on purpose: the case under test
+    fn reversed_ranges_are_refused() {
+        let r = RemoteRegion {
+            addr: 4096,
+            len: 100,
+            rkey: 1,
+        };
+        assert!(matches!(
+            r.slice(20..10),
+            Err(Error::ReversedRange { start: 20, end: 10 })
+        ));
+        assert!(matches!(
+            r.slice((Bound::Excluded(20), Bound::Included(19))),
+            Err(Error::ReversedRange { start: 21, end: 20 })
+        ));
+        // Empty ranges are not reversed.
+        assert_eq!(r.slice(20..20).unwrap().len, 0);
+        assert_eq!(
+            r.slice((Bound::Excluded(19), Bound::Excluded(20)))
+                .unwrap()
+                .len,
+            0
+        );
+    }
+
+    #[test]
+    fn slices_never_wrap_the_address() {
+        let wraps = RemoteRegion {
+            addr: u64::MAX - 4,
+            len: 100,
+            rkey: 1,
+        };
+        for result in [wraps.slice(10..20), wraps.slice(..), wraps.slice(0..0)] {
+            assert!(
+                matches!(result, Err(Error::RegionWraps { region }) if region == wraps),
+                "{result:?}"
+            );
+        }
+        assert!(matches!(wraps.check(0, 1), Err(Error::RegionWraps { .. })));
+        let all = RemoteRegion {
+            addr: 0,
+            len: u64::MAX,
+            rkey: 1,
+        };
+        assert!(
+            matches!(all.slice(..=u64::MAX), Err(Error::OutOfBounds { .. })),
+            "2^64 bytes do not fit"
+        );
+        assert_eq!(all.slice(..u64::MAX).unwrap(), all);
+        let top = all.slice(u64::MAX - 1..).unwrap();
+        assert_eq!((top.addr, top.len), (u64::MAX - 1, 1));
+        let last = RemoteRegion {
+            addr: u64::MAX - 8,
+            len: 8,
+            rkey: 1,
+        };
+        assert_eq!(last.slice(4..=7).unwrap().addr, u64::MAX - 4);
+    }
+
+    #[test]
+    fn a_slice_that_does_not_fit_claims_nothing_about_posting() {
+        let r = RemoteRegion {
+            addr: 4096,
+            len: 100,
+            rkey: 1,
+        };
+        let text = r.slice(90..101).unwrap_err().to_string();
+        assert!(
+            !text.contains("nothing was posted") && text.contains("11 bytes at offset 90"),
+            "{text}"
         );
     }
 
