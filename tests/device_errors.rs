@@ -216,6 +216,34 @@ runtime_tests!(
     full_queues_and_unconnected_pairs_are_typed_errors,
 );
 
+/// An allocation whose length cannot be laid out, or that the system cannot provide, is a
+/// typed error, never a wrapped size.
+#[test]
+fn huge_allocations_are_typed_errors() {
+    if !support::device_present("huge_allocations_are_typed_errors") {
+        return;
+    }
+    let pd = anyrdma::Context::open_default()
+        .expect("open device")
+        .alloc_pd()
+        .expect("alloc pd");
+    for len in [usize::MAX, isize::MAX as usize + 1] {
+        let result = pd.alloc(len, Access::LOCAL);
+        assert!(
+            matches!(&result, Err(Error::TooLarge { len: l, .. }) if *l == len),
+            "{len}: {result:?}"
+        );
+    }
+    // 2^60 bytes: a valid layout, but beyond any process's address space.
+    let result = pd.alloc(1 << 60, Access::LOCAL);
+    assert!(
+        matches!(result, Err(Error::OutOfMemory { requested }) if requested == 1 << 60),
+        "{result:?}"
+    );
+    // The domain still works.
+    assert_eq!(pd.alloc(4096, Access::LOCAL).unwrap().len(), 4096);
+}
+
 /// A process whose locked-memory limit is tiny, and which cannot bypass it, gets the
 /// memlock error with the limit and the fix, not a panic or an obscure errno.
 #[test]

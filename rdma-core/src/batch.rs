@@ -131,7 +131,7 @@ impl Batch {
         for (buf, kind) in items {
             check_pd(buf, pd)?;
             kind.validate(buf.len(), 1)?;
-            sges.push(buf.sge());
+            sges.push(buf.sge()?);
         }
         let max_inline = shared.caps.max_inline_data as usize;
         let count = items.len() as u32;

@@ -75,7 +75,8 @@ pub(crate) struct SgeList {
 }
 
 impl SgeList {
-    /// Collects the entries of `buffers`, checking their count and protection domain.
+    /// Collects the entries of `buffers`, checking their count, protection domain and
+    /// lengths.
     pub(crate) fn collect<B: Buffers>(buffers: &B, max: u32, pd: *mut ibv_pd) -> Result<SgeList> {
         const EMPTY: ibv_sge = ibv_sge {
             addr: 0,
@@ -90,16 +91,25 @@ impl SgeList {
         };
         let mut count = 0usize;
         let mut foreign = false;
+        let mut too_large = None;
         buffers.for_each_buf(&mut |buf| {
             count += 1;
             foreign |= buf.pd_raw() != pd;
             if !buf.is_empty() {
-                list.push(buf.sge());
+                match buf.sge() {
+                    Ok(sge) => list.push(sge),
+                    Err(err) => {
+                        too_large.get_or_insert(err);
+                    }
+                }
                 list.total += buf.len();
             }
         });
         if foreign {
             return Err(foreign_pd());
+        }
+        if let Some(err) = too_large {
+            return Err(err);
         }
         let limit = (max as usize).min(MAX_SGE);
         if count > limit {

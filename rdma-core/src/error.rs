@@ -53,6 +53,22 @@ pub enum Error {
     },
     /// An argument was outside what the operation accepts; nothing was posted.
     InvalidArgument(String),
+    /// A length is more than anyrdma can handle there: an allocation larger than any the
+    /// system allows, or a piece of a work request of 4 GiB or more. Nothing was allocated
+    /// or posted.
+    TooLarge {
+        /// What the length is of, e.g. `memory allocation`.
+        what: &'static str,
+        /// The length asked for, in bytes.
+        len: usize,
+        /// The most it can be, in bytes.
+        max: usize,
+    },
+    /// The system could not allocate the memory.
+    OutOfMemory {
+        /// Bytes that were to be allocated.
+        requested: usize,
+    },
     /// A remote access or sub-region would fall outside the remote region. Operations check
     /// this before posting: one refused for it posted nothing.
     OutOfBounds {
@@ -319,6 +335,16 @@ impl fmt::Display for Error {
                  Raise it: `ulimit -l unlimited` in the shell that starts the program, \
                  `LimitMEMLOCK=infinity` for a systemd service, `--ulimit memlock=-1` for a \
                  container, or a `memlock` line in /etc/security/limits.conf"
+            ),
+            Error::TooLarge { what, len, max } => write!(
+                f,
+                "{len} bytes is too large for a {what}: the most is {max} bytes; use smaller \
+                 pieces"
+            ),
+            Error::OutOfMemory { requested } => write!(
+                f,
+                "out of memory: allocating {requested} bytes failed; free memory or allocate \
+                 less"
             ),
             Error::InvalidArgument(what) => {
                 write!(f, "invalid argument: {what}; nothing was posted")
