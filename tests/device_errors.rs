@@ -208,7 +208,53 @@ async fn shutdown_flushes_pending_work(rt: Rt) {
     assert_eq!(pair.cq_b.in_flight(), 0);
 }
 
+/// An atomic whose local buffer is not 8 bytes is refused as such (not as a misaligned
+/// address), alone or in a batch, and nothing is posted.
+async fn atomic_with_a_wrong_local_length_is_its_own_error(rt: Rt) {
+    if !support::device_present("atomic_with_a_wrong_local_length_is_its_own_error") {
+        return;
+    }
+    let pair = Pair::new();
+    assert!(pair.ctx.limits().atomics, "the device has atomics");
+    let word = pair.pd.alloc(8, Access::REMOTE_ATOMIC).unwrap();
+    let remote = word.region().remote().unwrap();
+    let (result, buf) = pair
+        .a
+        .compare_and_swap(pair.pd.alloc(16, Access::LOCAL).unwrap(), remote, 0, 1)
+        .await;
+    assert!(
+        matches!(result, Err(Error::AtomicBufferLen { len: 16 })),
+        "{}: {result:?}",
+        rt.name()
+    );
+    assert_eq!(buf.len(), 16, "the buffer comes back");
+    let (result, bufs) = pair
+        .a
+        .batch()
+        .write(pair.patterned(8, 1), remote)
+        .fetch_and_add(pair.pd.alloc(4, Access::LOCAL).unwrap(), remote, 1)
+        .submit()
+        .await;
+    assert!(
+        matches!(result, Err(Error::AtomicBufferLen { len: 4 })),
+        "{result:?}"
+    );
+    assert_eq!(bufs.len(), 2, "the batch's buffers come back");
+    assert_eq!(pair.cq_a.in_flight(), 0, "nothing was posted");
+    assert!(pair.a.failure().is_none(), "the queue pair is healthy");
+    let (result, old) = within(
+        20,
+        "a correct atomic",
+        pair.a
+            .fetch_and_add(pair.pd.alloc(8, Access::LOCAL).unwrap(), remote, 5),
+    )
+    .await;
+    assert_eq!(result.unwrap(), 0);
+    assert_eq!(old.len(), 8);
+}
+
 runtime_tests!(
+    atomic_with_a_wrong_local_length_is_its_own_error,
     shutdown_flushes_pending_work,
     wrong_rkey_is_a_remote_access_error,
     queue_pair_error_fails_everything_fast,

@@ -350,7 +350,7 @@ async fn remote_regions_are_checked_before_posting(rt: Rt) {
         .fetch_and_add(pair.pd.alloc(16, Access::LOCAL).unwrap(), remote, 1)
         .await;
     assert!(
-        matches!(result, Err(anyrdma::Error::Misaligned { .. })),
+        matches!(result, Err(anyrdma::Error::AtomicBufferLen { len: 16 })),
         "a 16-byte atomic buffer: {result:?}"
     );
     assert_eq!(pair.cq_a.in_flight(), 0, "nothing was posted");

@@ -127,10 +127,12 @@ impl Batch {
             return Err(Error::InvalidArgument("an empty batch".into()));
         }
         let pd = shared.pd.raw();
+        let ctx = shared.pd.context();
+        let (device, atomics) = (ctx.device_name(), ctx.limits().atomics);
         let mut sges = Vec::with_capacity(items.len());
         for (buf, kind) in items {
             check_pd(buf, pd)?;
-            kind.validate(buf.len(), 1)?;
+            kind.validate(buf.len(), device, atomics)?;
             sges.push(buf.sge()?);
         }
         let max_inline = shared.caps.max_inline_data as usize;

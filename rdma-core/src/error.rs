@@ -93,11 +93,21 @@ pub enum Error {
         /// The region.
         region: RemoteRegion,
     },
-    /// An atomic operation's remote address is not 8-byte aligned, or its local buffer is
-    /// not 8 bytes; nothing was posted.
+    /// An atomic operation's remote address is not 8-byte aligned; nothing was posted.
     Misaligned {
         /// The remote address.
         addr: u64,
+    },
+    /// An atomic operation's local buffer is not 8 bytes long: it receives the 8-byte
+    /// value the remote word had. Nothing was posted.
+    AtomicBufferLen {
+        /// The buffer's length.
+        len: usize,
+    },
+    /// An atomic operation was asked of a device without atomics; nothing was posted.
+    AtomicsUnsupported {
+        /// The device name.
+        device: String,
     },
     /// The queue has no room for the work request; nothing was posted.
     QueueFull {
@@ -370,9 +380,19 @@ impl fmt::Display for Error {
             ),
             Error::Misaligned { addr } => write!(
                 f,
-                "atomic operations need an 8-byte aligned remote address and an 8-byte local \
-                 buffer; remote address {addr:#x} (or the local buffer) does not fit; nothing \
-                 was posted"
+                "atomic operations need an 8-byte aligned remote address, and {addr:#x} is not; \
+                 nothing was posted"
+            ),
+            Error::AtomicBufferLen { len } => write!(
+                f,
+                "an atomic operation's local buffer receives the remote word's previous value \
+                 and must be exactly 8 bytes, not {len}; nothing was posted"
+            ),
+            Error::AtomicsUnsupported { device } => write!(
+                f,
+                "device {device} does not support atomic operations (its atomic capability is \
+                 none: `ibv_devinfo -v` shows atomic_cap); nothing was posted. Use another \
+                 device, or RDMA reads and writes"
             ),
             Error::QueueFull { queue, depth } => write!(
                 f,
