@@ -290,6 +290,74 @@ fn huge_allocations_are_typed_errors() {
     assert_eq!(pd.alloc(4096, Access::LOCAL).unwrap().len(), 4096);
 }
 
+/// Opening a device that does not exist lists the ones that do.
+#[test]
+fn a_missing_device_lists_the_present_ones() {
+    if !support::device_present("a_missing_device_lists_the_present_ones") {
+        return;
+    }
+    let err = anyrdma::Context::open("mlx5_nonexistent").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("mlx5_nonexistent") && text.contains("rxe0") && text.contains("rxe_lo"),
+        "{text}"
+    );
+    assert!(
+        matches!(&err, Error::NoDevice { wanted: Some(name), available }
+            if name == "mlx5_nonexistent" && available.len() >= 2),
+        "{err:?}"
+    );
+}
+
+/// A bad `ANYRDMA_DEVICE` names the variable and lists the devices present, whatever is
+/// wrong with it. The variable is set in a child process: the environment is process-wide.
+#[test]
+fn a_bad_device_variable_is_named_with_the_devices_present() {
+    if std::env::var_os("ANYRDMA_DEVICE_CHILD").is_some() {
+        match anyrdma::default_port() {
+            Ok(chosen) => println!("CHOSEN: {chosen}"),
+            Err(err @ Error::BadDeviceEnv { .. }) => println!("DEVICE-ERROR: {err}"),
+            Err(other) => println!("OTHER-ERROR: {other:?}"),
+        }
+        return;
+    }
+    if !support::device_present("a_bad_device_variable_is_named_with_the_devices_present") {
+        return;
+    }
+    for value in [
+        "mlx5_nonexistent",
+        "rxe0:9",
+        "rxe0:1:77",
+        "rxe0:0",
+        "rxe0:1:1:1",
+    ] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_bad_device_variable_is_named_with_the_devices_present",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("ANYRDMA_DEVICE_CHILD", "1")
+            .env(anyrdma::DEVICE_ENV, value)
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("DEVICE-ERROR: ").map(|(_, error)| error))
+            .unwrap_or_else(|| panic!("{value}: no device error from the child:\n{stdout}"));
+        assert!(
+            line.contains(&format!("{}={value:?}", anyrdma::DEVICE_ENV)),
+            "{value}: the message does not name the variable and its value: {line}"
+        );
+        assert!(
+            line.contains("rxe0") && line.contains("rxe_lo"),
+            "{value}: the message does not list the devices: {line}"
+        );
+    }
+}
+
 /// A process whose locked-memory limit is tiny, and which cannot bypass it, gets the
 /// memlock error with the limit and the fix, not a panic or an obscure errno.
 #[test]

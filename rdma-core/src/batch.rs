@@ -124,7 +124,9 @@ impl Batch {
         partial: &mut bool,
     ) -> Result<SlotId> {
         if items.is_empty() {
-            return Err(Error::InvalidArgument("an empty batch".into()));
+            return Err(Error::InvalidArgument(
+                "an empty batch: add work requests before submit(); nothing was posted".into(),
+            ));
         }
         let pd = shared.pd.raw();
         let ctx = shared.pd.context();

@@ -58,7 +58,9 @@ pub(crate) fn check_pd(buf: &LocalBuf, pd: *mut ibv_pd) -> Result<()> {
 
 fn foreign_pd() -> Error {
     Error::InvalidArgument(
-        "a buffer is registered in another protection domain than the queue pair's".into(),
+        "a buffer is registered in another protection domain than the queue pair's; nothing \
+         was posted"
+            .into(),
     )
 }
 
@@ -114,7 +116,8 @@ impl SgeList {
         let limit = (max as usize).min(MAX_SGE);
         if count > limit {
             return Err(Error::InvalidArgument(format!(
-                "{count} scatter-gather entries, but the queue pair takes at most {limit}"
+                "{count} scatter-gather entries, but the queue pair takes at most {limit}; \
+                 nothing was posted"
             )));
         }
         Ok(list)

@@ -69,7 +69,8 @@ impl Context {
     /// [`device::default_port`]: the `ANYRDMA_DEVICE` variable, else the first active port).
     ///
     /// # Errors
-    /// [`Error::NoDevice`] with advice when there is no RDMA device.
+    /// [`Error::NoDevice`] with advice when there is no RDMA device;
+    /// [`Error::BadDeviceEnv`] when `ANYRDMA_DEVICE` names one that cannot be used.
     pub fn open_default() -> Result<Context> {
         Self::open_port(&device::default_port()?)
     }
@@ -77,7 +78,7 @@ impl Context {
     /// Opens device `name` on its default port and GID.
     ///
     /// # Errors
-    /// [`Error::NoDevice`] when no device has that name.
+    /// [`Error::NoDevice`], listing the devices present, when no device has that name.
     pub fn open(name: &str) -> Result<Context> {
         Self::open_port(&PortSelection::for_device(name)?)
     }

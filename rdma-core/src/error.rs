@@ -7,6 +7,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
+use crate::device::DEVICE_ENV;
 use crate::remote::RemoteRegion;
 use crate::wc::{WcStatus, WorkKind};
 
@@ -21,6 +22,19 @@ pub enum Error {
     NoDevice {
         /// The device name that was asked for, if any.
         wanted: Option<String>,
+        /// The names of the devices that are present (none when `wanted` is `None`).
+        available: Vec<String>,
+    },
+    /// The device choice in the `ANYRDMA_DEVICE` environment variable
+    /// ([`DEVICE_ENV`]) cannot be used: it is malformed, or names a
+    /// device, port or GID index that is missing, inactive or unused.
+    BadDeviceEnv {
+        /// The variable's value.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+        /// The names of the devices that are present.
+        available: Vec<String>,
     },
     /// A verbs or rdma_cm call failed.
     Verbs {
@@ -51,7 +65,8 @@ pub enum Error {
         /// The soft limit in force, in bytes.
         limit: u64,
     },
-    /// An argument was outside what the operation accepts; nothing was posted.
+    /// An argument was outside what the call accepts. When an operation returns it, the
+    /// message says that nothing was posted.
     InvalidArgument(String),
     /// A length is more than anyrdma can handle there: an allocation larger than any the
     /// system allows, or a piece of a work request of 4 GiB or more. Nothing was allocated
@@ -247,6 +262,11 @@ impl fmt::Display for WireProblem {
     }
 }
 
+/// How to get a device where there is none.
+const GET_A_DEVICE: &str = "Without an RDMA NIC, create a Soft-RoCE device: `sudo modprobe \
+     rdma_rxe && sudo rdma link add rxe0 type rxe netdev <your-nic>`; on a machine whose kernel \
+     lacks rdma_rxe, run inside the project's VM: `scripts/rxe-vm <command>`";
+
 /// Why anyrdma or the application moved a queue pair to the error state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -308,18 +328,49 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::NoDevice { wanted: Some(name) } => write!(
+            Error::NoDevice {
+                wanted: Some(name),
+                available,
+            } if !available.is_empty() => write!(
                 f,
-                "no RDMA device named {name:?}; `ibv_devices` lists the devices present \
-                 (or run examples/devices)"
+                "no RDMA device named {name:?}; the devices present are {}. Open one of them \
+                 by name, or let {DEVICE_ENV}=name[:port[:gid_index]] choose the default \
+                 (examples/devices shows their ports and GIDs)",
+                available.join(", ")
             ),
-            Error::NoDevice { wanted: None } => write!(
+            Error::NoDevice {
+                wanted: Some(name), ..
+            } => write!(
                 f,
-                "no RDMA device found. Without an RDMA NIC, create a Soft-RoCE device: \
-                 `sudo modprobe rdma_rxe && sudo rdma link add rxe0 type rxe netdev <your-nic>`; \
-                 on a machine whose kernel lacks rdma_rxe, run inside the project's VM: \
-                 `scripts/rxe-vm <command>`"
+                "no RDMA device named {name:?}, and no RDMA device is present at all. \
+                 {GET_A_DEVICE}"
             ),
+            Error::NoDevice { wanted: None, .. } => write!(
+                f,
+                "no RDMA device found ({DEVICE_ENV} only chooses among devices that are \
+                 present). {GET_A_DEVICE}"
+            ),
+            Error::BadDeviceEnv {
+                value,
+                problem,
+                available,
+            } => {
+                write!(
+                    f,
+                    "{DEVICE_ENV}={value:?} cannot be used: {problem}. It takes `name`, \
+                     `name:port` or `name:port:gid_index`, e.g. `rxe0:1:1`; "
+                )?;
+                if available.is_empty() {
+                    write!(f, "no RDMA device is present. {GET_A_DEVICE}")
+                } else {
+                    write!(
+                        f,
+                        "the devices present are {} (examples/devices shows their ports and \
+                         GIDs), or unset {DEVICE_ENV} to use the first active port",
+                        available.join(", ")
+                    )
+                }
+            }
             Error::Verbs { call, source, hint } => {
                 write!(f, "{call} failed: {source}")?;
                 if let Some(hint) = hint {
@@ -356,9 +407,7 @@ impl fmt::Display for Error {
                 "out of memory: allocating {requested} bytes failed; free memory or allocate \
                  less"
             ),
-            Error::InvalidArgument(what) => {
-                write!(f, "invalid argument: {what}; nothing was posted")
-            }
+            Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
             Error::OutOfBounds {
                 region,
                 offset,

@@ -204,7 +204,8 @@ impl QueuePair {
     pub fn recv<B: Buffers>(&self, buffers: B) -> Op<B, Recv> {
         let posted = match &self.shared.srq {
             Some(_) => Err(Error::InvalidArgument(
-                "this queue pair takes its receives from a shared receive queue: post them there"
+                "this queue pair takes its receives from a shared receive queue: post them \
+                 there; nothing was posted"
                     .into(),
             )),
             None => self.shared.recv_queue().and_then(|queue| {
