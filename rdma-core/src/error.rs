@@ -25,9 +25,9 @@ pub enum Error {
         /// The names of the devices that are present (none when `wanted` is `None`).
         available: Vec<String>,
     },
-    /// The device choice in the `ANYRDMA_DEVICE` environment variable
-    /// ([`DEVICE_ENV`]) cannot be used: it is malformed, or names a
-    /// device, port or GID index that is missing, inactive or unused.
+    /// The device choice in the `ANYRDMA_DEVICE` environment variable ([`DEVICE_ENV`])
+    /// cannot be used: it is malformed, or names a device, port or GID index that is
+    /// missing, inactive or unused.
     BadDeviceEnv {
         /// The variable's value.
         value: String,
