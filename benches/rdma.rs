@@ -369,9 +369,11 @@ fn exchange(
     send_all(ctl, &out)?;
     let mut peers = Vec::new();
     for _ in mine {
-        peers.push(Endpoint::from_bytes(&recv_exact::<30>(ctl)?));
+        let bytes = recv_exact::<{ Endpoint::ENCODED_LEN }>(ctl)?;
+        peers.push(Endpoint::from_bytes(&bytes)?);
     }
-    let region = RemoteRegion::from_bytes(&recv_exact::<20>(ctl)?);
+    let bytes = recv_exact::<{ RemoteRegion::ENCODED_LEN }>(ctl)?;
+    let region = RemoteRegion::from_bytes(&bytes)?;
     Ok((peers, region))
 }
 
@@ -883,7 +885,7 @@ mod raw {
                 qpn: unsafe { (*self.qp).qp_num },
                 psn,
                 // SAFETY: reading the raw bytes of the GID union.
-                gid: unsafe { gid.raw },
+                gid: anyrdma::Gid(unsafe { gid.raw }),
                 lid: 0,
                 mtu: actx.mtu(),
             })
@@ -908,7 +910,7 @@ mod raw {
             attr.ah_attr.dlid = peer.lid;
             attr.ah_attr.port_num = actx.port();
             attr.ah_attr.is_global = 1;
-            attr.ah_attr.grh.dgid = ibv_gid { raw: peer.gid };
+            attr.ah_attr.grh.dgid = peer.gid.to_raw();
             attr.ah_attr.grh.sgid_index = actx.gid_index();
             attr.ah_attr.grh.hop_limit = 64;
             check(

@@ -39,8 +39,8 @@ pub use anyrdma_core::{
     Done, Elapsed, Endpoint, Error, Gid, GidEntry, GidType, LinkLayer, LocalBuf, MemoryRegion,
     MessageKind, Op, Outcome, PollMode, PortInfo, PortSelection, PortState, ProtectionDomain,
     QpOptions, QpShutdownReason, QueuePair, ReadinessFd, Received, Recv, RemoteRegion, Result,
-    Runtime, RuntimeHandle, SharedReceiveQueue, SrqOptions, WcStatus, WorkKind, DEVICE_ENV,
-    MAX_SGE,
+    Runtime, RuntimeHandle, SharedReceiveQueue, SrqOptions, WcStatus, WireProblem, WorkKind,
+    DEVICE_ENV, MAX_SGE,
 };
 pub use anyrdma_core::{device, error};
 

@@ -124,7 +124,16 @@ fn unknown_device_is_no_device() {
         return;
     }
     match PortSelection::for_device("mlx5_nonexistent") {
-        Err(Error::NoDevice { wanted: Some(name) }) => assert_eq!(name, "mlx5_nonexistent"),
+        Err(Error::NoDevice {
+            wanted: Some(name),
+            available,
+        }) => {
+            assert_eq!(name, "mlx5_nonexistent");
+            assert!(
+                available.iter().any(|d| d == "rxe0") && available.iter().any(|d| d == "rxe_lo"),
+                "{available:?}"
+            );
+        }
         other => panic!("expected NoDevice(mlx5_nonexistent), got {other:?}"),
     }
     assert!(matches!(

@@ -208,13 +208,155 @@ async fn shutdown_flushes_pending_work(rt: Rt) {
     assert_eq!(pair.cq_b.in_flight(), 0);
 }
 
+/// An atomic whose local buffer is not 8 bytes is refused as such (not as a misaligned
+/// address), alone or in a batch, and nothing is posted.
+async fn atomic_with_a_wrong_local_length_is_its_own_error(rt: Rt) {
+    if !support::device_present("atomic_with_a_wrong_local_length_is_its_own_error") {
+        return;
+    }
+    let pair = Pair::new();
+    assert!(pair.ctx.limits().atomics, "the device has atomics");
+    let word = pair.pd.alloc(8, Access::REMOTE_ATOMIC).unwrap();
+    let remote = word.region().remote().unwrap();
+    let (result, buf) = pair
+        .a
+        .compare_and_swap(pair.pd.alloc(16, Access::LOCAL).unwrap(), remote, 0, 1)
+        .await;
+    assert!(
+        matches!(result, Err(Error::AtomicBufferLen { len: 16 })),
+        "{}: {result:?}",
+        rt.name()
+    );
+    assert_eq!(buf.len(), 16, "the buffer comes back");
+    let (result, bufs) = pair
+        .a
+        .batch()
+        .write(pair.patterned(8, 1), remote)
+        .fetch_and_add(pair.pd.alloc(4, Access::LOCAL).unwrap(), remote, 1)
+        .submit()
+        .await;
+    assert!(
+        matches!(result, Err(Error::AtomicBufferLen { len: 4 })),
+        "{result:?}"
+    );
+    assert_eq!(bufs.len(), 2, "the batch's buffers come back");
+    assert_eq!(pair.cq_a.in_flight(), 0, "nothing was posted");
+    assert!(pair.a.failure().is_none(), "the queue pair is healthy");
+    let (result, old) = within(
+        20,
+        "a correct atomic",
+        pair.a
+            .fetch_and_add(pair.pd.alloc(8, Access::LOCAL).unwrap(), remote, 5),
+    )
+    .await;
+    assert_eq!(result.unwrap(), 0);
+    assert_eq!(old.len(), 8);
+}
+
 runtime_tests!(
+    atomic_with_a_wrong_local_length_is_its_own_error,
     shutdown_flushes_pending_work,
     wrong_rkey_is_a_remote_access_error,
     queue_pair_error_fails_everything_fast,
     send_without_receive_is_rnr_error,
     full_queues_and_unconnected_pairs_are_typed_errors,
 );
+
+/// An allocation whose length cannot be laid out, or that the system cannot provide, is a
+/// typed error, never a wrapped size.
+#[test]
+fn huge_allocations_are_typed_errors() {
+    if !support::device_present("huge_allocations_are_typed_errors") {
+        return;
+    }
+    let pd = anyrdma::Context::open_default()
+        .expect("open device")
+        .alloc_pd()
+        .expect("alloc pd");
+    for len in [usize::MAX, isize::MAX as usize + 1] {
+        let result = pd.alloc(len, Access::LOCAL);
+        assert!(
+            matches!(&result, Err(Error::TooLarge { len: l, .. }) if *l == len),
+            "{len}: {result:?}"
+        );
+    }
+    // 2^60 bytes: a valid layout, but beyond any process's address space.
+    let result = pd.alloc(1 << 60, Access::LOCAL);
+    assert!(
+        matches!(result, Err(Error::OutOfMemory { requested }) if requested == 1 << 60),
+        "{result:?}"
+    );
+    // The domain still works.
+    assert_eq!(pd.alloc(4096, Access::LOCAL).unwrap().len(), 4096);
+}
+
+/// Opening a device that does not exist lists the ones that do.
+#[test]
+fn a_missing_device_lists_the_present_ones() {
+    if !support::device_present("a_missing_device_lists_the_present_ones") {
+        return;
+    }
+    let err = anyrdma::Context::open("mlx5_nonexistent").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("mlx5_nonexistent") && text.contains("rxe0") && text.contains("rxe_lo"),
+        "{text}"
+    );
+    assert!(
+        matches!(&err, Error::NoDevice { wanted: Some(name), available }
+            if name == "mlx5_nonexistent" && available.len() >= 2),
+        "{err:?}"
+    );
+}
+
+/// A bad `ANYRDMA_DEVICE` names the variable and lists the devices present, whatever is
+/// wrong with it. The variable is set in a child process: the environment is process-wide.
+#[test]
+fn a_bad_device_variable_is_named_with_the_devices_present() {
+    if std::env::var_os("ANYRDMA_DEVICE_CHILD").is_some() {
+        match anyrdma::default_port() {
+            Ok(chosen) => println!("CHOSEN: {chosen}"),
+            Err(err @ Error::BadDeviceEnv { .. }) => println!("DEVICE-ERROR: {err}"),
+            Err(other) => println!("OTHER-ERROR: {other:?}"),
+        }
+        return;
+    }
+    if !support::device_present("a_bad_device_variable_is_named_with_the_devices_present") {
+        return;
+    }
+    for value in [
+        "mlx5_nonexistent",
+        "rxe0:9",
+        "rxe0:1:77",
+        "rxe0:0",
+        "rxe0:1:1:1",
+    ] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_bad_device_variable_is_named_with_the_devices_present",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("ANYRDMA_DEVICE_CHILD", "1")
+            .env(anyrdma::DEVICE_ENV, value)
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("DEVICE-ERROR: ").map(|(_, error)| error))
+            .unwrap_or_else(|| panic!("{value}: no device error from the child:\n{stdout}"));
+        assert!(
+            line.contains(&format!("{}={value:?}", anyrdma::DEVICE_ENV)),
+            "{value}: the message does not name the variable and its value: {line}"
+        );
+        assert!(
+            line.contains("rxe0") && line.contains("rxe_lo"),
+            "{value}: the message does not list the devices: {line}"
+        );
+    }
+}
 
 /// A process whose locked-memory limit is tiny, and which cannot bypass it, gets the
 /// memlock error with the limit and the fix, not a panic or an obscure errno.

@@ -368,7 +368,7 @@ async fn remote_regions_are_checked_before_posting(rt: Rt) {
         .fetch_and_add(pair.pd.alloc(16, Access::LOCAL).unwrap(), remote, 1)
         .await;
     assert!(
-        matches!(result, Err(anyrdma::Error::Misaligned { .. })),
+        matches!(result, Err(anyrdma::Error::AtomicBufferLen { len: 16 })),
         "a 16-byte atomic buffer: {result:?}"
     );
     assert_eq!(pair.cq_a.in_flight(), 0, "nothing was posted");
@@ -511,7 +511,7 @@ async fn shared_receive_queue_serves_many_pairs(rt: Rt) {
     // A queue pair on an SRQ takes no receives of its own.
     let (own, _) = receivers[0].recv(pd.alloc(8, Access::LOCAL).unwrap()).await;
     assert!(
-        matches!(own, Err(anyrdma::Error::InvalidArgument(_))),
+        matches!(&own, Err(anyrdma::Error::InvalidArgument(why)) if why.contains("nothing was posted")),
         "{own:?}"
     );
 

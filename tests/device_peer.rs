@@ -119,8 +119,8 @@ async fn killed_peer_is_detected(rt: Rt) {
     let hello = peer.expect("its endpoint and region");
     let (endpoint, remote) = match hello.split(' ').collect::<Vec<_>>()[..] {
         ["hello", endpoint, region] => (
-            Endpoint::from_bytes(&unhex(endpoint).try_into().expect("an encoded endpoint")),
-            RemoteRegion::from_bytes(&unhex(region).try_into().expect("an encoded region")),
+            Endpoint::from_bytes(&unhex(endpoint)).expect("an encoded endpoint"),
+            RemoteRegion::from_bytes(&unhex(region)).expect("an encoded region"),
         ),
         _ => panic!("the peer said {hello:?}"),
     };
@@ -400,7 +400,7 @@ fn peer_process() {
     let Some(Ok(parent)) = lines.next() else {
         return;
     };
-    let parent = Endpoint::from_bytes(&unhex(&parent).try_into().expect("peer: an endpoint"));
+    let parent = Endpoint::from_bytes(&unhex(&parent)).expect("peer: an endpoint");
     side.qp
         .connect(&parent, ConnectOptions::default())
         .expect("peer: connect");

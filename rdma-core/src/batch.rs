@@ -134,14 +134,18 @@ impl Batch {
     ) -> std::result::Result<SlotId, PartlyPosted> {
         let refused = |error| PartlyPosted { error, slot: None };
         if items.is_empty() {
-            return Err(refused(Error::InvalidArgument("an empty batch".into())));
+            return Err(refused(Error::InvalidArgument(
+                "an empty batch: add work requests before submit(); nothing was posted".into(),
+            )));
         }
         let pd = shared.pd.raw();
+        let ctx = shared.pd.context();
+        let (device, atomics) = (ctx.device_name(), ctx.limits().atomics);
         let mut sges = Vec::with_capacity(items.len());
         for (buf, kind) in items {
             check_pd(buf, pd).map_err(refused)?;
-            kind.validate(buf.len(), 1).map_err(refused)?;
-            sges.push(buf.sge());
+            kind.validate(buf.len(), device, atomics).map_err(refused)?;
+            sges.push(buf.sge().map_err(refused)?);
         }
         let max_inline = shared.caps.max_inline_data as usize;
         let count = u32::try_from(items.len()).unwrap_or(u32::MAX);

@@ -58,7 +58,9 @@ pub(crate) fn check_pd(buf: &LocalBuf, pd: *mut ibv_pd) -> Result<()> {
 
 fn foreign_pd() -> Error {
     Error::InvalidArgument(
-        "a buffer is registered in another protection domain than the queue pair's".into(),
+        "a buffer is registered in another protection domain than the queue pair's; nothing \
+         was posted"
+            .into(),
     )
 }
 
@@ -75,7 +77,8 @@ pub(crate) struct SgeList {
 }
 
 impl SgeList {
-    /// Collects the entries of `buffers`, checking their count and protection domain.
+    /// Collects the entries of `buffers`, checking their count, protection domain and
+    /// lengths.
     pub(crate) fn collect<B: Buffers>(buffers: &B, max: u32, pd: *mut ibv_pd) -> Result<SgeList> {
         const EMPTY: ibv_sge = ibv_sge {
             addr: 0,
@@ -90,21 +93,31 @@ impl SgeList {
         };
         let mut count = 0usize;
         let mut foreign = false;
+        let mut too_large = None;
         buffers.for_each_buf(&mut |buf| {
             count += 1;
             foreign |= buf.pd_raw() != pd;
             if !buf.is_empty() {
-                list.push(buf.sge());
+                match buf.sge() {
+                    Ok(sge) => list.push(sge),
+                    Err(err) => {
+                        too_large.get_or_insert(err);
+                    }
+                }
                 list.total += buf.len();
             }
         });
         if foreign {
             return Err(foreign_pd());
         }
+        if let Some(err) = too_large {
+            return Err(err);
+        }
         let limit = (max as usize).min(MAX_SGE);
         if count > limit {
             return Err(Error::InvalidArgument(format!(
-                "{count} scatter-gather entries, but the queue pair takes at most {limit}"
+                "{count} scatter-gather entries, but the queue pair takes at most {limit}; \
+                 nothing was posted"
             )));
         }
         Ok(list)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rdma_sys::*;
 
-use crate::device::{self, DeviceHandle, PortSelection};
+use crate::device::{self, DeviceHandle, Gid, PortSelection};
 use crate::error::{Error, Result};
 use crate::pd::ProtectionDomain;
 use crate::runtime::RuntimeHandle;
@@ -40,7 +40,7 @@ pub(crate) struct ContextInner {
     pub(crate) name: String,
     pub(crate) port: u8,
     pub(crate) gid_index: u8,
-    pub(crate) gid: [u8; 16],
+    pub(crate) gid: Gid,
     pub(crate) lid: u16,
     /// Active MTU of the port, in bytes.
     pub(crate) mtu: u32,
@@ -69,7 +69,8 @@ impl Context {
     /// [`device::default_port`]: the `ANYRDMA_DEVICE` variable, else the first active port).
     ///
     /// # Errors
-    /// [`Error::NoDevice`] with advice when there is no RDMA device.
+    /// [`Error::NoDevice`] with advice when there is no RDMA device;
+    /// [`Error::BadDeviceEnv`] when `ANYRDMA_DEVICE` names one that cannot be used.
     pub fn open_default() -> Result<Context> {
         Self::open_port(&device::default_port()?)
     }
@@ -77,7 +78,7 @@ impl Context {
     /// Opens device `name` on its default port and GID.
     ///
     /// # Errors
-    /// [`Error::NoDevice`] when no device has that name.
+    /// [`Error::NoDevice`], listing the devices present, when no device has that name.
     pub fn open(name: &str) -> Result<Context> {
         Self::open_port(&PortSelection::for_device(name)?)
     }
@@ -115,7 +116,7 @@ impl Context {
                 name: selection.device.clone(),
                 port: selection.port,
                 gid_index,
-                gid: *gid.as_bytes(),
+                gid,
                 lid: port.lid,
                 mtu: device::mtu_bytes(port.active_mtu),
                 limits,

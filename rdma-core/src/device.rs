@@ -552,6 +552,7 @@ impl DeviceHandle {
     /// [`Error::NoDevice`] naming it when there is no such device.
     pub(crate) fn open_by_name(name: &str) -> Result<DeviceHandle> {
         let list = DeviceList::get()?;
+        let mut available = Vec::new();
         for &device in list.as_slice() {
             // SAFETY: `device` is an entry of `list`, alive until the end of this function;
             // its name is a NUL-terminated string it owns.
@@ -560,9 +561,11 @@ impl DeviceHandle {
                 // SAFETY: as above; an opened context stays valid after the list is freed.
                 return unsafe { DeviceHandle::open(device) };
             }
+            available.push(device_name.to_string_lossy().into_owned());
         }
         Err(Error::NoDevice {
             wanted: Some(name.to_owned()),
+            available,
         })
     }
 
@@ -951,27 +954,43 @@ impl fmt::Display for PortSelection {
 /// InfiniBand index 0.
 ///
 /// # Errors
-/// [`Error::NoDevice`] when there is no device (or none named as `ANYRDMA_DEVICE` asks);
-/// [`Error::InvalidArgument`] when `ANYRDMA_DEVICE` is malformed or names a port/GID the
-/// device lacks, or no port is active; [`Error::Verbs`] when discovery fails.
+/// [`Error::NoDevice`] when there is no device; [`Error::BadDeviceEnv`] when
+/// `ANYRDMA_DEVICE` is malformed or names a device, port or GID the machine lacks;
+/// [`Error::InvalidArgument`] when no port is active; [`Error::Verbs`] when discovery fails.
 pub fn default_port() -> Result<PortSelection> {
-    let spec = match std::env::var(DEVICE_ENV) {
-        Ok(value) if !value.trim().is_empty() => {
-            Some(DeviceSpec::parse(&value).map_err(|e| match e {
-                Error::InvalidArgument(why) => {
-                    Error::InvalidArgument(format!("{DEVICE_ENV}: {why}"))
-                }
-                other => other,
-            })?)
-        }
-        Ok(_) | Err(std::env::VarError::NotPresent) => None,
+    select_default(std::env::var(DEVICE_ENV), &devices()?)
+}
+
+/// The pure part of [`default_port()`]: picks from a device list as the variable's value
+/// `var` asks.
+fn select_default(
+    var: std::result::Result<String, std::env::VarError>,
+    devices: &[DeviceInfo],
+) -> Result<PortSelection> {
+    let bad = |value: String, problem: String| Error::BadDeviceEnv {
+        value,
+        problem,
+        available: devices.iter().map(|d| d.name.clone()).collect(),
+    };
+    let value = match var {
+        Ok(value) if !value.trim().is_empty() => value,
+        Ok(_) | Err(std::env::VarError::NotPresent) => return select(devices, None),
         Err(std::env::VarError::NotUnicode(value)) => {
-            return Err(Error::InvalidArgument(format!(
-                "{DEVICE_ENV}={value:?} is not UTF-8"
-            )))
+            return Err(bad(
+                value.to_string_lossy().into_owned(),
+                "it is not UTF-8".into(),
+            ))
         }
     };
-    select(&devices()?, spec.as_ref())
+    DeviceSpec::parse(&value)
+        .and_then(|spec| select(devices, Some(&spec)))
+        .map_err(|err| match err {
+            Error::InvalidArgument(problem) => bad(value.clone(), problem),
+            Error::NoDevice {
+                wanted: Some(name), ..
+            } => bad(value.clone(), format!("there is no device named {name:?}")),
+            other => other,
+        })
 }
 
 /// The pure part of [`default_port()`] and [`PortSelection::for_spec`]: picks from a
@@ -979,7 +998,10 @@ pub fn default_port() -> Result<PortSelection> {
 fn select(devices: &[DeviceInfo], spec: Option<&DeviceSpec>) -> Result<PortSelection> {
     let Some(spec) = spec else {
         if devices.is_empty() {
-            return Err(Error::NoDevice { wanted: None });
+            return Err(Error::NoDevice {
+                wanted: None,
+                available: Vec::new(),
+            });
         }
         return devices
             .iter()
@@ -998,6 +1020,7 @@ fn select(devices: &[DeviceInfo], spec: Option<&DeviceSpec>) -> Result<PortSelec
         .find(|d| d.name == spec.name)
         .ok_or_else(|| Error::NoDevice {
             wanted: Some(spec.name.clone()),
+            available: devices.iter().map(|d| d.name.clone()).collect(),
         })?;
     let port = match spec.port {
         Some(number) => {
@@ -1076,6 +1099,8 @@ fn port_summary(devices: &[DeviceInfo]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStringExt;
+
     use super::*;
 
     fn gid(s: &str) -> Gid {
@@ -1314,7 +1339,10 @@ mod tests {
             "ib0 port 1, GID index 0 (IB, fe80::1), MTU 1024, LID 7"
         );
         assert_eq!(by("roce0:2:1").unwrap().gid_index, 1);
-        assert!(matches!(by("nope"), Err(Error::NoDevice { wanted: Some(n) }) if n == "nope"));
+        assert!(
+            matches!(by("nope"), Err(Error::NoDevice { wanted: Some(n), available })
+                if n == "nope" && available == ["down0", "roce0", "ib0"])
+        );
         assert!(matches!(by("roce0:1"), Err(Error::InvalidArgument(_)))); // not active
         assert!(matches!(by("roce0:3"), Err(Error::InvalidArgument(_)))); // no such port
         assert!(matches!(by("roce0:2:9"), Err(Error::InvalidArgument(_)))); // unused GID
@@ -1322,12 +1350,116 @@ mod tests {
 
         assert!(matches!(
             select(&[], None),
-            Err(Error::NoDevice { wanted: None })
+            Err(Error::NoDevice { wanted: None, available }) if available.is_empty()
         ));
         assert!(matches!(
             select(&list[..1], None),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    fn two_devices() -> Vec<DeviceInfo> {
+        vec![
+            device(
+                "rxe0",
+                vec![port(1, PortState::Active, LinkLayer::Ethernet, roce_gids())],
+            ),
+            device(
+                "rxe_lo",
+                vec![port(1, PortState::Active, LinkLayer::Ethernet, roce_gids())],
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_missing_device_lists_the_present_ones() {
+        let err = select(&two_devices(), Some(&DeviceSpec::parse("nope").unwrap())).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("\"nope\"") && text.contains("rxe0, rxe_lo") && text.contains(DEVICE_ENV),
+            "{text}"
+        );
+        let none = select(&[], Some(&DeviceSpec::parse("nope").unwrap()))
+            .unwrap_err()
+            .to_string();
+        assert!(none.contains("no RDMA device is present"), "{none}");
+        let none = select(&[], None).unwrap_err().to_string();
+        assert!(
+            none.contains("no RDMA device found") && none.contains(DEVICE_ENV),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn a_bad_device_variable_is_named_with_the_devices_present() {
+        let list = two_devices();
+        for (value, problem) in [
+            ("nope", "no device named \"nope\""),
+            ("rxe0:9", "has no port 9"),
+            ("rxe0:1:77", "GID index 77"),
+            ("rxe0:0", "the port must be 1-255"),
+            ("rxe0:1:1:1", "too many fields"),
+            (":1", "the device name is empty"),
+        ] {
+            let err = select_default(Ok(value.into()), &list).unwrap_err();
+            match &err {
+                Error::BadDeviceEnv {
+                    value: v,
+                    problem: p,
+                    available,
+                } => {
+                    assert_eq!(v, value);
+                    assert!(p.contains(problem), "{value}: {p}");
+                    assert_eq!(available, &["rxe0", "rxe_lo"]);
+                }
+                other => panic!("{value}: {other:?}"),
+            }
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("{DEVICE_ENV}={value:?} cannot be used"))
+                    && text.contains("rxe0, rxe_lo"),
+                "{text}"
+            );
+        }
+        let not_utf8 = std::ffi::OsString::from_vec(vec![b'r', 0xff]);
+        let err = select_default(Err(std::env::VarError::NotUnicode(not_utf8)), &list);
+        assert!(
+            matches!(&err, Err(Error::BadDeviceEnv { problem, .. }) if problem.contains("UTF-8")),
+            "{err:?}"
+        );
+        let err = select_default(Ok("rxe0".into()), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no RDMA device is present"), "{err}");
+        // Unset or blank: the first active port, as without the variable.
+        for var in [Err(std::env::VarError::NotPresent), Ok(" ".into())] {
+            assert_eq!(select_default(var, &list).unwrap().device, "rxe0");
+        }
+        assert_eq!(
+            select_default(Ok("rxe_lo:1:1".into()), &list)
+                .unwrap()
+                .device,
+            "rxe_lo"
+        );
+    }
+
+    #[test]
+    fn setup_errors_claim_nothing_about_posting() {
+        let mut errors = vec![
+            "not a gid".parse::<Gid>().unwrap_err(),
+            DeviceSpec::parse("rxe0:0").unwrap_err(),
+        ];
+        let down = device(
+            "down0",
+            vec![port(1, PortState::Down, LinkLayer::Ethernet, roce_gids())],
+        );
+        errors.push(select(std::slice::from_ref(&down), None).unwrap_err());
+        errors.push(select(&[down], Some(&"down0:1".parse().unwrap())).unwrap_err());
+        for err in errors {
+            assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+            let text = err.to_string();
+            assert!(!text.contains("posted"), "{text}");
+        }
     }
 
     #[test]

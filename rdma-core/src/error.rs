@@ -7,6 +7,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
+use crate::device::DEVICE_ENV;
 use crate::remote::RemoteRegion;
 use crate::wc::{WcStatus, WorkKind};
 
@@ -21,6 +22,19 @@ pub enum Error {
     NoDevice {
         /// The device name that was asked for, if any.
         wanted: Option<String>,
+        /// The names of the devices that are present (none when `wanted` is `None`).
+        available: Vec<String>,
+    },
+    /// The device choice in the `ANYRDMA_DEVICE` environment variable ([`DEVICE_ENV`])
+    /// cannot be used: it is malformed, or names a device, port or GID index that is
+    /// missing, inactive or unused.
+    BadDeviceEnv {
+        /// The variable's value.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+        /// The names of the devices that are present.
+        available: Vec<String>,
     },
     /// A verbs or rdma_cm call failed.
     Verbs {
@@ -51,7 +65,8 @@ pub enum Error {
         /// The soft limit in force, in bytes.
         limit: u64,
     },
-    /// An argument was outside what the operation accepts; nothing was posted.
+    /// An argument was outside what the call accepts. When an operation returns it, the
+    /// message says that nothing was posted.
     InvalidArgument(String),
     /// An option is outside the range the transport can carry; nothing was changed.
     OptionOutOfRange {
@@ -62,7 +77,24 @@ pub enum Error {
         /// The largest value it takes.
         max: u64,
     },
-    /// A remote access would fall outside the remote region; nothing was posted.
+    /// A length is more than anyrdma can handle there: an allocation larger than any the
+    /// system allows, or a piece of a work request of 4 GiB or more. Nothing was allocated
+    /// or posted.
+    TooLarge {
+        /// What the length is of, e.g. `memory allocation`.
+        what: &'static str,
+        /// The length asked for, in bytes.
+        len: usize,
+        /// The most it can be, in bytes.
+        max: usize,
+    },
+    /// The system could not allocate the memory.
+    OutOfMemory {
+        /// Bytes that were to be allocated.
+        requested: usize,
+    },
+    /// A remote access or sub-region would fall outside the remote region. Operations check
+    /// this before posting: one refused for it posted nothing.
     OutOfBounds {
         /// The region that was to be accessed.
         region: RemoteRegion,
@@ -71,11 +103,35 @@ pub enum Error {
         /// Length of the access.
         len: u64,
     },
-    /// An atomic operation's remote address is not 8-byte aligned, or its local buffer is
-    /// not 8 bytes; nothing was posted.
+    /// A range starts after it ends.
+    ReversedRange {
+        /// The first offset of the range.
+        start: u64,
+        /// The offset after its end.
+        end: u64,
+    },
+    /// A remote region runs past the end of the 64-bit address space (`addr + len`
+    /// overflows), so it cannot be a registration. Operations check this before posting:
+    /// one refused for it posted nothing.
+    RegionWraps {
+        /// The region.
+        region: RemoteRegion,
+    },
+    /// An atomic operation's remote address is not 8-byte aligned; nothing was posted.
     Misaligned {
         /// The remote address.
         addr: u64,
+    },
+    /// An atomic operation's local buffer is not 8 bytes long: it receives the 8-byte
+    /// value the remote word had. Nothing was posted.
+    AtomicBufferLen {
+        /// The buffer's length.
+        len: usize,
+    },
+    /// An atomic operation was asked of a device without atomics; nothing was posted.
+    AtomicsUnsupported {
+        /// The device name.
+        device: String,
     },
     /// The queue has no room for the work request now, even after taking every completion
     /// that was waiting; nothing was posted.
@@ -138,7 +194,99 @@ pub enum Error {
         /// The failure that put it there.
         cause: Arc<Error>,
     },
+    /// Bytes a peer sent (an encoded [`Endpoint`](crate::Endpoint) or
+    /// [`RemoteRegion`]) were refused: they are not what this build's `to_bytes` writes, or
+    /// they describe something that cannot exist. Nothing of them was used.
+    BadWireFormat {
+        /// What was to be decoded, e.g. `endpoint` or `remote region`.
+        what: &'static str,
+        /// What is wrong with the bytes.
+        problem: WireProblem,
+    },
 }
+
+/// Why encoded bytes from a peer were refused ([`Error::BadWireFormat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WireProblem {
+    /// The bytes are not as long as the format: truncated, padded, or another format.
+    Length {
+        /// The format's length in bytes.
+        expected: usize,
+        /// The length received.
+        actual: usize,
+    },
+    /// The leading kind byte is not this format's: the bytes are another format, not from
+    /// anyrdma, or from an anyrdma that did not tag its formats yet.
+    Kind {
+        /// This format's kind byte.
+        expected: u8,
+        /// The byte received.
+        actual: u8,
+    },
+    /// The bytes are a version of the format that this build does not read.
+    Version {
+        /// The version this build reads.
+        expected: u8,
+        /// The version received.
+        actual: u8,
+    },
+    /// A 24-bit field (a queue pair number or a packet sequence number) is 2^24 or more.
+    Above24Bits {
+        /// The field, e.g. `QP number`.
+        field: &'static str,
+        /// The value received.
+        value: u32,
+    },
+    /// The MTU is not one of 256, 512, 1024, 2048 and 4096 bytes.
+    Mtu(u32),
+    /// The region runs past the end of the 64-bit address space: `addr + len` overflows.
+    AddressWraps {
+        /// The address received.
+        addr: u64,
+        /// The length received.
+        len: u64,
+    },
+}
+
+impl fmt::Display for WireProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireProblem::Length { expected, actual } => write!(
+                f,
+                "{actual} bytes where the format has {expected}: they were cut short, padded, \
+                 or are not this format"
+            ),
+            WireProblem::Kind { expected, actual } => write!(
+                f,
+                "the first byte is {actual:#04x}, not {expected:#04x}: these bytes are another \
+                 format, not from anyrdma, or from a version of anyrdma that did not tag its \
+                 formats; both peers must run compatible versions"
+            ),
+            WireProblem::Version { expected, actual } => write!(
+                f,
+                "format version {actual}, but this build reads version {expected}; both peers \
+                 must run compatible versions of anyrdma"
+            ),
+            WireProblem::Above24Bits { field, value } => {
+                write!(f, "the {field} {value:#x} does not fit in 24 bits")
+            }
+            WireProblem::Mtu(mtu) => write!(
+                f,
+                "the MTU {mtu} is not one of 256, 512, 1024, 2048 and 4096 bytes"
+            ),
+            WireProblem::AddressWraps { addr, len } => write!(
+                f,
+                "{len} bytes at {addr:#x} run past the end of the 64-bit address space"
+            ),
+        }
+    }
+}
+
+/// How to get a device where there is none.
+const GET_A_DEVICE: &str = "Without an RDMA NIC, create a Soft-RoCE device: `sudo modprobe \
+     rdma_rxe && sudo rdma link add rxe0 type rxe netdev <your-nic>`; on a machine whose kernel \
+     lacks rdma_rxe, run inside the project's VM: `scripts/rxe-vm <command>`";
 
 /// Why anyrdma or the application moved a queue pair to the error state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,18 +349,49 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::NoDevice { wanted: Some(name) } => write!(
+            Error::NoDevice {
+                wanted: Some(name),
+                available,
+            } if !available.is_empty() => write!(
                 f,
-                "no RDMA device named {name:?}; `ibv_devices` lists the devices present \
-                 (or run examples/devices)"
+                "no RDMA device named {name:?}; the devices present are {}. Open one of them \
+                 by name, or let {DEVICE_ENV}=name[:port[:gid_index]] choose the default \
+                 (examples/devices shows their ports and GIDs)",
+                available.join(", ")
             ),
-            Error::NoDevice { wanted: None } => write!(
+            Error::NoDevice {
+                wanted: Some(name), ..
+            } => write!(
                 f,
-                "no RDMA device found. Without an RDMA NIC, create a Soft-RoCE device: \
-                 `sudo modprobe rdma_rxe && sudo rdma link add rxe0 type rxe netdev <your-nic>`; \
-                 on a machine whose kernel lacks rdma_rxe, run inside the project's VM: \
-                 `scripts/rxe-vm <command>`"
+                "no RDMA device named {name:?}, and no RDMA device is present at all. \
+                 {GET_A_DEVICE}"
             ),
+            Error::NoDevice { wanted: None, .. } => write!(
+                f,
+                "no RDMA device found ({DEVICE_ENV} only chooses among devices that are \
+                 present). {GET_A_DEVICE}"
+            ),
+            Error::BadDeviceEnv {
+                value,
+                problem,
+                available,
+            } => {
+                write!(
+                    f,
+                    "{DEVICE_ENV}={value:?} cannot be used: {problem}. It takes `name`, \
+                     `name:port` or `name:port:gid_index`, e.g. `rxe0:1:1`; "
+                )?;
+                if available.is_empty() {
+                    write!(f, "no RDMA device is present. {GET_A_DEVICE}")
+                } else {
+                    write!(
+                        f,
+                        "the devices present are {} (examples/devices shows their ports and \
+                         GIDs), or unset {DEVICE_ENV} to use the first active port",
+                        available.join(", ")
+                    )
+                }
+            }
             Error::Verbs { call, source, hint } => {
                 write!(f, "{call} failed: {source}")?;
                 if let Some(hint) = hint {
@@ -239,29 +418,56 @@ impl fmt::Display for Error {
                  `LimitMEMLOCK=infinity` for a systemd service, `--ulimit memlock=-1` for a \
                  container, or a `memlock` line in /etc/security/limits.conf"
             ),
-            Error::InvalidArgument(what) => {
-                write!(f, "invalid argument: {what}; nothing was posted")
-            }
             Error::OptionOutOfRange { option, value, max } => write!(
                 f,
                 "{option} is {value}, but the transport carries at most {max}; nothing was \
                  changed (its documentation says what each value means)"
             ),
+            Error::TooLarge { what, len, max } => write!(
+                f,
+                "{len} bytes is too large for a {what}: the most is {max} bytes; use smaller \
+                 pieces"
+            ),
+            Error::OutOfMemory { requested } => write!(
+                f,
+                "out of memory: allocating {requested} bytes failed; free memory or allocate \
+                 less"
+            ),
+            Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
             Error::OutOfBounds {
                 region,
                 offset,
                 len,
             } => write!(
                 f,
-                "remote access out of bounds: {len} bytes at offset {offset} of the remote \
-                 region {region} ({} bytes long); nothing was posted",
+                "out of bounds: {len} bytes at offset {offset} do not fit in the remote region \
+                 {region} ({} bytes long); an operation refused for this posted nothing",
                 region.len
+            ),
+            Error::ReversedRange { start, end } => {
+                write!(f, "the range {start}..{end} starts after it ends")
+            }
+            Error::RegionWraps { region } => write!(
+                f,
+                "the remote region {region} runs past the end of the 64-bit address space, \
+                 so it cannot be memory a peer registered (RemoteRegion::from_bytes refuses \
+                 such bytes); an operation refused for this posted nothing"
             ),
             Error::Misaligned { addr } => write!(
                 f,
-                "atomic operations need an 8-byte aligned remote address and an 8-byte local \
-                 buffer; remote address {addr:#x} (or the local buffer) does not fit; nothing \
-                 was posted"
+                "atomic operations need an 8-byte aligned remote address, and {addr:#x} is not; \
+                 nothing was posted"
+            ),
+            Error::AtomicBufferLen { len } => write!(
+                f,
+                "an atomic operation's local buffer receives the remote word's previous value \
+                 and must be exactly 8 bytes, not {len}; nothing was posted"
+            ),
+            Error::AtomicsUnsupported { device } => write!(
+                f,
+                "device {device} does not support atomic operations (its atomic capability is \
+                 none: `ibv_devinfo -v` shows atomic_cap); nothing was posted. Use another \
+                 device, or RDMA reads and writes"
             ),
             Error::QueueFull { queue, depth } => write!(
                 f,
@@ -340,6 +546,9 @@ impl fmt::Display for Error {
                 "queue pair {qpn} is in the error state and takes no new work; nothing was \
                  posted. It failed because: {cause}. Create and connect a new queue pair"
             ),
+            Error::BadWireFormat { what, problem } => {
+                write!(f, "refused the {what} bytes from the peer: {problem}")
+            }
         }
     }
 }

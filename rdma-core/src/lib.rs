@@ -28,6 +28,7 @@ mod buffers;
 mod context;
 mod cq;
 pub mod device;
+mod endpoint;
 pub mod error;
 mod mr;
 mod op;
@@ -41,6 +42,7 @@ mod slots;
 mod srq;
 mod wake;
 mod wc;
+mod wire;
 
 pub use batch::Batch;
 pub use buffers::{Buffers, MAX_SGE};
@@ -50,11 +52,12 @@ pub use device::{
     default_port, devices, DeviceInfo, DeviceSpec, Gid, GidEntry, GidType, LinkLayer, PortInfo,
     PortSelection, PortState, DEVICE_ENV,
 };
-pub use error::{Error, QpShutdownReason, Result};
+pub use endpoint::Endpoint;
+pub use error::{Error, QpShutdownReason, Result, WireProblem};
 pub use mr::{registered_regions, Access, LocalBuf, MemoryRegion};
 pub use op::{Atomic, Done, MessageKind, Op, Outcome, Received, Recv};
 pub use pd::ProtectionDomain;
-pub use qp::{ConnectOptions, Endpoint, QpOptions, QueuePair};
+pub use qp::{ConnectOptions, QpOptions, QueuePair};
 pub use remote::RemoteRegion;
 pub use runtime::{sleep, timeout, Elapsed, ReadinessFd, Runtime, RuntimeHandle};
 pub use srq::{SharedReceiveQueue, SrqOptions};

@@ -275,14 +275,7 @@ pub struct LocalBuf {
 
 impl LocalBuf {
     pub(crate) fn alloc(pd: &ProtectionDomain, len: usize, access: Access) -> Result<LocalBuf> {
-        let page = page_size();
-        let size = len.max(1).div_ceil(page) * page;
-        let layout = Layout::from_size_align(size, page)
-            .map_err(|_| Error::InvalidArgument(format!("cannot allocate {len} bytes")))?;
-        // SAFETY: `layout` has a non-zero size.
-        let ptr = NonNull::new(unsafe { alloc::alloc_zeroed(layout) }).ok_or_else(|| {
-            Error::InvalidArgument(format!("out of memory allocating {len} bytes"))
-        })?;
+        let (ptr, layout) = alloc_pages(len, page_size())?;
         let mr = MrInner::register(pd, ptr, len, Storage::Aligned(layout), access)?;
         Ok(LocalBuf {
             mr: Arc::new(mr),
@@ -416,12 +409,16 @@ impl LocalBuf {
         self.mr.pd.raw()
     }
 
-    pub(crate) fn sge(&self) -> ibv_sge {
-        ibv_sge {
+    /// The scatter-gather entry of this piece.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] for a piece of 4 GiB or more: an entry's length has 32 bits.
+    pub(crate) fn sge(&self) -> Result<ibv_sge> {
+        Ok(ibv_sge {
             addr: self.addr(),
-            length: self.len as u32,
+            length: sge_length(self.len)?,
             lkey: self.mr.lkey,
-        }
+        })
     }
 }
 
@@ -459,6 +456,45 @@ impl std::fmt::Debug for LocalBuf {
     }
 }
 
+/// Allocates `len` zeroed bytes (at least one page, whole pages, page-aligned) for
+/// registration; `free_storage` frees them with the layout returned.
+fn alloc_pages(len: usize, page: usize) -> Result<(NonNull<u8>, Layout)> {
+    let layout = page_layout(len, page)?;
+    // SAFETY: `layout` has a non-zero size: at least one page.
+    let ptr = unsafe { alloc::alloc_zeroed(layout) };
+    let ptr = NonNull::new(ptr).ok_or(Error::OutOfMemory {
+        requested: layout.size(),
+    })?;
+    Ok((ptr, layout))
+}
+
+/// The layout of `len` bytes rounded up to whole pages (at least one), page-aligned.
+///
+/// The rounding is checked: unchecked, a length near `usize::MAX` wraps to a zero-size
+/// layout, and allocating that is undefined behaviour.
+fn page_layout(len: usize, page: usize) -> Result<Layout> {
+    let too_large = || Error::TooLarge {
+        what: "memory allocation",
+        len,
+        // The largest size a layout with this alignment can have, in whole pages.
+        max: isize::MAX as usize / page * page,
+    };
+    let size = len
+        .max(1)
+        .checked_next_multiple_of(page)
+        .ok_or_else(too_large)?;
+    Layout::from_size_align(size, page).map_err(|_| too_large())
+}
+
+/// The length of a scatter-gather entry, which verbs carry in 32 bits.
+fn sge_length(len: usize) -> Result<u32> {
+    u32::try_from(len).map_err(|_| Error::TooLarge {
+        what: "scatter-gather entry (one piece of a work request)",
+        len,
+        max: u32::MAX as usize,
+    })
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -466,4 +502,61 @@ fn page_size() -> usize {
         .ok()
         .filter(|s| s.is_power_of_two())
         .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_that_cannot_be_laid_out_are_too_large() {
+        let page = 4096;
+        let max = isize::MAX as usize / page * page;
+        for len in [
+            usize::MAX,
+            usize::MAX - page,
+            isize::MAX as usize + 1,
+            max + 1,
+        ] {
+            match page_layout(len, page) {
+                Err(Error::TooLarge {
+                    len: reported,
+                    max: limit,
+                    ..
+                }) => assert_eq!((reported, limit), (len, max)),
+                other => panic!("{len}: {other:?}"),
+            }
+        }
+        assert_eq!(page_layout(max, page).unwrap().size(), max);
+        assert_eq!(page_layout(0, page).unwrap().size(), page);
+        assert_eq!(page_layout(page + 1, page).unwrap().size(), 2 * page);
+        let text = page_layout(usize::MAX, page).unwrap_err().to_string();
+        assert!(text.contains(&usize::MAX.to_string()), "{text}");
+    }
+
+    #[test]
+    fn an_allocation_the_system_cannot_satisfy_is_out_of_memory() {
+        // 2^60 bytes: far beyond any address space a process has on Linux (47 or 56 bits).
+        let len = 1 << 60;
+        match alloc_pages(len, 4096) {
+            Err(Error::OutOfMemory { requested }) => assert_eq!(requested, len),
+            Ok(_) => panic!("allocated 2^60 bytes"),
+            Err(other) => panic!("{other:?}"),
+        }
+        let (ptr, layout) = alloc_pages(10, 4096).expect("a page");
+        // SAFETY: allocated just now with this layout, freed once.
+        unsafe { alloc::dealloc(ptr.as_ptr(), layout) };
+    }
+
+    #[test]
+    fn pieces_of_4_gib_or_more_do_not_fit_a_scatter_gather_entry() {
+        assert_eq!(sge_length(u32::MAX as usize).unwrap(), u32::MAX);
+        assert_eq!(sge_length(0).unwrap(), 0);
+        for len in [1 << 32, (1 << 32) + 1, usize::MAX] {
+            assert!(
+                matches!(sge_length(len), Err(Error::TooLarge { len: l, max, .. }) if l == len && max == u32::MAX as usize),
+                "{len}"
+            );
+        }
+    }
 }

@@ -51,6 +51,8 @@ impl ProtectionDomain {
     /// ```
     ///
     /// # Errors
+    /// [`Error::TooLarge`] when no allocation can have `len` bytes (near `isize::MAX`);
+    /// [`Error::OutOfMemory`] when the system cannot provide them;
     /// [`Error::MemlockLimit`] when the locked-memory limit is too low;
     /// [`Error::Verbs`] for other registration failures.
     pub fn alloc(&self, len: usize, access: Access) -> Result<LocalBuf> {
@@ -61,7 +63,8 @@ impl ProtectionDomain {
     /// are; get them back with [`LocalBuf::into_vec`] once every piece is home.
     ///
     /// # Errors
-    /// As [`ProtectionDomain::alloc`].
+    /// [`Error::MemlockLimit`] when the locked-memory limit is too low;
+    /// [`Error::Verbs`] for other registration failures.
     pub fn register(&self, data: impl Into<Vec<u8>>, access: Access) -> Result<LocalBuf> {
         LocalBuf::register_vec(self, data.into(), access)
     }

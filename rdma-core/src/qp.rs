@@ -9,6 +9,7 @@ use rdma_sys::*;
 
 use crate::context::mtu_enum;
 use crate::cq::CompletionQueue;
+use crate::endpoint::Endpoint;
 use crate::error::{Error, QpShutdownReason, Result};
 use crate::pd::ProtectionDomain;
 use crate::queue::WorkQueueRef;
@@ -132,52 +133,6 @@ impl ConnectOptions {
             }
         }
         Ok(())
-    }
-}
-
-/// What a peer needs to connect to a queue pair: exchange it out of band (TCP, a file...),
-/// e.g. with [`Endpoint::to_bytes`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Endpoint {
-    /// Queue pair number.
-    pub qpn: u32,
-    /// Initial packet sequence number (random, 24 bits).
-    pub psn: u32,
-    /// Port GID (RoCE and routed InfiniBand).
-    pub gid: [u8; 16],
-    /// Port LID (InfiniBand).
-    pub lid: u16,
-    /// Active MTU of the port, in bytes.
-    pub mtu: u32,
-}
-
-impl Endpoint {
-    /// Size of [`Endpoint::to_bytes`].
-    pub const ENCODED_LEN: usize = 30;
-
-    /// Fixed-size little-endian encoding.
-    pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
-        let mut out = [0; Self::ENCODED_LEN];
-        out[..4].copy_from_slice(&self.qpn.to_le_bytes());
-        out[4..8].copy_from_slice(&self.psn.to_le_bytes());
-        out[8..24].copy_from_slice(&self.gid);
-        out[24..26].copy_from_slice(&self.lid.to_le_bytes());
-        out[26..30].copy_from_slice(&self.mtu.to_le_bytes());
-        out
-    }
-
-    /// Decodes [`Endpoint::to_bytes`].
-    pub fn from_bytes(bytes: &[u8; Self::ENCODED_LEN]) -> Endpoint {
-        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let mut gid = [0; 16];
-        gid.copy_from_slice(&bytes[8..24]);
-        Endpoint {
-            qpn: u32_at(0),
-            psn: u32_at(4),
-            gid,
-            lid: u16::from_le_bytes([bytes[24], bytes[25]]),
-            mtu: u32_at(26),
-        }
     }
 }
 
@@ -373,9 +328,9 @@ impl QueuePair {
         attr.min_rnr_timer = options.min_rnr_timer;
         attr.ah_attr.dlid = remote.lid;
         attr.ah_attr.port_num = ctx.port();
-        if remote.gid != [0; 16] {
+        if !remote.gid.is_zero() {
             attr.ah_attr.is_global = 1;
-            attr.ah_attr.grh.dgid = ibv_gid { raw: remote.gid };
+            attr.ah_attr.grh.dgid = remote.gid.to_raw();
             attr.ah_attr.grh.sgid_index = ctx.gid_index();
             attr.ah_attr.grh.hop_limit = 64;
         }
@@ -588,18 +543,6 @@ fn random_psn(qpn: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoint_round_trips() {
-        let e = Endpoint {
-            qpn: 0x11,
-            psn: 0xabcdef,
-            gid: [7; 16],
-            lid: 3,
-            mtu: 4096,
-        };
-        assert_eq!(Endpoint::from_bytes(&e.to_bytes()), e);
-    }
 
     #[test]
     fn connect_options_outside_their_bits_are_refused() {

@@ -3,15 +3,16 @@
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, WireProblem};
+use crate::wire::{Format, HEADER_LEN};
 
 /// Memory on a peer that this side may access with RDMA read, write or atomics.
 ///
 /// It is plain data: the peer makes it from a registered region
 /// ([`crate::MemoryRegion::remote`]) and sends it over any channel (see
-/// [`RemoteRegion::to_bytes`]). Every operation checks the access against `len` before
-/// posting, so an out-of-bounds access is a local [`Error::OutOfBounds`] and never reaches
-/// the wire.
+/// [`RemoteRegion::to_bytes`]; [`RemoteRegion::from_bytes`] checks what arrives). Every
+/// operation checks the access against `len` before posting, so an out-of-bounds access is
+/// a local [`Error::OutOfBounds`] and never reaches the wire.
 ///
 /// ```
 /// use anyrdma_core::RemoteRegion;
@@ -19,7 +20,8 @@ use crate::error::{Error, Result};
 /// let tail = region.slice(4000..).unwrap();
 /// assert_eq!((tail.addr, tail.len), (0x1000 + 4000, 96));
 /// assert!(region.slice(4000..4100).is_err());
-/// assert_eq!(RemoteRegion::from_bytes(&region.to_bytes()), region);
+/// assert_eq!(RemoteRegion::from_bytes(&region.to_bytes())?, region);
+/// # Ok::<(), anyrdma_core::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RemoteRegion {
@@ -33,34 +35,54 @@ pub struct RemoteRegion {
 
 impl RemoteRegion {
     /// Size of [`RemoteRegion::to_bytes`].
-    pub const ENCODED_LEN: usize = 20;
+    pub const ENCODED_LEN: usize = FORMAT.len;
 
     /// The sub-region `range` (offsets relative to `addr`).
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] when the range does not lie inside this region.
+    /// [`Error::OutOfBounds`] when the range does not lie inside this region,
+    /// [`Error::ReversedRange`] when it starts after it ends, [`Error::RegionWraps`] when
+    /// this region runs past the end of the address space.
     pub fn slice(&self, range: impl RangeBounds<u64>) -> Result<RemoteRegion> {
+        self.check_wrap()?;
+        // In u128: `..=u64::MAX` ends at 2^64, which no u64 holds.
         let start = match range.start_bound() {
-            Bound::Included(&s) => s,
-            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Included(&s) => u128::from(s),
+            Bound::Excluded(&s) => u128::from(s) + 1,
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&e) => e.saturating_add(1),
-            Bound::Excluded(&e) => e,
-            Bound::Unbounded => self.len,
+            Bound::Included(&e) => u128::from(e) + 1,
+            Bound::Excluded(&e) => u128::from(e),
+            Bound::Unbounded => u128::from(self.len),
         };
-        let len = end.saturating_sub(start);
-        self.check(start, len)?;
+        let len = u128::from(self.len);
+        if start > len || end > len {
+            return Err(Error::OutOfBounds {
+                region: *self,
+                offset: saturate(start),
+                len: saturate(end.saturating_sub(start)),
+            });
+        }
+        if start > end {
+            return Err(Error::ReversedRange {
+                start: saturate(start),
+                end: saturate(end),
+            });
+        }
+        // Both bounds are at most `self.len`, so they fit in u64, and `addr + start` does
+        // not wrap because `addr + len` does not.
+        let (start, end) = (saturate(start), saturate(end));
         Ok(RemoteRegion {
             addr: self.addr + start,
-            len,
+            len: end - start,
             rkey: self.rkey,
         })
     }
 
     /// Checks that `len` bytes at `offset` lie inside the region.
     pub(crate) fn check(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_wrap()?;
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
             _ => Err(Error::OutOfBounds {
@@ -68,6 +90,15 @@ impl RemoteRegion {
                 offset,
                 len,
             }),
+        }
+    }
+
+    /// Checks that the region ends inside the address space. No registration can be a
+    /// region that does not, and offsets into it would overflow.
+    fn check_wrap(&self) -> Result<()> {
+        match self.addr.checked_add(self.len) {
+            Some(_) => Ok(()),
+            None => Err(Error::RegionWraps { region: *self }),
         }
     }
 
@@ -80,29 +111,61 @@ impl RemoteRegion {
         Ok(())
     }
 
-    /// Fixed-size little-endian encoding: addr, len, rkey.
+    /// The encoding a peer decodes with [`RemoteRegion::from_bytes`]: a kind byte (`R`),
+    /// the format version, then address, length and remote key, little-endian.
     pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
-        let mut out = [0; Self::ENCODED_LEN];
-        out[..8].copy_from_slice(&self.addr.to_le_bytes());
-        out[8..16].copy_from_slice(&self.len.to_le_bytes());
-        out[16..].copy_from_slice(&self.rkey.to_le_bytes());
-        out
+        FORMAT
+            .writer()
+            .u64(self.addr)
+            .u64(self.len)
+            .u32(self.rkey)
+            .finish()
     }
 
-    /// Decodes [`RemoteRegion::to_bytes`].
-    pub fn from_bytes(bytes: &[u8; Self::ENCODED_LEN]) -> RemoteRegion {
-        let word = |range: std::ops::Range<usize>| {
-            let mut buf = [0u8; 8];
-            buf[..range.len()].copy_from_slice(&bytes[range]);
-            u64::from_le_bytes(buf)
+    /// Decodes and checks the bytes of a peer's [`RemoteRegion::to_bytes`]: any slice is
+    /// accepted as input.
+    ///
+    /// # Errors
+    /// [`Error::BadWireFormat`] when the bytes are not a whole region of this format and
+    /// version, or when the region runs past the end of the address space
+    /// ([`WireProblem`] says which).
+    pub fn from_bytes(bytes: &[u8]) -> Result<RemoteRegion> {
+        let mut fields = FORMAT.open(bytes)?;
+        let region = RemoteRegion {
+            addr: fields.u64()?,
+            len: fields.u64()?,
+            rkey: fields.u32()?,
         };
-        RemoteRegion {
-            addr: word(0..8),
-            len: word(8..16),
-            rkey: word(16..20) as u32,
+        if region.addr.checked_add(region.len).is_none() {
+            return Err(FORMAT.error(WireProblem::AddressWraps {
+                addr: region.addr,
+                len: region.len,
+            }));
         }
+        Ok(region)
     }
 }
+
+/// A range bound as u64 (bounds beyond it only appear in errors).
+fn saturate(bound: u128) -> u64 {
+    u64::try_from(bound).unwrap_or(u64::MAX)
+}
+
+impl TryFrom<&[u8]> for RemoteRegion {
+    type Error = Error;
+
+    /// As [`RemoteRegion::from_bytes`].
+    fn try_from(bytes: &[u8]) -> Result<RemoteRegion> {
+        RemoteRegion::from_bytes(bytes)
+    }
+}
+
+/// kind, version, addr, len, rkey.
+const FORMAT: Format = Format {
+    what: "remote region",
+    kind: b'R',
+    len: HEADER_LEN + 8 + 8 + 4,
+};
 
 impl fmt::Display for RemoteRegion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -150,6 +213,80 @@ mod tests {
         assert!(
             r.check(u64::MAX, 2).is_err(),
             "overflow must not wrap into bounds"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::reversed_empty_ranges)] // reversed on purpose: the case under test
+    fn reversed_ranges_are_refused() {
+        let r = RemoteRegion {
+            addr: 4096,
+            len: 100,
+            rkey: 1,
+        };
+        assert!(matches!(
+            r.slice(20..10),
+            Err(Error::ReversedRange { start: 20, end: 10 })
+        ));
+        assert!(matches!(
+            r.slice((Bound::Excluded(20), Bound::Included(19))),
+            Err(Error::ReversedRange { start: 21, end: 20 })
+        ));
+        // Empty ranges are not reversed.
+        assert_eq!(r.slice(20..20).unwrap().len, 0);
+        assert_eq!(
+            r.slice((Bound::Excluded(19), Bound::Excluded(20)))
+                .unwrap()
+                .len,
+            0
+        );
+    }
+
+    #[test]
+    fn slices_never_wrap_the_address() {
+        let wraps = RemoteRegion {
+            addr: u64::MAX - 4,
+            len: 100,
+            rkey: 1,
+        };
+        for result in [wraps.slice(10..20), wraps.slice(..), wraps.slice(0..0)] {
+            assert!(
+                matches!(result, Err(Error::RegionWraps { region }) if region == wraps),
+                "{result:?}"
+            );
+        }
+        assert!(matches!(wraps.check(0, 1), Err(Error::RegionWraps { .. })));
+        let all = RemoteRegion {
+            addr: 0,
+            len: u64::MAX,
+            rkey: 1,
+        };
+        assert!(
+            matches!(all.slice(..=u64::MAX), Err(Error::OutOfBounds { .. })),
+            "2^64 bytes do not fit"
+        );
+        assert_eq!(all.slice(..u64::MAX).unwrap(), all);
+        let top = all.slice(u64::MAX - 1..).unwrap();
+        assert_eq!((top.addr, top.len), (u64::MAX - 1, 1));
+        let last = RemoteRegion {
+            addr: u64::MAX - 8,
+            len: 8,
+            rkey: 1,
+        };
+        assert_eq!(last.slice(4..=7).unwrap().addr, u64::MAX - 4);
+    }
+
+    #[test]
+    fn a_slice_that_does_not_fit_claims_nothing_about_posting() {
+        let r = RemoteRegion {
+            addr: 4096,
+            len: 100,
+            rkey: 1,
+        };
+        let text = r.slice(90..101).unwrap_err().to_string();
+        assert!(
+            !text.contains("nothing was posted") && text.contains("11 bytes at offset 90"),
+            "{text}"
         );
     }
 

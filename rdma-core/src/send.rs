@@ -59,17 +59,24 @@ impl SendKind {
         }
     }
 
-    /// Checks the request against its remote region before anything is posted.
-    pub(crate) fn validate(self, local_len: usize, sges: usize) -> Result<()> {
+    /// Checks the request before anything is posted: against its remote region, and for
+    /// atomics against the device (`device` is its name, `atomics` whether it has them) and
+    /// the local buffer's length.
+    pub(crate) fn validate(self, local_len: usize, device: &str, atomics: bool) -> Result<()> {
         match self {
             SendKind::Send { .. } => Ok(()),
             SendKind::Write { remote, .. } | SendKind::Read { remote } => {
                 remote.check(0, local_len as u64)
             }
             SendKind::CompareSwap { remote, .. } | SendKind::FetchAdd { remote, .. } => {
+                if !atomics {
+                    return Err(Error::AtomicsUnsupported {
+                        device: device.to_owned(),
+                    });
+                }
                 remote.check_atomic()?;
-                if local_len != 8 || sges != 1 {
-                    return Err(Error::Misaligned { addr: remote.addr });
+                if local_len != 8 {
+                    return Err(Error::AtomicBufferLen { len: local_len });
                 }
                 Ok(())
             }
@@ -148,7 +155,8 @@ impl SendKind {
 impl QpShared {
     fn post_send_one<B: Buffers>(&self, buffers: &B, kind: SendKind) -> Result<SlotId> {
         let mut sges = SgeList::collect(buffers, self.caps.max_send_sge, self.pd.raw())?;
-        kind.validate(sges.total, sges.len)?;
+        let ctx = self.pd.context();
+        kind.validate(sges.total, ctx.device_name(), ctx.limits().atomics)?;
         let inline_ok = sges.total > 0 && sges.total <= self.caps.max_inline_data as usize;
         self.send_queue()?
             .post(kind.work_kind(), kind.remote(), 1, |id| {
@@ -196,7 +204,8 @@ impl QueuePair {
     pub fn recv<B: Buffers>(&self, buffers: B) -> Op<B, Recv> {
         let posted = match &self.shared.srq {
             Some(_) => Err(Error::InvalidArgument(
-                "this queue pair takes its receives from a shared receive queue: post them there"
+                "this queue pair takes its receives from a shared receive queue: post them \
+                 there; nothing was posted"
                     .into(),
             )),
             None => self.shared.recv_queue().and_then(|queue| {
@@ -285,5 +294,66 @@ impl QueuePair {
     /// ```
     pub fn batch(&self) -> Batch {
         Batch::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REMOTE: RemoteRegion = RemoteRegion {
+        addr: 4096,
+        len: 64,
+        rkey: 1,
+    };
+
+    fn atomics() -> [SendKind; 2] {
+        [
+            SendKind::FetchAdd {
+                remote: REMOTE,
+                add: 1,
+            },
+            SendKind::CompareSwap {
+                remote: REMOTE,
+                compare: 0,
+                swap: 1,
+            },
+        ]
+    }
+
+    #[test]
+    fn atomic_local_buffer_must_be_8_bytes() {
+        for kind in atomics() {
+            assert!(kind.validate(8, "dev0", true).is_ok());
+            for len in [0, 4, 7, 9, 16] {
+                let err = kind.validate(len, "dev0", true).unwrap_err();
+                assert!(
+                    matches!(err, Error::AtomicBufferLen { len: l } if l == len),
+                    "{len}: {err:?}"
+                );
+                assert!(err.to_string().contains("exactly 8 bytes"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn atomics_on_a_device_without_them_are_refused() {
+        for kind in atomics() {
+            let err = kind.validate(8, "dev0", false).unwrap_err();
+            assert!(
+                matches!(&err, Error::AtomicsUnsupported { device } if device == "dev0"),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("dev0"), "{err}");
+        }
+        // Other operations do not need atomics.
+        let write = SendKind::Write {
+            remote: REMOTE,
+            imm: None,
+        };
+        assert!(write.validate(8, "dev0", false).is_ok());
+        assert!(SendKind::Send { imm: None }
+            .validate(8, "dev0", false)
+            .is_ok());
     }
 }
