@@ -237,6 +237,7 @@ impl CompletionQueue {
 }
 
 impl CqShared {
+    #[inline]
     pub(crate) fn raw(&self) -> *mut ibv_cq {
         self.raw.as_ptr()
     }
@@ -246,6 +247,7 @@ impl CqShared {
     /// The first one also settles the runtime that waits for completions (and keeps the
     /// cooperative budget): with none at all, the operation fails here, before anything is
     /// posted, rather than being awaited with no way to sleep.
+    #[inline]
     pub(crate) fn reserve(&self, info: SlotInfo) -> Result<SlotId> {
         if self.runtime.get().is_none() {
             self.runtime()?;
@@ -303,6 +305,7 @@ impl CqShared {
     }
 
     /// Polls for the completion of slot `id`, driving the CQ as described in the module docs.
+    #[inline]
     pub(crate) fn poll_slot(&self, id: SlotId, cx: &mut TaskContext<'_>) -> Poll<Result<WcInfo>> {
         // A task whose operations are always complete when polled must still let others run.
         if let Some(runtime) = self.runtime.get() {

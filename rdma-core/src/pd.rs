@@ -74,6 +74,7 @@ impl ProtectionDomain {
         &self.inner.ctx
     }
 
+    #[inline]
     pub(crate) fn raw(&self) -> *mut ibv_pd {
         self.inner.raw.as_ptr()
     }

@@ -412,11 +412,13 @@ impl QueuePair {
 }
 
 impl QpShared {
+    #[inline]
     pub(crate) fn raw(&self) -> *mut ibv_qp {
         self.raw.as_ptr()
     }
 
     /// The send queue, for posting: fails fast when the QP is in error or not connected.
+    #[inline]
     pub(crate) fn send_queue(&self) -> Result<WorkQueueRef<'_>> {
         self.check_failure()?;
         if self.state.load(Ordering::Acquire) != STATE_RTS {
@@ -435,6 +437,7 @@ impl QpShared {
     }
 
     /// The receive queue, for posting: fails fast when the QP is in error.
+    #[inline]
     pub(crate) fn recv_queue(&self) -> Result<WorkQueueRef<'_>> {
         self.check_failure()?;
         Ok(WorkQueueRef {
@@ -447,6 +450,7 @@ impl QpShared {
         })
     }
 
+    #[inline]
     fn check_failure(&self) -> Result<()> {
         match self.status.failure.get() {
             Some(cause) => Err(Error::QpInError {

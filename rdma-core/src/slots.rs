@@ -96,6 +96,7 @@ impl QpStatus {
         }
     }
 
+    #[inline]
     pub(crate) fn release(&self, queue: WorkQueue, wrs: u32) {
         use std::sync::atomic::Ordering::Release;
         match queue {
@@ -142,6 +143,7 @@ pub(crate) struct SlotId {
 
 impl SlotId {
     /// The `wr_id` of a work request of this slot; `last` marks the signaled one.
+    #[inline]
     pub(crate) fn wr_id(self, last: bool) -> u64 {
         let id = (u64::from(self.generation) << 32) | u64::from(self.index);
         if last {

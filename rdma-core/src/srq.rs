@@ -131,6 +131,7 @@ impl SharedReceiveQueue {
         &self.shared.cq
     }
 
+    #[inline]
     pub(crate) fn raw(&self) -> *mut ibv_srq {
         self.shared.raw.as_ptr()
     }
