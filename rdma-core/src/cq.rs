@@ -280,11 +280,7 @@ impl CqShared {
 
     /// Marks the future of `id` as gone: its buffers wait in the slot for the completion.
     pub(crate) fn abandon(&self, id: SlotId, buffers: Box<dyn Any + Send>) {
-        let mut wake = WakeList::new();
-        let mut state = lock(&self.state);
-        let done_already = state.table.abandon(id, buffers);
-        drop(state);
-        wake.run();
+        let done_already = lock(&self.state).table.abandon(id, buffers);
         drop(done_already); // outside the lock: dropping buffers may deregister memory
     }
 

@@ -207,7 +207,13 @@ impl Drop for MrInner {
     fn drop(&mut self) {
         // SAFETY: no LocalBuf (and so no posted work request) refers to the region any more:
         // each holds an Arc<MrInner>. Deregister first, then free the bytes.
-        unsafe { ibv_dereg_mr(self.raw.as_ptr()) };
+        let rc = unsafe { ibv_dereg_mr(self.raw.as_ptr()) };
+        if rc != 0 {
+            // Still registered (for example, a memory window is bound to it): the device may
+            // still access the bytes, so they are leaked, never freed, and the region stays
+            // counted by registered_regions().
+            return;
+        }
         free_storage(self.ptr, self.len, &self.storage);
         LIVE_REGIONS.fetch_sub(1, Ordering::AcqRel);
     }
