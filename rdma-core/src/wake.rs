@@ -50,8 +50,6 @@ impl Wake for Sleepers {
 pub(crate) struct WakeList {
     wakers: [MaybeUninit<Waker>; POLL_BATCH],
     len: usize,
-    /// Past one batch (a poll that follows another in one call). Empty, it costs nothing.
-    overflow: Vec<Waker>,
     /// Buffers of dropped operations, freed outside the lock.
     pub(crate) released: Vec<Box<dyn Any + Send>>,
 }
@@ -61,23 +59,19 @@ impl WakeList {
         WakeList {
             wakers: [const { MaybeUninit::uninit() }; POLL_BATCH],
             len: 0,
-            overflow: Vec::new(),
             released: Vec::new(),
         }
     }
 
-    /// Adds a waker.
+    /// Adds a waker; at most one per completion of one `ibv_poll_cq` batch is ever added
+    /// between two runs.
     pub(crate) fn push(&mut self, waker: Waker) {
-        if self.len == POLL_BATCH {
-            self.overflow.push(waker);
-            return;
-        }
         self.wakers[self.len].write(waker);
         self.len += 1;
     }
 
     pub(crate) fn run(&mut self) {
-        if self.len == 0 && self.released.is_empty() && self.overflow.is_empty() {
+        if self.len == 0 && self.released.is_empty() {
             return;
         }
         let len = std::mem::take(&mut self.len);
@@ -85,9 +79,6 @@ impl WakeList {
             // SAFETY: the first `len` entries were written by push and are read once: `len`
             // is reset first, so neither run nor drop reads them again.
             unsafe { waker.assume_init_read() }.wake();
-        }
-        for waker in self.overflow.drain(..) {
-            waker.wake();
         }
         self.released.clear();
     }
