@@ -405,15 +405,15 @@ def callgrind_section():
               "program) natively: instructions (Ir) of the whole client process per round trip, computed as "
               "(Ir of the longer run - Ir of the shorter run) / (difference in round trips), from runs of "
               f"{runs} round trips, so that set-up and tear-down cancel. Kernel time is not counted. "
-              "**event** (`PollMode::Event { spin: 0 }`; raw verbs: poll, arm, poll, `ibv_get_cq_event`): "
-              "a round trip posts and completes one write-with-imm, completes and re-posts one receive, and arms "
-              "and sleeps on the completion channel unless the reply is already there when the client polls. "
-              "**busy** (`PollMode::Busy`; raw verbs: an `ibv_poll_cq` loop): no sleep, but every empty poll "
-              "(and, for anyrdma, every trip through the executor) while the reply is on its way is counted. "
-              "Both depend on timing, as the client runs many times slower under callgrind than its server: "
-              "event rows vary from run to run by several percent, busy rows by up to several times, so a "
-              "difference of a few percent between two rows of one run is within the noise; the two runs' Ir "
-              "are shown to judge by.")
+              "The ping-pong is paced (`ANYRDMA_BENCH_PACE`, 2 ms; see `Pacing` in benches/rdma.rs), so that "
+              "every round trip takes the same path whatever the timing: "
+              "**event** (`PollMode::Event { spin: 0 }`; raw verbs: poll, arm, poll, `ibv_get_cq_event`): the "
+              "server answers late, so a round trip posts and completes one write-with-imm, completes and "
+              "re-posts one receive, and always arms and sleeps on the completion channel once. "
+              "**busy** (`PollMode::Busy`; raw verbs: an `ibv_poll_cq` loop): the client pauses after posting, "
+              "so the reply is there at its first poll and no empty poll is counted. "
+              "Repeated runs of one program agree to a fraction of a percent (raw verbs rows against their "
+              "baseline show it); the two runs' Ir are shown to judge by.")
     md.append("")
     cur = builds.get("current")
     line = "Current: the working tree" + (f", {build_name('current')}" if cur else "") + "."
