@@ -243,7 +243,13 @@ pub fn watchdog(secs: u64, what: &'static str) -> Watchdog {
         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
             wait.recv_timeout(std::time::Duration::from_secs(secs))
         {
-            eprintln!("{what}: still running after {secs} s: a task never yields (aborting)");
+            // Straight to the process's stderr: the test harness captures eprintln! of the
+            // test's threads, and would drop it at exit.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "{what}: still running after {secs} s: a task never yields (aborting)"
+            );
             std::process::exit(101);
         }
     });
