@@ -72,14 +72,38 @@ async fn bogus_endpoint_fails_with_retry_exceeded(rt: Rt) {
     let remote = target.region().remote().unwrap();
 
     let started = Instant::now();
-    let (result, buf) = within(
-        5,
+    write_fails_with_retry_exceeded(
+        rt,
+        &side,
+        remote,
+        3,
         "a write with default options to a QP number that does not exist",
-        side.qp.write(side.patterned(64, 3), remote),
     )
     .await;
     let took = started.elapsed();
-    let err = result.expect_err("nothing answers a QP number that does not exist");
+    assert!(
+        side.qp.failure().is_some(),
+        "the queue pair is now in error"
+    );
+    assert_eq!(side.cq.in_flight(), 0, "nothing left in flight");
+    println!(
+        "{}: bogus endpoint: retry exceeded after {:.3} s",
+        rt.name(),
+        took.as_secs_f64()
+    );
+}
+
+/// A write of 64 patterned bytes from `side` to `remote` fails with retry exceeded within
+/// 5 s, naming the region and the queue pair, and gives its buffer back intact.
+async fn write_fails_with_retry_exceeded(
+    rt: Rt,
+    side: &Side,
+    remote: RemoteRegion,
+    seed: u8,
+    what: &str,
+) {
+    let (result, buf) = within(5, what, side.qp.write(side.patterned(64, seed), remote)).await;
+    let err = result.expect_err(what);
     assert_eq!(
         err.wc_status(),
         Some(WcStatus::RETRY_EXC_ERR),
@@ -92,18 +116,8 @@ async fn bogus_endpoint_fails_with_retry_exceeded(rt: Rt) {
         "{err:?}"
     );
     assert!(
-        buf.len() == 64 && holds_pattern(&buf, 3),
+        buf.len() == 64 && holds_pattern(&buf, seed),
         "the buffer comes back intact"
-    );
-    assert!(
-        side.qp.failure().is_some(),
-        "the queue pair is now in error"
-    );
-    assert_eq!(side.cq.in_flight(), 0, "nothing left in flight");
-    println!(
-        "{}: bogus endpoint: retry exceeded after {:.3} s",
-        rt.name(),
-        took.as_secs_f64()
     );
 }
 
@@ -157,28 +171,15 @@ async fn killed_peer_is_detected(rt: Rt) {
 
     peer.kill();
     let killed = Instant::now();
-    let (result, buf) = within(
-        5,
+    write_fails_with_retry_exceeded(
+        rt,
+        &side,
+        remote,
+        9,
         "a write with default options to a killed peer",
-        side.qp.write(side.patterned(64, 9), remote),
     )
     .await;
     let write_took = killed.elapsed();
-    let err = result.expect_err("the peer is dead");
-    assert_eq!(
-        err.wc_status(),
-        Some(WcStatus::RETRY_EXC_ERR),
-        "{}: {err}",
-        rt.name()
-    );
-    assert!(
-        matches!(&err, Error::WorkCompletion { remote: Some(r), .. } if *r == remote),
-        "{err:?}"
-    );
-    assert!(
-        buf.len() == 64 && holds_pattern(&buf, 9),
-        "the buffer comes back intact"
-    );
 
     let (result, buf, flushed_at) =
         within(5, "the receive pending when the peer was killed", pending).await;
