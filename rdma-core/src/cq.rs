@@ -8,12 +8,20 @@
 //! arrived meanwhile, and sleeps on the completion channel's fd through the context's
 //! runtime. The fd is registered with that runtime on the first such sleep (never in busy
 //! mode), from inside the waiting task.
-//! The channel is watched with one waker that fans out to every sleeping task, so a task
-//! that leaves never takes the wake-up of the others with it.
-//! The channel is watched with one waker that fans out to every sleeping task, so a task
-//! that leaves never takes the wake-up of the others with it.
+//!
+//! One task at a time sleeps on the channel: the poller. Every other waiting task sleeps on
+//! its own slot, whose waker the dispatch of its completion wakes; a channel event wakes
+//! only the poller, which polls the CQ for everyone. When the poller's operation completes
+//! or its future is dropped, the task that has waited longest is woken to take over. So a
+//! completion costs at most about two wake-ups, however many tasks wait on the CQ.
+//!
+//! The price: a future that has been polled must be polled again when its task is woken,
+//! or dropped. One kept aside unpolled (for example the losing branch of a `select!` that
+//! is kept for later) may be the poller, and the other operations of its CQ then wait
+//! until it is polled or dropped.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,7 +33,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runtime::{default_runtime, set_nonblocking, ReadinessFd, RuntimeHandle};
 use crate::slots::{QpStatus, SlotId, SlotInfo, SlotResult, SlotTable, WcInfo};
-use crate::wake::{lock, Sleepers, WakeList, POLL_BATCH};
+use crate::wake::{lock, ChannelTarget, WakeList, POLL_BATCH};
 
 /// Polls of an empty CQ in busy mode before yielding to the executor: a yield costs more
 /// than a poll.
@@ -100,8 +108,9 @@ pub(crate) struct CqShared {
     /// The channel's fd registered with the runtime, on the first sleep. Dropped before the
     /// channel is destroyed.
     watch: OnceLock<Box<dyn ReadinessFd>>,
-    /// Tasks asleep on the channel, and the waker the reactor holds for it: wakes them all.
-    sleepers: Arc<Sleepers>,
+    /// Whom the channel's waker wakes: the poller, set under `state` by the poller only.
+    channel_target: Arc<ChannelTarget>,
+    /// The waker the reactor holds for the channel: wakes the `channel_target`.
     channel_waker: Waker,
     state: Mutex<CqState>,
     pub(crate) entries: u32,
@@ -123,6 +132,11 @@ struct CqState {
     channel_failed: bool,
     /// Why the runtime cannot watch the channel, when it cannot.
     watch_error: Option<Arc<Error>>,
+    /// The slot whose task sleeps on the channel for every waiting task (event mode).
+    poller: Option<SlotId>,
+    /// Slots whose tasks wait for their completion and may take over as the poller, oldest
+    /// first. Entries of slots that completed meanwhile are skipped, and pruned now and then.
+    standby: VecDeque<SlotId>,
 }
 
 impl CompletionQueue {
@@ -161,7 +175,7 @@ impl CompletionQueue {
         };
         // SAFETY: `raw` is the CQ just created; ibv_create_cq may round the size up.
         let entries = unsafe { (*raw.as_ptr()).cqe }.max(1) as u32;
-        let sleepers = Arc::new(Sleepers::default());
+        let channel_target = Arc::new(ChannelTarget::default());
         Ok(CompletionQueue {
             shared: Arc::new(CqShared {
                 raw,
@@ -179,9 +193,11 @@ impl CompletionQueue {
                     unacked: 0,
                     channel_failed: false,
                     watch_error: None,
+                    poller: None,
+                    standby: VecDeque::new(),
                 }),
-                channel_waker: Waker::from(sleepers.clone()),
-                sleepers,
+                channel_waker: Waker::from(channel_target.clone()),
+                channel_target,
                 entries,
                 mode: options.poll_mode,
                 ctx: ctx.clone(),
@@ -280,7 +296,13 @@ impl CqShared {
 
     /// Marks the future of `id` as gone: its buffers wait in the slot for the completion.
     pub(crate) fn abandon(&self, id: SlotId, buffers: Box<dyn Any + Send>) {
-        let done_already = lock(&self.state).table.abandon(id, buffers);
+        let mut state = lock(&self.state);
+        let done_already = state.table.abandon(id, buffers);
+        let successor = self.leave(&mut state, id);
+        drop(state);
+        if let Some(successor) = successor {
+            successor.wake();
+        }
         drop(done_already); // outside the lock: dropping buffers may deregister memory
     }
 
@@ -314,17 +336,23 @@ impl CqShared {
         let mut wake = WakeList::new();
         loop {
             let mut state = lock(&self.state);
-            if let Some(result) = state.table.take_done(id) {
+            let (found, own) = match state.table.take_done(id) {
+                Some(result) => (0, Some(result)),
+                None => self.poll_cq(&mut state, &mut wake, Some(id)),
+            };
+            if let Some(result) = own {
+                let successor = self.leave(&mut state, id);
+                drop(state);
+                wake.run();
+                if let Some(successor) = successor {
+                    successor.wake();
+                }
                 return ready(result);
             }
-            let (found, own) = self.poll_cq(&mut state, &mut wake, Some(id));
             if found > 0 {
                 drop(state);
                 wake.run();
-                match own {
-                    Some(result) => return ready(result),
-                    None => continue,
-                }
+                continue;
             }
             // The CQ is empty and our completion has not come.
             let mode = if state.channel_failed {
@@ -343,6 +371,15 @@ impl CqShared {
                 }
                 PollMode::Event { .. } => {
                     state.table.set_waker(id, cx.waker());
+                    if !Self::claim_poller(&mut state, id) {
+                        // The poller wakes this task with its completion, or to take over.
+                        if state.table.mark_standby(id) {
+                            Self::queue_standby(&mut state, id);
+                        }
+                        drop(state);
+                        wake.run();
+                        return Poll::Pending;
+                    }
                     if !state.armed {
                         // Arm, then poll again: a completion that arrived before the arm
                         // raises no event.
@@ -358,8 +395,9 @@ impl CqShared {
                         wake.run();
                         continue; // no way to sleep: poll instead (channel_failed is set)
                     };
+                    self.channel_target.set(cx.waker());
                     drop(state);
-                    match self.wait_channel(watch, cx) {
+                    match self.wait_channel(watch) {
                         Poll::Ready(()) => continue,
                         Poll::Pending => return Poll::Pending,
                     }
@@ -371,10 +409,57 @@ impl CqShared {
         }
     }
 
-    /// The channel cannot be used: every waiting task is woken to poll instead.
+    /// Makes the task of `id` the poller, unless another task is (the poller's slot stays
+    /// taken until its task collects the result, and it hands the role over then).
+    fn claim_poller(state: &mut CqState, id: SlotId) -> bool {
+        match state.poller {
+            Some(poller) if poller != id && state.table.is_live(poller) => false,
+            _ => {
+                state.poller = Some(id);
+                true
+            }
+        }
+    }
+
+    /// Queues `id` to take over as the poller, pruning entries of slots that completed.
+    fn queue_standby(state: &mut CqState, id: SlotId) {
+        state.standby.push_back(id);
+        if state.standby.len() > 2 * state.table.in_use() + 16 {
+            let CqState { standby, table, .. } = state;
+            standby.retain(|&queued| table.is_standby(queued));
+        }
+    }
+
+    /// The task of `id` stops waiting. If it was the poller, the task that has waited
+    /// longest becomes the poller at once (so that it hands the role on in turn, even if it
+    /// finds its own completion without sleeping); its waker is returned, to be woken
+    /// outside the lock.
+    fn leave(&self, state: &mut CqState, id: SlotId) -> Option<Waker> {
+        if state.poller != Some(id) {
+            return None;
+        }
+        state.poller = None;
+        while let Some(next) = state.standby.pop_front() {
+            if let Some(waker) = state.table.take_standby(next) {
+                state.poller = Some(next);
+                self.channel_target.set(&waker);
+                return Some(waker);
+            }
+        }
+        None
+    }
+
+    /// The channel cannot be used: every waiting task is woken to poll instead (a rare
+    /// path: they are woken under the lock).
     fn fail_channel(&self, state: &mut CqState) {
         state.channel_failed = true;
+        state.poller = None;
         self.channel_waker.wake_by_ref();
+        while let Some(next) = state.standby.pop_front() {
+            if let Some(waker) = state.table.take_standby(next) {
+                waker.wake();
+            }
+        }
     }
 
     /// The runtime that waits for this CQ's completions (see the `runtime` field).
@@ -414,10 +499,11 @@ impl CqShared {
 
     /// Sleeps on the completion channel; Ready once an event was taken (the CQ is re-armed
     /// then, and must be polled again).
-    fn wait_channel(&self, watch: &dyn ReadinessFd, cx: &mut TaskContext<'_>) -> Poll<()> {
-        // Register as a sleeper before looking at the fd, so an event after the look finds
-        // this task in the list.
-        self.sleepers.add(cx.waker());
+    ///
+    /// The reactor always holds the CQ's own channel waker, which wakes whichever task is the
+    /// poller when the event comes: a task that stopped being the poller while it was still
+    /// registering cannot take the wake-up with it.
+    fn wait_channel(&self, watch: &dyn ReadinessFd) -> Poll<()> {
         let mut channel_cx = TaskContext::from_waker(&self.channel_waker);
         let event = match watch.poll_read_with(&mut channel_cx, &mut || self.get_event()) {
             Poll::Pending => return Poll::Pending,
@@ -435,8 +521,7 @@ impl CqShared {
             unsafe { ibv_ack_cq_events(self.raw(), state.unacked) };
             state.unacked = 0;
         }
-        // Re-arm at once (the caller polls again): another task may already be asleep
-        // counting on the CQ being armed.
+        // Re-arm before polling again: a completion after that poll then raises an event.
         if self.arm(&mut state).is_err() {
             self.fail_channel(&mut state);
         }

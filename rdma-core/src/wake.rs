@@ -17,29 +17,31 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Tasks asleep on the completion channel. The channel fd is always polled with a waker of
-/// this list, so whichever task polled it last, an event wakes every sleeper.
+/// The task the completion channel's waker wakes: the CQ's poller. The reactor holds a
+/// waker of this (one per CQ, never replaced), so the task it reaches can change without
+/// registering the fd again, and a task that is no longer the poller cannot keep the
+/// wake-up to itself.
 #[derive(Default)]
-pub(crate) struct Sleepers(Mutex<Vec<Waker>>);
+pub(crate) struct ChannelTarget(Mutex<Option<Waker>>);
 
-impl Sleepers {
-    pub(crate) fn add(&self, waker: &Waker) {
-        let mut list = lock(&self.0);
-        if !list.iter().any(|w| w.will_wake(waker)) {
-            list.push(waker.clone());
+impl ChannelTarget {
+    pub(crate) fn set(&self, waker: &Waker) {
+        let mut target = lock(&self.0);
+        match &*target {
+            Some(current) if current.will_wake(waker) => {}
+            _ => *target = Some(waker.clone()),
         }
     }
 }
 
-impl Wake for Sleepers {
+impl Wake for ChannelTarget {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // Waking only schedules tasks, so it is done under the lock, keeping the list's
-        // capacity for the next round.
-        for waker in lock(&self.0).drain(..) {
+        let target = lock(&self.0).take();
+        if let Some(waker) = target {
             waker.wake();
         }
     }
