@@ -145,3 +145,37 @@ fn runtime_that_cannot_watch_falls_back_to_polling() {
         "{why}"
     );
 }
+
+/// A CQ that slept on a Tokio runtime which then shut down: the next wait, on another
+/// runtime, finds the reactor gone; the CQ says so (`wait_error`) and polls instead, and
+/// every operation still completes.
+#[test]
+fn runtime_shut_down_is_reported_and_operations_still_complete() {
+    if !support::device_present("runtime_shut_down_is_reported_and_operations_still_complete") {
+        return;
+    }
+    let ctx = Context::open_default()
+        .unwrap()
+        .with_runtime(anyrdma_tokio::Tokio);
+    let pair = event_pair(ctx);
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tokio_handle = RuntimeHandle::from(anyrdma_tokio::Tokio);
+    tokio.block_on(ping_pong(&pair, &tokio_handle, "on Tokio"));
+    assert!(pair.cq_b.wait_error().is_none(), "the CQ slept on Tokio");
+    drop(tokio);
+
+    let smol = RuntimeHandle::from(anyrdma_smol::Smol);
+    smol::block_on(smol.timeout(
+        Duration::from_secs(60),
+        ping_pong(&pair, &smol, "after Tokio shut down"),
+    ))
+    .expect("operations must complete by polling");
+    let why = pair
+        .cq_b
+        .wait_error()
+        .expect("the CQ must say that its runtime is gone");
+    assert!(why.to_string().contains("tokio"), "{why}");
+}

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use rdma_sys::*;
 
-use crate::device::{self, DeviceHandle, Gid, PortSelection};
+use crate::device::{self, DeviceHandle, Gid, PortSelection, PortState};
 use crate::error::{Error, Result};
+use crate::events::{DeviceEvents, NextEvent};
 use crate::pd::ProtectionDomain;
-use crate::runtime::RuntimeHandle;
+use crate::runtime::{set_nonblocking, RuntimeHandle};
 
 /// An opened RDMA device, bound to the port and GID its queue pairs use, and to the async
 /// runtime its completion queues wait with.
@@ -36,6 +37,9 @@ pub struct Context {
 }
 
 pub(crate) struct ContextInner {
+    /// Declared before `device`: its registration of the device's descriptor is dropped
+    /// before the device is closed.
+    pub(crate) events: DeviceEvents,
     pub(crate) device: DeviceHandle,
     pub(crate) name: String,
     pub(crate) port: u8,
@@ -109,9 +113,13 @@ impl Context {
             max_qp_init_rd_atom: attr.max_qp_init_rd_atom.max(0) as u32,
             atomics: attr.atomic_cap != ibv_atomic_cap::IBV_ATOMIC_NONE,
         };
+        // SAFETY: the context is open; reading its async-event descriptor.
+        let async_fd = unsafe { (*device.raw()).async_fd };
+        set_nonblocking(async_fd).map_err(|e| Error::verbs("fcntl(O_NONBLOCK)", e))?;
         Ok(Context {
             runtime: None,
             inner: Arc::new(ContextInner {
+                events: DeviceEvents::new(async_fd),
                 device,
                 name: selection.device.clone(),
                 port: selection.port,
@@ -177,6 +185,47 @@ impl Context {
     /// The device's limits.
     pub fn limits(&self) -> DeviceLimits {
         self.inner.limits
+    }
+
+    /// The state of the port queue pairs use, as the device reports it now.
+    ///
+    /// # Errors
+    /// [`Error::Verbs`] when the port cannot be queried (for example, the device is going
+    /// away).
+    pub fn port_state(&self) -> Result<PortState> {
+        let attr = self.inner.device.query_port(self.inner.port)?;
+        Ok(PortState::from_raw(attr.state))
+    }
+
+    /// Waits for the device's next asynchronous event: a queue pair or completion queue
+    /// that failed, a port that went down or came back, a device that failed or is going
+    /// away (see [`DeviceEventKind`](crate::DeviceEventKind) for each and what anyrdma does
+    /// about it).
+    ///
+    /// Events are applied to the objects they concern whether or not anyone calls this:
+    /// pollers of the context's completion queues read them too. Up to 1,024 events wait
+    /// here for a caller; older ones are dropped. Every caller takes the next event: with
+    /// several, each event goes to one of them.
+    ///
+    /// ```no_run
+    /// # async fn demo(ctx: anyrdma_core::Context) -> anyrdma_core::Result<()> {
+    /// loop {
+    ///     let event = ctx.next_event().await?;
+    ///     eprintln!("{event}"); // e.g. "rxe0: port 1 went down"
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NoRuntime`] without a runtime; [`Error::Runtime`] when the runtime cannot
+    /// watch the device's event descriptor.
+    pub fn next_event(&self) -> NextEvent<'_> {
+        NextEvent { ctx: self }
+    }
+
+    /// Why the whole device failed (a fatal error, or it is going away), once it did.
+    pub fn failure(&self) -> Option<Arc<Error>> {
+        self.inner.events.failure.get().cloned()
     }
 
     pub(crate) fn raw(&self) -> *mut ibv_context {

@@ -132,6 +132,10 @@ struct CqState {
     channel_failed: bool,
     /// Why the runtime cannot watch the channel, when it cannot.
     watch_error: Option<Arc<Error>>,
+    /// `ibv_poll_cq` failed: the CQ is broken and is not polled again.
+    broken: bool,
+    /// The failure of `ibv_poll_cq`, until the task that takes it fails the CQ's queue pairs.
+    poll_error: Option<Arc<Error>>,
     /// The slot whose task sleeps on the channel for every waiting task (event mode).
     poller: Option<SlotId>,
     /// Slots whose tasks wait for their completion and may take over as the poller, oldest
@@ -193,6 +197,8 @@ impl CompletionQueue {
                     unacked: 0,
                     channel_failed: false,
                     watch_error: None,
+                    broken: false,
+                    poll_error: None,
                     poller: None,
                     standby: VecDeque::new(),
                 }),
@@ -228,8 +234,9 @@ impl CompletionQueue {
 
     /// Why this CQ polls instead of sleeping on its completion channel, if it does: the
     /// runtime could not watch the channel (for example, Tokio's, when the first task that
-    /// waited ran outside any Tokio runtime). Operations still complete, at the cost of a
-    /// busy core while they are pending.
+    /// waited ran outside any Tokio runtime, or after that runtime shut down), or arming the
+    /// channel failed. Operations still complete, at the cost of a busy core while they are
+    /// pending.
     pub fn wait_error(&self) -> Option<Arc<Error>> {
         lock(&self.shared.state).watch_error.clone()
     }
@@ -322,6 +329,37 @@ impl CqShared {
         wake.run();
     }
 
+    /// After the queue pair (or shared receive queue) of `owner` was reset for `cause`, so
+    /// the device no longer touches its buffers: dispatches what the CQ holds, then ends
+    /// every operation it left behind with a flush error caused by `cause`.
+    pub(crate) fn fail_owner(&self, owner: &Arc<QpStatus>, cause: &Arc<Error>) {
+        let mut wake = WakeList::new();
+        let mut wakers = Vec::new();
+        let mut state = lock(&self.state);
+        while self.poll_cq(&mut state, &mut wake, None).0 > 0 {
+            drop(state);
+            wake.run();
+            state = lock(&self.state);
+        }
+        state.table.fail_owner(owner, cause, &mut wake, &mut wakers);
+        drop(state);
+        wake.run();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Reads the device's asynchronous events, if this CQ's runtime watches them; true if
+    /// any was applied (completions may have changed: poll again). `waiter` is woken by the
+    /// next one.
+    fn poll_device_events(&self, waiter: Option<&Waker>) -> bool {
+        let Some(runtime) = self.runtime.get() else {
+            return false;
+        };
+        let ctx = &*self.ctx.inner;
+        ctx.events.poll(ctx, runtime, waiter) > 0
+    }
+
     /// Polls for the completion of slot `id`, driving the CQ as described in the module docs.
     #[inline]
     pub(crate) fn poll_slot(&self, id: SlotId, cx: &mut TaskContext<'_>) -> Poll<Result<WcInfo>> {
@@ -354,6 +392,13 @@ impl CqShared {
                 wake.run();
                 continue;
             }
+            if let Some(error) = state.poll_error.take() {
+                // Fails its queue pairs, which ends their operations (this one included).
+                drop(state);
+                wake.run();
+                self.ctx.inner.events.fail_cq(self.raw() as usize, &error);
+                continue;
+            }
             // The CQ is empty and our completion has not come.
             let mode = if state.channel_failed {
                 PollMode::Busy
@@ -366,6 +411,10 @@ impl CqShared {
                 PollMode::Busy => {
                     state.table.set_waker(id, cx.waker());
                     drop(state);
+                    if self.poll_device_events(None) {
+                        spins = 0;
+                        continue;
+                    }
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
@@ -383,8 +432,8 @@ impl CqShared {
                     if !state.armed {
                         // Arm, then poll again: a completion that arrived before the arm
                         // raises no event.
-                        if self.arm(&mut state).is_err() {
-                            self.fail_channel(&mut state);
+                        if let Err(err) = self.arm(&mut state) {
+                            self.fail_channel(&mut state, err);
                         }
                         drop(state);
                         wake.run();
@@ -397,6 +446,9 @@ impl CqShared {
                     };
                     self.channel_target.set(cx.waker());
                     drop(state);
+                    if self.poll_device_events(Some(&self.channel_waker)) {
+                        continue;
+                    }
                     match self.wait_channel(watch) {
                         Poll::Ready(()) => continue,
                         Poll::Pending => return Poll::Pending,
@@ -449,10 +501,13 @@ impl CqShared {
         None
     }
 
-    /// The channel cannot be used: every waiting task is woken to poll instead (a rare
-    /// path: they are woken under the lock).
-    fn fail_channel(&self, state: &mut CqState) {
+    /// The channel cannot be used, for `reason` (kept for [`CompletionQueue::wait_error`]):
+    /// every waiting task is woken to poll instead (a rare path: they are woken under the
+    /// lock).
+    fn fail_channel(&self, state: &mut CqState, reason: Error) {
+        crate::trace::event!(warn, %reason, "completion channel given up: polling instead");
         state.channel_failed = true;
+        state.watch_error.get_or_insert_with(|| Arc::new(reason));
         state.poller = None;
         self.channel_waker.wake_by_ref();
         while let Some(next) = state.standby.pop_front() {
@@ -490,8 +545,7 @@ impl CqShared {
         match registered {
             Ok(watch) => Some(&**self.watch.get_or_init(|| watch)),
             Err(err) => {
-                self.fail_channel(state);
-                state.watch_error = Some(Arc::new(err));
+                self.fail_channel(state, err);
                 None
             }
         }
@@ -510,8 +564,15 @@ impl CqShared {
             Poll::Ready(event) => event,
         };
         let mut state = lock(&self.state);
-        if event.is_err() {
-            self.fail_channel(&mut state);
+        if let Err(source) = event {
+            // The reactor refused (its runtime shut down, say) or the channel failed.
+            let runtime = self.runtime.get().map_or("none", RuntimeHandle::name);
+            let reason = Error::Runtime {
+                runtime,
+                what: "the completion channel",
+                source,
+            };
+            self.fail_channel(&mut state, reason);
             return Poll::Ready(());
         }
         state.armed = false;
@@ -522,8 +583,8 @@ impl CqShared {
             state.unacked = 0;
         }
         // Re-arm before polling again: a completion after that poll then raises an event.
-        if self.arm(&mut state).is_err() {
-            self.fail_channel(&mut state);
+        if let Err(err) = self.arm(&mut state) {
+            self.fail_channel(&mut state, err);
         }
         Poll::Ready(())
     }
@@ -559,11 +620,18 @@ impl CqShared {
         wake: &mut WakeList,
         polling: Option<SlotId>,
     ) -> (usize, Option<SlotResult>) {
+        if state.broken {
+            return (0, None);
+        }
         let mut wcs: [MaybeUninit<ibv_wc>; POLL_BATCH] =
             [const { MaybeUninit::uninit() }; POLL_BATCH];
         // SAFETY: the CQ is valid; `wcs` has room for POLL_BATCH entries.
         let n = unsafe { ibv_poll_cq(self.raw(), POLL_BATCH as i32, wcs.as_mut_ptr().cast()) };
-        let n = n.max(0) as usize;
+        let Ok(n) = usize::try_from(n) else {
+            state.broken = true;
+            state.poll_error = Some(Arc::new(Error::from_code("ibv_poll_cq", -n)));
+            return (0, None);
+        };
         let mut own = None;
         for wc in &wcs[..n] {
             // SAFETY: ibv_poll_cq initialised the first `n` entries.
@@ -594,6 +662,11 @@ impl Drop for CqShared {
         // The registration goes before its fd is closed.
         drop(self.watch.take());
         if rc != 0 {
+            crate::trace::event!(
+                error,
+                errno = rc,
+                "ibv_destroy_cq failed: the buffers of its slots and its channel are leaked"
+            );
             // A queue pair whose destruction failed still uses the CQ, so the device may
             // still write the buffers its slots hold: leak them (and the channel the CQ
             // still refers to) rather than free memory the device may touch.

@@ -196,7 +196,7 @@ pub enum PortState {
 }
 
 impl PortState {
-    fn from_raw(state: u32) -> PortState {
+    pub(crate) fn from_raw(state: u32) -> PortState {
         use rdma_sys::ibv_port_state::*;
         match state {
             IBV_PORT_DOWN => PortState::Down,

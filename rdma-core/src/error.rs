@@ -194,6 +194,14 @@ pub enum Error {
         /// The failure that put it there.
         cause: Arc<Error>,
     },
+    /// The device reported an asynchronous event that failed this object: a queue pair's
+    /// fatal error, a failed completion queue, a device that failed or is going away.
+    DeviceEvent {
+        /// The device's name.
+        device: String,
+        /// The event.
+        event: crate::events::DeviceEventKind,
+    },
     /// Bytes a peer sent (an encoded [`Endpoint`](crate::Endpoint) or
     /// [`RemoteRegion`]) were refused: they are not what this build's `to_bytes` writes, or
     /// they describe something that cannot exist. Nothing of them was used.
@@ -546,6 +554,7 @@ impl fmt::Display for Error {
                 "queue pair {qpn} is in the error state and takes no new work; nothing was \
                  posted. It failed because: {cause}. Create and connect a new queue pair"
             ),
+            Error::DeviceEvent { device, event } => write!(f, "{device} reported: {event}"),
             Error::BadWireFormat { what, problem } => {
                 write!(f, "refused the {what} bytes from the peer: {problem}")
             }

@@ -209,6 +209,12 @@ impl Drop for MrInner {
         // each holds an Arc<MrInner>. Deregister first, then free the bytes.
         let rc = unsafe { ibv_dereg_mr(self.raw.as_ptr()) };
         if rc != 0 {
+            crate::trace::event!(
+                error,
+                errno = rc,
+                len = self.len,
+                "ibv_dereg_mr failed: the region's bytes are leaked"
+            );
             // Still registered (for example, a memory window is bound to it): the device may
             // still access the bytes, so they are leaked, never freed, and the region stays
             // counted by registered_regions().

@@ -173,6 +173,9 @@ pub(crate) struct QpShared {
     pub(crate) srq: Option<SharedReceiveQueue>,
     state: AtomicU8,
     psn: u32,
+    /// Set when the device reports the last receive this queue pair takes from its shared
+    /// receive queue (`IBV_EVENT_QP_LAST_WQE_REACHED`).
+    last_wqe_reached: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: libibverbs QPs are thread-safe (posting and modifying from any thread); the
@@ -257,6 +260,7 @@ impl QueuePair {
             srq: srq.cloned(),
             state: AtomicU8::new(STATE_INIT),
             psn: random_psn(qpn),
+            last_wqe_reached: std::sync::atomic::AtomicBool::new(false),
         };
         // SAFETY: ibv_qp_attr is plain C data.
         let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
@@ -277,9 +281,14 @@ impl QueuePair {
         if let Some(srq) = srq {
             srq.shared.status.attach(&shared.status);
         }
-        Ok(QueuePair {
-            shared: Arc::new(shared),
-        })
+        let shared = Arc::new(shared);
+        let events = &ctx.inner.events;
+        events.register_qp(raw.as_ptr(), Arc::downgrade(&shared));
+        if let Some(failure) = events.failure.get() {
+            // The device is gone already: the new queue pair fails at once.
+            let _ = shared.status.failure.set(failure.clone());
+        }
+        Ok(QueuePair { shared })
     }
 
     /// This queue pair's address, for the peer's [`connect`](QueuePair::connect).
@@ -303,6 +312,9 @@ impl QueuePair {
     /// [`Error::Verbs`] with the failing transition when the device refuses the attributes
     /// (e.g. an unreachable GID).
     pub fn connect(&self, remote: &Endpoint, options: ConnectOptions) -> Result<()> {
+        #[cfg(feature = "tracing")]
+        let _span =
+            tracing::debug_span!("connect", qpn = self.qpn(), remote_qpn = remote.qpn).entered();
         options.check()?;
         let ctx = self.shared.pd.context();
         let limits = ctx.limits();
@@ -484,6 +496,13 @@ impl QpShared {
     ) -> Result<()> {
         // SAFETY: the QP is valid; `attr` is a valid attribute block for `mask`.
         let rc = unsafe { ibv_modify_qp(self.raw(), attr, mask.0 as i32) };
+        crate::trace::event!(
+            debug,
+            qpn = self.status.qpn,
+            to,
+            result = rc,
+            "queue pair state change"
+        );
         if rc != 0 {
             let hint = match to {
                 "INIT" => "check the port number and that the port is active",
@@ -502,6 +521,39 @@ impl QpShared {
         Ok(())
     }
 
+    /// Fails the queue pair now for `cause`, when its completions may never come (its
+    /// completion queue failed, or the device failed or is going away): new posts fail, and
+    /// once the device has let go of the work (the queue pair is reset, which removes every
+    /// work request it holds), every pending operation ends with [`Error::Flushed`] and gets
+    /// its buffers back. If the device refuses the reset, the operations wait for their
+    /// flush completions instead, and their buffers are not released before.
+    pub(crate) fn fail_now(&self, cause: &Arc<Error>) {
+        crate::trace::event!(warn, qpn = self.status.qpn, %cause, "failing queue pair");
+        let _ = self.status.failure.set(cause.clone());
+        let _ = self.to_error();
+        // SAFETY: ibv_qp_attr is plain C data.
+        let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        attr.qp_state = ibv_qp_state::IBV_QPS_RESET;
+        if self
+            .modify(&mut attr, ibv_qp_attr_mask::IBV_QP_STATE, "RESET")
+            .is_err()
+        {
+            return;
+        }
+        self.state.store(STATE_INIT, Ordering::Release);
+        self.send_cq.shared.fail_owner(&self.status, cause);
+        if !Arc::ptr_eq(&self.send_cq.shared, &self.recv_cq.shared) {
+            self.recv_cq.shared.fail_owner(&self.status, cause);
+        }
+    }
+
+    /// The device reported that this queue pair takes no more receives from its shared
+    /// receive queue.
+    pub(crate) fn last_wqe_reached(&self) {
+        self.last_wqe_reached
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     fn to_error(&self) -> Result<()> {
         // SAFETY: ibv_qp_attr is plain C data.
         let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
@@ -512,25 +564,91 @@ impl QpShared {
 
 impl Drop for QpShared {
     fn drop(&mut self) {
+        let ctx = &self.pd.context().inner;
         let busy = self.status.sq_used.load(Ordering::Acquire)
             + self.status.rq_used.load(Ordering::Acquire)
             > 0;
-        if busy {
+        if busy || self.srq.is_some() {
             // Stop the device working on the dropped operations before destroying.
             let _ = self.to_error();
         }
-        // SAFETY: no clone and no pending future is left (both hold this Arc); destroyed once.
-        let rc = unsafe { ibv_destroy_qp(self.raw()) };
+        ctx.events.unregister_qp(self.raw());
+        let dying = DyingQp {
+            raw: self.raw,
+            status: self.status.clone(),
+            send_cq: self.send_cq.clone(),
+            recv_cq: self.recv_cq.clone(),
+            pd: self.pd.clone(),
+        };
+        if let Some(srq) = &self.srq {
+            // In the error state, the queue pair may still be completing a receive it took
+            // from the shared receive queue; the device says when it took its last one.
+            // Destroying it before could lose that completion (mlx5 gives the receive back
+            // to the SRQ without one), so until then the SRQ keeps it, without blocking here.
+            // Noted as retiring first: whoever reads the event from now on destroys it.
+            srq.shared.retire(dying);
+            ctx.events.note_retiring(self.raw(), &srq.shared);
+            ctx.events.read_now(ctx);
+            if self.last_wqe_reached.load(Ordering::Acquire) || ctx.events.take_last_wqe(self.raw())
+            {
+                ctx.events.last_wqe_of_dropped(self.raw() as usize);
+            }
+            return;
+        }
+        dying.destroy();
+    }
+}
+
+/// What destroying a queue pair needs once its `QpShared` is gone: the device objects it uses
+/// stay alive (held here) until it is destroyed.
+pub(crate) struct DyingQp {
+    raw: NonNull<ibv_qp>,
+    status: Arc<QpStatus>,
+    send_cq: CompletionQueue,
+    recv_cq: CompletionQueue,
+    pd: ProtectionDomain,
+}
+
+// SAFETY: as for QpShared: the QP is only destroyed through this value, from any thread.
+unsafe impl Send for DyingQp {}
+
+impl DyingQp {
+    /// The address of the `ibv_qp`, as the device's events name it.
+    pub(crate) fn address(&self) -> usize {
+        self.raw.as_ptr() as usize
+    }
+
+    /// Drains the completion queues, destroys the queue pair, then releases the buffers its
+    /// dropped operations left behind.
+    pub(crate) fn destroy(self) {
+        let distinct_cqs = !Arc::ptr_eq(&self.send_cq.shared, &self.recv_cq.shared);
+        // Drain first: mlx5 removes a destroyed queue pair's completions from its CQs, so a
+        // completion not yet polled (a message received for it) would be lost.
+        self.send_cq.shared.reap();
+        if distinct_cqs {
+            self.recv_cq.shared.reap();
+        }
+        // SAFETY: no QueuePair clone and no pending future is left (both hold the QpShared
+        // this came from), and the QP is destroyed only here, once.
+        let rc = unsafe { ibv_destroy_qp(self.raw.as_ptr()) };
         if rc != 0 {
-            // The device may still use the buffers of dropped operations: keep them (a leak
-            // is safe; freeing memory the NIC may write is not).
+            crate::trace::event!(
+                error,
+                qpn = self.status.qpn,
+                errno = rc,
+                "ibv_destroy_qp failed: its buffers, CQs and PD are leaked"
+            );
+            // The device may still use the buffers of dropped operations, the CQs and the
+            // PD: keep them all (a leak is safe; freeing memory the NIC may write is not).
+            std::mem::forget(self);
             return;
         }
         // Destroyed: the device touches none of its buffers any more.
         self.send_cq.shared.release_owner(&self.status);
-        if !Arc::ptr_eq(&self.send_cq.shared, &self.recv_cq.shared) {
+        if distinct_cqs {
             self.recv_cq.shared.release_owner(&self.status);
         }
+        drop(self.pd);
     }
 }
 

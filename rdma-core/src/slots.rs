@@ -350,6 +350,48 @@ impl SlotTable {
         }
     }
 
+    /// Ends every pending slot of `owner`, whose queue was reset (so the device no longer
+    /// touches the buffers): a waiting operation gets a flush error caused by `cause` (its
+    /// task's waker goes to `wakers`), a dropped one's buffers go to `wake.released`.
+    pub(crate) fn fail_owner(
+        &mut self,
+        owner: &Arc<QpStatus>,
+        cause: &Arc<Error>,
+        wake: &mut WakeList,
+        wakers: &mut Vec<Waker>,
+    ) {
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            let SlotState::Pending {
+                info,
+                abandoned,
+                waker,
+                ..
+            } = &mut slot.state
+            else {
+                continue;
+            };
+            if !Arc::ptr_eq(&info.qp, owner) {
+                continue;
+            }
+            let wrs = info.wrs;
+            info.qp.release(info.queue, wrs);
+            self.outstanding = self.outstanding.saturating_sub(wrs);
+            if let Some(buffers) = abandoned.take() {
+                wake.released.push(buffers);
+                self.free_slot(index as u32);
+                continue;
+            }
+            wakers.extend(waker.take());
+            let error = Error::Flushed {
+                kind: info.kind,
+                qpn: info.qp.qpn,
+                cause: Some(cause.clone()),
+            };
+            slot.state = SlotState::Done(Err(Box::new(error)));
+        }
+    }
+
     fn free_slot(&mut self, index: u32) {
         self.slots[index as usize].state = SlotState::Free;
         self.recycle(index);
@@ -426,6 +468,18 @@ impl SlotTable {
 /// The error a failed work completion reports, recording the queue pair's failure.
 fn completion_error(wc: &ibv_wc, info: &SlotInfo) -> Error {
     let status = WcStatus(wc.status);
+    if status == WcStatus::WR_FLUSH_ERR {
+        crate::trace::event!(trace, qpn = wc.qp_num, kind = %info.kind, "work request flushed");
+    } else {
+        crate::trace::event!(
+            debug,
+            qpn = wc.qp_num,
+            kind = %info.kind,
+            %status,
+            vendor_err = wc.vendor_err,
+            "work completion failed"
+        );
+    }
     // wc.qp_num is the local QP the request ran on (for a shared receive queue, the one that
     // consumed the receive).
     if status == WcStatus::WR_FLUSH_ERR {

@@ -2,7 +2,7 @@
 
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rdma_sys::*;
 
@@ -11,8 +11,10 @@ use crate::cq::CompletionQueue;
 use crate::error::{Error, Result};
 use crate::op::{Op, Owner, Recv};
 use crate::pd::ProtectionDomain;
+use crate::qp::DyingQp;
 use crate::queue::WorkQueueRef;
 use crate::slots::{QpStatus, WorkQueue};
+use crate::wake::lock;
 
 /// Sizes of a shared receive queue; capped at what the device allows.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +64,9 @@ pub(crate) struct SrqShared {
     pub(crate) cq: CompletionQueue,
     max_wr: u32,
     max_sge: u32,
+    /// Attached queue pairs whose last handle is gone, kept until the device reports that they
+    /// take no more receives from this SRQ (see `QpShared`'s Drop).
+    retiring: Mutex<Vec<DyingQp>>,
 }
 
 // SAFETY: libibverbs SRQs are thread-safe; the pointer stays valid until SrqShared drops.
@@ -97,6 +102,7 @@ impl SharedReceiveQueue {
                 // ibv_create_srq writes back what it granted.
                 max_wr: init.attr.max_wr,
                 max_sge: init.attr.max_sge,
+                retiring: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -126,6 +132,15 @@ impl SharedReceiveQueue {
         self.shared.status.rq_used.load(Ordering::Acquire)
     }
 
+    /// Attached queue pairs whose last handle is gone but that the device has not yet
+    /// reported done with this SRQ: each is destroyed when its "last receive" event arrives,
+    /// or a second after it was dropped on a device that sends none (Soft-RoCE), whichever
+    /// comes first, by whoever reads the device's events then (a completion-queue poller or
+    /// [`Context::next_event`](crate::Context::next_event)); or when the SRQ goes.
+    pub fn retiring(&self) -> usize {
+        lock(&self.shared.retiring).len()
+    }
+
     /// The completion queue its receives complete on.
     pub fn cq(&self) -> &CompletionQueue {
         &self.shared.cq
@@ -137,11 +152,43 @@ impl SharedReceiveQueue {
     }
 }
 
+impl SrqShared {
+    /// Keeps attached queue pair `qp` until it takes no more receives from this SRQ.
+    pub(crate) fn retire(&self, qp: DyingQp) {
+        lock(&self.retiring).push(qp);
+    }
+
+    /// The device reported that retiring queue pair `address` takes no more receives:
+    /// destroys it.
+    pub(crate) fn finish_retiring(&self, address: usize) {
+        let dying = {
+            let mut retiring = lock(&self.retiring);
+            let at = retiring.iter().position(|qp| qp.address() == address);
+            at.map(|at| retiring.swap_remove(at))
+        };
+        if let Some(dying) = dying {
+            dying.destroy();
+        }
+    }
+}
+
 impl Drop for SrqShared {
     fn drop(&mut self) {
+        // Queue pairs still retiring go first: no receive future is left to lose anything.
+        let retiring = std::mem::take(self.retiring.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for dying in retiring {
+            dying.destroy();
+        }
         // SAFETY: no attached QP is left (each holds an Arc to this SRQ) and no pending
         // future either; destroyed once.
         let rc = unsafe { ibv_destroy_srq(self.raw.as_ptr()) };
+        if rc != 0 {
+            crate::trace::event!(
+                error,
+                errno = rc,
+                "ibv_destroy_srq failed: the buffers of its receives are leaked"
+            );
+        }
         if rc == 0 {
             // Destroyed: the device touches none of its buffers any more.
             self.cq.shared.release_owner(&self.status);

@@ -47,6 +47,33 @@ impl Wake for ChannelTarget {
     }
 }
 
+/// A set of wakers that one wake-up empties and wakes all: for rare events that concern
+/// every waiter (the device's asynchronous events).
+#[derive(Default)]
+pub(crate) struct WakerSet(Mutex<Vec<Waker>>);
+
+impl WakerSet {
+    pub(crate) fn add(&self, waker: &Waker) {
+        let mut set = lock(&self.0);
+        if !set.iter().any(|w| w.will_wake(waker)) {
+            set.push(waker.clone());
+        }
+    }
+}
+
+impl Wake for WakerSet {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let wakers = std::mem::take(&mut *lock(&self.0));
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
 /// Wakers gathered under the lock and woken after it is released. Built on every poll, so
 /// it costs nothing until used: no initialised array, no allocation.
 pub(crate) struct WakeList {

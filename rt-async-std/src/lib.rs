@@ -62,16 +62,18 @@ impl ReadinessFd for AsyncStdFd {
         op: &mut dyn FnMut() -> io::Result<()>,
     ) -> Poll<io::Result<()>> {
         loop {
+            // Ask the reactor first: `op` costs a system call, and the reactor knows when the
+            // descriptor is not readable. Its interest is level-triggered (epoll without
+            // EPOLLET), so a descriptor already readable when interest is re-armed after a
+            // `WouldBlock` is reported at once: no edge is lost between the two.
+            match self.0.poll_readable(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
             match op() {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 result => return Poll::Ready(result),
-            }
-            // Ready only for a readiness event that arrived after the last Ready: the
-            // attempt above ran before, so an edge between the two is not lost.
-            match self.0.poll_readable(cx) {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => return Poll::Pending,
             }
         }
     }

@@ -103,6 +103,11 @@ pub trait ReadinessFd: Send + Sync {
     /// woken when the descriptor becomes readable again, and `Poll::Pending` is returned.
     /// Because `op` drains the source up to `WouldBlock` before the task sleeps, and the
     /// readiness is cleared only for what was seen before that attempt, no edge is ever lost.
+    ///
+    /// An adapter may skip `op` while its reactor knows the descriptor is not readable (it
+    /// saves a system call), provided that the reactor reports a descriptor that is already
+    /// readable when interest in it is registered or re-armed (level-triggered readiness,
+    /// as Tokio's and async-io's are).
     fn poll_read_with(
         &self,
         cx: &mut Context<'_>,

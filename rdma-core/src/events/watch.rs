@@ -1,0 +1,405 @@
+//! Reading the async-event descriptor of a context, and applying each event to the objects
+//! it concerns.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use rdma_sys::*;
+
+use super::{DeviceEvent, DeviceEventKind, Element};
+use crate::context::{Context, ContextInner};
+use crate::error::{Error, Result};
+use crate::qp::QpShared;
+use crate::runtime::{default_runtime, ReadinessFd, RuntimeHandle};
+use crate::srq::SrqShared;
+use crate::wake::{lock, WakerSet};
+
+/// Events kept for [`Context::next_event`] before the oldest are dropped.
+const QUEUED_EVENTS: usize = 1024;
+/// How long a dropped queue pair on a shared receive queue waits for its last-receive event
+/// before it is destroyed anyway. The specification requires the event, and mlx5 sends it
+/// as soon as the queue pair is in error; Soft-RoCE never sends it (and its destroy loses
+/// nothing, as it leaves completions in the CQ), so there the wait ends with this.
+const RETIRE_PATIENCE: Duration = Duration::from_secs(1);
+
+/// The async-event machinery of one opened device (one per [`ContextInner`]).
+pub(crate) struct DeviceEvents {
+    /// The context's async-event descriptor (non-blocking).
+    fd: RawFd,
+    /// The descriptor registered with the runtime of the first task that watched it, or why
+    /// it could not be. Dropped before the device is closed (it is a field of the context
+    /// declared before the device).
+    watch: OnceLock<std::result::Result<Box<dyn ReadinessFd>, Arc<Error>>>,
+    /// Who is woken when the descriptor becomes readable: the channel wakers of sleeping
+    /// completion-queue pollers and the tasks in [`Context::next_event`].
+    watchers: Arc<WakerSet>,
+    watchers_waker: Waker,
+    /// Events read and not yet taken by [`Context::next_event`].
+    queue: Mutex<VecDeque<DeviceEvent>>,
+    /// The queue pairs of this context, by their `ibv_qp` address, to map events to them.
+    qps: Mutex<Vec<(usize, Weak<QpShared>)>>,
+    /// Queue pairs (by address) dropped while attached to a shared receive queue, which
+    /// keeps them until the device reports their last receive.
+    retiring: Mutex<Vec<(usize, Weak<SrqShared>, Instant)>>,
+    /// How many entries `retiring` has: read by every poll, so that none locks it for
+    /// nothing.
+    retiring_count: AtomicUsize,
+    /// Addresses of queue pairs whose last-receive event came while their last handle was
+    /// being dropped (the handle cannot be reached then).
+    last_wqe: Mutex<Vec<usize>>,
+    /// Why the whole device failed, once it did: fatal error or removal.
+    pub(crate) failure: OnceLock<Arc<Error>>,
+}
+
+/// An event as read, before it is applied: the queue pair it names is held, so that it can
+/// be acted on after the event is acknowledged (destroying a queue pair waits for the
+/// acknowledgement of its events).
+struct RawEvent {
+    code: u32,
+    kind: DeviceEventKind,
+    qp: Option<Arc<QpShared>>,
+    /// The `ibv_qp` the event names, if any (also when `qp` is gone).
+    qp_address: usize,
+    cq: usize,
+    srq: usize,
+    port: u8,
+}
+
+impl DeviceEvents {
+    pub(crate) fn new(fd: RawFd) -> DeviceEvents {
+        let watchers = Arc::new(WakerSet::default());
+        DeviceEvents {
+            fd,
+            watch: OnceLock::new(),
+            watchers_waker: Waker::from(watchers.clone()),
+            watchers,
+            queue: Mutex::new(VecDeque::new()),
+            qps: Mutex::new(Vec::new()),
+            retiring: Mutex::new(Vec::new()),
+            retiring_count: AtomicUsize::new(0),
+            last_wqe: Mutex::new(Vec::new()),
+            failure: OnceLock::new(),
+        }
+    }
+
+    /// Records queue pair `qp` (whose `ibv_qp` is `raw`) so that events naming it reach it.
+    pub(crate) fn register_qp(&self, raw: *mut ibv_qp, qp: Weak<QpShared>) {
+        let mut qps = lock(&self.qps);
+        if qps.len() >= 16 && qps.len() == qps.capacity() {
+            qps.retain(|(_, weak)| weak.strong_count() > 0);
+        }
+        qps.push((raw as usize, qp));
+    }
+
+    /// Forgets queue pair `raw`, before it is destroyed.
+    pub(crate) fn unregister_qp(&self, raw: *mut ibv_qp) {
+        lock(&self.qps).retain(|(address, _)| *address != raw as usize);
+    }
+
+    /// Queue pair `address` was dropped while attached to `srq`, which keeps it until its
+    /// last-receive event.
+    pub(crate) fn note_retiring(&self, address: *mut ibv_qp, srq: &Arc<SrqShared>) {
+        let mut retiring = lock(&self.retiring);
+        retiring.retain(|(_, srq, _)| srq.strong_count() > 0);
+        retiring.push((address as usize, Arc::downgrade(srq), Instant::now()));
+        self.retiring_count.store(retiring.len(), Ordering::Release);
+    }
+
+    /// Destroys the retiring queue pairs that waited longer than [`RETIRE_PATIENCE`].
+    fn retire_overdue(&self) {
+        if self.retiring_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let overdue: Vec<_> = {
+            let mut retiring = lock(&self.retiring);
+            let now = Instant::now();
+            let (overdue, waiting) = std::mem::take(&mut *retiring)
+                .into_iter()
+                .partition(|(_, _, since)| now.duration_since(*since) >= RETIRE_PATIENCE);
+            *retiring = waiting;
+            self.retiring_count.store(retiring.len(), Ordering::Release);
+            overdue
+        };
+        for (address, srq, _) in overdue {
+            if let Some(srq) = srq.upgrade() {
+                srq.finish_retiring(address);
+            }
+        }
+    }
+
+    /// Whether the last-receive event of queue pair `address` came while it was being
+    /// dropped; forgets it.
+    pub(crate) fn take_last_wqe(&self, address: *mut ibv_qp) -> bool {
+        let mut seen = lock(&self.last_wqe);
+        let found = seen.iter().position(|&a| a == address as usize);
+        found.map(|at| seen.swap_remove(at)).is_some()
+    }
+
+    /// The last-receive event of a queue pair whose handle is gone: a retiring one is
+    /// destroyed now; one being dropped finds the event noted.
+    pub(crate) fn last_wqe_of_dropped(&self, address: usize) {
+        let srq = {
+            let mut retiring = lock(&self.retiring);
+            let at = retiring.iter().position(|(a, _, _)| *a == address);
+            let srq = at.map(|at| retiring.swap_remove(at).1);
+            self.retiring_count.store(retiring.len(), Ordering::Release);
+            srq
+        };
+        match srq.and_then(|srq| srq.upgrade()) {
+            Some(srq) => srq.finish_retiring(address),
+            None => lock(&self.last_wqe).push(address),
+        }
+    }
+
+    /// The live queue pairs for which `select` holds.
+    fn qps_where(&self, select: impl Fn(&QpShared) -> bool) -> Vec<Arc<QpShared>> {
+        lock(&self.qps)
+            .iter()
+            .filter_map(|(_, weak)| weak.upgrade())
+            .filter(|qp| select(qp))
+            .collect()
+    }
+
+    /// Reads and applies every event waiting on the descriptor, and arms its readiness so
+    /// that the next one wakes `waiter` (if given) and the other watchers. Returns how many
+    /// events were applied.
+    ///
+    /// The descriptor is watched with the runtime of the first caller; a caller on another
+    /// runtime still reads what is there, and is woken through that first runtime.
+    pub(crate) fn poll(
+        &self,
+        ctx: &ContextInner,
+        runtime: &RuntimeHandle,
+        waiter: Option<&Waker>,
+    ) -> usize {
+        let Ok(watch) = self.watch(runtime) else {
+            return 0;
+        };
+        if let Some(waiter) = waiter {
+            self.watchers.add(waiter);
+        }
+        let mut read = Vec::new();
+        let mut watch_cx = TaskContext::from_waker(&self.watchers_waker);
+        // Read until the descriptor is drained; a read error other than "nothing to read" ends
+        // the round (it is retried on the next poll).
+        while let Poll::Ready(Ok(())) =
+            watch.poll_read_with(&mut watch_cx, &mut || self.read_one(ctx, &mut read))
+        {}
+        self.apply_all(ctx, read)
+    }
+
+    /// Reads and applies the events waiting on the descriptor now, without a runtime (the
+    /// descriptor is non-blocking).
+    pub(crate) fn read_now(&self, ctx: &ContextInner) -> usize {
+        let mut read = Vec::new();
+        while self.read_one(ctx, &mut read).is_ok() {}
+        self.apply_all(ctx, read)
+    }
+
+    fn apply_all(&self, ctx: &ContextInner, read: Vec<RawEvent>) -> usize {
+        self.retire_overdue();
+        let applied = read.len();
+        for event in read {
+            self.apply(ctx, event);
+        }
+        if applied > 0 {
+            self.watchers_waker.wake_by_ref();
+        }
+        applied
+    }
+
+    /// The descriptor's registration, made on the first call with `runtime`.
+    fn watch(&self, runtime: &RuntimeHandle) -> std::result::Result<&dyn ReadinessFd, &Arc<Error>> {
+        self.watch
+            .get_or_init(|| {
+                // SAFETY: the descriptor was made non-blocking when the context was opened and
+                // stays open until the context closes, after this registration is dropped.
+                unsafe { runtime.register_fd(self.fd) }.map_err(|source| {
+                    Arc::new(Error::Runtime {
+                        runtime: runtime.name(),
+                        what: "the device's async-event descriptor",
+                        source,
+                    })
+                })
+            })
+            .as_ref()
+            .map(|watch| &**watch)
+    }
+
+    /// Reads one event, notes what it names, and acknowledges it.
+    fn read_one(&self, ctx: &ContextInner, read: &mut Vec<RawEvent>) -> std::io::Result<()> {
+        let mut event = MaybeUninit::<ibv_async_event>::uninit();
+        // SAFETY: the context is open; the descriptor is non-blocking; `event` is writable.
+        let rc = unsafe { ibv_get_async_event(ctx.device.raw(), event.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let event_ptr = event.as_mut_ptr();
+        // SAFETY: ibv_get_async_event filled `event`. The type is read as a plain u32: a
+        // newer library may report a value outside rdma-sys's Rust enum, which would be
+        // undefined behaviour to read as that enum (the field is a C enum, 32 bits).
+        let code = unsafe {
+            std::ptr::addr_of!((*event_ptr).event_type)
+                .cast::<u32>()
+                .read()
+        };
+        // SAFETY: the element union was filled for this event type; which member is valid
+        // depends on `code`, and only that member is read below.
+        let element = unsafe { std::ptr::addr_of!((*event_ptr).element).read() };
+        let mut raw = RawEvent {
+            code,
+            kind: DeviceEventKind::Unknown { code },
+            qp: None,
+            qp_address: 0,
+            cq: 0,
+            srq: 0,
+            port: 0,
+        };
+        let mut qpn = 0;
+        match DeviceEventKind::element_of(code) {
+            Element::Qp => {
+                // SAFETY: a QP event names a QP that cannot be destroyed before the event is
+                // acknowledged (below): reading its number is valid.
+                let qp = unsafe { element.qp };
+                qpn = unsafe { (*qp).qp_num };
+                raw.qp_address = qp as usize;
+                raw.qp = lock(&self.qps)
+                    .iter()
+                    .find(|(address, _)| *address == qp as usize)
+                    .and_then(|(_, weak)| weak.upgrade());
+            }
+            // SAFETY (both): the member for this event type.
+            Element::Cq => raw.cq = unsafe { element.cq } as usize,
+            Element::Srq => raw.srq = unsafe { element.srq } as usize,
+            Element::Port => raw.port = u8::try_from(unsafe { element.port_num }).unwrap_or(0),
+            Element::None => {}
+        }
+        raw.kind = DeviceEventKind::from_raw(code, qpn, raw.port);
+        // SAFETY: `event` came from ibv_get_async_event and is acknowledged once.
+        unsafe { ibv_ack_async_event(event_ptr) };
+        read.push(raw);
+        Ok(())
+    }
+
+    /// Applies `event` to the objects it concerns, then queues it for the application.
+    fn apply(&self, ctx: &ContextInner, event: RawEvent) {
+        match event.code {
+            0..=3 | 7 | 8 | 10 | 14 | 18 => {
+                crate::trace::event!(warn, device = %ctx.name, event = %event.kind, "device event")
+            }
+            _ => {
+                crate::trace::event!(info, device = %ctx.name, event = %event.kind, "device event")
+            }
+        }
+        let cause = |kind| {
+            Arc::new(Error::DeviceEvent {
+                device: ctx.name.clone(),
+                event: kind,
+            })
+        };
+        match event.code {
+            // QP fatal, request error, access error: the device already moved it to error
+            // and flushes its work; the event becomes the cause new posts report.
+            1..=3 => {
+                if let Some(qp) = &event.qp {
+                    let _ = qp.status.failure.set(cause(event.kind));
+                }
+            }
+            16 => match &event.qp {
+                Some(qp) => qp.last_wqe_reached(),
+                None => self.last_wqe_of_dropped(event.qp_address),
+            },
+            0 => self.fail_cq(event.cq, &cause(event.kind)),
+            14 => {
+                let failure = cause(event.kind);
+                for qp in self.qps_where(|qp| {
+                    qp.srq
+                        .as_ref()
+                        .is_some_and(|srq| srq.raw() as usize == event.srq)
+                }) {
+                    qp.fail_now(&failure);
+                }
+            }
+            8 => self.fail_device(cause(event.kind)),
+            // A port that went down or whose addresses changed: if it can no longer be
+            // queried, the device is being unregistered (rxe, whose network device was
+            // deleted, reports only this).
+            10 | 18 if ctx.device.query_port(event.port).is_err() => {
+                self.queue(ctx, event.kind);
+                self.queue(ctx, DeviceEventKind::DeviceRemoved);
+                self.fail_device(cause(DeviceEventKind::DeviceRemoved));
+                return;
+            }
+            _ => {}
+        }
+        self.queue(ctx, event.kind);
+    }
+
+    /// Fails every queue pair that uses completion queue `cq` (its address): the CQ failed.
+    pub(crate) fn fail_cq(&self, cq: usize, cause: &Arc<Error>) {
+        for qp in self.qps_where(|qp| {
+            qp.send_cq.shared.raw() as usize == cq || qp.recv_cq.shared.raw() as usize == cq
+        }) {
+            qp.fail_now(cause);
+        }
+    }
+
+    /// Fails every queue pair of the context, for good.
+    fn fail_device(&self, cause: Arc<Error>) {
+        let _ = self.failure.set(cause.clone());
+        for qp in self.qps_where(|_| true) {
+            qp.fail_now(&cause);
+        }
+    }
+
+    fn queue(&self, ctx: &ContextInner, kind: DeviceEventKind) {
+        let mut queue = lock(&self.queue);
+        if queue.len() == QUEUED_EVENTS {
+            queue.pop_front();
+        }
+        queue.push_back(DeviceEvent {
+            device: ctx.name.clone(),
+            kind,
+        });
+    }
+}
+
+/// The future of [`Context::next_event`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct NextEvent<'a> {
+    pub(crate) ctx: &'a Context,
+}
+
+impl Future for NextEvent<'_> {
+    type Output = Result<DeviceEvent>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let inner = &*self.ctx.inner;
+        let runtime = match self.ctx.runtime() {
+            Some(runtime) => runtime.clone(),
+            None => match default_runtime() {
+                Ok(runtime) => runtime,
+                Err(err) => return Poll::Ready(Err(err)),
+            },
+        };
+        inner.events.poll(inner, &runtime, Some(cx.waker()));
+        if let Some(event) = lock(&inner.events.queue).pop_front() {
+            return Poll::Ready(Ok(event));
+        }
+        if let Some(Err(err)) = inner.events.watch.get() {
+            return Poll::Ready(Err(Error::Runtime {
+                runtime: runtime.name(),
+                what: "the device's async-event descriptor",
+                source: std::io::Error::other(err.to_string()),
+            }));
+        }
+        Poll::Pending
+    }
+}
