@@ -126,6 +126,11 @@ for raw_line in open(log_path, errors="replace"):
     elif line.startswith("@@PEER ") and not line.endswith("rc=0"):
         perftest_notes.append("async-rdma " + line[len("@@PEER "):])
 
+# Wake-ups per completion (benches/wakeups.rs) are rows of their own kind.
+wakeup_rows = [r for r in rows if r.get("test") == "wakeups"]
+rows = [r for r in rows if r.get("test") != "wakeups"]
+meta["wakeups"] = wakeup_rows
+
 # Instructions per round trip: the difference of the shortest and the longest run over their
 # difference in round trips (set-up and tear-down cancel).
 cpu = {}
@@ -484,8 +489,37 @@ def callgrind_section():
     md.append("")
 
 
+def wakeups_section():
+    if not wakeup_rows:
+        return
+    tasks = sorted({r["tasks"] for r in wakeup_rows})
+    runtimes = [rt for rt in ("tokio-ct", "tokio-mt", "async-std", "smol")
+                if any(r["runtime"] == rt for r in wakeup_rows)]
+    messages = sorted({r["messages"] for r in wakeup_rows})
+    md.append("### Wake-ups per completion (many tasks waiting on one CQ)")
+    md.append("")
+    md.append(f"N tasks each await one receive of one completion queue (event mode) while "
+              f"{'/'.join(map(str, messages))} messages arrive; every poll of a receive's future after its "
+              f"first counts as a wake-up (benches/wakeups.rs). Goal (issue 8): at most 2, whatever N.")
+    md.append("")
+    md.append("| runtime | " + " | ".join(f"{n} task{'s' if n != 1 else ''}" for n in tasks) + " |")
+    md.append("|---|" + "---|" * len(tasks))
+    worst = 0.0
+    for rt in runtimes:
+        cells = []
+        for n in tasks:
+            found = [r["per_completion"] for r in wakeup_rows if r["runtime"] == rt and r["tasks"] == n]
+            cells.append(f"{found[0]:.2f}" if found else "-")
+            worst = max([worst] + found)
+        md.append(f"| {rt} | " + " | ".join(cells) + " |")
+    md.append("")
+    md.append(f"Worst: {worst:.2f} wake-ups per completion: goal {'met' if worst <= 2 else 'missed'}.")
+    md.append("")
+
+
 if run_mode != "callgrind":
     full_run_tables()
+    wakeups_section()
 callgrind_section()
 
 if perftest_notes:

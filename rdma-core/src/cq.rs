@@ -629,7 +629,11 @@ impl CqShared {
         let n = unsafe { ibv_poll_cq(self.raw(), POLL_BATCH as i32, wcs.as_mut_ptr().cast()) };
         let Ok(n) = usize::try_from(n) else {
             state.broken = true;
-            state.poll_error = Some(Arc::new(Error::from_code("ibv_poll_cq", -n)));
+            state.poll_error = Some(Arc::new(Error::Verbs {
+                call: "ibv_poll_cq",
+                source: std::io::Error::other(format!("returned {n}")),
+                hint: Some("the completion queue is broken; its queue pairs are failed"),
+            }));
             return (0, None);
         };
         let mut own = None;
