@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use anyrdma::core::{CompletionQueue, Op, QueuePair};
 use anyrdma::{
     Access, ConnectOptions, Context, CqOptions, Done, Endpoint, LocalBuf, PollMode,
-    ProtectionDomain, QpOptions, Recv, RemoteRegion,
+    ProtectionDomain, QpOptions, Recv, RemoteRegion, SharedRegion,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -397,7 +397,7 @@ fn spin_until(addr: usize, want: u8) {
 struct Side {
     pd: ProtectionDomain,
     qps: Vec<QueuePair>,
-    target: LocalBuf,
+    target: SharedRegion,
     remote: RemoteRegion,
     _cq: CompletionQueue,
 }
@@ -427,12 +427,12 @@ fn setup(ctx: &Context, mode: Mode, spec: &Spec, ctl: &mut TcpStream) -> Res<Sid
     let qps = (0..spec.qps)
         .map(|_| QueuePair::new(&pd, &cq, &cq, options))
         .collect::<Result<Vec<_>, _>>()?;
-    let target = pd.alloc(
+    let target = pd.alloc_shared(
         spec.size.max(8),
         Access::LOCAL | Access::REMOTE_WRITE | Access::REMOTE_READ,
     )?;
     let mine: Vec<Endpoint> = qps.iter().map(|q| q.endpoint()).collect();
-    let (peers, remote) = exchange(ctl, &mine, target.region().remote()?)?;
+    let (peers, remote) = exchange(ctl, &mine, target.remote()?)?;
     let remote = remote.slice(0..spec.size as u64)?;
     for (qp, peer) in qps.iter().zip(&peers) {
         qp.connect(peer, ConnectOptions::default())?;

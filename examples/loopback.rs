@@ -30,12 +30,13 @@ async fn run() -> Result<()> {
     b.connect(&a.endpoint(), ConnectOptions::default())?;
     println!("connected QP {} <-> QP {}", a.qpn(), b.qpn());
 
-    // b exposes a region for remote reads, writes and atomics; a gets its description.
-    let exposed = pd.alloc(
+    // b exposes a region for remote reads, writes and atomics; a gets its description. A peer
+    // can change it at any time, so it is a SharedRegion: b reads it by copying, never as &[u8].
+    let exposed = pd.alloc_shared(
         4096,
         Access::REMOTE_READ | Access::REMOTE_WRITE | Access::REMOTE_ATOMIC,
     )?;
-    let remote = exposed.region().remote()?;
+    let remote = exposed.remote()?;
     println!("b exposes {remote}");
 
     // RDMA write, then read it back.
@@ -45,7 +46,7 @@ async fn run() -> Result<()> {
     result?;
     println!(
         "write: b's region now starts with {:?}",
-        String::from_utf8_lossy(&exposed[..13])
+        String::from_utf8_lossy(&exposed.to_vec(..13)?)
     );
     let (result, back) = a.read(pd.alloc(13, Access::LOCAL)?, remote).await;
     result?;
@@ -70,10 +71,7 @@ async fn run() -> Result<()> {
     println!("fetch_and_add(5): previous value {}", old?);
     let (old, _) = a.compare_and_swap(scratch, word, 5, 100).await;
     println!("compare_and_swap(5 -> 100): previous value {}", old?);
-    println!(
-        "the word is now {}",
-        u64::from_ne_bytes(exposed[64..72].try_into().expect("8 bytes"))
-    );
+    println!("the word is now {}", exposed.load_u64(64)?);
 
     // Three writes with one doorbell and one completion.
     let mut batch = a.batch();
@@ -86,7 +84,7 @@ async fn run() -> Result<()> {
     result?;
     println!(
         "batch: b's region holds {:?}",
-        String::from_utf8_lossy(&exposed[128..139])
+        String::from_utf8_lossy(&exposed.to_vec(128..139)?)
     );
 
     // A mistake gets a plain error: this write does not fit in the region.

@@ -39,8 +39,8 @@ pub use anyrdma_core::{
     DeviceLimits, DeviceSpec, Done, Elapsed, Endpoint, Error, Gid, GidEntry, GidType, LinkLayer,
     LocalBuf, MemoryRegion, MessageKind, NextEvent, Op, Outcome, PollMode, PortInfo, PortSelection,
     PortState, ProtectionDomain, QpOptions, QpShutdownReason, QueuePair, ReadinessFd, Received,
-    Recv, RemoteRegion, Result, Runtime, RuntimeHandle, SharedReceiveQueue, SrqOptions, WcStatus,
-    WireProblem, WorkKind, DEVICE_ENV, MAX_SGE,
+    Recv, RemoteRegion, Result, Runtime, RuntimeHandle, SharedReceiveQueue, SharedRegion,
+    SrqOptions, WcStatus, WireProblem, WorkKind, DEVICE_ENV, MAX_SGE,
 };
 pub use anyrdma_core::{device, error};
 

@@ -26,8 +26,8 @@ async fn dropped_operations_do_not_keep_the_queue_full(rt: Rt) {
         QpOptions::default(),
         ConnectOptions::default(),
     );
-    let target = pair.pd.alloc(64, Access::REMOTE_WRITE).unwrap();
-    let at = target.region().remote().unwrap();
+    let target = pair.pd.alloc_shared(64, Access::REMOTE_WRITE).unwrap();
+    let at = target.remote().unwrap();
     let room = pair.cq_a.entries() as usize;
     for i in 0..room + 3 {
         drop(pair.a.write(pair.patterned(64, i as u8), at));
@@ -48,7 +48,7 @@ async fn dropped_operations_do_not_keep_the_queue_full(rt: Rt) {
     });
     assert!(holds_pattern(&buf, 99));
     assert!(
-        holds_pattern(&target, 99),
+        holds_pattern(&target.to_vec(..).unwrap(), 99),
         "{}: the write did not land",
         rt.name()
     );
@@ -73,8 +73,8 @@ async fn batch_longer_than_the_queue_is_refused_at_once(rt: Rt) {
         ConnectOptions::default(),
     );
     let depth = pair.a.caps().max_send_wr;
-    let target = pair.pd.alloc(64, Access::REMOTE_WRITE).unwrap();
-    let at = target.region().remote().unwrap();
+    let target = pair.pd.alloc_shared(64, Access::REMOTE_WRITE).unwrap();
+    let at = target.remote().unwrap();
     let mut batch = pair.a.batch();
     for i in 0..=depth {
         batch = batch.write(pair.patterned(8, i as u8), at);
@@ -125,8 +125,8 @@ async fn small_cq_shared_by_many_queue_pairs_never_overruns(rt: Rt) {
             .unwrap();
         let pd = pd.clone();
         tasks.push(rt.spawn(async move {
-            let target = pd.alloc(32 * 64, Access::REMOTE_WRITE).unwrap();
-            let at = target.region().remote().unwrap();
+            let target = pd.alloc_shared(32 * 64, Access::REMOTE_WRITE).unwrap();
+            let at = target.remote().unwrap();
             let (mut done, mut refused) = (0, 0);
             for round in 0..10u8 {
                 let ops: Vec<_> = (0..24u64)
@@ -146,8 +146,10 @@ async fn small_cq_shared_by_many_queue_pairs_never_overruns(rt: Rt) {
                     match result {
                         Ok(()) => {
                             assert!(holds_pattern(&buf, seed));
-                            let landed = &target[(i * 64) as usize..((i + 1) * 64) as usize];
-                            assert!(holds_pattern(landed, seed), "QP {q}: write {i} corrupted");
+                            let landed = target
+                                .to_vec((i * 64) as usize..((i + 1) * 64) as usize)
+                                .unwrap();
+                            assert!(holds_pattern(&landed, seed), "QP {q}: write {i} corrupted");
                             done += 1;
                         }
                         Err(Error::QueueFull { queue, .. }) => {

@@ -12,8 +12,8 @@ async fn wrong_rkey_is_a_remote_access_error(rt: Rt) {
         return;
     }
     let pair = Pair::new();
-    let region = pair.pd.alloc(4096, Access::REMOTE_WRITE).unwrap();
-    let good = region.region().remote().unwrap();
+    let region = pair.pd.alloc_shared(4096, Access::REMOTE_WRITE).unwrap();
+    let good = region.remote().unwrap();
     let forged = RemoteRegion {
         rkey: good.rkey ^ 0x5a5a_0000,
         ..good
@@ -216,8 +216,8 @@ async fn atomic_with_a_wrong_local_length_is_its_own_error(rt: Rt) {
     }
     let pair = Pair::new();
     assert!(pair.ctx.limits().atomics, "the device has atomics");
-    let word = pair.pd.alloc(8, Access::REMOTE_ATOMIC).unwrap();
-    let remote = word.region().remote().unwrap();
+    let word = pair.pd.alloc_shared(8, Access::REMOTE_ATOMIC).unwrap();
+    let remote = word.remote().unwrap();
     let (result, buf) = pair
         .a
         .compare_and_swap(pair.pd.alloc(16, Access::LOCAL).unwrap(), remote, 0, 1)

@@ -76,12 +76,12 @@ async fn event_where(ctx: &Context, wanted: impl Fn(DeviceEventKind) -> bool) ->
 async fn fail_everything_pending(rt: Rt, pair: &Pair, what: &str) -> Vec<(String, Error)> {
     let target = pair
         .pd
-        .alloc(
+        .alloc_shared(
             4096,
             Access::LOCAL | Access::REMOTE_READ | Access::REMOTE_WRITE | Access::REMOTE_ATOMIC,
         )
         .unwrap();
-    let remote = target.region().remote().unwrap();
+    let remote = target.remote().unwrap();
     let word = remote.slice(0..8).unwrap();
     let recv = pair.a.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
     let send = pair.a.send(pair.patterned(64, 1));
@@ -140,10 +140,10 @@ async fn port_down_fails_pending_operations(rt: Rt) {
         ConnectOptions::default(),
     );
     // A write first: the pair works before the failure.
-    let landing = pair.pd.alloc(8, Access::REMOTE_WRITE).unwrap();
+    let landing = pair.pd.alloc_shared(8, Access::REMOTE_WRITE).unwrap();
     let (written, _) = pair
         .a
-        .write(pair.patterned(8, 3), landing.region().remote().unwrap())
+        .write(pair.patterned(8, 3), landing.remote().unwrap())
         .await;
     written.expect("a write before the failure");
 
@@ -356,7 +356,7 @@ async fn access_violation_fails_the_responder(rt: Rt) {
     let read_only = pair.pd.alloc(64, Access::REMOTE_READ).unwrap();
     let forbidden = pair
         .a
-        .write(pair.patterned(64, 4), read_only.region().remote().unwrap());
+        .write(pair.patterned(64, 4), read_only.remote().unwrap());
     let (written, _) = within(5, "the forbidden write", forbidden).await;
     assert!(
         matches!(written, Err(Error::WorkCompletion { status, .. })

@@ -28,8 +28,8 @@ fn busy_pair() -> Pair {
 /// is taken from the CQ before its future is polled, as on a device fast enough that every
 /// operation is complete when first polled: the loop then never waits.
 async fn write_loop(pair: &Pair, stop: &AtomicBool) -> u64 {
-    let target = pair.pd.alloc(8, Access::REMOTE_WRITE).unwrap();
-    let at = target.region().remote().unwrap();
+    let target = pair.pd.alloc_shared(8, Access::REMOTE_WRITE).unwrap();
+    let at = target.remote().unwrap();
     let mut buf = pair.patterned(8, 1);
     let mut writes = 0;
     while !stop.load(Ordering::Relaxed) {

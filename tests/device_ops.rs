@@ -2,7 +2,7 @@
 
 mod support;
 
-use anyrdma::{Access, LocalBuf, MessageKind, Received, RemoteRegion};
+use anyrdma::{Access, MessageKind, Received, RemoteRegion, SharedRegion};
 use support::{holds_pattern, within, Pair, Rt};
 
 /// Sizes every transfer test covers: empty, one byte, a page, one MiB, and just over one
@@ -12,9 +12,12 @@ fn sizes(mtu: usize) -> Vec<usize> {
 }
 
 /// A remote-accessible region on side b, and its description.
-fn exposed(pair: &Pair, len: usize, access: Access) -> (LocalBuf, RemoteRegion) {
-    let buf = pair.pd.alloc(len, access).expect("alloc exposed region");
-    let remote = buf.region().remote().expect("remote description");
+fn exposed(pair: &Pair, len: usize, access: Access) -> (SharedRegion, RemoteRegion) {
+    let buf = pair
+        .pd
+        .alloc_shared(len, access)
+        .expect("alloc exposed region");
+    let remote = buf.remote().expect("remote description");
     (buf, remote)
 }
 
@@ -116,7 +119,7 @@ async fn immediates_arrive(rt: Rt) {
     );
     assert!(buf[..got.len].is_empty());
     assert!(
-        holds_pattern(&region[..5000], 9),
+        holds_pattern(&region.to_vec(..5000).unwrap(), 9),
         "{}: written bytes corrupted",
         rt.name()
     );
@@ -137,7 +140,7 @@ async fn write_and_read_move_every_size(rt: Rt) {
         let (wrote, _) = within(20, "write", pair.a.write(pair.patterned(len, seed), remote)).await;
         wrote.unwrap_or_else(|e| panic!("{}: write of {len}: {e}", rt.name()));
         assert!(
-            holds_pattern(&region[..len], seed),
+            holds_pattern(&region.to_vec(..len).unwrap(), seed),
             "{}: write of {len} corrupted",
             rt.name()
         );
@@ -164,7 +167,7 @@ async fn write_and_read_move_every_size(rt: Rt) {
     )
     .await;
     wrote.expect("write into a slice");
-    assert!(holds_pattern(&region[100..200], 99));
+    assert!(holds_pattern(&region.to_vec(100..200).unwrap(), 99));
     drop(region);
 }
 
@@ -199,7 +202,8 @@ async fn scatter_gather_lists(rt: Rt) {
     a.unsplit(c).unwrap();
     assert!(holds_pattern(&a, 5));
     // An RDMA read scattered into two local pieces.
-    let (mut region, remote) = exposed(&pair, 4096, Access::REMOTE_READ);
+    let mut region = pair.pd.alloc(4096, Access::REMOTE_READ).unwrap();
+    let remote = region.remote().unwrap();
     support::fill(&mut region, 6);
     let mut first = pair.pd.alloc(4096, Access::LOCAL).unwrap();
     let second = first.split_off(1024);
@@ -256,7 +260,10 @@ async fn inline_and_batched_sends(rt: Rt) {
     assert_eq!(within(20, "recv", recv).await.0.unwrap().imm, Some(8));
     for i in 0..8 {
         assert!(
-            holds_pattern(&region[i * 512..(i + 1) * 512], 20 + i as u8),
+            holds_pattern(
+                &region.to_vec(i * 512..(i + 1) * 512).unwrap(),
+                20 + i as u8
+            ),
             "{}: batch write {i}",
             rt.name()
         );
@@ -269,8 +276,8 @@ async fn atomics_count_exactly(rt: Rt) {
         return;
     }
     let pair = Pair::new();
-    let (mut counter, remote) = exposed(&pair, 8, Access::REMOTE_ATOMIC);
-    counter.copy_from_slice(&5u64.to_ne_bytes());
+    let (counter, remote) = exposed(&pair, 8, Access::REMOTE_ATOMIC);
+    counter.store_u64(0, 5).unwrap();
     // Compare-and-swap: succeeds when the value matches, fails (returning it) otherwise.
     let (old, buf) = within(
         20,
@@ -286,7 +293,7 @@ async fn atomics_count_exactly(rt: Rt) {
         100,
         "a failed CAS returns the current value"
     );
-    assert_eq!(u64::from_ne_bytes(counter[..].try_into().unwrap()), 100);
+    assert_eq!(counter.load_u64(0).unwrap(), 100);
 
     // 64 tasks doing fetch-and-add on one word give the exact total.
     const TASKS: u64 = 64;
@@ -311,7 +318,7 @@ async fn atomics_count_exactly(rt: Rt) {
     }
     let expected: u64 = 100 + ADDS * (1..=TASKS).sum::<u64>();
     assert_eq!(
-        u64::from_ne_bytes(counter[..].try_into().unwrap()),
+        counter.load_u64(0).unwrap(),
         expected,
         "{}: lost or doubled adds",
         rt.name()
@@ -423,7 +430,7 @@ async fn poll_modes_move_bytes(rt: Rt) {
             )
             .await;
             wrote.unwrap();
-            assert!(holds_pattern(&region, round));
+            assert!(holds_pattern(&region.to_vec(..).unwrap(), round));
         }
     }
 }
@@ -458,7 +465,7 @@ async fn pieces_of_one_region_fly_together(rt: Rt) {
         back.push(piece);
     }
     assert!(
-        holds_pattern(&region, 7),
+        holds_pattern(&region.to_vec(..).unwrap(), 7),
         "{}: the pieces landed in the wrong places",
         rt.name()
     );

@@ -68,8 +68,11 @@ async fn bogus_endpoint_fails_with_retry_exceeded(rt: Rt) {
     side.qp
         .connect(&bogus, ConnectOptions::default())
         .expect("connecting to any QP number succeeds: nothing is sent yet");
-    let target = side.pd.alloc(REGION_LEN, Access::REMOTE_WRITE).unwrap();
-    let remote = target.region().remote().unwrap();
+    let target = side
+        .pd
+        .alloc_shared(REGION_LEN, Access::REMOTE_WRITE)
+        .unwrap();
+    let remote = target.remote().unwrap();
 
     let started = Instant::now();
     write_fails_with_retry_exceeded(
@@ -389,9 +392,9 @@ fn peer_process() {
     let side = Side::new();
     let region = side
         .pd
-        .alloc(REGION_LEN, Access::REMOTE_WRITE)
+        .alloc_shared(REGION_LEN, Access::REMOTE_WRITE)
         .expect("peer: alloc the exposed region");
-    let remote = region.region().remote().expect("peer: remote description");
+    let remote = region.remote().expect("peer: remote description");
     say(&format!(
         "hello {} {}",
         hex(&side.qp.endpoint().to_bytes()),
@@ -411,7 +414,7 @@ fn peer_process() {
         match line.split_once(' ') {
             Some(("check", seed)) => {
                 let seed: u8 = seed.parse().expect("peer: a seed");
-                let verdict = if holds_pattern(&region, seed) {
+                let verdict = if holds_pattern(&region.to_vec(..).unwrap(), seed) {
                     "holds"
                 } else {
                     "differs"

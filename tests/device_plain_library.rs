@@ -25,12 +25,12 @@ async fn plain_library_round_trips(rt: Rt) {
         let len = 3000;
         let target = pair
             .pd
-            .alloc(
+            .alloc_shared(
                 len,
                 Access::LOCAL | Access::REMOTE_WRITE | Access::REMOTE_READ,
             )
             .unwrap();
-        let at = target.region().remote().unwrap();
+        let at = target.remote().unwrap();
 
         let data = within(20, "put", put(&pair.a, pair.patterned(len, 7), at))
             .await
@@ -41,7 +41,7 @@ async fn plain_library_round_trips(rt: Rt) {
             rt.name()
         );
         assert!(
-            holds_pattern(&target, 7),
+            holds_pattern(&target.to_vec(..).unwrap(), 7),
             "{}: the write did not land",
             rt.name()
         );

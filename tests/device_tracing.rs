@@ -56,7 +56,7 @@ fn queue_pair_life_and_failures_are_traced() {
     let receive = pair.a.recv(pair.pd.alloc(8, Access::LOCAL).unwrap());
     // A write into a region the peer registered for remote reads only: the peer refuses it.
     let read_only = pair.pd.alloc(64, Access::REMOTE_READ).unwrap();
-    let target = read_only.region().remote().unwrap();
+    let target = read_only.remote().unwrap();
     let (written, _) = runtime.block_on(pair.a.write(pair.patterned(64, 1), target));
     match written {
         Err(Error::WorkCompletion { status, .. }) => assert_eq!(status, WcStatus::REM_ACCESS_ERR),

@@ -145,7 +145,7 @@ impl Batch {
         for (buf, kind) in items {
             check_pd(buf, pd).map_err(refused)?;
             kind.validate(buf.len(), device, atomics).map_err(refused)?;
-            sges.push(buf.sge().map_err(refused)?);
+            sges.push(buf.piece().sge().map_err(refused)?);
         }
         let max_inline = shared.caps.max_inline_data as usize;
         let count = u32::try_from(items.len()).unwrap_or(u32::MAX);

@@ -4,52 +4,77 @@ use rdma_sys::{ibv_pd, ibv_sge};
 
 use crate::error::{Error, Result};
 use crate::mr::LocalBuf;
+use crate::shared::SharedRegion;
 
 /// Most scatter-gather entries anyrdma puts in one work request.
 pub const MAX_SGE: usize = 32;
 
 pub(crate) mod sealed {
+    use std::sync::Arc;
+
+    use crate::mr::MrInner;
+
     pub trait Sealed {}
+
+    /// A piece of registered memory as an operation sees it: where it is and under which
+    /// key. Nothing outside the crate can read its bytes through it (its fields and methods
+    /// are the crate's), so memory a peer can write is never reachable as `&[u8]` this way.
+    pub struct Piece<'a> {
+        pub(crate) mr: &'a Arc<MrInner>,
+        pub(crate) offset: usize,
+        pub(crate) len: usize,
+    }
 }
 
-/// Owned registered memory an operation can take: one [`LocalBuf`], or several as a
-/// scatter-gather list (`Vec<LocalBuf>`, `[LocalBuf; N]`).
+/// Owned registered memory an operation can take: one [`LocalBuf`] or [`SharedRegion`], or
+/// several as a scatter-gather list (`Vec<LocalBuf>`, `[LocalBuf; N]`, `Vec<SharedRegion>`).
 pub trait Buffers: sealed::Sealed + Send + Unpin + 'static {
-    /// Calls `f` on each piece, in order.
-    fn for_each_buf(&self, f: &mut dyn FnMut(&LocalBuf));
+    /// Calls `f` on each piece, in order (for the crate: a [`sealed::Piece`] exposes nothing
+    /// outside it).
+    #[doc(hidden)]
+    fn for_each_piece(&self, f: &mut dyn FnMut(sealed::Piece<'_>));
 
     /// Total length in bytes.
     fn total_len(&self) -> usize {
         let mut total = 0;
-        self.for_each_buf(&mut |b| total += b.len());
+        self.for_each_piece(&mut |piece| total += piece.len);
         total
     }
 }
 
 impl sealed::Sealed for LocalBuf {}
 impl Buffers for LocalBuf {
-    fn for_each_buf(&self, f: &mut dyn FnMut(&LocalBuf)) {
-        f(self);
+    #[inline]
+    fn for_each_piece(&self, f: &mut dyn FnMut(sealed::Piece<'_>)) {
+        f(self.piece());
     }
 }
 
-impl sealed::Sealed for Vec<LocalBuf> {}
-impl Buffers for Vec<LocalBuf> {
-    fn for_each_buf(&self, f: &mut dyn FnMut(&LocalBuf)) {
-        self.iter().for_each(f);
+impl sealed::Sealed for SharedRegion {}
+impl Buffers for SharedRegion {
+    #[inline]
+    fn for_each_piece(&self, f: &mut dyn FnMut(sealed::Piece<'_>)) {
+        f(self.piece());
     }
 }
 
-impl<const N: usize> sealed::Sealed for [LocalBuf; N] {}
-impl<const N: usize> Buffers for [LocalBuf; N] {
-    fn for_each_buf(&self, f: &mut dyn FnMut(&LocalBuf)) {
-        self.iter().for_each(f);
+impl<T: Buffers> sealed::Sealed for Vec<T> {}
+impl<T: Buffers> Buffers for Vec<T> {
+    fn for_each_piece(&self, f: &mut dyn FnMut(sealed::Piece<'_>)) {
+        self.iter().for_each(|b| b.for_each_piece(f));
+    }
+}
+
+impl<T: Buffers, const N: usize> sealed::Sealed for [T; N] {}
+impl<T: Buffers, const N: usize> Buffers for [T; N] {
+    fn for_each_piece(&self, f: &mut dyn FnMut(sealed::Piece<'_>)) {
+        self.iter().for_each(|b| b.for_each_piece(f));
     }
 }
 
 /// Checks that `buf` is registered in protection domain `pd`, as work requests require.
 pub(crate) fn check_pd(buf: &LocalBuf, pd: *mut ibv_pd) -> Result<()> {
-    if buf.pd_raw() == pd {
+    if buf.piece().pd_raw() == pd {
         Ok(())
     } else {
         Err(foreign_pd())
@@ -94,17 +119,17 @@ impl SgeList {
         let mut count = 0usize;
         let mut foreign = false;
         let mut too_large = None;
-        buffers.for_each_buf(&mut |buf| {
+        buffers.for_each_piece(&mut |piece| {
             count += 1;
-            foreign |= buf.pd_raw() != pd;
-            if !buf.is_empty() {
-                match buf.sge() {
+            foreign |= piece.pd_raw() != pd;
+            if piece.len() > 0 {
+                match piece.sge() {
                     Ok(sge) => list.push(sge),
                     Err(err) => {
                         too_large.get_or_insert(err);
                     }
                 }
-                list.total += buf.len();
+                list.total += piece.len();
             }
         });
         if foreign {

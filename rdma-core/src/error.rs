@@ -194,6 +194,34 @@ pub enum Error {
         /// The failure that put it there.
         cause: Arc<Error>,
     },
+    /// Memory a peer can write (remote write or atomic rights) was asked for as a
+    /// [`LocalBuf`](crate::LocalBuf), whose bytes Rust code reads as `&[u8]`: that would race
+    /// with the peer. Nothing was allocated or registered.
+    PeerWritable {
+        /// The rights asked for.
+        access: crate::mr::Access,
+    },
+    /// Memory registered for local use only was asked to be described to a peer.
+    LocalOnly,
+    /// The memory's registration was to change (shared with peers, or revoked), but this
+    /// piece is not the whole allocation, or other pieces of it are alive.
+    NotWholeRegion,
+    /// A local access to a [`SharedRegion`](crate::SharedRegion) falls outside it; nothing
+    /// was read or written.
+    SharedOutOfRange {
+        /// Offset of the access in the region.
+        offset: usize,
+        /// Length of the access.
+        len: usize,
+        /// Length of the region.
+        region_len: usize,
+    },
+    /// A 64-bit word of a [`SharedRegion`](crate::SharedRegion) was accessed at an address
+    /// that is not a multiple of 8; nothing was read or written.
+    SharedMisaligned {
+        /// Offset of the word in the region.
+        offset: usize,
+    },
     /// The device reported an asynchronous event that failed this object: a queue pair's
     /// fatal error, a failed completion queue, a device that failed or is going away.
     DeviceEvent {
@@ -555,6 +583,38 @@ impl fmt::Display for Error {
                  posted. It failed because: {cause}. Create and connect a new queue pair"
             ),
             Error::DeviceEvent { device, event } => write!(f, "{device} reported: {event}"),
+            Error::PeerWritable { access } => write!(
+                f,
+                "memory with remote write or atomic rights ({access:?}) can change while Rust \
+                 code reads it, so it is a SharedRegion, not a LocalBuf: allocate it with \
+                 ProtectionDomain::alloc_shared (or share a LocalBuf with LocalBuf::share); \
+                 nothing was allocated"
+            ),
+            Error::LocalOnly => write!(
+                f,
+                "this memory is registered for local use only, so a peer cannot use it: \
+                 allocate it with remote rights (Access::REMOTE_READ with alloc, or \
+                 alloc_shared for remote write or atomics)"
+            ),
+            Error::NotWholeRegion => write!(
+                f,
+                "the registration cannot change while other pieces of it are alive: join the \
+                 pieces split from it (unsplit) and wait for the operations that hold some"
+            ),
+            Error::SharedOutOfRange {
+                offset,
+                len,
+                region_len,
+            } => write!(
+                f,
+                "{len} bytes at offset {offset} do not fit in the shared region of {region_len} \
+                 bytes; nothing was read or written"
+            ),
+            Error::SharedMisaligned { offset } => write!(
+                f,
+                "the 64-bit word at offset {offset} of the shared region is not 8-byte aligned; \
+                 nothing was read or written"
+            ),
             Error::BadWireFormat { what, problem } => {
                 write!(f, "refused the {what} bytes from the peer: {problem}")
             }

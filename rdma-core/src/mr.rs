@@ -14,9 +14,11 @@ use std::sync::Arc;
 
 use rdma_sys::*;
 
+use crate::buffers::sealed::Piece;
 use crate::error::{Error, Result};
 use crate::pd::ProtectionDomain;
 use crate::remote::RemoteRegion;
+use crate::shared::SharedRegion;
 
 /// Access rights of registered memory. Local access is always granted; remote rights are
 /// opt-in and should be as narrow as the protocol allows.
@@ -48,6 +50,12 @@ impl Access {
     /// Whether any remote right is granted.
     pub fn is_remote(self) -> bool {
         self.0 & (Self::REMOTE_READ.0 | Self::REMOTE_WRITE.0 | Self::REMOTE_ATOMIC.0) != 0
+    }
+
+    /// Whether a peer may change the memory (remote write or atomic rights): such memory is a
+    /// [`SharedRegion`](crate::SharedRegion), never a [`LocalBuf`].
+    pub fn is_peer_writable(self) -> bool {
+        self.0 & (Self::REMOTE_WRITE.0 | Self::REMOTE_ATOMIC.0) != 0
     }
 
     fn verbs_flags(self) -> i32 {
@@ -82,7 +90,7 @@ pub(crate) struct MrInner {
 }
 
 /// Who allocated the bytes, so they are freed the same way.
-enum Storage {
+pub(crate) enum Storage {
     Aligned(Layout),
     Vec { capacity: usize },
 }
@@ -95,27 +103,6 @@ unsafe impl Send for MrInner {}
 unsafe impl Sync for MrInner {}
 
 impl MemoryRegion {
-    /// The whole region as the peer needs it for RDMA: address, length and remote key.
-    ///
-    /// The key grants access to exactly this region, with the rights it was registered with.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] when the region was registered without remote access.
-    pub fn remote(&self) -> Result<RemoteRegion> {
-        if !self.inner.access.is_remote() {
-            return Err(Error::InvalidArgument(
-                "this memory was registered for local use only; register it with \
-                 Access::REMOTE_READ, REMOTE_WRITE or REMOTE_ATOMIC to hand it to a peer"
-                    .into(),
-            ));
-        }
-        Ok(RemoteRegion {
-            addr: self.addr(),
-            len: self.inner.len as u64,
-            rkey: self.inner.rkey,
-        })
-    }
-
     /// Address of the first byte.
     pub fn addr(&self) -> u64 {
         self.inner.ptr.as_ptr() as u64
@@ -158,6 +145,86 @@ impl std::fmt::Debug for MemoryRegion {
     }
 }
 
+impl MrInner {
+    /// The address of byte `offset` of the registration.
+    pub(crate) fn byte(&self, offset: usize) -> *mut u8 {
+        // SAFETY (of the arithmetic): callers pass offsets within `len`.
+        self.ptr.as_ptr().wrapping_add(offset)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn access(&self) -> Access {
+        self.access
+    }
+
+    /// The peer's description of `len` bytes at `offset`: exactly that range, under the
+    /// registration's key.
+    ///
+    /// # Errors
+    /// [`Error::LocalOnly`] when the registration has no remote right.
+    pub(crate) fn remote(&self, offset: usize, len: usize) -> Result<RemoteRegion> {
+        if !self.access.is_remote() {
+            return Err(Error::LocalOnly);
+        }
+        Ok(RemoteRegion {
+            addr: self.ptr.as_ptr() as u64 + offset as u64,
+            len: len as u64,
+            rkey: self.rkey,
+        })
+    }
+
+    /// The same memory under a new registration with `access`, the old one deregistered:
+    /// the old keys stop working. The new registration is made first, so that on any
+    /// failure the old one still stands and is given back.
+    #[allow(clippy::result_large_err)] // once per share or revocation, not per operation
+    pub(crate) fn reregister(
+        self,
+        access: Access,
+    ) -> std::result::Result<MrInner, (MrInner, Error)> {
+        let reg_len = self.len.max(1);
+        // SAFETY: the bytes are owned by `self` and stay allocated; a second registration of
+        // the same pages is allowed.
+        let raw = unsafe {
+            ibv_reg_mr(
+                self.pd.raw(),
+                self.ptr.as_ptr().cast(),
+                reg_len,
+                access.verbs_flags(),
+            )
+        };
+        let Some(raw) = NonNull::new(raw) else {
+            let err = registration_error(reg_len);
+            return Err((self, err));
+        };
+        // SAFETY: the old registration is valid and no work request uses it: the caller owns
+        // the only reference to it.
+        let rc = unsafe { ibv_dereg_mr(self.raw.as_ptr()) };
+        if rc != 0 {
+            // SAFETY: the registration made above, unused.
+            unsafe { ibv_dereg_mr(raw.as_ptr()) };
+            return Err((self, Error::from_code("ibv_dereg_mr", rc)));
+        }
+        // SAFETY: `raw` is the registration made above.
+        let (lkey, rkey) = unsafe { ((*raw.as_ptr()).lkey, (*raw.as_ptr()).rkey) };
+        let old = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `old` is never dropped; its storage and PD move to the new value, once.
+        let (storage, pd) = unsafe { (std::ptr::read(&old.storage), std::ptr::read(&old.pd)) };
+        Ok(MrInner {
+            raw,
+            ptr: old.ptr,
+            len: old.len,
+            lkey,
+            rkey,
+            access,
+            storage,
+            pd,
+        })
+    }
+}
+
 /// Registrations alive in this process.
 static LIVE_REGIONS: AtomicUsize = AtomicUsize::new(0);
 
@@ -170,7 +237,7 @@ pub fn registered_regions() -> usize {
 impl MrInner {
     /// Registers `len` bytes at `ptr`, taking ownership of their `storage`. On failure the
     /// storage is freed.
-    fn register(
+    pub(crate) fn register(
         pd: &ProtectionDomain,
         ptr: NonNull<u8>,
         len: usize,
@@ -265,9 +332,12 @@ fn registration_error(len: usize) -> Error {
 /// disjoint pieces in flight at once, and join neighbours back with
 /// [`unsplit`](LocalBuf::unsplit).
 ///
-/// If the region grants remote write or atomic rights, a peer may change its bytes at any
-/// time: read them when the protocol says the peer is done (for example after a write with
-/// immediate arrives).
+/// Its registration never grants remote write or atomic rights: memory a peer can change is
+/// a [`SharedRegion`](crate::SharedRegion), whose bytes Rust code reaches only through
+/// methods that are sound while the peer writes. A `LocalBuf` may grant remote *read*
+/// rights ([`remote`](LocalBuf::remote)): a peer may then read its bytes at any time, also
+/// while local code writes them, and may see some bytes old and some new; say in the
+/// protocol when the bytes are ready (for example with a send after the writes).
 ///
 /// ```no_run
 /// # fn main() -> anyrdma_core::Result<()> {
@@ -287,6 +357,7 @@ pub struct LocalBuf {
 
 impl LocalBuf {
     pub(crate) fn alloc(pd: &ProtectionDomain, len: usize, access: Access) -> Result<LocalBuf> {
+        refuse_peer_writable(access)?;
         let (ptr, layout) = alloc_pages(len, page_size())?;
         let mr = MrInner::register(pd, ptr, len, Storage::Aligned(layout), access)?;
         Ok(LocalBuf {
@@ -301,6 +372,7 @@ impl LocalBuf {
         data: Vec<u8>,
         access: Access,
     ) -> Result<LocalBuf> {
+        refuse_peer_writable(access)?;
         let mut data = std::mem::ManuallyDrop::new(data);
         if data.capacity() == 0 {
             // An empty Vec owns no allocation to register; give it one byte.
@@ -341,6 +413,59 @@ impl LocalBuf {
     pub fn region(&self) -> MemoryRegion {
         MemoryRegion {
             inner: self.mr.clone(),
+        }
+    }
+
+    /// This piece as a peer needs it to RDMA-read it: its address and length (exactly this
+    /// piece) and the registration's remote key.
+    ///
+    /// The key is the registration's: other pieces split from the same allocation answer to
+    /// it too. To expose memory to a peer on its own, allocate it on its own.
+    ///
+    /// # Errors
+    /// [`Error::LocalOnly`] when the registration grants no remote read.
+    pub fn remote(&self) -> Result<RemoteRegion> {
+        self.mr.remote(self.offset, self.len)
+    }
+
+    /// Hands this memory to peers with `access` (which may include remote write and
+    /// atomics): the same bytes, registered again, as a [`SharedRegion`]. The old
+    /// registration is deregistered.
+    ///
+    /// # Errors
+    /// Gives `self` back with [`Error::NotWholeRegion`] when this piece is not the whole
+    /// allocation or other pieces of it are alive, or with the registration's error.
+    pub fn share(self, access: Access) -> std::result::Result<SharedRegion, (LocalBuf, Error)> {
+        match self.into_whole() {
+            Ok(inner) => match inner.reregister(access) {
+                Ok(inner) => Ok(SharedRegion::whole(Arc::new(inner))),
+                Err((inner, err)) => Err((LocalBuf::whole(Arc::new(inner)), err)),
+            },
+            Err(buf) => Err((buf, Error::NotWholeRegion)),
+        }
+    }
+
+    /// The whole allocation `mr` as one piece.
+    pub(crate) fn whole(mr: Arc<MrInner>) -> LocalBuf {
+        let len = mr.len;
+        LocalBuf { mr, offset: 0, len }
+    }
+
+    /// The registration, when this piece is all of it and nothing else holds it.
+    fn into_whole(self) -> std::result::Result<MrInner, LocalBuf> {
+        if self.offset != 0 || self.len != self.mr.len {
+            return Err(self);
+        }
+        let (offset, len) = (self.offset, self.len);
+        Arc::try_unwrap(self.mr).map_err(|mr| LocalBuf { mr, offset, len })
+    }
+
+    /// The piece as operations see it.
+    pub(crate) fn piece(&self) -> Piece<'_> {
+        Piece {
+            mr: &self.mr,
+            offset: self.offset,
+            len: self.len,
         }
     }
 
@@ -404,19 +529,17 @@ impl LocalBuf {
     /// # Errors
     /// Gives `self` back otherwise.
     pub fn into_vec(self) -> std::result::Result<Vec<u8>, LocalBuf> {
-        if self.offset != 0 || self.len != self.mr.len {
-            return Err(self);
-        }
-        match Arc::try_unwrap(self.mr) {
-            Ok(inner) => Ok(inner[..].to_vec()),
-            Err(mr) => Err(LocalBuf {
-                mr,
-                offset: self.offset,
-                len: self.len,
-            }),
-        }
+        self.into_whole().map(|inner| inner[..].to_vec())
+    }
+}
+
+impl Piece<'_> {
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
+    #[inline]
     pub(crate) fn pd_raw(&self) -> *mut ibv_pd {
         self.mr.pd.raw()
     }
@@ -425,12 +548,28 @@ impl LocalBuf {
     ///
     /// # Errors
     /// [`Error::TooLarge`] for a piece of 4 GiB or more: an entry's length has 32 bits.
+    #[inline]
     pub(crate) fn sge(&self) -> Result<ibv_sge> {
         Ok(ibv_sge {
-            addr: self.addr(),
+            addr: self.mr.byte(self.offset) as u64,
             length: sge_length(self.len)?,
             lkey: self.mr.lkey,
         })
+    }
+
+    /// The bytes of the piece, copied with atomic byte loads: sound even where a peer may
+    /// write them at the same time.
+    pub(crate) fn copy_out(&self, into: &mut [u8]) {
+        for (i, byte) in into.iter_mut().enumerate().take(self.len) {
+            // SAFETY: `offset + i` is inside the allocation, which `mr` keeps alive; u8 has
+            // the size and alignment of AtomicU8. No non-atomic access races with this one:
+            // a LocalBuf's bytes are reached only through its owner (the caller), a
+            // SharedRegion's only atomically (and by the device).
+            let atomic =
+                unsafe { std::sync::atomic::AtomicU8::from_ptr(self.mr.byte(self.offset + i)) };
+            *byte = atomic.load(Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::Acquire);
     }
 }
 
@@ -468,9 +607,17 @@ impl std::fmt::Debug for LocalBuf {
     }
 }
 
+/// Memory a peer can write is a [`SharedRegion`], never a [`LocalBuf`].
+fn refuse_peer_writable(access: Access) -> Result<()> {
+    if access.is_peer_writable() {
+        return Err(Error::PeerWritable { access });
+    }
+    Ok(())
+}
+
 /// Allocates `len` zeroed bytes (at least one page, whole pages, page-aligned) for
 /// registration; `free_storage` frees them with the layout returned.
-fn alloc_pages(len: usize, page: usize) -> Result<(NonNull<u8>, Layout)> {
+pub(crate) fn alloc_pages(len: usize, page: usize) -> Result<(NonNull<u8>, Layout)> {
     let layout = page_layout(len, page)?;
     // SAFETY: `layout` has a non-zero size: at least one page.
     let ptr = unsafe { alloc::alloc_zeroed(layout) };
@@ -507,7 +654,7 @@ fn sge_length(len: usize) -> Result<u32> {
     })
 }
 
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size)

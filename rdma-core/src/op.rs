@@ -79,13 +79,15 @@ impl sealed::Sealed for Atomic {}
 impl Outcome for Atomic {
     type Output = u64;
     fn output<B: Buffers>(_: Received, buffers: &B) -> u64 {
-        let mut value = 0;
-        buffers.for_each_buf(&mut |b| {
-            if let Ok(bytes) = <[u8; 8]>::try_from(&b[..]) {
-                value = u64::from_ne_bytes(bytes);
-            }
+        // The operation checked that the buffers are 8 bytes, in one or more pieces.
+        let mut bytes = [0u8; 8];
+        let mut at = 0;
+        buffers.for_each_piece(&mut |piece| {
+            let end = (at + piece.len()).min(8);
+            piece.copy_out(&mut bytes[at..end]);
+            at = end;
         });
-        value
+        u64::from_ne_bytes(bytes)
     }
 }
 

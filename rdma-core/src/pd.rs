@@ -8,6 +8,7 @@ use rdma_sys::*;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::mr::{Access, LocalBuf};
+use crate::shared::SharedRegion;
 
 /// A protection domain. Memory registered in it can be used only by queue pairs of the same
 /// domain. Cheap to clone; deallocated when the last clone and everything made in it are gone.
@@ -54,9 +55,21 @@ impl ProtectionDomain {
     /// [`Error::TooLarge`] when no allocation can have `len` bytes (near `isize::MAX`);
     /// [`Error::OutOfMemory`] when the system cannot provide them;
     /// [`Error::MemlockLimit`] when the locked-memory limit is too low;
-    /// [`Error::Verbs`] for other registration failures.
+    /// [`Error::Verbs`] for other registration failures;
+    /// [`Error::PeerWritable`] for remote write or atomic rights (use
+    /// [`alloc_shared`](ProtectionDomain::alloc_shared)).
     pub fn alloc(&self, len: usize, access: Access) -> Result<LocalBuf> {
         LocalBuf::alloc(self, len, access)
+    }
+
+    /// Allocates `len` bytes of zeroed, page-aligned memory and registers it with `access`
+    /// for peers to use, typically with remote write or atomic rights: a [`SharedRegion`],
+    /// whose bytes are reached only through methods that are sound while a peer writes them.
+    ///
+    /// # Errors
+    /// As [`alloc`](ProtectionDomain::alloc).
+    pub fn alloc_shared(&self, len: usize, access: Access) -> Result<SharedRegion> {
+        SharedRegion::alloc(self, len, access)
     }
 
     /// Takes ownership of `data` and registers it with `access`. The bytes stay where they

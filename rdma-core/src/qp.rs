@@ -142,9 +142,20 @@ const STATE_RTS: u8 = 2;
 
 /// A reliable connected queue pair (see [`Context`](crate::Context) for the runtime it waits with).
 ///
-/// Cheap to clone. It keeps its protection domain and completion queues alive; the last
-/// clone (and the last pending operation) to go moves it to the error state, destroys it,
-/// and only then releases the buffers its dropped operations left behind.
+/// Cheap to clone. It keeps its protection domain and completion queues alive.
+///
+/// # Teardown
+/// The last clone (and the last pending operation) to go moves it to the error state if
+/// work is pending, drains its completion queues (so that a completion already there reaches
+/// its operation: mlx5 removes a destroyed queue pair's completions), destroys it, and only
+/// then releases the buffers its dropped operations left behind. Nothing in this blocks for
+/// long: `ibv_destroy_qp` is one system call, which waits only for the acknowledgement of the
+/// queue pair's asynchronous events, and anyrdma acknowledges each as soon as it reads it. A
+/// queue pair on a shared receive queue is instead kept by that queue until the device
+/// reports that it takes no more receives from it (see
+/// [`SharedReceiveQueue::retiring`](crate::SharedReceiveQueue::retiring)). If the device
+/// refuses to destroy it, its buffers, completion queues and protection domain are leaked,
+/// never freed (and reported through `tracing` with that feature).
 ///
 /// ```no_run
 /// # fn demo(peer: anyrdma_core::Endpoint) -> anyrdma_core::Result<()> {

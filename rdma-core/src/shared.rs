@@ -1,0 +1,360 @@
+//! Memory a peer can write: reached only through methods that are sound while it does.
+//!
+//! A peer with remote write or atomic rights may change these bytes at any moment, outside
+//! Rust's knowledge. A `&[u8]` into them would be a data race: the compiler may assume the
+//! bytes do not change while the reference lives (a loop waiting for a flag may never see it;
+//! a header checked and then read again may differ). So a [`SharedRegion`] never hands out a
+//! reference into its bytes: it copies in and out with atomic byte accesses, loads and stores
+//! aligned `u64` words atomically, and waits for a word to change by loading it again each
+//! time.
+
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use crate::buffers::sealed::Piece;
+use crate::error::{Error, Result};
+use crate::mr::{alloc_pages, page_size, Access, LocalBuf, MrInner, Storage};
+use crate::pd::ProtectionDomain;
+use crate::remote::RemoteRegion;
+use crate::runtime::{default_runtime, RuntimeHandle};
+
+/// Registered memory that peers may write (remote write or atomic rights): an owned piece of
+/// a registration, like [`LocalBuf`], whose bytes Rust code reaches only through methods that
+/// are sound while a peer writes them.
+///
+/// - Copy in and out at an offset: [`read_at`](SharedRegion::read_at),
+///   [`write_at`](SharedRegion::write_at), [`to_vec`](SharedRegion::to_vec).
+/// - Aligned 64-bit words, atomically: [`load_u64`](SharedRegion::load_u64) (acquire),
+///   [`store_u64`](SharedRegion::store_u64) (release); the same words a peer's RDMA atomics
+///   work on.
+/// - Wait for a word to change: [`wait_u64`](SharedRegion::wait_u64).
+///
+/// It is also the local side of operations, taken by value and given back like a
+/// `LocalBuf`: send from it, write from it, read or receive into it. [`remote`](SharedRegion::remote)
+/// describes exactly this piece to a peer. [`revoke`](SharedRegion::revoke) takes the peer's
+/// access away (its key stops working) and gives the memory back as a plain `LocalBuf`.
+///
+/// There is no `Deref` to `[u8]`, by design:
+///
+/// ```compile_fail
+/// fn peek(shared: &anyrdma_core::SharedRegion) -> u8 {
+///     shared[0] // error: a SharedRegion cannot be indexed: a peer may write it meanwhile
+/// }
+/// ```
+///
+/// ```no_run
+/// # async fn demo() -> anyrdma_core::Result<()> {
+/// use anyrdma_core::{Access, Context};
+/// let pd = Context::open_default()?.alloc_pd()?;
+/// let mailbox = pd.alloc_shared(4096, Access::REMOTE_WRITE)?;
+/// let for_the_peer = mailbox.remote()?; // send this to the peer
+/// // The peer writes its message, then sets the word at offset 0 to its length.
+/// let len = mailbox.wait_u64(0, 0).await?;
+/// let mut message = vec![0; len as usize];
+/// mailbox.read_at(8, &mut message)?;
+/// # Ok(()) }
+/// ```
+pub struct SharedRegion {
+    mr: Arc<MrInner>,
+    offset: usize,
+    len: usize,
+}
+
+impl SharedRegion {
+    /// `len` bytes of zeroed, page-aligned memory registered with `access`.
+    pub(crate) fn alloc(pd: &ProtectionDomain, len: usize, access: Access) -> Result<Self> {
+        let (ptr, layout) = alloc_pages(len, page_size())?;
+        let mr = MrInner::register(pd, ptr, len, Storage::Aligned(layout), access)?;
+        Ok(SharedRegion::whole(Arc::new(mr)))
+    }
+
+    /// The whole registration `mr` as one piece.
+    pub(crate) fn whole(mr: Arc<MrInner>) -> SharedRegion {
+        let len = mr.len();
+        SharedRegion { mr, offset: 0, len }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the piece is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The rights the registration grants.
+    pub fn access(&self) -> Access {
+        self.mr.access()
+    }
+
+    /// The device address of the first byte.
+    pub fn addr(&self) -> u64 {
+        self.mr.byte(self.offset) as u64
+    }
+
+    /// This piece as a peer needs it for RDMA: its address and length (exactly this piece)
+    /// and the registration's remote key, with the rights it was registered with.
+    ///
+    /// The key is the registration's: other pieces split from the same allocation answer to
+    /// it too. To give peers memory that is isolated from the rest, allocate it on its own.
+    ///
+    /// # Errors
+    /// [`Error::LocalOnly`] when the registration has no remote right.
+    pub fn remote(&self) -> Result<RemoteRegion> {
+        self.mr.remote(self.offset, self.len)
+    }
+
+    /// Copies `into.len()` bytes starting at `offset` out of the region.
+    ///
+    /// Each byte is read atomically; a peer writing meanwhile may leave some bytes old and
+    /// some new, as with any memory shared without a lock: the protocol says when a range is
+    /// complete (for example, a flag word set after the data, read with
+    /// [`load_u64`](SharedRegion::load_u64) first).
+    ///
+    /// # Errors
+    /// [`Error::SharedOutOfRange`] when the range does not fit; nothing was read.
+    pub fn read_at(&self, offset: usize, into: &mut [u8]) -> Result<()> {
+        self.check_range(offset, into.len())?;
+        for (i, byte) in into.iter_mut().enumerate() {
+            *byte = self.byte(offset + i).load(Ordering::Relaxed);
+        }
+        // Whatever the peer wrote before a flag that an acquire load saw is visible now.
+        fence(Ordering::Acquire);
+        Ok(())
+    }
+
+    /// Copies `bytes` into the region at `offset`.
+    ///
+    /// # Errors
+    /// [`Error::SharedOutOfRange`] when the range does not fit; nothing was written.
+    pub fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        self.check_range(offset, bytes.len())?;
+        fence(Ordering::Release);
+        for (i, &byte) in bytes.iter().enumerate() {
+            self.byte(offset + i).store(byte, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A copy of a range of the region (`..` for all of it).
+    ///
+    /// # Errors
+    /// [`Error::SharedOutOfRange`] when the range does not fit, [`Error::ReversedRange`]
+    /// when it starts after it ends.
+    pub fn to_vec(&self, range: impl RangeBounds<usize>) -> Result<Vec<u8>> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => self.len,
+        };
+        if end < start {
+            return Err(Error::ReversedRange {
+                start: start as u64,
+                end: end as u64,
+            });
+        }
+        let mut bytes = vec![0; end - start];
+        self.read_at(start, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Loads the 64-bit word at `offset` (acquire): what a peer wrote before it stored this
+    /// word is visible afterwards.
+    ///
+    /// # Errors
+    /// [`Error::SharedOutOfRange`] when the word does not fit, [`Error::SharedMisaligned`]
+    /// when its address is not a multiple of 8.
+    pub fn load_u64(&self, offset: usize) -> Result<u64> {
+        Ok(self.word(offset)?.load(Ordering::Acquire))
+    }
+
+    /// Stores `value` into the 64-bit word at `offset` (release).
+    ///
+    /// # Errors
+    /// As [`load_u64`](SharedRegion::load_u64); nothing was stored.
+    pub fn store_u64(&self, offset: usize, value: u64) -> Result<()> {
+        self.word(offset)?.store(value, Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits until the 64-bit word at `offset` differs from `current`, and returns its new
+    /// value (loaded with acquire, as [`load_u64`](SharedRegion::load_u64)).
+    ///
+    /// Every check loads the word from memory again. It spins briefly, then yields to the
+    /// executor, then sleeps with a growing pause (up to 1 ms) on the runtime of the
+    /// region's context (or the process default), so a long wait costs little CPU: a peer's
+    /// write is seen within about a millisecond. For lower latency, have the peer send a
+    /// message (a write with immediate) instead of polling memory.
+    ///
+    /// # Errors
+    /// As [`load_u64`](SharedRegion::load_u64), and [`Error::NoRuntime`] when a wait has to
+    /// sleep and no runtime is known.
+    pub async fn wait_u64(&self, offset: usize, current: u64) -> Result<u64> {
+        const SPINS: u32 = 64;
+        const YIELDS: u32 = 256;
+        const MAX_PAUSE: Duration = Duration::from_millis(1);
+        let word = self.word(offset)?;
+        let mut runtime: Option<RuntimeHandle> = None;
+        let mut pause = Duration::from_micros(1);
+        let mut tries = 0u32;
+        loop {
+            let value = word.load(Ordering::Acquire);
+            if value != current {
+                return Ok(value);
+            }
+            tries = tries.saturating_add(1);
+            if tries < SPINS {
+                std::hint::spin_loop();
+            } else if tries < SPINS + YIELDS {
+                yield_now().await;
+            } else {
+                let runtime = match &runtime {
+                    Some(runtime) => runtime,
+                    None => runtime.insert(self.runtime()?),
+                };
+                runtime.sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+        }
+    }
+
+    /// Splits off `[at, len)` and returns it; `self` keeps `[0, at)`.
+    ///
+    /// # Panics
+    /// If `at > len`, like [`Vec::split_off`].
+    #[must_use = "the split-off piece is dropped otherwise"]
+    pub fn split_off(&mut self, at: usize) -> SharedRegion {
+        assert!(
+            at <= self.len,
+            "split_off at {at} beyond length {}",
+            self.len
+        );
+        let tail = SharedRegion {
+            mr: self.mr.clone(),
+            offset: self.offset + at,
+            len: self.len - at,
+        };
+        self.len = at;
+        tail
+    }
+
+    /// Joins `other`, which must directly follow `self` in the same registration.
+    ///
+    /// # Errors
+    /// Gives `other` back when it is not the next piece.
+    pub fn unsplit(&mut self, other: SharedRegion) -> std::result::Result<(), SharedRegion> {
+        if Arc::ptr_eq(&self.mr, &other.mr) && self.offset + self.len == other.offset {
+            self.len += other.len;
+            Ok(())
+        } else {
+            Err(other)
+        }
+    }
+
+    /// Takes the peers' access away and gives the memory back as a plain [`LocalBuf`] (with
+    /// its bytes as they are): the memory is registered again for local use and the old
+    /// registration deregistered, so its remote key stops working (a peer's access with it
+    /// fails with a remote access error), before any `&[u8]` to the bytes can exist.
+    ///
+    /// # Errors
+    /// Gives `self` back with [`Error::NotWholeRegion`] when this piece is not the whole
+    /// allocation or other pieces of it are alive (held by operations in flight, or split
+    /// off), or with the error of the new registration or of the deregistration (the old
+    /// registration then still stands).
+    pub fn revoke(self) -> std::result::Result<LocalBuf, (SharedRegion, Error)> {
+        if self.offset != 0 || self.len != self.mr.len() {
+            return Err((self, Error::NotWholeRegion));
+        }
+        let inner = match Arc::try_unwrap(self.mr) {
+            Ok(inner) => inner,
+            Err(mr) => return Err((SharedRegion::whole(mr), Error::NotWholeRegion)),
+        };
+        match inner.reregister(Access::LOCAL) {
+            Ok(inner) => Ok(LocalBuf::whole(Arc::new(inner))),
+            Err((inner, err)) => Err((SharedRegion::whole(Arc::new(inner)), err)),
+        }
+    }
+
+    /// The piece as operations see it.
+    pub(crate) fn piece(&self) -> Piece<'_> {
+        Piece {
+            mr: &self.mr,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(Error::SharedOutOfRange {
+                offset,
+                len,
+                region_len: self.len,
+            }),
+        }
+    }
+
+    /// Byte `offset` of this piece (checked by the caller), as an atomic.
+    fn byte(&self, offset: usize) -> &AtomicU8 {
+        // SAFETY: the byte lies inside the allocation, which `self.mr` keeps alive as long as
+        // the borrow of `self`; AtomicU8 has the size and alignment of u8. Rust code reaches
+        // these bytes only atomically (this type has no other access), and the device's
+        // accesses are outside the Rust memory model, as another process's would be.
+        unsafe { AtomicU8::from_ptr(self.mr.byte(self.offset + offset)) }
+    }
+
+    /// The aligned 64-bit word at `offset`, as an atomic.
+    fn word(&self, offset: usize) -> Result<&AtomicU64> {
+        self.check_range(offset, 8)?;
+        let ptr = self.mr.byte(self.offset + offset);
+        if ptr as usize % 8 != 0 {
+            return Err(Error::SharedMisaligned { offset });
+        }
+        // SAFETY: the 8 bytes lie inside the allocation (checked above), which `self.mr`
+        // keeps alive as long as the borrow of `self`, at an 8-aligned address (checked
+        // above); Rust code reaches them only atomically (see `byte`).
+        Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) })
+    }
+
+    fn runtime(&self) -> Result<RuntimeHandle> {
+        match self.mr.pd.context().runtime() {
+            Some(runtime) => Ok(runtime.clone()),
+            None => default_runtime(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRegion")
+            .field("addr", &format_args!("{:#x}", self.addr()))
+            .field("len", &self.len)
+            .field("access", &self.access())
+            .finish()
+    }
+}
+
+/// Yields once to the executor.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
