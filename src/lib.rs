@@ -35,12 +35,13 @@
 pub use anyrdma_core as core;
 pub use anyrdma_core::{
     default_port, devices, registered_regions, sleep, timeout, Access, Atomic, Batch, Buffers,
-    CompletionQueue, ConnectOptions, Context, CqOptions, DeviceEvent, DeviceEventKind, DeviceInfo,
-    DeviceLimits, DeviceSpec, Done, Elapsed, Endpoint, Error, Gid, GidEntry, GidType, LinkLayer,
-    LocalBuf, MemoryRegion, MessageKind, NextEvent, Op, Outcome, PollMode, PortInfo, PortSelection,
-    PortState, ProtectionDomain, QpOptions, QpShutdownReason, QueuePair, ReadinessFd, Received,
-    Recv, RemoteRegion, Result, Runtime, RuntimeHandle, SharedReceiveQueue, SharedRegion,
-    SrqOptions, WcStatus, WireProblem, WorkKind, DEVICE_ENV, MAX_SGE,
+    ClassStats, CompletionQueue, ConnectOptions, Context, CqOptions, DeviceEvent, DeviceEventKind,
+    DeviceInfo, DeviceLimits, DeviceSpec, Done, Elapsed, Endpoint, Error, Gid, GidEntry, GidType,
+    LinkLayer, LocalBuf, MemoryPool, MemoryRegion, MessageKind, NextEvent, Op, Outcome, PollMode,
+    PoolOptions, PoolStats, PortInfo, PortSelection, PortState, ProtectionDomain, QpOptions,
+    QpShutdownReason, QueuePair, ReadinessFd, Received, Recv, RemoteRegion, Result, Runtime,
+    RuntimeHandle, SharedReceiveQueue, SharedRegion, SrqOptions, WcStatus, WireProblem, WorkKind,
+    DEVICE_ENV, MAX_SGE,
 };
 pub use anyrdma_core::{device, error};
 

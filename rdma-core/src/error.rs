@@ -203,6 +203,18 @@ pub enum Error {
     },
     /// Memory registered for local use only was asked to be described to a peer.
     LocalOnly,
+    /// [`MemoryPool`](crate::MemoryPool) memory was asked to be shared with peers: its key
+    /// is its chunk's and would expose the neighbouring blocks.
+    PoolMemoryIsLocal,
+    /// A [`MemoryPool`](crate::MemoryPool) would have to register more than its cap.
+    PoolExhausted {
+        /// The block size that was needed.
+        requested: usize,
+        /// Bytes the pool has registered.
+        registered: usize,
+        /// Its cap ([`PoolOptions::max_bytes`](crate::PoolOptions::max_bytes)).
+        max_bytes: usize,
+    },
     /// The memory's registration was to change (shared with peers, or revoked), but this
     /// piece is not the whole allocation, or other pieces of it are alive.
     NotWholeRegion,
@@ -595,6 +607,21 @@ impl fmt::Display for Error {
                 "this memory is registered for local use only, so a peer cannot use it: \
                  allocate it with remote rights (Access::REMOTE_READ with alloc, or \
                  alloc_shared for remote write or atomics)"
+            ),
+            Error::PoolMemoryIsLocal => write!(
+                f,
+                "pool memory is local only: its key would expose the neighbouring blocks; \
+                 allocate memory for peers with ProtectionDomain::alloc_shared"
+            ),
+            Error::PoolExhausted {
+                requested,
+                registered,
+                max_bytes,
+            } => write!(
+                f,
+                "the memory pool is at its cap: a {requested}-byte block needs a new chunk, and \
+                 {registered} of at most {max_bytes} bytes are registered; drop buffers, call \
+                 trim, or raise PoolOptions::max_bytes"
             ),
             Error::NotWholeRegion => write!(
                 f,

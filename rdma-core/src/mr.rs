@@ -17,6 +17,7 @@ use rdma_sys::*;
 use crate::buffers::sealed::Piece;
 use crate::error::{Error, Result};
 use crate::pd::ProtectionDomain;
+use crate::pool::PoolBlock;
 use crate::remote::RemoteRegion;
 use crate::shared::SharedRegion;
 
@@ -92,7 +93,12 @@ pub(crate) struct MrInner {
 /// Who allocated the bytes, so they are freed the same way.
 pub(crate) enum Storage {
     Aligned(Layout),
-    Vec { capacity: usize },
+    Vec {
+        capacity: usize,
+    },
+    /// A block of a [`MemoryPool`](crate::MemoryPool) chunk, under the chunk's registration:
+    /// given back to the pool, never deregistered or freed on its own.
+    Pool(PoolBlock),
 }
 
 // SAFETY: MrInner owns its bytes (nothing else holds the allocation) and the ibv_mr handle,
@@ -156,6 +162,24 @@ impl MrInner {
         self.len
     }
 
+    /// The registration handle.
+    pub(crate) fn raw_mr(&self) -> NonNull<ibv_mr> {
+        self.raw
+    }
+
+    /// The local and remote keys.
+    pub(crate) fn keys(&self) -> (u32, u32) {
+        (self.lkey, self.rkey)
+    }
+
+    /// The address of byte `offset` (within the registration), as a block of a pool chunk.
+    pub(crate) fn block(&self, offset: usize) -> NonNull<u8> {
+        debug_assert!(offset < self.len);
+        // SAFETY: `ptr` is non-null and `offset` lies inside the allocation, so the sum is
+        // non-null and in bounds.
+        unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(offset)) }
+    }
+
     pub(crate) fn access(&self) -> Access {
         self.access
     }
@@ -184,6 +208,10 @@ impl MrInner {
         self,
         access: Access,
     ) -> std::result::Result<MrInner, (MrInner, Error)> {
+        if matches!(self.storage, Storage::Pool(_)) {
+            // Its key is the chunk's: exposing it would expose the neighbouring blocks.
+            return Err((self, Error::PoolMemoryIsLocal));
+        }
         let reg_len = self.len.max(1);
         // SAFETY: the bytes are owned by `self` and stay allocated; a second registration of
         // the same pages is allowed.
@@ -235,6 +263,27 @@ pub fn registered_regions() -> usize {
 }
 
 impl MrInner {
+    /// A view of `len` bytes at `ptr`, a block of a pool chunk registered as `raw`.
+    pub(crate) fn pool_block(
+        raw: NonNull<ibv_mr>,
+        ptr: NonNull<u8>,
+        len: usize,
+        keys: (u32, u32),
+        block: PoolBlock,
+        pd: ProtectionDomain,
+    ) -> MrInner {
+        MrInner {
+            raw,
+            ptr,
+            len,
+            lkey: keys.0,
+            rkey: keys.1,
+            access: Access::LOCAL,
+            storage: Storage::Pool(block),
+            pd,
+        }
+    }
+
     /// Registers `len` bytes at `ptr`, taking ownership of their `storage`. On failure the
     /// storage is freed.
     pub(crate) fn register(
@@ -272,6 +321,10 @@ impl MrInner {
 
 impl Drop for MrInner {
     fn drop(&mut self) {
+        if let Storage::Pool(block) = &mut self.storage {
+            block.give_back(self.ptr);
+            return;
+        }
         // SAFETY: no LocalBuf (and so no posted work request) refers to the region any more:
         // each holds an Arc<MrInner>. Deregister first, then free the bytes.
         let rc = unsafe { ibv_dereg_mr(self.raw.as_ptr()) };
@@ -293,12 +346,14 @@ impl Drop for MrInner {
 }
 
 fn free_storage(ptr: NonNull<u8>, len: usize, storage: &Storage) {
-    match *storage {
+    match storage {
+        // A pool block is the pool's: MrInner's Drop gives it back instead.
+        Storage::Pool(_) => {}
         // SAFETY: allocated by alloc_zeroed with this layout and freed once, here.
-        Storage::Aligned(layout) => unsafe { alloc::dealloc(ptr.as_ptr(), layout) },
+        Storage::Aligned(layout) => unsafe { alloc::dealloc(ptr.as_ptr(), *layout) },
         // SAFETY: these are the raw parts of the Vec taken in register_vec; rebuilt once.
         Storage::Vec { capacity } => {
-            drop(unsafe { Vec::from_raw_parts(ptr.as_ptr(), len, capacity) })
+            drop(unsafe { Vec::from_raw_parts(ptr.as_ptr(), len, *capacity) })
         }
     }
 }

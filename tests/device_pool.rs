@@ -1,0 +1,155 @@
+//! The registered-memory pool: cheap buffers that go back to the pool when dropped, never
+//! handed to two owners at once, bounded by a cap, counted by chunks, and local only.
+
+mod support;
+
+use std::sync::Mutex;
+
+use anyrdma::{registered_regions, Access, Error, MemoryPool, PoolOptions};
+use support::{fill, holds_pattern, within, Pair, Rt};
+
+/// `registered_regions()` counts the whole process: the tests that compare it run one at a
+/// time (each on its own runtime and thread, so the lock orders tests, not tasks).
+static REGIONS: Mutex<()> = Mutex::new(());
+
+const TASKS: usize = 8;
+const ALLOCATIONS: usize = 1_000_000;
+const SIZES: [usize; 6] = [1, 64, 200, 1000, 4096, 60_000];
+
+/// Eight tasks allocate and drop a million buffers of mixed sizes. Each stamps its buffer's
+/// first and last bytes with a tag of its own, yields, and checks the tag: a block handed to
+/// two owners at once would show. At the end nothing is in use, and the process holds one registration per chunk.
+#[allow(clippy::await_holding_lock)] // REGIONS orders tests, not tasks
+async fn many_tasks_share_one_pool(rt: Rt) {
+    if !support::device_present("many_tasks_share_one_pool") {
+        return;
+    }
+    let _regions = REGIONS.lock().unwrap_or_else(|p| p.into_inner());
+    let pair = Pair::new();
+    let baseline = registered_regions();
+    let pool = MemoryPool::new(&pair.pd, PoolOptions::default());
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let pool = pool.clone();
+        tasks.push(rt.spawn(async move {
+            let mut held = Vec::new();
+            for i in 0..ALLOCATIONS / TASKS {
+                let len = SIZES[(i + task) % SIZES.len()];
+                let mut buf = pool.alloc(len).expect("pool alloc");
+                assert_eq!(buf.len(), len);
+                let tag = (task * ALLOCATIONS + i) as u64;
+                stamp(&mut buf, tag);
+                held.push((buf, tag));
+                if held.len() == 16 {
+                    support::yield_now().await;
+                    for (buf, tag) in held.drain(..) {
+                        assert!(stamped(&buf, tag), "task {task}: a block was shared");
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        within(300, "an allocating task", task).await;
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.bytes_in_use, 0, "{}: {stats:?}", rt.name());
+    assert!(stats.classes.iter().all(|c| c.in_use == 0), "{stats:?}");
+    assert!(
+        stats.chunks > 0 && stats.chunks < 64,
+        "{}: {stats:?}",
+        rt.name()
+    );
+    assert_eq!(
+        registered_regions(),
+        baseline + stats.chunks,
+        "{}: registrations are chunks, not buffers",
+        rt.name()
+    );
+    let released = pool.trim();
+    assert_eq!(released, stats.bytes_registered);
+    assert_eq!(pool.stats().chunks, 0);
+    assert_eq!(
+        registered_regions(),
+        baseline,
+        "{}: trim gave back every chunk",
+        rt.name()
+    );
+}
+
+/// Writes `tag` at both ends of `buf` (as much of it as fits).
+fn stamp(buf: &mut [u8], tag: u64) {
+    let bytes = tag.to_le_bytes();
+    let n = buf.len().min(8);
+    buf[..n].copy_from_slice(&bytes[..n]);
+    let len = buf.len();
+    buf[len - n..].copy_from_slice(&bytes[..n]);
+}
+
+fn stamped(buf: &[u8], tag: u64) -> bool {
+    let bytes = tag.to_le_bytes();
+    let n = buf.len().min(8);
+    buf[..n] == bytes[..n] && buf[buf.len() - n..] == bytes[..n]
+}
+
+/// Pool buffers carry real traffic: a send from one, received into another.
+async fn pool_buffers_move_data(rt: Rt) {
+    if !support::device_present("pool_buffers_move_data") {
+        return;
+    }
+    let pair = Pair::new();
+    let pool = MemoryPool::new(&pair.pd, PoolOptions::default());
+    for (round, len) in [8usize, 300, 4096, 65_536].into_iter().enumerate() {
+        let seed = round as u8 + 1;
+        let inbox = pair.b.recv(pool.alloc(len).unwrap());
+        let mut message = pool.alloc(len).unwrap();
+        fill(&mut message, seed);
+        let (sent, message) = within(10, "send", pair.a.send(message)).await;
+        sent.expect("send from a pool buffer");
+        let (received, inbox) = within(10, "receive", inbox).await;
+        assert_eq!(received.expect("receive into a pool buffer").len, len);
+        assert!(
+            holds_pattern(&inbox, seed),
+            "{}: {len} bytes corrupted",
+            rt.name()
+        );
+        drop((message, inbox));
+    }
+    assert_eq!(pool.stats().bytes_in_use, 0);
+}
+
+/// The cap holds with a clear error, a freed block is reused, and pool memory never
+/// reaches a peer.
+async fn pool_is_bounded_and_local(rt: Rt) {
+    if !support::device_present("pool_is_bounded_and_local") {
+        return;
+    }
+    let pair = Pair::new();
+    let options = PoolOptions {
+        chunk_size: 1 << 20,
+        max_bytes: 1 << 20,
+        ..PoolOptions::default()
+    };
+    let pool = MemoryPool::new(&pair.pd, options);
+    let mut held: Vec<_> = (0..16).map(|_| pool.alloc(64 << 10).unwrap()).collect();
+    match pool.alloc(64 << 10) {
+        Err(Error::PoolExhausted { max_bytes, .. }) => assert_eq!(max_bytes, 1 << 20),
+        other => panic!("{}: past the cap: {other:?}", rt.name()),
+    }
+    assert!(matches!(pool.alloc(1 << 20), Err(Error::TooLarge { .. })));
+    held.pop();
+    let again = pool.alloc(60_000).expect("the freed block is reused");
+    assert_eq!(pool.stats().chunks, 1);
+
+    assert!(matches!(again.remote(), Err(Error::LocalOnly)));
+    let (again, err) = again.share(Access::REMOTE_WRITE).expect_err("pool memory");
+    assert!(matches!(err, Error::PoolMemoryIsLocal), "{err:?}");
+    drop((again, held));
+    assert_eq!(pool.stats().bytes_in_use, 0);
+}
+
+runtime_tests!(
+    many_tasks_share_one_pool,
+    pool_buffers_move_data,
+    pool_is_bounded_and_local
+);
