@@ -128,8 +128,10 @@ for raw_line in open(log_path, errors="replace"):
 
 # Wake-ups per completion (benches/wakeups.rs) are rows of their own kind.
 wakeup_rows = [r for r in rows if r.get("test") == "wakeups"]
-rows = [r for r in rows if r.get("test") != "wakeups"]
+pool_rows = [r for r in rows if r.get("test", "").startswith("pool_")]
+rows = [r for r in rows if r.get("test") != "wakeups" and not r.get("test", "").startswith("pool_")]
 meta["wakeups"] = wakeup_rows
+meta["pool"] = pool_rows
 
 # Instructions per round trip: the difference of the shortest and the longest run over their
 # difference in round trips (set-up and tear-down cancel).
@@ -517,9 +519,43 @@ def wakeups_section():
     md.append("")
 
 
+def pool_section():
+    allocs = sorted((r for r in pool_rows if r["test"] == "pool_alloc"), key=lambda r: r["size"])
+    pings = {r["variant"]: r["median_us"] for r in pool_rows if r["test"] == "pool_ping_pong"}
+    if not allocs and not pings:
+        return
+    md.append("### Registered-memory pool")
+    md.append("")
+    md.append("Median time of one allocation and drop (benches/pool.rs): from a warm `MemoryPool` "
+              "(batches of 1,000) and with `pd.alloc` (one registration each). Goals (issue 9): a pool "
+              "allocation under 100 ns, at least 100x cheaper than registering.")
+    md.append("")
+    md.append("| size | pool (ns) | pd.alloc (ns) | pd.alloc / pool |")
+    md.append("|---:|---:|---:|---:|")
+    for r in allocs:
+        md.append(f"| {r['size']} B | {r['pool_ns']:.1f} | {r['register_ns']:,.0f} | "
+                  f"{r['register_ns'] / r['pool_ns']:,.0f}x |")
+    md.append("")
+    if allocs:
+        worst_ns = max(r["pool_ns"] for r in allocs)
+        worst_ratio = min(r["register_ns"] / r["pool_ns"] for r in allocs)
+        md.append(f"Slowest pool allocation {worst_ns:.1f} ns (goal < 100: "
+                  f"{'met' if worst_ns < 100 else 'missed'}); smallest advantage {worst_ratio:,.0f}x "
+                  f"(goal >= 100x: {'met' if worst_ratio >= 100 else 'missed'}).")
+        md.append("")
+    if "reuse" in pings and "fresh" in pings:
+        ratio = pings["fresh"] / pings["reuse"]
+        md.append(f"Send ping-pong, 64 B, Tokio current-thread, event mode, median round trip: reusing "
+                  f"its buffers {pings['reuse']:.2f} µs, a fresh pool buffer per send and receive "
+                  f"{pings['fresh']:.2f} µs ({ratio:.3f}x; goal <= 1.05x: "
+                  f"{'met' if ratio <= 1.05 else 'missed'}).")
+        md.append("")
+
+
 if run_mode != "callgrind":
     full_run_tables()
     wakeups_section()
+    pool_section()
 callgrind_section()
 
 if perftest_notes:
