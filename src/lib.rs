@@ -40,8 +40,8 @@ pub use anyrdma_core::{
     LinkLayer, LocalBuf, MemoryPool, MemoryRegion, MessageKind, NextEvent, Op, Outcome, PollMode,
     PoolOptions, PoolStats, PortInfo, PortSelection, PortState, ProtectionDomain, QpOptions,
     QpShutdownReason, QueuePair, ReadinessFd, Received, Recv, RemoteRegion, Result, Runtime,
-    RuntimeHandle, SharedReceiveQueue, SharedRegion, SrqOptions, WcStatus, WireProblem, WorkKind,
-    DEVICE_ENV, MAX_SGE,
+    RuntimeHandle, SharedReceiveQueue, SharedRegion, SrqOptions, StableBytes, WcStatus,
+    WireProblem, WorkKind, DEVICE_ENV, MAX_SGE,
 };
 pub use anyrdma_core::{device, error};
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyrdma::{Access, ConnectOptions, CqOptions, PollMode, QpOptions};
-use support::{fill, holds_pattern, within, Pair, Rt};
+use support::{fill, holds_pattern, within, yield_now, Pair, Rt};
 
 /// The immediate that tells a receiving task to stop.
 const STOP: u32 = u32::MAX;
@@ -34,20 +34,6 @@ impl<F: Future + Unpin> Future for Counted<'_, F> {
         self.polled = true;
         Pin::new(&mut self.future).poll(cx)
     }
-}
-
-/// Yields once to the executor.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await;
 }
 
 /// Wake-ups per completed receive with `tasks` tasks each waiting on a receive of one CQ, and

@@ -24,6 +24,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll, Waker};
 
@@ -112,6 +113,8 @@ pub(crate) struct CqShared {
     channel_target: Arc<ChannelTarget>,
     /// The waker the reactor holds for the channel: wakes the `channel_target`.
     channel_waker: Waker,
+    /// The device events' generation (plus one) when this CQ last polled them.
+    events_seen: AtomicU64,
     state: Mutex<CqState>,
     pub(crate) entries: u32,
     mode: PollMode,
@@ -203,6 +206,7 @@ impl CompletionQueue {
                     standby: VecDeque::new(),
                 }),
                 channel_waker: Waker::from(channel_target.clone()),
+                events_seen: AtomicU64::new(0),
                 channel_target,
                 entries,
                 mode: options.poll_mode,
@@ -352,12 +356,24 @@ impl CqShared {
     /// Reads the device's asynchronous events, if this CQ's runtime watches them; true if
     /// any was applied (completions may have changed: poll again). `waiter` is woken by the
     /// next one.
+    ///
+    /// The descriptor is polled only when it signalled since this CQ last polled it (its
+    /// generation moved): the registration and `waiter` stay armed until then, so the common
+    /// sleep costs one atomic load here instead of a reactor poll.
     fn poll_device_events(&self, waiter: Option<&Waker>) -> bool {
         let Some(runtime) = self.runtime.get() else {
             return false;
         };
         let ctx = &*self.ctx.inner;
-        ctx.events.poll(ctx, runtime, waiter) > 0
+        ctx.events.retire_overdue();
+        // Read before the poll: a signal during it moves the generation past this value.
+        let generation = ctx.events.generation() + 1;
+        if self.events_seen.load(Ordering::Relaxed) == generation {
+            return false;
+        }
+        let applied = ctx.events.poll(ctx, runtime, waiter);
+        self.events_seen.store(generation, Ordering::Relaxed);
+        applied > 0
     }
 
     /// Polls for the completion of slot `id`, driving the CQ as described in the module docs.

@@ -203,6 +203,8 @@ pub enum Error {
     },
     /// Memory registered for local use only was asked to be described to a peer.
     LocalOnly,
+    /// An empty container was to be registered: a registration needs at least one byte.
+    EmptyRegistration,
     /// [`MemoryPool`](crate::MemoryPool) memory was asked to be shared with peers: its key
     /// is its chunk's and would expose the neighbouring blocks.
     PoolMemoryIsLocal,
@@ -607,6 +609,10 @@ impl fmt::Display for Error {
                 "this memory is registered for local use only, so a peer cannot use it: \
                  allocate it with remote rights (Access::REMOTE_READ with alloc, or \
                  alloc_shared for remote write or atomics)"
+            ),
+            Error::EmptyRegistration => write!(
+                f,
+                "cannot register an empty container: a registration needs at least one byte"
             ),
             Error::PoolMemoryIsLocal => write!(
                 f,

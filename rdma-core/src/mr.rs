@@ -16,6 +16,7 @@ use rdma_sys::*;
 
 use crate::buffers::sealed::Piece;
 use crate::error::{Error, Result};
+use crate::owned::{OwnedContainer, StableBytes};
 use crate::pd::ProtectionDomain;
 use crate::pool::PoolBlock;
 use crate::remote::RemoteRegion;
@@ -99,6 +100,9 @@ pub(crate) enum Storage {
     /// A block of a [`MemoryPool`](crate::MemoryPool) chunk, under the chunk's registration:
     /// given back to the pool, never deregistered or freed on its own.
     Pool(PoolBlock),
+    /// A container the user handed over ([`StableBytes`]): dropped (so freed) once
+    /// deregistered, or given back by [`LocalBuf::into_owned`].
+    Owned(OwnedContainer),
 }
 
 // SAFETY: MrInner owns its bytes (nothing else holds the allocation) and the ibv_mr handle,
@@ -338,6 +342,10 @@ impl Drop for MrInner {
             // Still registered (for example, a memory window is bound to it): the device may
             // still access the bytes, so they are leaked, never freed, and the region stays
             // counted by registered_regions().
+            if let Storage::Owned(_) = self.storage {
+                let owned = std::mem::replace(&mut self.storage, Storage::Vec { capacity: 0 });
+                std::mem::forget(owned);
+            }
             return;
         }
         free_storage(self.ptr, self.len, &self.storage);
@@ -347,8 +355,9 @@ impl Drop for MrInner {
 
 fn free_storage(ptr: NonNull<u8>, len: usize, storage: &Storage) {
     match storage {
-        // A pool block is the pool's: MrInner's Drop gives it back instead.
-        Storage::Pool(_) => {}
+        // A pool block is the pool's: MrInner's Drop gives it back instead. A user's
+        // container frees its bytes when it is dropped, with the MrInner.
+        Storage::Pool(_) | Storage::Owned(_) => {}
         // SAFETY: allocated by alloc_zeroed with this layout and freed once, here.
         Storage::Aligned(layout) => unsafe { alloc::dealloc(ptr.as_ptr(), *layout) },
         // SAFETY: these are the raw parts of the Vec taken in register_vec; rebuilt once.
@@ -442,6 +451,73 @@ impl LocalBuf {
             offset: 0,
             len,
         })
+    }
+
+    pub(crate) fn register_owned<T: StableBytes>(
+        pd: &ProtectionDomain,
+        mut data: T,
+        access: Access,
+    ) -> std::result::Result<LocalBuf, (T, Error)> {
+        if let Err(err) = refuse_peer_writable(access) {
+            return Err((data, err));
+        }
+        let len = data.len();
+        let Some(ptr) = NonNull::new(data.as_mut_ptr()).filter(|_| len > 0) else {
+            return Err((data, Error::EmptyRegistration));
+        };
+        // SAFETY: by StableBytes, `ptr..ptr+len` is owned by `data`, stays put while it lives,
+        // and nothing else reaches it; `data` moves into the registration's storage below and
+        // is dropped only after the deregistration.
+        let raw = unsafe { ibv_reg_mr(pd.raw(), ptr.as_ptr().cast(), len, access.verbs_flags()) };
+        let Some(raw) = NonNull::new(raw) else {
+            return Err((data, registration_error(len)));
+        };
+        // SAFETY: `raw` is a valid registration returned just now.
+        let (lkey, rkey) = unsafe { ((*raw.as_ptr()).lkey, (*raw.as_ptr()).rkey) };
+        LIVE_REGIONS.fetch_add(1, Ordering::AcqRel);
+        Ok(LocalBuf::whole(Arc::new(MrInner {
+            raw,
+            ptr,
+            len,
+            lkey,
+            rkey,
+            access,
+            storage: Storage::Owned(Box::new(data)),
+            pd: pd.clone(),
+        })))
+    }
+
+    /// Deregisters and gives back the container registered with
+    /// [`ProtectionDomain::register_owned`](crate::ProtectionDomain::register_owned), with the
+    /// bytes as they are, when this piece is all of it, no other piece is alive, and `T` is
+    /// its type.
+    ///
+    /// # Errors
+    /// Gives `self` back otherwise, or when the deregistration fails (the bytes stay
+    /// registered).
+    pub fn into_owned<T: StableBytes>(self) -> std::result::Result<T, LocalBuf> {
+        let inner = self.into_whole()?;
+        if !matches!(&inner.storage, Storage::Owned(container) if container.is::<T>()) {
+            return Err(LocalBuf::whole(Arc::new(inner)));
+        }
+        // SAFETY: this is the only reference to the registration, and no work request uses
+        // it (an operation in flight would hold a piece).
+        let rc = unsafe { ibv_dereg_mr(inner.raw.as_ptr()) };
+        if rc != 0 {
+            return Err(LocalBuf::whole(Arc::new(inner)));
+        }
+        LIVE_REGIONS.fetch_sub(1, Ordering::AcqRel);
+        let inner = std::mem::ManuallyDrop::new(inner);
+        // SAFETY: `inner` is never dropped; its storage and PD are moved out once, here.
+        let (storage, pd) = unsafe { (std::ptr::read(&inner.storage), std::ptr::read(&inner.pd)) };
+        drop(pd);
+        let Storage::Owned(container) = storage else {
+            unreachable!("the storage kind was checked above");
+        };
+        match container.downcast::<T>() {
+            Ok(data) => Ok(*data),
+            Err(_) => unreachable!("the container's type was checked above"),
+        }
     }
 
     /// Length in bytes.

@@ -8,6 +8,7 @@ use rdma_sys::*;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::mr::{Access, LocalBuf};
+use crate::owned::StableBytes;
 use crate::shared::SharedRegion;
 
 /// A protection domain. Memory registered in it can be used only by queue pairs of the same
@@ -70,6 +71,23 @@ impl ProtectionDomain {
     /// As [`alloc`](ProtectionDomain::alloc).
     pub fn alloc_shared(&self, len: usize, access: Access) -> Result<SharedRegion> {
         SharedRegion::alloc(self, len, access)
+    }
+
+    /// Takes ownership of `data`, any owned container of bytes at a stable address
+    /// ([`StableBytes`]: `Vec<u8>`, `Box<[u8]>`, and with features `bytes::BytesMut` and
+    /// `memmap2::MmapMut`), and registers its bytes where they are, with `access` (local or
+    /// remote read). Get it back with [`LocalBuf::into_owned`] once every piece is home.
+    ///
+    /// # Errors
+    /// Gives `data` back with [`Error::PeerWritable`] for remote write or atomic rights,
+    /// [`Error::EmptyRegistration`] when it is empty, or the registration's error
+    /// ([`Error::MemlockLimit`], [`Error::Verbs`]).
+    pub fn register_owned<T: StableBytes>(
+        &self,
+        data: T,
+        access: Access,
+    ) -> std::result::Result<LocalBuf, (T, Error)> {
+        LocalBuf::register_owned(self, data, access)
     }
 
     /// Takes ownership of `data` and registers it with `access`. The bytes stay where they

@@ -11,7 +11,6 @@
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use crate::buffers::sealed::Piece;
@@ -19,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::mr::{alloc_pages, page_size, Access, LocalBuf, MrInner, Storage};
 use crate::pd::ProtectionDomain;
 use crate::remote::RemoteRegion;
+use crate::runtime::budget::yield_now;
 use crate::runtime::{default_runtime, RuntimeHandle};
 
 /// Registered memory that peers may write (remote write or atomic rights): an owned piece of
@@ -343,18 +343,4 @@ impl std::fmt::Debug for SharedRegion {
             .field("access", &self.access())
             .finish()
     }
-}
-
-/// Yields once to the executor.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await;
 }

@@ -48,16 +48,26 @@ impl Wake for ChannelTarget {
 }
 
 /// A set of wakers that one wake-up empties and wakes all: for rare events that concern
-/// every waiter (the device's asynchronous events).
+/// every waiter (the device's asynchronous events). Each wake-up also advances a generation,
+/// so a waiter that registered at one generation knows nothing happened while it is still
+/// the current one.
 #[derive(Default)]
-pub(crate) struct WakerSet(Mutex<Vec<Waker>>);
+pub(crate) struct WakerSet {
+    wakers: Mutex<Vec<Waker>>,
+    generation: std::sync::atomic::AtomicU64,
+}
 
 impl WakerSet {
     pub(crate) fn add(&self, waker: &Waker) {
-        let mut set = lock(&self.0);
+        let mut set = lock(&self.wakers);
         if !set.iter().any(|w| w.will_wake(waker)) {
             set.push(waker.clone());
         }
+    }
+
+    /// How many wake-ups there have been.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -67,7 +77,9 @@ impl Wake for WakerSet {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let wakers = std::mem::take(&mut *lock(&self.0));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let wakers = std::mem::take(&mut *lock(&self.wakers));
         for waker in wakers {
             waker.wake();
         }

@@ -259,16 +259,5 @@ pub fn watchdog(secs: u64, what: &'static str) -> Watchdog {
 /// See [`watchdog`]: dropping it disarms the watchdog.
 pub struct Watchdog(std::sync::mpsc::Sender<()>);
 
-/// Yields once to the executor.
-pub async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await;
-}
+#[allow(unused_imports)] // not every test binary yields
+pub use anyrdma::runtime::budget::yield_now;

@@ -113,7 +113,7 @@ impl DeviceEvents {
     }
 
     /// Destroys the retiring queue pairs that waited longer than [`RETIRE_PATIENCE`].
-    fn retire_overdue(&self) {
+    pub(crate) fn retire_overdue(&self) {
         if self.retiring_count.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -165,6 +165,12 @@ impl DeviceEvents {
             .filter_map(|(_, weak)| weak.upgrade())
             .filter(|qp| select(qp))
             .collect()
+    }
+
+    /// How many times the descriptor has signalled readiness: while it stays the same, no
+    /// event has arrived since a poll that saw it.
+    pub(crate) fn generation(&self) -> u64 {
+        self.watchers.generation()
     }
 
     /// Reads and applies every event waiting on the descriptor, and arms its readiness so

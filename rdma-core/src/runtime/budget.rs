@@ -17,6 +17,27 @@ thread_local! {
     static POLLS: Cell<u32> = const { Cell::new(0) };
 }
 
+/// Yields once to the executor: the task is woken at once and polled again after the
+/// others that are ready. Works on every runtime.
+///
+/// ```
+/// # async fn demo() {
+/// anyrdma_core::runtime::budget::yield_now().await;
+/// # }
+/// ```
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
 /// `Ready` but once every [`POLLS_PER_YIELD`] calls on this thread, when it wakes the task
 /// and returns `Pending`, so that the task yields to its executor.
 pub fn poll_yield_now_and_then(cx: &mut Context<'_>) -> Poll<()> {
