@@ -60,6 +60,18 @@ fn rxe0_present(test: &str) -> bool {
     present
 }
 
+/// A connected pair on `ctx`, bound to `rt`, and the context.
+fn pair_on(ctx: Context, rt: Rt) -> (Context, Pair) {
+    let ctx = ctx.with_runtime(rt.handle());
+    let pair = Pair::on(
+        ctx.clone(),
+        CqOptions::default(),
+        QpOptions::default(),
+        ConnectOptions::default(),
+    );
+    (ctx, pair)
+}
+
 /// Waits for the next event of `ctx` that `wanted` accepts, skipping others.
 async fn event_where(ctx: &Context, wanted: impl Fn(DeviceEventKind) -> bool) -> DeviceEventKind {
     loop {
@@ -132,13 +144,7 @@ async fn port_down_fails_pending_operations(rt: Rt) {
     }
     let _network = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
     let baseline = registered_regions();
-    let ctx = Context::open(DEVICE).unwrap().with_runtime(rt.handle());
-    let pair = Pair::on(
-        ctx.clone(),
-        CqOptions::default(),
-        QpOptions::default(),
-        ConnectOptions::default(),
-    );
+    let (ctx, pair) = pair_on(Context::open(DEVICE).unwrap(), rt);
     // A write first: the pair works before the failure.
     let landing = pair.pd.alloc_shared(8, Access::REMOTE_WRITE).unwrap();
     let (written, _) = pair
@@ -210,13 +216,7 @@ async fn deleted_netdev_fails_everything(rt: Rt) {
     }
     let _network = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
     let baseline = registered_regions();
-    let ctx = Context::open(DEVICE).unwrap().with_runtime(rt.handle());
-    let pair = Pair::on(
-        ctx.clone(),
-        CqOptions::default(),
-        QpOptions::default(),
-        ConnectOptions::default(),
-    );
+    let (ctx, pair) = pair_on(Context::open(DEVICE).unwrap(), rt);
     let b_recv = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
 
     // The deletion waits until every process has closed the device: run it aside.
@@ -345,13 +345,7 @@ async fn access_violation_fails_the_responder(rt: Rt) {
     }
     // Not to see the port and GID events the other tests cause.
     let _network = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
-    let ctx = Context::open_default().unwrap().with_runtime(rt.handle());
-    let pair = Pair::on(
-        ctx.clone(),
-        CqOptions::default(),
-        QpOptions::default(),
-        ConnectOptions::default(),
-    );
+    let (ctx, pair) = pair_on(Context::open_default().unwrap(), rt);
     let inbox = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
     let read_only = pair.pd.alloc(64, Access::REMOTE_READ).unwrap();
     let forbidden = pair

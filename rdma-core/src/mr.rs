@@ -216,20 +216,12 @@ impl MrInner {
             // Its key is the chunk's: exposing it would expose the neighbouring blocks.
             return Err((self, Error::PoolMemoryIsLocal));
         }
-        let reg_len = self.len.max(1);
-        // SAFETY: the bytes are owned by `self` and stay allocated; a second registration of
-        // the same pages is allowed.
-        let raw = unsafe {
-            ibv_reg_mr(
-                self.pd.raw(),
-                self.ptr.as_ptr().cast(),
-                reg_len,
-                access.verbs_flags(),
-            )
-        };
-        let Some(raw) = NonNull::new(raw) else {
-            let err = registration_error(reg_len);
-            return Err((self, err));
+        // SAFETY: the bytes are owned by `self` and stay allocated until the new registration,
+        // which takes them over, is deregistered; a second registration of the same pages is
+        // allowed.
+        let (raw, lkey, rkey) = match unsafe { reg_mr(&self.pd, self.ptr, self.len, access) } {
+            Ok(registration) => registration,
+            Err(err) => return Err((self, err)),
         };
         // SAFETY: the old registration is valid and no work request uses it: the caller owns
         // the only reference to it.
@@ -237,10 +229,10 @@ impl MrInner {
         if rc != 0 {
             // SAFETY: the registration made above, unused.
             unsafe { ibv_dereg_mr(raw.as_ptr()) };
+            LIVE_REGIONS.fetch_sub(1, Ordering::AcqRel);
             return Err((self, Error::from_code("ibv_dereg_mr", rc)));
         }
-        // SAFETY: `raw` is the registration made above.
-        let (lkey, rkey) = unsafe { ((*raw.as_ptr()).lkey, (*raw.as_ptr()).rkey) };
+        LIVE_REGIONS.fetch_sub(1, Ordering::AcqRel);
         let old = std::mem::ManuallyDrop::new(self);
         // SAFETY: `old` is never dropped; its storage and PD move to the new value, once.
         let (storage, pd) = unsafe { (std::ptr::read(&old.storage), std::ptr::read(&old.pd)) };
@@ -297,19 +289,15 @@ impl MrInner {
         storage: Storage,
         access: Access,
     ) -> Result<MrInner> {
-        // ibv_reg_mr refuses zero-length regions; register one byte (the allocation has it).
-        let reg_len = len.max(1);
-        // SAFETY: `ptr..ptr+reg_len` is memory we own (see `storage`) and keep until dereg.
-        let raw =
-            unsafe { ibv_reg_mr(pd.raw(), ptr.as_ptr().cast(), reg_len, access.verbs_flags()) };
-        let Some(raw) = NonNull::new(raw) else {
-            let err = registration_error(reg_len);
-            free_storage(ptr, len, &storage);
-            return Err(err);
+        // SAFETY: `ptr..ptr+len` (at least one byte: the allocation has it) is memory we own
+        // (see `storage`) and keep until the deregistration in Drop.
+        let (raw, lkey, rkey) = match unsafe { reg_mr(pd, ptr, len, access) } {
+            Ok(registration) => registration,
+            Err(err) => {
+                free_storage(ptr, len, &storage);
+                return Err(err);
+            }
         };
-        // SAFETY: `raw` is a valid registration returned just now.
-        let (lkey, rkey) = unsafe { ((*raw.as_ptr()).lkey, (*raw.as_ptr()).rkey) };
-        LIVE_REGIONS.fetch_add(1, Ordering::AcqRel);
         Ok(MrInner {
             raw,
             ptr,
@@ -365,6 +353,29 @@ fn free_storage(ptr: NonNull<u8>, len: usize, storage: &Storage) {
             drop(unsafe { Vec::from_raw_parts(ptr.as_ptr(), len, *capacity) })
         }
     }
+}
+
+/// Registers `len` bytes at `ptr` (at least one: `ibv_reg_mr` refuses empty regions) in
+/// `pd` with `access`: the handle and its local and remote keys. Counted by
+/// [`registered_regions`] until deregistered.
+///
+/// # Safety
+/// `ptr..ptr+max(len, 1)` must be memory the caller owns and keeps allocated until the
+/// registration is deregistered.
+unsafe fn reg_mr(
+    pd: &ProtectionDomain,
+    ptr: NonNull<u8>,
+    len: usize,
+    access: Access,
+) -> Result<(NonNull<ibv_mr>, u32, u32)> {
+    let reg_len = len.max(1);
+    // SAFETY: the caller guarantees the memory; the PD is valid while `pd` lives.
+    let raw = unsafe { ibv_reg_mr(pd.raw(), ptr.as_ptr().cast(), reg_len, access.verbs_flags()) };
+    let raw = NonNull::new(raw).ok_or_else(|| registration_error(reg_len))?;
+    LIVE_REGIONS.fetch_add(1, Ordering::AcqRel);
+    // SAFETY: `raw` is a valid registration returned just now.
+    let (lkey, rkey) = unsafe { ((*raw.as_ptr()).lkey, (*raw.as_ptr()).rkey) };
+    Ok((raw, lkey, rkey))
 }
 
 /// Explains a failed ibv_reg_mr, recognising the locked-memory limit.
@@ -468,13 +479,10 @@ impl LocalBuf {
         // SAFETY: by StableBytes, `ptr..ptr+len` is owned by `data`, stays put while it lives,
         // and nothing else reaches it; `data` moves into the registration's storage below and
         // is dropped only after the deregistration.
-        let raw = unsafe { ibv_reg_mr(pd.raw(), ptr.as_ptr().cast(), len, access.verbs_flags()) };
-        let Some(raw) = NonNull::new(raw) else {
-            return Err((data, registration_error(len)));
+        let (raw, lkey, rkey) = match unsafe { reg_mr(pd, ptr, len, access) } {
+            Ok(registration) => registration,
+            Err(err) => return Err((data, err)),
         };
-        // SAFETY: `raw` is a valid registration returned just now.
-        let (lkey, rkey) = unsafe { ((*raw.as_ptr()).lkey, (*raw.as_ptr()).rkey) };
-        LIVE_REGIONS.fetch_add(1, Ordering::AcqRel);
         Ok(LocalBuf::whole(Arc::new(MrInner {
             raw,
             ptr,
