@@ -8,8 +8,8 @@ use crate::wire::{Format, HEADER_LEN};
 
 /// Memory on a peer that this side may access with RDMA read, write or atomics.
 ///
-/// It is plain data: the peer makes it from a registered region
-/// ([`crate::MemoryRegion::remote`]) and sends it over any channel (see
+/// It is plain data: the peer makes it from registered memory ([`crate::SharedRegion::remote`],
+/// or [`crate::LocalBuf::remote`] for read-only access) and sends it over any channel (see
 /// [`RemoteRegion::to_bytes`]; [`RemoteRegion::from_bytes`] checks what arrives). Every
 /// operation checks the access against `len` before posting, so an out-of-bounds access is
 /// a local [`Error::OutOfBounds`] and never reaches the wire.
