@@ -44,12 +44,15 @@ impl Default for PoolOptions {
     }
 }
 
-/// A pool of registered, local-only memory (see the module docs of `pool` in the source for
-/// how it works).
+/// A pool of registered, local-only memory: buffers without a registration each.
 ///
-/// `alloc` costs no system call once the pool has grown to the working set: it takes a free
-/// block and wraps it as a [`LocalBuf`], which goes back to the pool when its last piece is
-/// dropped. Safe to share between threads and tasks (cheap to clone).
+/// The pool registers chunks ([`PoolOptions::chunk_size`]) as they are needed and carves
+/// each into blocks of one size class (powers of two from [`PoolOptions::smallest`] to
+/// [`PoolOptions::largest`]). `alloc` takes a free block of the smallest class that fits
+/// from a lock-free queue and wraps it as a [`LocalBuf`], with no system call once the pool
+/// has grown to the working set; the block goes back to its queue when the buffer's last
+/// piece is dropped. Only growing takes a lock. Safe to share between threads and tasks
+/// (cheap to clone).
 ///
 /// - **Local only**: pool memory cannot be [shared](LocalBuf::share) with peers or described
 ///   to them ([`LocalBuf::remote`] fails): the key of a block is its chunk's, and would
