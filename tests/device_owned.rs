@@ -1,6 +1,7 @@
 //! Memory the user already owns is registered where it is, carries traffic, and comes back
 //! intact: `Vec<u8>`, `Box<[u8]>`, and with the `bytes` and `memmap2` features (enabled in
-//! the Tokio build of the device tests) `BytesMut` and memory mappings.
+//! the Tokio build of the device tests) `BytesMut` and memory mappings: anonymous, of a file,
+//! and of huge pages.
 
 mod support;
 
@@ -19,6 +20,7 @@ async fn round_trip<T: StableBytes + AsMut<[u8]> + AsRef<[u8]>>(
     inbox: T,
 ) {
     fill(message.as_mut(), 17);
+    let len = message.as_ref().len();
     let address = message.as_mut().as_ptr() as u64;
     let message = pair
         .pd
@@ -39,11 +41,11 @@ async fn round_trip<T: StableBytes + AsMut<[u8]> + AsRef<[u8]>>(
     let (sent, message) = within(10, "send", pair.a.send(message)).await;
     sent.expect("send from an owned container");
     let (received, inbox) = within(10, "receive", receive).await;
-    assert_eq!(received.expect("receive").len, LEN);
+    assert_eq!(received.expect("receive").len, len);
 
     // The wrong type, or a piece held elsewhere, gives the buffer back.
     let mut inbox = inbox;
-    let tail = inbox.split_off(LEN / 2);
+    let tail = inbox.split_off(len / 2);
     let Err(mut inbox) = inbox.into_owned::<T>() else {
         panic!("{what}: into_owned took a piece that is not the whole registration");
     };
@@ -89,7 +91,28 @@ async fn owned_containers_round_trip(rt: Rt) {
             unsafe { memmap2::MmapMut::map_mut(&file) }.expect("file mapping")
         };
         round_trip(rt, &pair, "file MmapMut", file(), file()).await;
+        let huge = || huge_pages(LEN);
+        round_trip(rt, &pair, "huge-page MmapMut", huge(), huge()).await;
     }
+}
+
+/// An anonymous mapping of `len` bytes (rounded up to 2 MiB) backed by huge pages. The guest
+/// reserves none by default: reserve a few (the tests run as root there).
+#[cfg(feature = "memmap2")]
+fn huge_pages(len: usize) -> memmap2::MmapMut {
+    const HUGE_PAGE: usize = 2 << 20;
+    let reserved = std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()
+        .and_then(|text| text.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    if reserved < 8 {
+        std::fs::write("/proc/sys/vm/nr_hugepages", "8").expect("reserve huge pages (as root)");
+    }
+    memmap2::MmapOptions::new()
+        .len(len.next_multiple_of(HUGE_PAGE))
+        .huge(None)
+        .map_anon()
+        .expect("an anonymous huge-page mapping")
 }
 
 /// An unlinked file of `len` bytes in the temporary directory.
