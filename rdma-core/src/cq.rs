@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use rdma_sys::*;
@@ -290,13 +290,20 @@ impl CqShared {
     /// Polls the CQ until it is empty, dispatching everything: frees the room and the queue
     /// credits of completions nobody polled.
     pub(crate) fn reap(&self) {
+        drop(self.drain());
+    }
+
+    /// Polls the CQ until a poll finds nothing, waking the owners of what it dispatched
+    /// (outside the lock), and returns the state locked with the CQ empty.
+    fn drain(&self) -> MutexGuard<'_, CqState> {
         loop {
             let mut wake = WakeList::new();
-            let (found, _) = self.poll_cq(&mut lock(&self.state), &mut wake, None);
-            wake.run();
-            if found < POLL_BATCH {
-                return;
+            let mut state = lock(&self.state);
+            if self.poll_cq(&mut state, &mut wake, None).0 == 0 {
+                return state;
             }
+            drop(state);
+            wake.run();
         }
     }
 
@@ -317,35 +324,16 @@ impl CqShared {
         drop(done_already); // outside the lock: dropping buffers may deregister memory
     }
 
-    /// After the queue pair (or shared receive queue) of `owner` was destroyed, so the device
-    /// no longer touches its buffers: dispatches what the CQ holds and releases every slot
-    /// it left behind.
-    pub(crate) fn release_owner(&self, owner: &Arc<QpStatus>) {
-        let mut wake = WakeList::new();
-        let mut state = lock(&self.state);
-        while self.poll_cq(&mut state, &mut wake, None).0 > 0 {
-            drop(state);
-            wake.run();
-            state = lock(&self.state);
-        }
-        state.table.release_owner(owner, &mut wake);
-        drop(state);
-        wake.run();
-    }
-
-    /// After the queue pair (or shared receive queue) of `owner` was reset for `cause`, so
-    /// the device no longer touches its buffers: dispatches what the CQ holds, then ends
-    /// every operation it left behind with a flush error caused by `cause`.
-    pub(crate) fn fail_owner(&self, owner: &Arc<QpStatus>, cause: &Arc<Error>) {
+    /// After the queue pair (or shared receive queue) of `owner` was destroyed or reset, so
+    /// the device no longer touches its buffers: dispatches what the CQ holds, then ends every
+    /// slot it left behind. A dropped operation's buffers are released; a waiting one ends
+    /// with a flush error caused by `cause` (after a destroy, none waits: a waiting
+    /// operation keeps its queue pair alive).
+    pub(crate) fn end_owner(&self, owner: &Arc<QpStatus>, cause: Option<&Arc<Error>>) {
         let mut wake = WakeList::new();
         let mut wakers = Vec::new();
-        let mut state = lock(&self.state);
-        while self.poll_cq(&mut state, &mut wake, None).0 > 0 {
-            drop(state);
-            wake.run();
-            state = lock(&self.state);
-        }
-        state.table.fail_owner(owner, cause, &mut wake, &mut wakers);
+        let mut state = self.drain();
+        state.table.end_owner(owner, cause, &mut wake, &mut wakers);
         drop(state);
         wake.run();
         for waker in wakers {

@@ -43,6 +43,7 @@ pub mod runtime;
 mod send;
 mod shared;
 mod slots;
+mod span;
 mod srq;
 mod trace;
 mod wake;

@@ -21,6 +21,7 @@ use crate::pd::ProtectionDomain;
 use crate::pool::PoolBlock;
 use crate::remote::RemoteRegion;
 use crate::shared::SharedRegion;
+use crate::span::Span;
 
 /// Access rights of registered memory. Local access is always granted; remote rights are
 /// opt-in and should be as narrow as the protocol allows.
@@ -219,7 +220,7 @@ impl MrInner {
         // SAFETY: the bytes are owned by `self` and stay allocated until the new registration,
         // which takes them over, is deregistered; a second registration of the same pages is
         // allowed.
-        let (raw, lkey, rkey) = match unsafe { reg_mr(&self.pd, self.ptr, self.len, access) } {
+        let registration = match unsafe { reg_mr(&self.pd, self.ptr, self.len, access) } {
             Ok(registration) => registration,
             Err(err) => return Err((self, err)),
         };
@@ -228,7 +229,7 @@ impl MrInner {
         let rc = unsafe { ibv_dereg_mr(self.raw.as_ptr()) };
         if rc != 0 {
             // SAFETY: the registration made above, unused.
-            unsafe { ibv_dereg_mr(raw.as_ptr()) };
+            unsafe { ibv_dereg_mr(registration.0.as_ptr()) };
             LIVE_REGIONS.fetch_sub(1, Ordering::AcqRel);
             return Err((self, Error::from_code("ibv_dereg_mr", rc)));
         }
@@ -236,16 +237,14 @@ impl MrInner {
         let old = std::mem::ManuallyDrop::new(self);
         // SAFETY: `old` is never dropped; its storage and PD move to the new value, once.
         let (storage, pd) = unsafe { (std::ptr::read(&old.storage), std::ptr::read(&old.pd)) };
-        Ok(MrInner {
-            raw,
-            ptr: old.ptr,
-            len: old.len,
-            lkey,
-            rkey,
+        Ok(MrInner::new(
+            registration,
+            old.ptr,
+            old.len,
             access,
             storage,
             pd,
-        })
+        ))
     }
 }
 
@@ -258,24 +257,27 @@ pub fn registered_regions() -> usize {
     LIVE_REGIONS.load(Ordering::Acquire)
 }
 
+/// A registration handle and its local and remote keys, as `reg_mr` returns them.
+pub(crate) type Registration = (NonNull<ibv_mr>, u32, u32);
+
 impl MrInner {
-    /// A view of `len` bytes at `ptr`, a block of a pool chunk registered as `raw`.
-    pub(crate) fn pool_block(
-        raw: NonNull<ibv_mr>,
+    /// `len` bytes at `ptr` under `registration`, kept alive by `storage`.
+    pub(crate) fn new(
+        (raw, lkey, rkey): Registration,
         ptr: NonNull<u8>,
         len: usize,
-        keys: (u32, u32),
-        block: PoolBlock,
+        access: Access,
+        storage: Storage,
         pd: ProtectionDomain,
     ) -> MrInner {
         MrInner {
             raw,
             ptr,
             len,
-            lkey: keys.0,
-            rkey: keys.1,
-            access: Access::LOCAL,
-            storage: Storage::Pool(block),
+            lkey,
+            rkey,
+            access,
+            storage,
             pd,
         }
     }
@@ -291,23 +293,20 @@ impl MrInner {
     ) -> Result<MrInner> {
         // SAFETY: `ptr..ptr+len` (at least one byte: the allocation has it) is memory we own
         // (see `storage`) and keep until the deregistration in Drop.
-        let (raw, lkey, rkey) = match unsafe { reg_mr(pd, ptr, len, access) } {
-            Ok(registration) => registration,
+        match unsafe { reg_mr(pd, ptr, len, access) } {
+            Ok(registration) => Ok(MrInner::new(
+                registration,
+                ptr,
+                len,
+                access,
+                storage,
+                pd.clone(),
+            )),
             Err(err) => {
                 free_storage(ptr, len, &storage);
-                return Err(err);
+                Err(err)
             }
-        };
-        Ok(MrInner {
-            raw,
-            ptr,
-            len,
-            lkey,
-            rkey,
-            access,
-            storage,
-            pd: pd.clone(),
-        })
+        }
     }
 }
 
@@ -367,7 +366,7 @@ unsafe fn reg_mr(
     ptr: NonNull<u8>,
     len: usize,
     access: Access,
-) -> Result<(NonNull<ibv_mr>, u32, u32)> {
+) -> Result<Registration> {
     let reg_len = len.max(1);
     // SAFETY: the caller guarantees the memory; the PD is valid while `pd` lives.
     let raw = unsafe { ibv_reg_mr(pd.raw(), ptr.as_ptr().cast(), reg_len, access.verbs_flags()) };
@@ -425,9 +424,7 @@ fn registration_error(len: usize) -> Error {
 /// # Ok(()) }
 /// ```
 pub struct LocalBuf {
-    mr: Arc<MrInner>,
-    offset: usize,
-    len: usize,
+    span: Span,
 }
 
 impl LocalBuf {
@@ -435,11 +432,7 @@ impl LocalBuf {
         refuse_peer_writable(access)?;
         let (ptr, layout) = alloc_pages(len, page_size())?;
         let mr = MrInner::register(pd, ptr, len, Storage::Aligned(layout), access)?;
-        Ok(LocalBuf {
-            mr: Arc::new(mr),
-            offset: 0,
-            len,
-        })
+        Ok(LocalBuf::whole(Arc::new(mr)))
     }
 
     pub(crate) fn register_vec(
@@ -457,11 +450,7 @@ impl LocalBuf {
         // SAFETY: a Vec with capacity > 0 has a non-null heap pointer.
         let ptr = unsafe { NonNull::new_unchecked(ptr) };
         let mr = MrInner::register(pd, ptr, len, Storage::Vec { capacity }, access)?;
-        Ok(LocalBuf {
-            mr: Arc::new(mr),
-            offset: 0,
-            len,
-        })
+        Ok(LocalBuf::whole(Arc::new(mr)))
     }
 
     pub(crate) fn register_owned<T: StableBytes>(
@@ -479,20 +468,13 @@ impl LocalBuf {
         // SAFETY: by StableBytes, `ptr..ptr+len` is owned by `data`, stays put while it lives,
         // and nothing else reaches it; `data` moves into the registration's storage below and
         // is dropped only after the deregistration.
-        let (raw, lkey, rkey) = match unsafe { reg_mr(pd, ptr, len, access) } {
+        let registration = match unsafe { reg_mr(pd, ptr, len, access) } {
             Ok(registration) => registration,
             Err(err) => return Err((data, err)),
         };
-        Ok(LocalBuf::whole(Arc::new(MrInner {
-            raw,
-            ptr,
-            len,
-            lkey,
-            rkey,
-            access,
-            storage: Storage::Owned(Box::new(data)),
-            pd: pd.clone(),
-        })))
+        let storage = Storage::Owned(Box::new(data));
+        let inner = MrInner::new(registration, ptr, len, access, storage, pd.clone());
+        Ok(LocalBuf::whole(Arc::new(inner)))
     }
 
     /// Deregisters and gives back the container registered with
@@ -530,28 +512,28 @@ impl LocalBuf {
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.span.len
     }
 
     /// Whether the piece is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.span.len == 0
     }
 
     /// The device address of the first byte (for scatter-gather entries).
     pub fn addr(&self) -> u64 {
-        self.mr.ptr.as_ptr() as u64 + self.offset as u64
+        self.span.addr()
     }
 
     /// The local key of the registration.
     pub fn lkey(&self) -> u32 {
-        self.mr.lkey
+        self.span.mr.lkey
     }
 
     /// The registration this piece belongs to.
     pub fn region(&self) -> MemoryRegion {
         MemoryRegion {
-            inner: self.mr.clone(),
+            inner: self.span.mr.clone(),
         }
     }
 
@@ -564,7 +546,7 @@ impl LocalBuf {
     /// # Errors
     /// [`Error::LocalOnly`] when the registration grants no remote read.
     pub fn remote(&self) -> Result<RemoteRegion> {
-        self.mr.remote(self.offset, self.len)
+        self.span.remote()
     }
 
     /// Hands this memory to peers with `access` (which may include remote write and
@@ -586,26 +568,20 @@ impl LocalBuf {
 
     /// The whole allocation `mr` as one piece.
     pub(crate) fn whole(mr: Arc<MrInner>) -> LocalBuf {
-        let len = mr.len;
-        LocalBuf { mr, offset: 0, len }
+        LocalBuf {
+            span: Span::whole(mr),
+        }
     }
 
     /// The registration, when this piece is all of it and nothing else holds it.
     fn into_whole(self) -> std::result::Result<MrInner, LocalBuf> {
-        if self.offset != 0 || self.len != self.mr.len {
-            return Err(self);
-        }
-        let (offset, len) = (self.offset, self.len);
-        Arc::try_unwrap(self.mr).map_err(|mr| LocalBuf { mr, offset, len })
+        self.span.into_whole().map_err(|span| LocalBuf { span })
     }
 
     /// The piece as operations see it.
+    #[inline]
     pub(crate) fn piece(&self) -> Piece<'_> {
-        Piece {
-            mr: &self.mr,
-            offset: self.offset,
-            len: self.len,
-        }
+        self.span.piece()
     }
 
     /// Splits off `[at, len)` and returns it; `self` keeps `[0, at)`.
@@ -614,18 +590,9 @@ impl LocalBuf {
     /// If `at > len`, like [`Vec::split_off`].
     #[must_use = "the split-off piece is dropped otherwise"]
     pub fn split_off(&mut self, at: usize) -> LocalBuf {
-        assert!(
-            at <= self.len,
-            "split_off at {at} beyond length {}",
-            self.len
-        );
-        let tail = LocalBuf {
-            mr: self.mr.clone(),
-            offset: self.offset + at,
-            len: self.len - at,
-        };
-        self.len = at;
-        tail
+        LocalBuf {
+            span: self.span.split_off(at),
+        }
     }
 
     /// Splits off `[0, at)` and returns it; `self` keeps `[at, len)`.
@@ -634,19 +601,9 @@ impl LocalBuf {
     /// If `at > len`.
     #[must_use = "the split-off piece is dropped otherwise"]
     pub fn split_to(&mut self, at: usize) -> LocalBuf {
-        assert!(
-            at <= self.len,
-            "split_to at {at} beyond length {}",
-            self.len
-        );
-        let head = LocalBuf {
-            mr: self.mr.clone(),
-            offset: self.offset,
-            len: at,
-        };
-        self.offset += at;
-        self.len -= at;
-        head
+        LocalBuf {
+            span: self.span.split_to(at),
+        }
     }
 
     /// Joins `other`, which must directly follow `self` in the same registration.
@@ -654,12 +611,9 @@ impl LocalBuf {
     /// # Errors
     /// Gives `other` back when it is not the next piece.
     pub fn unsplit(&mut self, other: LocalBuf) -> std::result::Result<(), LocalBuf> {
-        if Arc::ptr_eq(&self.mr, &other.mr) && self.offset + self.len == other.offset {
-            self.len += other.len;
-            Ok(())
-        } else {
-            Err(other)
-        }
+        self.span
+            .unsplit(other.span)
+            .map_err(|span| LocalBuf { span })
     }
 
     /// Deregisters and returns the bytes as a `Vec`, when this piece is the whole region and
@@ -723,17 +677,19 @@ impl Deref for MrInner {
 impl Deref for LocalBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
+        let Span { mr, offset, len } = &self.span;
         // SAFETY: `offset..offset+len` lies inside the allocation, which lives as long as
-        // `self.mr`; pieces are disjoint, and a piece in flight is owned by the operation, so
-        // no work request of ours touches these bytes while this borrow lives.
-        unsafe { std::slice::from_raw_parts(self.mr.ptr.as_ptr().add(self.offset), self.len) }
+        // `mr`; pieces are disjoint, and a piece in flight is owned by the operation, so no
+        // work request of ours touches these bytes while this borrow lives.
+        unsafe { std::slice::from_raw_parts(mr.byte(*offset), *len) }
     }
 }
 
 impl DerefMut for LocalBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
+        let Span { mr, offset, len } = &self.span;
         // SAFETY: as in `deref`, and `&mut self` makes this the only borrow of the piece.
-        unsafe { std::slice::from_raw_parts_mut(self.mr.ptr.as_ptr().add(self.offset), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(mr.byte(*offset), *len) }
     }
 }
 
@@ -741,7 +697,7 @@ impl std::fmt::Debug for LocalBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalBuf")
             .field("addr", &format_args!("{:#x}", self.addr()))
-            .field("len", &self.len)
+            .field("len", &self.span.len)
             .finish()
     }
 }

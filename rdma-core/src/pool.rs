@@ -202,16 +202,20 @@ impl MemoryPool {
             Err(_) => pool.grow(index)?,
         };
         class.in_use.fetch_add(1, Ordering::Relaxed);
-        let inner = MrInner::pool_block(
-            block.chunk.raw_mr(),
+        let (lkey, rkey) = block.chunk.keys();
+        let registration = (block.chunk.raw_mr(), lkey, rkey);
+        let storage = Storage::Pool(PoolBlock {
+            pool: pool.clone(),
+            class: index,
+            chunk: Some(block.chunk),
+        });
+        // The chunk's registration covers the block; local only, like the chunk.
+        let inner = MrInner::new(
+            registration,
             block.ptr,
             len,
-            block.chunk.keys(),
-            PoolBlock {
-                pool: pool.clone(),
-                class: index,
-                chunk: Some(block.chunk),
-            },
+            Access::LOCAL,
+            storage,
             pool.pd.clone(),
         );
         Ok(LocalBuf::whole(Arc::new(inner)))

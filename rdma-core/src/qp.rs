@@ -552,9 +552,9 @@ impl QpShared {
             return;
         }
         self.state.store(STATE_INIT, Ordering::Release);
-        self.send_cq.shared.fail_owner(&self.status, cause);
+        self.send_cq.shared.end_owner(&self.status, Some(cause));
         if !Arc::ptr_eq(&self.send_cq.shared, &self.recv_cq.shared) {
-            self.recv_cq.shared.fail_owner(&self.status, cause);
+            self.recv_cq.shared.end_owner(&self.status, Some(cause));
         }
     }
 
@@ -655,9 +655,9 @@ impl DyingQp {
             return;
         }
         // Destroyed: the device touches none of its buffers any more.
-        self.send_cq.shared.release_owner(&self.status);
+        self.send_cq.shared.end_owner(&self.status, None);
         if distinct_cqs {
-            self.recv_cq.shared.release_owner(&self.status);
+            self.recv_cq.shared.end_owner(&self.status, None);
         }
         drop(self.pd);
     }

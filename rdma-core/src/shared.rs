@@ -20,6 +20,7 @@ use crate::pd::ProtectionDomain;
 use crate::remote::RemoteRegion;
 use crate::runtime::budget::yield_now;
 use crate::runtime::{default_runtime, RuntimeHandle};
+use crate::span::Span;
 
 /// Registered memory that peers may write (remote write or atomic rights): an owned piece of
 /// a registration, like [`LocalBuf`], whose bytes Rust code reaches only through methods that
@@ -58,9 +59,7 @@ use crate::runtime::{default_runtime, RuntimeHandle};
 /// # Ok(()) }
 /// ```
 pub struct SharedRegion {
-    mr: Arc<MrInner>,
-    offset: usize,
-    len: usize,
+    span: Span,
 }
 
 impl SharedRegion {
@@ -73,28 +72,29 @@ impl SharedRegion {
 
     /// The whole registration `mr` as one piece.
     pub(crate) fn whole(mr: Arc<MrInner>) -> SharedRegion {
-        let len = mr.len();
-        SharedRegion { mr, offset: 0, len }
+        SharedRegion {
+            span: Span::whole(mr),
+        }
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.span.len
     }
 
     /// Whether the piece is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.span.len == 0
     }
 
     /// The rights the registration grants.
     pub fn access(&self) -> Access {
-        self.mr.access()
+        self.span.mr.access()
     }
 
     /// The device address of the first byte.
     pub fn addr(&self) -> u64 {
-        self.mr.byte(self.offset) as u64
+        self.span.addr()
     }
 
     /// This piece as a peer needs it for RDMA: its address and length (exactly this piece)
@@ -106,7 +106,7 @@ impl SharedRegion {
     /// # Errors
     /// [`Error::LocalOnly`] when the registration has no remote right.
     pub fn remote(&self) -> Result<RemoteRegion> {
-        self.mr.remote(self.offset, self.len)
+        self.span.remote()
     }
 
     /// Copies `into.len()` bytes starting at `offset` out of the region.
@@ -155,7 +155,7 @@ impl SharedRegion {
         let end = match range.end_bound() {
             Bound::Included(&e) => e.saturating_add(1),
             Bound::Excluded(&e) => e,
-            Bound::Unbounded => self.len,
+            Bound::Unbounded => self.span.len,
         };
         if end < start {
             return Err(Error::ReversedRange {
@@ -234,18 +234,9 @@ impl SharedRegion {
     /// If `at > len`, like [`Vec::split_off`].
     #[must_use = "the split-off piece is dropped otherwise"]
     pub fn split_off(&mut self, at: usize) -> SharedRegion {
-        assert!(
-            at <= self.len,
-            "split_off at {at} beyond length {}",
-            self.len
-        );
-        let tail = SharedRegion {
-            mr: self.mr.clone(),
-            offset: self.offset + at,
-            len: self.len - at,
-        };
-        self.len = at;
-        tail
+        SharedRegion {
+            span: self.span.split_off(at),
+        }
     }
 
     /// Joins `other`, which must directly follow `self` in the same registration.
@@ -253,12 +244,9 @@ impl SharedRegion {
     /// # Errors
     /// Gives `other` back when it is not the next piece.
     pub fn unsplit(&mut self, other: SharedRegion) -> std::result::Result<(), SharedRegion> {
-        if Arc::ptr_eq(&self.mr, &other.mr) && self.offset + self.len == other.offset {
-            self.len += other.len;
-            Ok(())
-        } else {
-            Err(other)
-        }
+        self.span
+            .unsplit(other.span)
+            .map_err(|span| SharedRegion { span })
     }
 
     /// Takes the peers' access away and gives the memory back as a plain [`LocalBuf`] (with
@@ -272,63 +260,57 @@ impl SharedRegion {
     /// off), or with the error of the new registration or of the deregistration (the old
     /// registration then still stands).
     pub fn revoke(self) -> std::result::Result<LocalBuf, (SharedRegion, Error)> {
-        if self.offset != 0 || self.len != self.mr.len() {
-            return Err((self, Error::NotWholeRegion));
-        }
-        let inner = match Arc::try_unwrap(self.mr) {
-            Ok(inner) => inner,
-            Err(mr) => return Err((SharedRegion::whole(mr), Error::NotWholeRegion)),
-        };
-        match inner.reregister(Access::LOCAL) {
-            Ok(inner) => Ok(LocalBuf::whole(Arc::new(inner))),
-            Err((inner, err)) => Err((SharedRegion::whole(Arc::new(inner)), err)),
+        match self.span.into_whole() {
+            Ok(inner) => match inner.reregister(Access::LOCAL) {
+                Ok(inner) => Ok(LocalBuf::whole(Arc::new(inner))),
+                Err((inner, err)) => Err((SharedRegion::whole(Arc::new(inner)), err)),
+            },
+            Err(span) => Err((SharedRegion { span }, Error::NotWholeRegion)),
         }
     }
 
     /// The piece as operations see it.
+    #[inline]
     pub(crate) fn piece(&self) -> Piece<'_> {
-        Piece {
-            mr: &self.mr,
-            offset: self.offset,
-            len: self.len,
-        }
+        self.span.piece()
     }
 
     fn check_range(&self, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.len => Ok(()),
+            Some(end) if end <= self.span.len => Ok(()),
             _ => Err(Error::SharedOutOfRange {
                 offset,
                 len,
-                region_len: self.len,
+                region_len: self.span.len,
             }),
         }
     }
 
     /// Byte `offset` of this piece (checked by the caller), as an atomic.
     fn byte(&self, offset: usize) -> &AtomicU8 {
-        // SAFETY: the byte lies inside the allocation, which `self.mr` keeps alive as long as
-        // the borrow of `self`; AtomicU8 has the size and alignment of u8. Rust code reaches
-        // these bytes only atomically (this type has no other access), and the device's
-        // accesses are outside the Rust memory model, as another process's would be.
-        unsafe { AtomicU8::from_ptr(self.mr.byte(self.offset + offset)) }
+        // SAFETY: the byte lies inside the allocation, which the span's registration keeps
+        // alive as long as the borrow of `self`; AtomicU8 has the size and alignment of u8.
+        // Rust code reaches these bytes only atomically (this type has no other access), and
+        // the device's accesses are outside the Rust memory model, as another process's
+        // would be.
+        unsafe { AtomicU8::from_ptr(self.span.mr.byte(self.span.offset + offset)) }
     }
 
     /// The aligned 64-bit word at `offset`, as an atomic.
     fn word(&self, offset: usize) -> Result<&AtomicU64> {
         self.check_range(offset, 8)?;
-        let ptr = self.mr.byte(self.offset + offset);
+        let ptr = self.span.mr.byte(self.span.offset + offset);
         if ptr as usize % 8 != 0 {
             return Err(Error::SharedMisaligned { offset });
         }
-        // SAFETY: the 8 bytes lie inside the allocation (checked above), which `self.mr`
-        // keeps alive as long as the borrow of `self`, at an 8-aligned address (checked
+        // SAFETY: the 8 bytes lie inside the allocation (checked above), which the span's
+        // registration keeps alive as long as the borrow of `self`, at an 8-aligned address (checked
         // above); Rust code reaches them only atomically (see `byte`).
         Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) })
     }
 
     fn runtime(&self) -> Result<RuntimeHandle> {
-        match self.mr.pd.context().runtime() {
+        match self.span.mr.pd.context().runtime() {
             Some(runtime) => Ok(runtime.clone()),
             None => default_runtime(),
         }
@@ -339,7 +321,7 @@ impl std::fmt::Debug for SharedRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedRegion")
             .field("addr", &format_args!("{:#x}", self.addr()))
-            .field("len", &self.len)
+            .field("len", &self.span.len)
             .field("access", &self.access())
             .finish()
     }

@@ -329,34 +329,14 @@ impl SlotTable {
         }
     }
 
-    /// Releases every slot of `owner`, whose queue was destroyed (so the device no longer
-    /// touches the buffers): their buffers go to `wake.released`.
-    pub(crate) fn release_owner(&mut self, owner: &Arc<QpStatus>, wake: &mut WakeList) {
-        for index in 0..self.slots.len() {
-            if let SlotState::Pending {
-                info, abandoned, ..
-            } = &mut self.slots[index].state
-            {
-                if Arc::ptr_eq(&info.qp, owner) {
-                    let wrs = info.wrs;
-                    info.qp.release(info.queue, wrs);
-                    if let Some(buffers) = abandoned.take() {
-                        wake.released.push(buffers);
-                    }
-                    self.outstanding = self.outstanding.saturating_sub(wrs);
-                    self.free_slot(index as u32);
-                }
-            }
-        }
-    }
-
-    /// Ends every pending slot of `owner`, whose queue was reset (so the device no longer
-    /// touches the buffers): a waiting operation gets a flush error caused by `cause` (its
-    /// task's waker goes to `wakers`), a dropped one's buffers go to `wake.released`.
-    pub(crate) fn fail_owner(
+    /// Ends every pending slot of `owner`, whose queue was destroyed or reset (so the
+    /// device no longer touches the buffers): a dropped operation's buffers go to
+    /// `wake.released`; a waiting one ends with a flush error caused by `cause` (its task's
+    /// waker goes to `wakers`), or, without a cause, is freed.
+    pub(crate) fn end_owner(
         &mut self,
         owner: &Arc<QpStatus>,
-        cause: &Arc<Error>,
+        cause: Option<&Arc<Error>>,
         wake: &mut WakeList,
         wakers: &mut Vec<Waker>,
     ) {
@@ -377,18 +357,22 @@ impl SlotTable {
             let wrs = info.wrs;
             info.qp.release(info.queue, wrs);
             self.outstanding = self.outstanding.saturating_sub(wrs);
+            let waiting = abandoned.is_none();
             if let Some(buffers) = abandoned.take() {
                 wake.released.push(buffers);
-                self.free_slot(index as u32);
-                continue;
             }
-            wakers.extend(waker.take());
-            let error = Error::Flushed {
-                kind: info.kind,
-                qpn: info.qp.qpn,
-                cause: Some(cause.clone()),
-            };
-            slot.state = SlotState::Done(Err(Box::new(error)));
+            match cause {
+                Some(cause) if waiting => {
+                    wakers.extend(waker.take());
+                    let error = Error::Flushed {
+                        kind: info.kind,
+                        qpn: info.qp.qpn,
+                        cause: Some(cause.clone()),
+                    };
+                    slot.state = SlotState::Done(Err(Box::new(error)));
+                }
+                _ => self.free_slot(index as u32),
+            }
         }
     }
 

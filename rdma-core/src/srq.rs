@@ -191,7 +191,7 @@ impl Drop for SrqShared {
         }
         if rc == 0 {
             // Destroyed: the device touches none of its buffers any more.
-            self.cq.shared.release_owner(&self.status);
+            self.cq.shared.end_owner(&self.status, None);
         }
         // Otherwise keep the buffers of dropped receives (a leak is safe; freeing memory the
         // NIC may write is not).
