@@ -14,23 +14,16 @@
 use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
-
-use anyrdma::runtime::budget::yield_now;
 
 use anyrdma::{
-    Access, CompletionQueue, ConnectOptions, Context, CqOptions, PollMode, QpOptions, QueuePair,
+    CompletionQueue, ConnectOptions, Context, CqOptions, PollMode, QpOptions, QueuePair,
 };
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+#[path = "common/wakeup_count.rs"]
+mod wakeup_count;
 
-/// The immediate that tells a receiving task to stop.
-const STOP: u32 = u32::MAX;
-const LEN: usize = 32;
-/// Sends in flight before the sender waits for the oldest.
-const SEND_WINDOW: usize = 128;
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Clone, Copy)]
 enum Rt {
@@ -101,26 +94,7 @@ impl Rt {
     }
 }
 
-/// Counts the polls of a future after its first: each is a wake-up.
-struct Counted<'a, F> {
-    future: F,
-    polled: bool,
-    wakeups: &'a AtomicU64,
-}
-
-impl<F: Future + Unpin> Future for Counted<'_, F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
-        if self.polled {
-            self.wakeups.fetch_add(1, Ordering::Relaxed);
-        }
-        self.polled = true;
-        Pin::new(&mut self.future).poll(cx)
-    }
-}
-
-/// One run: wake-ups per completed receive.
+/// One run: `tasks` tasks waiting on receives of one CQ (event mode) shared with the sender.
 async fn measure(rt: Rt, ctx: Context, tasks: u32, messages: u32) -> Res<f64> {
     let pd = ctx.alloc_pd()?;
     let options = CqOptions {
@@ -137,57 +111,12 @@ async fn measure(rt: Rt, ctx: Context, tasks: u32, messages: u32) -> Res<f64> {
     let receiver = Arc::new(QueuePair::new(&pd, &cq, &cq, qp_options)?);
     sender.connect(&receiver.endpoint(), ConnectOptions::default())?;
     receiver.connect(&sender.endpoint(), ConnectOptions::default())?;
-
-    let wakeups = Arc::new(AtomicU64::new(0));
-    let credits = Arc::new(AtomicI64::new(0));
-    let mut receivers = Vec::new();
-    for _ in 0..tasks {
-        let (receiver, wakeups, credits) = (receiver.clone(), wakeups.clone(), credits.clone());
-        let mut receive = Some(receiver.recv(pd.alloc(LEN, Access::LOCAL)?));
-        credits.fetch_add(1, Ordering::AcqRel);
-        receivers.push(rt.spawn(async move {
-            let mut received = 0u32;
-            while let Some(op) = receive.take() {
-                let counted = Counted {
-                    future: op,
-                    polled: false,
-                    wakeups: &wakeups,
-                };
-                let (result, buf) = counted.await;
-                match result {
-                    Ok(got) if got.imm == Some(STOP) => break,
-                    Ok(_) => received += 1,
-                    Err(err) => return Err(err.to_string()),
-                }
-                receive = Some(receiver.recv(buf));
-                credits.fetch_add(1, Ordering::AcqRel);
-            }
-            Ok(received)
-        }));
-    }
-    let mut in_flight = std::collections::VecDeque::new();
-    for seq in (0..messages).chain(std::iter::repeat(STOP).take(tasks as usize)) {
-        while credits.load(Ordering::Acquire) <= 0 {
-            yield_now().await;
-        }
-        credits.fetch_sub(1, Ordering::AcqRel);
-        in_flight.push_back(sender.send_with_imm(pd.alloc(LEN, Access::LOCAL)?, seq));
-        if in_flight.len() >= SEND_WINDOW {
-            let (sent, _) = in_flight.pop_front().expect("a send in flight").await;
-            sent?;
-        }
-    }
-    for op in in_flight {
-        op.await.0?;
-    }
-    let mut received = 0;
-    for task in receivers {
-        received += task.await?;
-    }
-    if received != messages {
-        return Err(format!("{} of {messages} messages arrived", received).into());
-    }
-    Ok(wakeups.load(Ordering::Relaxed) as f64 / f64::from(messages + tasks))
+    Ok(
+        wakeup_count::wakeups_per_completion(&pd, &sender, receiver, tasks, messages, |task| {
+            rt.spawn(task)
+        })
+        .await?,
+    )
 }
 
 fn main() -> Res<()> {
