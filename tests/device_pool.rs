@@ -148,8 +148,55 @@ async fn pool_is_bounded_and_local(rt: Rt) {
     assert_eq!(pool.stats().bytes_in_use, 0);
 }
 
+/// Nothing of the pool outlives it: with its handles gone and its buffers dropped last
+/// (some blocks parked whole for reuse, a buffer's pieces dropped by two tasks), every
+/// chunk is deregistered.
+#[allow(clippy::await_holding_lock)] // REGIONS orders tests, not tasks
+async fn pool_is_freed_after_its_last_buffer(rt: Rt) {
+    if !support::device_present("pool_is_freed_after_its_last_buffer") {
+        return;
+    }
+    let _regions = REGIONS.lock().unwrap_or_else(|p| p.into_inner());
+    let pair = Pair::new();
+    let baseline = registered_regions();
+    let pool = MemoryPool::new(&pair.pd, PoolOptions::default());
+    let kept: Vec<_> = (0..4).map(|_| pool.alloc(100).unwrap()).collect();
+    for size in SIZES {
+        // Dropped at once: parked whole for the next allocation of its class.
+        drop(pool.alloc(size).unwrap());
+    }
+    let mut head = pool.alloc(4096).unwrap();
+    let tail = head.split_off(2048);
+    let dropping = [
+        rt.spawn(async move { drop(head) }),
+        rt.spawn(async move { drop(tail) }),
+    ];
+    for task in dropping {
+        within(10, "a task dropping a piece", task).await;
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.bytes_in_use, 4 * 128, "{}: {stats:?}", rt.name());
+    let handle = pool.clone();
+    drop(pool);
+    drop(handle.alloc(4096).expect("a remaining handle allocates"));
+    drop(handle);
+    assert!(
+        registered_regions() > baseline,
+        "the kept buffers still hold their chunk"
+    );
+    assert!(kept.iter().all(|buf| buf.len() == 100));
+    drop(kept);
+    assert_eq!(
+        registered_regions(),
+        baseline,
+        "{}: with the pool's handles and buffers gone, every chunk is deregistered",
+        rt.name()
+    );
+}
+
 runtime_tests!(
     many_tasks_share_one_pool,
+    pool_is_freed_after_its_last_buffer,
     pool_buffers_move_data,
     pool_is_bounded_and_local
 );

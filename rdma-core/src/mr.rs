@@ -189,6 +189,30 @@ impl MrInner {
         self.access
     }
 
+    /// A pool block's link to its chunk and pool; `None` for any other registration.
+    pub(crate) fn pool_block(&self) -> Option<&PoolBlock> {
+        match &self.storage {
+            Storage::Pool(block) => Some(block),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a block of a [`MemoryPool`](crate::MemoryPool) chunk.
+    #[inline]
+    pub(crate) fn is_pool_block(&self) -> bool {
+        matches!(self.storage, Storage::Pool(_))
+    }
+
+    /// A pool block view's length (the length its buffer was asked for), to hand the block
+    /// out again; `None` for any other registration.
+    #[inline]
+    pub(crate) fn pool_block_len(&mut self) -> Option<&mut usize> {
+        match self.storage {
+            Storage::Pool(_) => Some(&mut self.len),
+            _ => None,
+        }
+    }
+
     /// The peer's description of `len` bytes at `offset`: exactly that range, under the
     /// registration's key.
     ///
@@ -533,7 +557,7 @@ impl LocalBuf {
     /// The registration this piece belongs to.
     pub fn region(&self) -> MemoryRegion {
         MemoryRegion {
-            inner: self.span.mr.clone(),
+            inner: Arc::clone(&self.span.mr),
         }
     }
 

@@ -1,13 +1,26 @@
 //! A pool of registered memory: buffers without a registration (a system call) each.
 //!
 //! The pool registers large chunks, grown on demand up to a cap, and carves each into blocks
-//! of one size class (powers of two). `alloc` pops a free block of the smallest class that
-//! fits from a lock-free queue and wraps it as a [`LocalBuf`]; when the last piece of that
-//! buffer is dropped, the block goes back to its queue. Only growing takes a lock (it
-//! registers memory: a system call anyway).
+//! of one size class (powers of two). Each class keeps its free blocks in two places:
+//!
+//! - **hot slots**: a few atomic pointers, each holding a block still wrapped in its
+//!   registration view (the `Arc<MrInner>` a [`LocalBuf`] holds). A dropped buffer is put
+//!   back here whole, and `alloc` takes it from here first: no heap allocation, two atomic
+//!   exchanges per allocation and drop, and the most recently used blocks come back first,
+//!   so a program that allocates a buffer per message keeps touching the same few cache
+//!   lines and pages.
+//! - **the free queue**: a lock-free queue of bare blocks, for everything the hot slots do
+//!   not hold. A block taken from here gets a new registration view (one small heap
+//!   allocation).
+//!
+//! A view holds its pool (an `Arc`), so views parked in hot slots would keep the pool alive
+//! for ever: when the last [`MemoryPool`] handle goes, the hot slots are closed (each set to
+//! a sentinel that no later put can replace) and the views in them dropped, which puts
+//! their bare blocks into the queue. Only growing and trimming take a lock (they register
+//! and deregister memory: system calls anyway).
 
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{fence, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use concurrent_queue::ConcurrentQueue;
@@ -49,10 +62,12 @@ impl Default for PoolOptions {
 /// The pool registers chunks ([`PoolOptions::chunk_size`]) as they are needed and carves
 /// each into blocks of one size class (powers of two from [`PoolOptions::smallest`] to
 /// [`PoolOptions::largest`]). `alloc` takes a free block of the smallest class that fits
-/// from a lock-free queue and wraps it as a [`LocalBuf`], with no system call once the pool
-/// has grown to the working set; the block goes back to its queue when the buffer's last
-/// piece is dropped. Only growing takes a lock. Safe to share between threads and tasks
-/// (cheap to clone).
+/// and hands it out as a [`LocalBuf`], with no system call once the pool has grown to the
+/// working set; the block comes back when the buffer's last piece is dropped. Recently
+/// freed blocks are kept ready in a few lock-free slots per class and are handed out first
+/// (no heap allocation, and the same cache lines and pages reused); the rest wait in a
+/// lock-free queue. Only growing and trimming take a lock. Safe to share between threads
+/// and tasks (cheap to clone).
 ///
 /// - **Local only**: pool memory cannot be [shared](LocalBuf::share) with peers or described
 ///   to them ([`LocalBuf::remote`] fails): the key of a block is its chunk's, and would
@@ -79,7 +94,24 @@ impl Default for PoolOptions {
 /// ```
 #[derive(Clone)]
 pub struct MemoryPool {
+    handle: Arc<PoolHandle>,
+}
+
+/// The pool as its handles hold it: when the last handle goes, the hot slots close.
+struct PoolHandle {
     shared: Arc<PoolShared>,
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        // No allocation can follow (that takes a handle). Close the hot slots, so that no
+        // view parks there any more, and drop the views they held: their blocks go to the
+        // free queues, and their references to the pool go, so that the pool is freed with
+        // its last buffer.
+        for class in &self.shared.classes {
+            drop(class.drain_hot(true));
+        }
+    }
 }
 
 pub(crate) struct PoolShared {
@@ -92,11 +124,97 @@ pub(crate) struct PoolShared {
     bytes_registered: AtomicUsize,
 }
 
+/// How many free blocks of a class are kept whole in hot slots: one cache line of pointers.
+const HOT_SLOTS: usize = 8;
+
+/// What a hot slot holds once its pool has no handle left: never a view, and never
+/// replaced by one (a put only fills a null slot). Never dereferenced.
+const CLOSED: *mut MrInner = NonNull::dangling().as_ptr();
+
 /// One size class: its free blocks and counts.
 struct Class {
     size: usize,
+    /// Free blocks kept whole: null, `CLOSED`, or `Arc::into_raw` of a block's view.
+    hot: [AtomicPtr<MrInner>; HOT_SLOTS],
+    /// The other free blocks, bare.
     free: ConcurrentQueue<FreeBlock>,
-    in_use: AtomicUsize,
+    /// Blocks carved from this class's chunks (changed only under the grow lock).
+    blocks: AtomicUsize,
+}
+
+impl Class {
+    /// Takes a whole free block from a hot slot, if one holds any.
+    #[inline]
+    fn take_hot(&self) -> Option<Arc<MrInner>> {
+        for slot in &self.hot {
+            let raw = slot.load(Ordering::Relaxed);
+            if raw.is_null() || raw == CLOSED {
+                continue;
+            }
+            // Whoever empties the slot gets its reference. (The same view put back in
+            // between is still one reference in the slot: taking it is right.)
+            if slot
+                .compare_exchange(raw, ptr::null_mut(), Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                // SAFETY: the slot held one `Arc::into_raw` reference, which the exchange
+                // moved to this thread alone.
+                return Some(unsafe { Arc::from_raw(raw) });
+            }
+        }
+        None
+    }
+
+    /// Puts the view of a free block, given as `Arc::into_raw`, into an empty hot slot.
+    /// Returns false when none is empty (the caller still owns the reference).
+    ///
+    /// # Safety
+    /// `raw` is an `Arc::into_raw` reference the caller owns. After a `true` return it
+    /// belongs to the slot, which another thread may empty at once: `self`, reached through
+    /// that view, may then be freed, so the caller must not touch either again.
+    #[inline]
+    unsafe fn put_hot(&self, raw: *mut MrInner) -> bool {
+        for slot in &self.hot {
+            if slot.load(Ordering::Relaxed).is_null()
+                && slot
+                    .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Empties the hot slots, leaving each null (`close`: `CLOSED`), and returns the views
+    /// they held.
+    fn drain_hot(&self, close: bool) -> Vec<Arc<MrInner>> {
+        let empty = if close { CLOSED } else { ptr::null_mut() };
+        self.hot
+            .iter()
+            .filter_map(|slot| {
+                let raw = slot.swap(empty, Ordering::Acquire);
+                // SAFETY: as in `take_hot`.
+                (!raw.is_null() && raw != CLOSED).then(|| unsafe { Arc::from_raw(raw) })
+            })
+            .collect()
+    }
+
+    /// Blocks held by live buffers: all blocks less the free ones. A snapshot: blocks moving
+    /// between a buffer and the free lists may be counted on either side.
+    fn in_use(&self) -> usize {
+        let hot = self
+            .hot
+            .iter()
+            .filter(|slot| {
+                let raw = slot.load(Ordering::Relaxed);
+                !raw.is_null() && raw != CLOSED
+            })
+            .count();
+        self.blocks
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.free.len() + hot)
+    }
 }
 
 /// A free block: where it is, and the chunk whose registration covers it.
@@ -109,23 +227,48 @@ struct FreeBlock {
 // until it is popped, and its chunk (an Arc<MrInner>) is Send.
 unsafe impl Send for FreeBlock {}
 
-/// What a pool buffer's registration view holds to go back to the pool.
+/// What a pool block's registration view holds to go back to the pool.
 pub(crate) struct PoolBlock {
-    chunk: Option<Arc<MrInner>>,
+    chunk: Arc<MrInner>,
     pool: Arc<PoolShared>,
     class: usize,
 }
 
 impl PoolBlock {
-    /// The buffer at `ptr` is gone: its block goes back to the free queue.
+    /// The registration view of the block at `ptr` is being dropped (not kept whole in a
+    /// hot slot): the bare block goes back to the free queue.
     pub(crate) fn give_back(&mut self, ptr: NonNull<u8>) {
-        let Some(chunk) = self.chunk.take() else {
-            return;
-        };
-        let class = &self.pool.classes[self.class];
-        class.in_use.fetch_sub(1, Ordering::Relaxed);
-        // An unbounded queue refuses only when closed, and it is never closed.
-        let _ = class.free.push(FreeBlock { chunk, ptr });
+        self.pool.push_free(self.class, self.chunk.clone(), ptr);
+    }
+}
+
+/// The last piece of a pool buffer is being dropped, and `mr` is its block's registration
+/// view: park the view whole in a hot slot of its class, or else drop it (which puts the
+/// bare block into the free queue). While other pieces or views hold `mr`, it is only
+/// dropped: the last of them gives the block back.
+#[inline]
+pub(crate) fn recycle(mr: Arc<MrInner>) {
+    // With no weak references, a count of one is this reference alone, and no other can
+    // appear: nothing else can clone it.
+    if Arc::strong_count(&mr) != 1 {
+        return;
+    }
+    // Order the other holders' last uses of the block (released by their drops) before its
+    // next user's, as `Arc`'s own drop does before freeing.
+    fence(Ordering::Acquire);
+    let raw = Arc::into_raw(mr).cast_mut();
+    // SAFETY: `raw` is the only reference to the view, alive until it is given away below.
+    let view = unsafe { &*raw };
+    let Some(block) = view.pool_block() else {
+        // SAFETY: `raw` came from `Arc::into_raw` above and was stored nowhere.
+        drop(unsafe { Arc::from_raw(raw) });
+        return;
+    };
+    // SAFETY: `raw` is ours; after a successful put nothing here touches the view or the
+    // pool again (the hot slot owns the view, which owns the reference to the pool).
+    if !unsafe { block.pool.classes[block.class].put_hot(raw) } {
+        // SAFETY: not stored: still ours.
+        drop(unsafe { Arc::from_raw(raw) });
     }
 }
 
@@ -165,23 +308,26 @@ impl MemoryPool {
         while size <= largest {
             classes.push(Class {
                 size,
+                hot: Default::default(),
                 free: ConcurrentQueue::unbounded(),
-                in_use: AtomicUsize::new(0),
+                blocks: AtomicUsize::new(0),
             });
             size *= 2;
         }
         MemoryPool {
-            shared: Arc::new(PoolShared {
-                pd: pd.clone(),
-                options: PoolOptions {
-                    smallest,
-                    largest,
-                    ..options
-                },
-                classes,
-                grow: Mutex::new(()),
-                chunks: AtomicUsize::new(0),
-                bytes_registered: AtomicUsize::new(0),
+            handle: Arc::new(PoolHandle {
+                shared: Arc::new(PoolShared {
+                    pd: pd.clone(),
+                    options: PoolOptions {
+                        smallest,
+                        largest,
+                        ..options
+                    },
+                    classes,
+                    grow: Mutex::new(()),
+                    chunks: AtomicUsize::new(0),
+                    bytes_registered: AtomicUsize::new(0),
+                }),
             }),
         }
     }
@@ -194,43 +340,39 @@ impl MemoryPool {
     /// [`Error::PoolExhausted`] when growing would pass [`PoolOptions::max_bytes`];
     /// the registration's errors when growing fails.
     pub fn alloc(&self, len: usize) -> Result<LocalBuf> {
-        let pool = &self.shared;
+        let pool = &self.handle.shared;
         let index = pool.class_of(len)?;
         let class = &pool.classes[index];
+        if let Some(mut mr) = class.take_hot() {
+            // A parked view is held by its slot alone, so this succeeds; were it shared, it
+            // is dropped (its block goes to the queue) and a new view is made below.
+            if let Some(view_len) = Arc::get_mut(&mut mr).and_then(MrInner::pool_block_len) {
+                *view_len = len;
+                return Ok(LocalBuf::whole(mr));
+            }
+        }
         let block = match class.free.pop() {
             Ok(block) => block,
             Err(_) => pool.grow(index)?,
         };
-        class.in_use.fetch_add(1, Ordering::Relaxed);
-        let (lkey, rkey) = block.chunk.keys();
-        let registration = (block.chunk.raw_mr(), lkey, rkey);
-        let storage = Storage::Pool(PoolBlock {
-            pool: pool.clone(),
-            class: index,
-            chunk: Some(block.chunk),
-        });
-        // The chunk's registration covers the block; local only, like the chunk.
-        let inner = MrInner::new(
-            registration,
-            block.ptr,
-            len,
-            Access::LOCAL,
-            storage,
-            pool.pd.clone(),
-        );
-        Ok(LocalBuf::whole(Arc::new(inner)))
+        Ok(LocalBuf::whole(Arc::new(PoolShared::view(
+            pool, index, block, len,
+        ))))
     }
 
     /// Current usage.
     pub fn stats(&self) -> PoolStats {
-        let pool = &self.shared;
+        let pool = &self.handle.shared;
         let classes: Vec<ClassStats> = pool
             .classes
             .iter()
-            .map(|class| ClassStats {
-                size: class.size,
-                in_use: class.in_use.load(Ordering::Relaxed),
-                free: class.free.len(),
+            .map(|class| {
+                let in_use = class.in_use();
+                ClassStats {
+                    size: class.size,
+                    in_use,
+                    free: class.blocks.load(Ordering::Relaxed).saturating_sub(in_use),
+                }
             })
             .collect();
         PoolStats {
@@ -244,10 +386,12 @@ impl MemoryPool {
     /// Deregisters and frees every chunk none of whose blocks is in use; returns how many
     /// bytes it gave back.
     pub fn trim(&self) -> usize {
-        let pool = &self.shared;
+        let pool = &self.handle.shared;
         let _growing = lock(&pool.grow);
         let mut released = 0;
         for class in &pool.classes {
+            // Dropping the parked views puts their blocks into the queue.
+            drop(class.drain_hot(false));
             let mut free = Vec::new();
             while let Ok(block) = class.free.pop() {
                 free.push(block);
@@ -259,6 +403,7 @@ impl MemoryPool {
                 let chunk_len = group[0].chunk.len();
                 if group.len() == chunk_len / class.size {
                     released += chunk_len;
+                    class.blocks.fetch_sub(group.len(), Ordering::Relaxed);
                     pool.chunks.fetch_sub(1, Ordering::Relaxed);
                     pool.bytes_registered
                         .fetch_sub(chunk_len, Ordering::Relaxed);
@@ -320,6 +465,7 @@ impl PoolShared {
         self.bytes_registered
             .fetch_add(chunk_len, Ordering::Relaxed);
         let blocks = chunk_len / class.size;
+        class.blocks.fetch_add(blocks, Ordering::Relaxed);
         for i in 1..blocks {
             let _ = class.free.push(FreeBlock {
                 chunk: chunk.clone(),
@@ -333,10 +479,38 @@ impl PoolShared {
     }
 }
 
+impl PoolShared {
+    /// A registration view of `len` bytes of a free block of class `index`: the chunk's
+    /// registration covers it; local only, like the chunk.
+    fn view(pool: &Arc<PoolShared>, index: usize, block: FreeBlock, len: usize) -> MrInner {
+        let (lkey, rkey) = block.chunk.keys();
+        let registration = (block.chunk.raw_mr(), lkey, rkey);
+        let storage = Storage::Pool(PoolBlock {
+            chunk: block.chunk,
+            pool: pool.clone(),
+            class: index,
+        });
+        MrInner::new(
+            registration,
+            block.ptr,
+            len,
+            Access::LOCAL,
+            storage,
+            pool.pd.clone(),
+        )
+    }
+
+    /// Puts a bare free block into class `index`'s queue.
+    fn push_free(&self, index: usize, chunk: Arc<MrInner>, ptr: NonNull<u8>) {
+        // An unbounded queue refuses only when closed, and it is never closed.
+        let _ = self.classes[index].free.push(FreeBlock { chunk, ptr });
+    }
+}
+
 impl std::fmt::Debug for MemoryPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryPool")
-            .field("options", &self.shared.options)
+            .field("options", &self.handle.shared.options)
             .field("stats", &self.stats())
             .finish()
     }

@@ -5,6 +5,7 @@
 //! takes back a neighbour, and the registration changes (shared, revoked, given back) only
 //! through the one piece that covers all of it when no other is alive.
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use crate::buffers::sealed::Piece;
@@ -13,7 +14,9 @@ use crate::mr::MrInner;
 use crate::remote::RemoteRegion;
 
 pub(crate) struct Span {
-    pub(crate) mr: Arc<MrInner>,
+    /// Dropped by hand in `Drop`, so that a pool block's registration view can go back to
+    /// its pool whole (see [`crate::pool::recycle`]).
+    pub(crate) mr: ManuallyDrop<Arc<MrInner>>,
     pub(crate) offset: usize,
     pub(crate) len: usize,
 }
@@ -22,7 +25,11 @@ impl Span {
     /// All of `mr` as one piece.
     pub(crate) fn whole(mr: Arc<MrInner>) -> Span {
         let len = mr.len();
-        Span { mr, offset: 0, len }
+        Span {
+            mr: ManuallyDrop::new(mr),
+            offset: 0,
+            len,
+        }
     }
 
     /// The device address of the first byte.
@@ -103,6 +110,23 @@ impl Span {
             return Err(self);
         }
         let (offset, len) = (self.offset, self.len);
-        Arc::try_unwrap(self.mr).map_err(|mr| Span { mr, offset, len })
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so its `mr` is taken once, here.
+        let mr = unsafe { ManuallyDrop::take(&mut this.mr) };
+        Arc::try_unwrap(mr).map_err(|mr| Span {
+            mr: ManuallyDrop::new(mr),
+            offset,
+            len,
+        })
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        // SAFETY: the span is being dropped: `mr` is taken once and never used again.
+        let mr = unsafe { ManuallyDrop::take(&mut self.mr) };
+        if mr.is_pool_block() {
+            crate::pool::recycle(mr);
+        }
     }
 }
