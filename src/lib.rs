@@ -33,6 +33,7 @@
 
 /// The executor-neutral core, re-exported whole.
 pub use anyrdma_core as core;
+pub use anyrdma_core::{cm, device, error};
 pub use anyrdma_core::{
     default_port, devices, registered_regions, sleep, timeout, Access, Atomic, Batch, Buffers,
     ClassStats, CompletionQueue, ConnectOptions, Context, CqOptions, DeviceEvent, DeviceEventKind,
@@ -43,7 +44,6 @@ pub use anyrdma_core::{
     RuntimeHandle, SharedReceiveQueue, SharedRegion, SrqOptions, StableBytes, WcStatus,
     WireProblem, WorkKind, DEVICE_ENV, MAX_SGE,
 };
-pub use anyrdma_core::{device, error};
 
 #[cfg(not(any(feature = "tokio", feature = "async-std", feature = "smol")))]
 compile_error!(

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::device::DEVICE_ENV;
@@ -253,6 +254,51 @@ pub enum Error {
         /// What is wrong with the bytes.
         problem: WireProblem,
     },
+    /// No one listens at the address: the peer's connection manager refused the request
+    /// (nothing bound to that port there).
+    ConnectRefused {
+        /// The address connected to.
+        addr: SocketAddr,
+    },
+    /// The peer's application rejected the connection; `reason` is the private data it
+    /// rejected with (often text: see [`Error::reject_reason`]).
+    ConnectRejected {
+        /// The address connected to.
+        addr: SocketAddr,
+        /// What the peer sent with its rejection (up to 148 bytes; may be empty).
+        reason: Vec<u8>,
+        /// The transport's rejection code (28 when the peer's application rejected).
+        code: i32,
+    },
+    /// The address cannot be reached over RDMA: no route to it, no RDMA device on the route,
+    /// or no answer from the peer's connection manager.
+    Unreachable {
+        /// The address connected to.
+        addr: SocketAddr,
+        /// Which step failed, e.g. `resolving the address`.
+        stage: &'static str,
+        /// What the connection manager reported.
+        source: io::Error,
+    },
+    /// A connection step did not finish in time (see the timeouts of
+    /// [`ConnectionOptions`](crate::cm::ConnectionOptions)).
+    ConnectTimeout {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Which step did not finish.
+        stage: &'static str,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
+    /// The connection ended: the peer disconnected (or its process died), or the device went
+    /// away. Pending operations of the connection end with it (as the cause of
+    /// [`Error::Flushed`]: see [`Error::is_disconnect`]).
+    Disconnected {
+        /// The connection's queue pair number.
+        qpn: u32,
+        /// Why, in words.
+        why: &'static str,
+    },
 }
 
 /// Why encoded bytes from a peer were refused ([`Error::BadWireFormat`]).
@@ -347,6 +393,8 @@ pub enum QpShutdownReason {
     /// A batch was posted only in part; the queue pair was failed so that its buffers are
     /// released safely when it is destroyed.
     PartialBatch,
+    /// The application closed the connection (`Connection::close`, or dropped it).
+    Closed,
 }
 
 impl Error {
@@ -382,6 +430,24 @@ impl Error {
             Error::Flushed { .. } => Some(WcStatus::WR_FLUSH_ERR),
             _ => None,
         }
+    }
+
+    /// A rejection's reason as text, when the peer sent printable UTF-8 (trailing NULs
+    /// dropped); `None` for other errors or binary data.
+    pub fn reject_reason(&self) -> Option<&str> {
+        let Error::ConnectRejected { reason, .. } = self else {
+            return None;
+        };
+        let end = reason.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        std::str::from_utf8(&reason[..end])
+            .ok()
+            .filter(|text| !text.chars().any(char::is_control))
+    }
+
+    /// Whether this error means that the connection ended (the peer disconnected or died, or
+    /// the device went away), directly or as the cause of a flush.
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self.root_cause(), Error::Disconnected { .. })
     }
 
     /// The failure at the root of a flush or of a queue pair in error (itself otherwise).
@@ -591,6 +657,13 @@ impl fmt::Display for Error {
                 "queue pair {qpn} was failed because the device accepted only part of a batch; \
                  its buffers are released when the queue pair is destroyed"
             ),
+            Error::Shutdown {
+                qpn,
+                reason: QpShutdownReason::Closed,
+            } => write!(
+                f,
+                "the connection of queue pair {qpn} was closed by this side"
+            ),
             Error::QpInError { qpn, cause } => write!(
                 f,
                 "queue pair {qpn} is in the error state and takes no new work; nothing was \
@@ -651,6 +724,40 @@ impl fmt::Display for Error {
             Error::BadWireFormat { what, problem } => {
                 write!(f, "refused the {what} bytes from the peer: {problem}")
             }
+            Error::ConnectRefused { addr } => write!(
+                f,
+                "connection to {addr} refused: nothing listens on that port there (is the \
+                 server running, and on this port?)"
+            ),
+            Error::ConnectRejected { addr, reason, code } => {
+                write!(f, "{addr} rejected the connection")?;
+                match self.reject_reason() {
+                    Some(text) if !text.is_empty() => write!(f, ": {text:?}"),
+                    _ if reason.is_empty() => write!(f, " (no reason given; code {code})"),
+                    _ => write!(
+                        f,
+                        " with {} bytes of private data (code {code})",
+                        reason.len()
+                    ),
+                }
+            }
+            Error::Unreachable {
+                addr,
+                stage,
+                source,
+            } => write!(
+                f,
+                "cannot reach {addr} over RDMA ({stage} failed: {source}); check that the \
+                 address belongs to an RDMA-capable interface (`rdma link` shows which netdevs \
+                 have an RDMA device) and is routable from here"
+            ),
+            Error::ConnectTimeout { addr, stage, after } => write!(
+                f,
+                "connecting to {addr}: {stage} did not finish within {after:?}"
+            ),
+            Error::Disconnected { qpn, why } => {
+                write!(f, "the connection of queue pair {qpn} ended: {why}")
+            }
         }
     }
 }
@@ -669,7 +776,9 @@ fn bigger(queue: &str) -> &'static str {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Verbs { source, .. } | Error::Runtime { source, .. } => Some(source),
+            Error::Verbs { source, .. }
+            | Error::Runtime { source, .. }
+            | Error::Unreachable { source, .. } => Some(source),
             Error::Flushed {
                 cause: Some(cause), ..
             }

@@ -25,6 +25,7 @@
 mod assertions;
 mod batch;
 mod buffers;
+pub mod cm;
 mod context;
 mod cq;
 pub mod device;

@@ -116,7 +116,7 @@ impl Default for ConnectOptions {
 
 impl ConnectOptions {
     /// Checks that every field fits the bits the transport carries it in.
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let fields = [
             ("ConnectOptions::timeout", self.timeout, 31),
             ("ConnectOptions::retry_cnt", self.retry_cnt, 7),
@@ -499,7 +499,7 @@ impl QpShared {
         let _ = self.to_error();
     }
 
-    fn modify(
+    pub(crate) fn modify(
         &self,
         attr: &mut ibv_qp_attr,
         mask: ibv_qp_attr_mask,
@@ -530,6 +530,19 @@ impl QpShared {
             });
         }
         Ok(())
+    }
+
+    /// Marks the queue pair connected, once something outside [`QueuePair::connect`] (the
+    /// connection manager) moved it to RTS: sends may be posted from now on.
+    pub(crate) fn mark_connected(&self) {
+        self.state.store(STATE_RTS, Ordering::Release);
+    }
+
+    /// Fails the queue pair for `reason` (new posts fail with it) and moves it to the error
+    /// state, which flushes what is pending.
+    pub(crate) fn shut_down(&self, reason: QpShutdownReason) -> Result<()> {
+        self.fail(reason);
+        self.to_error()
     }
 
     /// Fails the queue pair now for `cause`, when its completions may never come (its

@@ -13,8 +13,8 @@
 
 mod watch;
 
-pub(crate) use watch::DeviceEvents;
 pub use watch::NextEvent;
+pub(crate) use watch::{DeviceEvents, EventSource};
 
 use std::fmt;
 

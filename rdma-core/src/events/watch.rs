@@ -56,6 +56,18 @@ pub(crate) struct DeviceEvents {
     last_wqe: Mutex<Vec<usize>>,
     /// Why the whole device failed, once it did: fatal error or removal.
     pub(crate) failure: OnceLock<Arc<Error>>,
+    /// Other descriptors whose events concern this device's queue pairs (the rdma_cm event
+    /// channels of connections): read with the device's own events.
+    sources: Mutex<Vec<Weak<dyn EventSource>>>,
+}
+
+/// A source of events that concern a device's queue pairs, read by whoever reads the
+/// device's events (the completion-queue pollers, so that an operation waiting for a
+/// completion also sees its connection end).
+pub(crate) trait EventSource: Send + Sync {
+    /// Reads and applies what is waiting, registering `waiter` to be woken by the next
+    /// event. Returns how many events it applied.
+    fn poll_source(&self, runtime: &RuntimeHandle, waiter: &Waker) -> usize;
 }
 
 /// An event as read, before it is applied: the queue pair it names is held, so that it can
@@ -78,6 +90,7 @@ impl DeviceEvents {
         DeviceEvents {
             fd,
             watch: OnceLock::new(),
+            sources: Mutex::new(Vec::new()),
             watchers_waker: Waker::from(watchers.clone()),
             watchers,
             queue: Mutex::new(VecDeque::new()),
@@ -198,7 +211,34 @@ impl DeviceEvents {
         while let Poll::Ready(Ok(())) =
             watch.poll_read_with(&mut watch_cx, &mut || self.read_one(ctx, &mut read))
         {}
-        self.apply_all(ctx, read)
+        self.apply_all(ctx, read) + self.poll_sources(runtime)
+    }
+
+    /// Adds `source`, read from now on with the device's events; every poller is woken to
+    /// read it once, which arms its wake-ups.
+    pub(crate) fn add_source(&self, source: Weak<dyn EventSource>) {
+        let mut sources = lock(&self.sources);
+        sources.retain(|known| known.strong_count() > 0);
+        if sources.iter().any(|known| known.ptr_eq(&source)) {
+            return;
+        }
+        sources.push(source);
+        drop(sources);
+        self.watchers_waker.wake_by_ref();
+    }
+
+    /// Reads the other sources; their next events wake this device's watchers.
+    fn poll_sources(&self, runtime: &RuntimeHandle) -> usize {
+        let live: Vec<Arc<dyn EventSource>> = {
+            let sources = lock(&self.sources);
+            if sources.is_empty() {
+                return 0;
+            }
+            sources.iter().filter_map(Weak::upgrade).collect()
+        };
+        live.iter()
+            .map(|source| source.poll_source(runtime, &self.watchers_waker))
+            .sum()
     }
 
     /// Reads and applies the events waiting on the descriptor now, without a runtime (the

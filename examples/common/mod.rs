@@ -1,0 +1,116 @@
+//! What the connection examples share: running on the enabled runtime, spawning a task,
+//! and reading `--name value` options.
+//!
+//! The examples' own code names no runtime; these few lines pick the one whose feature is
+//! enabled (Tokio first, then async-std, then smol).
+
+#![allow(dead_code)] // each example uses part of it
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Runs `future` to completion on the enabled runtime (multi-threaded where it has one).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    #[cfg(feature = "tokio")]
+    return tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future);
+    #[cfg(all(feature = "async-std", not(feature = "tokio")))]
+    return async_std::task::block_on(future);
+    #[cfg(all(feature = "smol", not(feature = "tokio"), not(feature = "async-std")))]
+    return smol::block_on(future);
+}
+
+/// Runs `task` beside the caller on the enabled runtime.
+pub fn spawn<F: Future<Output = ()> + Send + 'static>(task: F) {
+    #[cfg(feature = "tokio")]
+    drop(tokio::spawn(task));
+    #[cfg(all(feature = "async-std", not(feature = "tokio")))]
+    drop(async_std::task::spawn(task));
+    #[cfg(all(feature = "smol", not(feature = "tokio"), not(feature = "async-std")))]
+    smol::spawn(task).detach();
+}
+
+/// The command line as `--name value` pairs and `--flag`s.
+pub struct Args {
+    program: &'static str,
+    pairs: Vec<(String, Option<String>)>,
+}
+
+impl Args {
+    /// Reads the command line; `flags` are the options that take no value.
+    pub fn parse(program: &'static str, usage: &str, flags: &[&str]) -> Args {
+        let mut pairs = Vec::new();
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            if arg == "--help" || arg == "-h" {
+                println!("{usage}");
+                std::process::exit(0);
+            }
+            if !arg.starts_with("--") {
+                fail(program, &format!("unexpected argument {arg:?}\n{usage}"));
+            }
+            let value = if flags.contains(&arg.as_str()) {
+                None
+            } else {
+                Some(
+                    args.next()
+                        .unwrap_or_else(|| fail(program, &format!("{arg} needs a value\n{usage}"))),
+                )
+            };
+            pairs.push((arg, value));
+        }
+        Args { program, pairs }
+    }
+
+    /// The value of `--name`, if given.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| value.as_deref())
+    }
+
+    /// Whether `--flag` was given.
+    pub fn flag(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(key, _)| key == name)
+    }
+
+    /// The value of `--name` as a number, or `default`.
+    pub fn number(&self, name: &str, default: usize) -> usize {
+        match self.value(name) {
+            None => default,
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                fail(
+                    self.program,
+                    &format!("{name} takes a number, not {text:?}"),
+                )
+            }),
+        }
+    }
+
+    /// The value of `--name`, which must be given.
+    pub fn required(&self, name: &str, usage: &str) -> &str {
+        self.value(name)
+            .unwrap_or_else(|| fail(self.program, &format!("{name} is required\n{usage}")))
+    }
+}
+
+/// Prints `message` and exits with status 1.
+pub fn fail(program: &str, message: &str) -> ! {
+    eprintln!("{program}: {message}");
+    std::process::exit(1)
+}
+
+/// The median and the 99th percentile of `samples`.
+pub fn median_p99(samples: &mut [Duration]) -> (Duration, Duration) {
+    if samples.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}

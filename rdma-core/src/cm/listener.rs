@@ -1,0 +1,308 @@
+//! Listening for connections by address: `Listener`, and a connect request not yet answered
+//! (`Incoming`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use rdma_sys::*;
+
+use super::channel::EventChannel;
+use super::connection::{self, ConnParam, Connection, Step};
+use super::id::{CmId, MAX_ACCEPT_DATA};
+use super::options::{ConnectionOptions, ListenerOptions};
+use super::sockaddr;
+use crate::error::{Error, Result};
+use crate::runtime::{default_runtime, RuntimeHandle};
+
+/// Listens for connections at an address.
+///
+/// ```no_run
+/// # async fn demo() -> anyrdma_core::Result<()> {
+/// use anyrdma_core::cm::Listener;
+/// let listener = Listener::bind("0.0.0.0:7471".parse().unwrap())?;
+/// loop {
+///     let conn = listener.accept().await?;
+///     println!("{} connected", conn.peer_addr());
+///     // serve `conn` (in its own task, or beside the others with a FuturesUnordered)
+/// }
+/// # }
+/// ```
+///
+/// Connect requests wait in a bounded backlog ([`ListenerOptions::backlog`]) until taken
+/// with [`accept`](Listener::accept) or [`incoming`](Listener::incoming); requests beyond it
+/// are turned away. Dropping the listener rejects the requests still waiting; connections it
+/// accepted live on.
+pub struct Listener {
+    id: CmId,
+    local: SocketAddr,
+    options: ListenerOptions,
+}
+
+impl Listener {
+    /// Listens at `addr` (IPv4 or IPv6; an unspecified address listens on every RDMA
+    /// device; port 0 picks a free port: see [`local_addr`](Listener::local_addr)), with
+    /// the default options.
+    ///
+    /// # Errors
+    /// As [`Listener::bind_with`].
+    pub fn bind(addr: SocketAddr) -> Result<Listener> {
+        Self::bind_with(addr, ListenerOptions::default())
+    }
+
+    /// Listens at `addr` with `options`.
+    ///
+    /// # Errors
+    /// [`Error::Verbs`] naming `rdma_bind_addr` when the address is in use or belongs to no
+    /// RDMA device here (`EADDRINUSE`, `EADDRNOTAVAIL`, `ENODEV`), or naming the call that
+    /// failed; [`Error::TooLarge`] when the accept private data is above 196 bytes.
+    pub fn bind_with(addr: SocketAddr, options: ListenerOptions) -> Result<Listener> {
+        if options.connection.private_data.len() > MAX_ACCEPT_DATA {
+            return Err(Error::TooLarge {
+                what: "accept's private data",
+                len: options.connection.private_data.len(),
+                max: MAX_ACCEPT_DATA,
+            });
+        }
+        options.connection.transport.check()?;
+        let channel = EventChannel::new()?;
+        let id = CmId::new(&channel)?;
+        let mut storage = sockaddr::to_storage(addr);
+        // SAFETY: the id is valid; the address is read during the call.
+        if unsafe { rdma_bind_addr(id.raw(), std::ptr::addr_of_mut!(storage).cast()) } != 0 {
+            return Err(Error::last_os("rdma_bind_addr").with_hint(
+                "the address must be free and belong to an interface with an RDMA device \
+                 (`rdma link` lists them), or be unspecified (0.0.0.0 or ::)",
+            ));
+        }
+        let backlog = options.backlog.clamp(1, i32::MAX as usize);
+        id.mailbox.backlog.store(backlog, Ordering::Relaxed);
+        // SAFETY: the id is bound.
+        if unsafe { rdma_listen(id.raw(), backlog as i32) } != 0 {
+            return Err(Error::last_os("rdma_listen"));
+        }
+        let local = id.local_addr().unwrap_or(addr);
+        Ok(Listener { id, local, options })
+    }
+
+    /// The address listened at, with the port chosen when 0 was asked.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The next connect request, to accept or reject after looking at it.
+    ///
+    /// # Errors
+    /// [`Error::NoRuntime`] or [`Error::Runtime`] when the event channel cannot be waited
+    /// on.
+    pub async fn incoming(&self) -> Result<Incoming> {
+        let runtime = self.runtime()?;
+        loop {
+            let event = self.id.next_event(&runtime).await?;
+            if event.kind != rdma_cm_event_type::RDMA_CM_EVENT_CONNECT_REQUEST {
+                continue;
+            }
+            let Some(id) = event.child else { continue };
+            let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+            return Ok(Incoming {
+                peer: id.peer_addr().unwrap_or(unspecified),
+                id: Some(id),
+                private_data: event.private_data,
+                peer_responder_resources: event.responder_resources,
+                peer_initiator_depth: event.initiator_depth,
+                options: self.options.connection.clone(),
+                runtime,
+            });
+        }
+    }
+
+    /// The next connection, accepted with the listener's options. A request whose
+    /// acceptance fails (the client gave up, say) is skipped: only errors of the listener
+    /// itself end this.
+    ///
+    /// # Errors
+    /// As [`Listener::incoming`].
+    pub async fn accept(&self) -> Result<Connection> {
+        loop {
+            let incoming = self.incoming().await?;
+            let peer = incoming.peer_addr();
+            match incoming.accept().await {
+                Ok(connection) => return Ok(connection),
+                Err(err) => {
+                    crate::trace::event!(warn, %peer, %err, "accepting a connection failed");
+                    let _ = (peer, err);
+                }
+            }
+        }
+    }
+
+    fn runtime(&self) -> Result<RuntimeHandle> {
+        match &self.options.connection.runtime {
+            Some(runtime) => Ok(runtime.clone()),
+            None => default_runtime(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+/// A connect request taken from a [`Listener`], not answered yet: look at who sent it and
+/// what it carries, then [`accept`](Incoming::accept) or [`reject`](Incoming::reject).
+/// Dropping it rejects it.
+pub struct Incoming {
+    id: Option<CmId>,
+    peer: SocketAddr,
+    private_data: Vec<u8>,
+    peer_responder_resources: u8,
+    peer_initiator_depth: u8,
+    options: ConnectionOptions,
+    runtime: RuntimeHandle,
+}
+
+impl Incoming {
+    /// The address the request came from.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// What the peer sent with its request ([`ConnectionOptions::private_data`] on its
+    /// side). May be longer than what was sent: the transport pads it (with zeroes).
+    pub fn private_data(&self) -> &[u8] {
+        &self.private_data
+    }
+
+    /// Accepts with the listener's options.
+    ///
+    /// # Errors
+    /// As [`Incoming::accept_with`].
+    pub async fn accept(self) -> Result<Connection> {
+        let options = self.options.clone();
+        self.accept_with(options).await
+    }
+
+    /// Accepts with `options` (its `private_data` goes to the peer, at most 196 bytes):
+    /// makes the queue pair, answers, and waits for the peer's confirmation.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] for private data above 196 bytes (the request is rejected);
+    /// [`Error::ConnectTimeout`] or [`Error::Unreachable`] when the peer does not confirm;
+    /// the errors of making a queue pair.
+    pub async fn accept_with(self, options: ConnectionOptions) -> Result<Connection> {
+        self.accept_and(options, |_| ())
+            .await
+            .map(|(connection, ())| connection)
+    }
+
+    /// Accepts with `options`, running `before` on the new queue pair before the peer is
+    /// answered: post receives there, so that the peer's first message finds one (a peer
+    /// may send as soon as its `connect` returns, before this side's `accept` does).
+    /// Returns what `before` returned with the connection.
+    ///
+    /// ```no_run
+    /// # async fn demo(incoming: anyrdma_core::cm::Incoming, pool: anyrdma_core::MemoryPool) -> anyrdma_core::Result<()> {
+    /// use anyrdma_core::cm::ConnectionOptions;
+    /// let (conn, receives) = incoming
+    ///     .accept_and(ConnectionOptions::default(), |qp| {
+    ///         (0..16).map(|_| qp.recv(pool.alloc(4096).expect("pool"))).collect::<Vec<_>>()
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Incoming::accept_with`].
+    pub async fn accept_and<T>(
+        mut self,
+        options: ConnectionOptions,
+        before: impl FnOnce(&crate::QueuePair) -> T,
+    ) -> Result<(Connection, T)> {
+        let Some(id) = self.id.take() else {
+            return Err(Error::InvalidArgument(
+                "the request was answered already".into(),
+            ));
+        };
+        if options.private_data.len() > MAX_ACCEPT_DATA {
+            id.reject(b"");
+            return Err(Error::TooLarge {
+                what: "accept's private data",
+                len: options.private_data.len(),
+                max: MAX_ACCEPT_DATA,
+            });
+        }
+        options.transport.check()?;
+        let addr = self.peer;
+        let (qp, share) = connection::queue_pair_for(&id, &self.runtime, &options, addr)?;
+        for state in [
+            ibv_qp_state::IBV_QPS_INIT,
+            ibv_qp_state::IBV_QPS_RTR,
+            ibv_qp_state::IBV_QPS_RTS,
+        ] {
+            connection::cm_transition(&qp, &id, state, &options)?;
+        }
+        let prepared = before(&qp);
+        let (responder, initiator) = connection::rd_atomic_limits(&qp, &options);
+        // No more reads or atomics taken than the peer issues, nor issued than it takes.
+        let mut param = ConnParam::new(
+            &qp,
+            &options,
+            responder.min(self.peer_initiator_depth.max(1)),
+            initiator.min(self.peer_responder_resources.max(1)),
+        );
+        // SAFETY: the id is a connect request's; `param` and its private data are read
+        // during the call.
+        if unsafe { rdma_accept(id.raw(), &mut param.raw) } != 0 {
+            return Err(connection::unreachable(
+                addr,
+                "accepting",
+                connection::last_errno(),
+            ));
+        }
+        let step = Step::new(addr, &self.runtime);
+        let event = step
+            .event(
+                &id,
+                "waiting for the peer to confirm",
+                options.connect_timeout,
+            )
+            .await?;
+        step.expect(
+            &event,
+            rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED,
+            "waiting for the peer to confirm",
+        )?;
+        qp.shared.mark_connected();
+        let private_data = std::mem::take(&mut self.private_data);
+        let connection = Connection::new(qp, id, self.runtime.clone(), private_data, share);
+        Ok((connection, prepared))
+    }
+
+    /// Rejects the request; the peer's `connect` fails with [`Error::ConnectRejected`]
+    /// carrying `reason` (at most 148 bytes are sent).
+    pub fn reject(mut self, reason: &[u8]) {
+        if let Some(id) = self.id.take() {
+            id.reject(reason);
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            id.reject(b"anyrdma: the request was dropped unanswered");
+        }
+    }
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("peer", &self.peer)
+            .field("private_data", &self.private_data.len())
+            .finish()
+    }
+}
