@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use rdma_sys::*;
@@ -24,7 +24,7 @@ use super::id::CmId;
 use crate::error::{Error, Result};
 use crate::events::EventSource;
 use crate::qp::QpShared;
-use crate::runtime::{set_nonblocking, ReadinessFd, RuntimeHandle};
+use crate::runtime::{set_nonblocking, LazyWatch, RuntimeHandle};
 use crate::wake::{lock, WakerSet};
 
 /// An event as copied from librdmacm before it was acknowledged.
@@ -95,9 +95,9 @@ pub(crate) struct EventChannel {
     raw: NonNull<rdma_event_channel>,
     /// This channel, for the ids it adopts (each holds its channel).
     me: Weak<EventChannel>,
-    /// The descriptor as registered with the first waiting task's runtime, or why not.
-    /// Declared before `raw`'s destruction in Drop: dropped first.
-    watch: OnceLock<std::result::Result<Box<dyn ReadinessFd>, Arc<Error>>>,
+    /// The descriptor, registered with the first waiting task's runtime (dropped in Drop
+    /// before the channel is destroyed).
+    watch: Option<LazyWatch>,
     /// Who is woken when the descriptor becomes readable.
     watchers: Arc<WakerSet>,
     watchers_waker: Waker,
@@ -130,10 +130,13 @@ impl EventChannel {
             return Err(Error::verbs("fcntl(O_NONBLOCK)", err));
         }
         let watchers = Arc::new(WakerSet::default());
+        // SAFETY: the descriptor is non-blocking (above) and stays open until Drop, which
+        // drops the watch first.
+        let watch = unsafe { LazyWatch::new(fd, "the rdma_cm event channel") };
         Ok(Arc::new_cyclic(|me| EventChannel {
             raw,
             me: me.clone(),
-            watch: OnceLock::new(),
+            watch: Some(watch),
             watchers_waker: Waker::from(watchers.clone()),
             watchers,
             ids: Mutex::new(HashMap::new()),
@@ -163,9 +166,12 @@ impl EventChannel {
     /// Reads and files every event waiting, registering `waiter` to be woken by the next
     /// one. Returns how many it filed.
     pub(crate) fn poll(&self, runtime: &RuntimeHandle, waiter: Option<&Waker>) -> Result<usize> {
-        let watch = match self.watch(runtime) {
+        let Some(lazy) = &self.watch else {
+            return Ok(0);
+        };
+        let watch = match lazy.get(runtime) {
             Ok(watch) => watch,
-            Err(err) => return Err(clone_error(err)),
+            Err(_) => return Err(lazy.error(runtime).unwrap_or(Error::NoRuntime)),
         };
         if let Some(waiter) = waiter {
             self.watchers.add(waiter);
@@ -195,24 +201,6 @@ impl EventChannel {
             self.watchers_waker.wake_by_ref();
         }
         Ok(filed)
-    }
-
-    /// The descriptor's registration, made on the first call with `runtime`.
-    fn watch(&self, runtime: &RuntimeHandle) -> std::result::Result<&dyn ReadinessFd, &Arc<Error>> {
-        self.watch
-            .get_or_init(|| {
-                // SAFETY: the channel's fd is non-blocking (made so in `new`) and stays open
-                // until Drop, which drops this registration first.
-                unsafe { runtime.register_fd((*self.raw.as_ptr()).fd) }.map_err(|source| {
-                    Arc::new(Error::Runtime {
-                        runtime: runtime.name(),
-                        what: "the rdma_cm event channel",
-                        source,
-                    })
-                })
-            })
-            .as_ref()
-            .map(|watch| &**watch)
     }
 
     /// Reads one event, copies it, and acknowledges it; a connect request's new id gets a
@@ -357,21 +345,6 @@ impl IdMailbox {
     }
 }
 
-fn clone_error(err: &Arc<Error>) -> Error {
-    match &**err {
-        Error::Runtime {
-            runtime,
-            what,
-            source,
-        } => Error::Runtime {
-            runtime,
-            what,
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        other => Error::InvalidArgument(other.to_string()),
-    }
-}
-
 impl EventSource for EventChannel {
     fn poll_source(&self, runtime: &RuntimeHandle, waiter: &Waker) -> usize {
         self.poll(runtime, Some(waiter)).unwrap_or(0)
@@ -381,7 +354,7 @@ impl EventSource for EventChannel {
 impl Drop for EventChannel {
     fn drop(&mut self) {
         // The registration goes before the descriptor is closed.
-        drop(self.watch.take());
+        self.watch = None;
         // Every id of this channel is gone (each holds the channel), so destroying it
         // waits for nothing.
         // SAFETY: created in `new`, destroyed once, here.

@@ -17,7 +17,7 @@ use super::{DeviceEvent, DeviceEventKind, Element};
 use crate::context::{Context, ContextInner};
 use crate::error::{Error, Result};
 use crate::qp::QpShared;
-use crate::runtime::{default_runtime, ReadinessFd, RuntimeHandle};
+use crate::runtime::{default_runtime, LazyWatch, RuntimeHandle};
 use crate::srq::SrqShared;
 use crate::wake::{lock, WakerSet};
 
@@ -31,12 +31,10 @@ const RETIRE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// The async-event machinery of one opened device (one per [`ContextInner`]).
 pub(crate) struct DeviceEvents {
-    /// The context's async-event descriptor (non-blocking).
-    fd: RawFd,
     /// The descriptor registered with the runtime of the first task that watched it, or why
     /// it could not be. Dropped before the device is closed (it is a field of the context
     /// declared before the device).
-    watch: OnceLock<std::result::Result<Box<dyn ReadinessFd>, Arc<Error>>>,
+    watch: LazyWatch,
     /// Who is woken when the descriptor becomes readable: the channel wakers of sleeping
     /// completion-queue pollers and the tasks in [`Context::next_event`].
     watchers: Arc<WakerSet>,
@@ -88,8 +86,9 @@ impl DeviceEvents {
     pub(crate) fn new(fd: RawFd) -> DeviceEvents {
         let watchers = Arc::new(WakerSet::default());
         DeviceEvents {
-            fd,
-            watch: OnceLock::new(),
+            // SAFETY: the context made the descriptor non-blocking, and closes it only after
+            // its events (this value) are dropped.
+            watch: unsafe { LazyWatch::new(fd, "the device's async-event descriptor") },
             sources: Mutex::new(Vec::new()),
             watchers_waker: Waker::from(watchers.clone()),
             watchers,
@@ -198,7 +197,7 @@ impl DeviceEvents {
         runtime: &RuntimeHandle,
         waiter: Option<&Waker>,
     ) -> usize {
-        let Ok(watch) = self.watch(runtime) else {
+        let Ok(watch) = self.watch.get(runtime) else {
             return 0;
         };
         if let Some(waiter) = waiter {
@@ -259,24 +258,6 @@ impl DeviceEvents {
             self.watchers_waker.wake_by_ref();
         }
         applied
-    }
-
-    /// The descriptor's registration, made on the first call with `runtime`.
-    fn watch(&self, runtime: &RuntimeHandle) -> std::result::Result<&dyn ReadinessFd, &Arc<Error>> {
-        self.watch
-            .get_or_init(|| {
-                // SAFETY: the descriptor was made non-blocking when the context was opened and
-                // stays open until the context closes, after this registration is dropped.
-                unsafe { runtime.register_fd(self.fd) }.map_err(|source| {
-                    Arc::new(Error::Runtime {
-                        runtime: runtime.name(),
-                        what: "the device's async-event descriptor",
-                        source,
-                    })
-                })
-            })
-            .as_ref()
-            .map(|watch| &**watch)
     }
 
     /// Reads one event, notes what it names, and acknowledges it.
@@ -439,12 +420,8 @@ impl Future for NextEvent<'_> {
         if let Some(event) = lock(&inner.events.queue).pop_front() {
             return Poll::Ready(Ok(event));
         }
-        if let Some(Err(err)) = inner.events.watch.get() {
-            return Poll::Ready(Err(Error::Runtime {
-                runtime: runtime.name(),
-                what: "the device's async-event descriptor",
-                source: std::io::Error::other(err.to_string()),
-            }));
+        if let Some(err) = inner.events.watch.error(&runtime) {
+            return Poll::Ready(Err(err));
         }
         Poll::Pending
     }

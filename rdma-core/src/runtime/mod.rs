@@ -38,6 +38,7 @@
 
 pub mod budget;
 mod default;
+mod lazy_watch;
 mod timeout;
 
 use std::fmt;
@@ -50,6 +51,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub use default::{default_runtime, set_default_provider, set_default_runtime, DefaultProvider};
+pub(crate) use lazy_watch::LazyWatch;
 pub use timeout::{sleep, timeout, Elapsed};
 
 /// A boxed timer future, as [`Runtime::sleep`] returns it.
