@@ -15,8 +15,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyrdma::cm::{Connection, ConnectionOptions, Incoming, Listener, ListenerOptions};
-use anyrdma::{registered_regions, Access, Error, LocalBuf, MemoryPool, PoolOptions};
+use anyrdma::cm::{
+    Connection, ConnectionOptions, ConnectionResources, Incoming, Listener, ListenerOptions,
+};
+use anyrdma::{
+    registered_regions, Access, CompletionQueue, Context, CqOptions, Error, LocalBuf, MemoryPool,
+    PoolOptions,
+};
 use support::{fill, holds_pattern, within, Rt};
 
 /// The tests count the device's objects (`rdma resource`): one at a time.
@@ -554,6 +559,60 @@ async fn peer_process(_rt: Rt) {
     let _ = within(60, "being killed", pending).await;
 }
 
+/// A connection on resources of its own: memory allocated before connecting, on a protection
+/// domain of the route's device, is used by the connection; resources of another device are
+/// refused with a clear error.
+async fn own_resources_are_used(rt: Rt) {
+    if !support::device_present("own_resources_are_used") {
+        return;
+    }
+    let _serial = serial();
+    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let addr = listener.local_addr();
+    let server = rt.spawn(serve(rt, listener));
+    let resources_of = |device: &str| {
+        let ctx = Context::open(device).expect("open the device");
+        let pd = ctx.alloc_pd().expect("pd");
+        let cq = CompletionQueue::new(&ctx, CqOptions::default()).expect("cq");
+        ConnectionResources {
+            pd,
+            send_cq: cq.clone(),
+            recv_cq: cq,
+        }
+    };
+    // rxe_lo is not on the route to rxe0's address.
+    let elsewhere = ConnectionOptions {
+        resources: Some(resources_of("rxe_lo")),
+        ..ConnectionOptions::default()
+    };
+    match within(15, "connect", Connection::connect(addr, elsewhere)).await {
+        Err(err @ Error::InvalidArgument(_)) => {
+            assert!(err.to_string().contains("rxe0"), "{err}");
+        }
+        other => panic!("{}: resources of another device: {other:?}", rt.name()),
+    }
+    let own = resources_of("rxe0");
+    // Allocated before the connection exists: a registration of the connection's own PD.
+    let mut message = own.pd.alloc(4096, Access::LOCAL).unwrap();
+    let reply = own.pd.alloc(4096, Access::LOCAL).unwrap();
+    fill(&mut message, 9);
+    let options = ConnectionOptions {
+        resources: Some(own),
+        ..ConnectionOptions::default()
+    };
+    let conn = within(15, "connect", Connection::connect(addr, options))
+        .await
+        .expect("connect");
+    let receive = conn.recv(reply);
+    let (sent, _message) = conn.send(message).await;
+    sent.expect("send memory registered before connecting");
+    let (received, reply) = within(10, "the echo", receive).await;
+    assert_eq!(received.expect("echo").len, 4096);
+    assert!(holds_pattern(&reply, 9));
+    conn.close().await.expect("close");
+    drop(server);
+}
+
 runtime_tests!(
     connect_echo_close,
     refusals_are_typed,
@@ -561,5 +620,6 @@ runtime_tests!(
     dropped_connections_release_everything,
     killed_peer_ends_operations,
     backlog_is_bounded,
+    own_resources_are_used,
     peer_process,
 );

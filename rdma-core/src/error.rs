@@ -290,6 +290,12 @@ pub enum Error {
         /// How long it was given.
         after: std::time::Duration,
     },
+    /// A message from the peer broke the messaging protocol (see
+    /// [`msg`](crate::msg)); the peer is not talked to any more.
+    BadMessage {
+        /// What was wrong with it.
+        problem: crate::msg::HeaderProblem,
+    },
     /// The connection ended: the peer disconnected (or its process died), or the device went
     /// away. Pending operations of the connection end with it (as the cause of
     /// [`Error::Flushed`]: see [`Error::is_disconnect`]).
@@ -754,6 +760,11 @@ impl fmt::Display for Error {
             Error::ConnectTimeout { addr, stage, after } => write!(
                 f,
                 "connecting to {addr}: {stage} did not finish within {after:?}"
+            ),
+            Error::BadMessage { problem } => write!(
+                f,
+                "the peer sent a message that breaks the messaging protocol ({problem}); the \
+                 connection was shut down"
             ),
             Error::Disconnected { qpn, why } => {
                 write!(f, "the connection of queue pair {qpn} ended: {why}")

@@ -33,6 +33,7 @@ mod endpoint;
 pub mod error;
 mod events;
 mod mr;
+pub mod msg;
 mod op;
 mod owned;
 mod pd;

@@ -79,6 +79,23 @@ impl Connection {
     /// when a step takes longer than the options allow; [`Error::TooLarge`] for private
     /// data above 56 bytes; [`Error::OptionOutOfRange`] for transport options out of range.
     pub async fn connect(addr: SocketAddr, options: ConnectionOptions) -> Result<Connection> {
+        Self::connect_and(addr, options, |_| ())
+            .await
+            .map(|(connection, ())| connection)
+    }
+
+    /// Connects as [`connect`](Connection::connect) does, running `before` on the new queue
+    /// pair before the connect request is sent: post receives there, so that the peer's
+    /// first message finds one (the peer may send as soon as its `accept` returns). Returns
+    /// what `before` returned with the connection.
+    ///
+    /// # Errors
+    /// As [`Connection::connect`].
+    pub async fn connect_and<T>(
+        addr: SocketAddr,
+        options: ConnectionOptions,
+        before: impl FnOnce(&QueuePair) -> T,
+    ) -> Result<(Connection, T)> {
         if options.private_data.len() > MAX_CONNECT_DATA {
             return Err(Error::TooLarge {
                 what: "connect request's private data",
@@ -134,6 +151,7 @@ impl Connection {
 
         let (qp, share) = queue_pair_for(&id, &runtime, &options, addr)?;
         cm_transition(&qp, &id, ibv_qp_state::IBV_QPS_INIT, &options)?;
+        let prepared = before(&qp);
         let (responder_resources, initiator_depth) = rd_atomic_limits(&qp, &options);
         let mut param = ConnParam::new(&qp, &options, responder_resources, initiator_depth);
         param.raw.retry_count = options.transport.retry_cnt;
@@ -161,7 +179,8 @@ impl Connection {
             return Err(unreachable(addr, "establishing", last_errno()));
         }
         qp.shared.mark_connected();
-        Ok(Connection::new(qp, id, runtime, event.private_data, share))
+        let connection = Connection::new(qp, id, runtime, event.private_data, share);
+        Ok((connection, prepared))
     }
 
     /// A connection whose queue pair is in RTS, for `id`.

@@ -1,0 +1,62 @@
+//! Messaging on a connected queue pair: receives kept posted, messages taken in order, and
+//! credit-based flow control, so that a sender never meets a receiver that is not ready.
+//!
+//! With raw verbs, a receiver must keep receives posted or the sender's messages fail
+//! ("receiver not ready"), and a receive future dropped while posted leaves a buffer that
+//! silently takes the next message. A [`Messenger`] does this once, right:
+//!
+//! - **Receives**: it keeps [`MessengerOptions::depth`] receives posted, from a
+//!   registered-memory pool of its own. [`Messenger::recv`] yields messages in arrival
+//!   order; the receives are owned by the messenger, not by the future, so dropping a
+//!   `recv` future (a timeout, a `select!`) never loses a message. A message is an owned
+//!   buffer that goes back to the pool when dropped.
+//! - **Credits**: a sender sends only while the peer has a receive posted for it. Each side
+//!   starts with the peer's depth as its credits; every message tells the peer how many
+//!   receives this side posted again since it last said (the credits it returns), and when
+//!   enough are owed and this side sends nothing, a small credit message carries them: after
+//!   a quarter of the depth, so that a receiver that only receives keeps its sender going,
+//!   and a credit is always kept for it, so that it can always be sent. A message taken off
+//!   the wire is credited back only when the application takes it with `recv`: a slow
+//!   receiver holds its sender back ([`Messenger::send`] waits: backpressure, not an error).
+//! - **Failures**: a peer that disconnects, a queue pair that fails, a malformed message
+//!   from the peer ([`Error::BadMessage`](crate::Error::BadMessage): the peer is then not
+//!   talked to any more): `send` and `recv` end with the failure as the cause, after the
+//!   messages that arrived before it were taken.
+//!
+//! Both sides run a messenger with the same depth and largest message. Each message starts
+//! with an 8-byte header (see the `header` module's documentation), checked before use.
+//!
+//! ```no_run
+//! # async fn demo(qp: anyrdma_core::QueuePair) -> anyrdma_core::Result<()> {
+//! use anyrdma_core::msg::{Messenger, MessengerOptions};
+//! let messenger = Messenger::new(&qp, MessengerOptions::default())?;
+//! messenger.send(b"hello").await?;
+//! let reply = messenger.recv().await?;
+//! println!("{} bytes back", reply.data.len());
+//! # Ok(()) }
+//! ```
+
+mod header;
+mod messenger;
+
+pub use header::HeaderProblem;
+pub use messenger::{Message, Messenger};
+
+/// Sizes of a [`Messenger`]; the peer's must be the same.
+#[derive(Debug, Clone, Copy)]
+pub struct MessengerOptions {
+    /// Receives kept posted (and so messages that may be in flight toward this side). At
+    /// most the queue pair's receive depth. Default 64.
+    pub depth: usize,
+    /// The largest message, in bytes. Default 8192.
+    pub max_message: usize,
+}
+
+impl Default for MessengerOptions {
+    fn default() -> Self {
+        MessengerOptions {
+            depth: 64,
+            max_message: 8192,
+        }
+    }
+}
