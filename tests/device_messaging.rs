@@ -53,7 +53,8 @@ async fn slow_receiver_holds_sender_back(rt: Rt) {
     const COUNT: u64 = 10_000;
     let options = MessengerOptions {
         depth: 32,
-        max_message: 256,
+        eager_limit: 256,
+        ..MessengerOptions::default()
     };
     let (_pair, a, b) = messengers(options);
     let sent = Arc::new(AtomicUsize::new(0));
@@ -141,38 +142,75 @@ async fn dropped_receives_lose_nothing(rt: Rt) {
     assert!(timeouts > 0, "the test dropped no receive future");
 }
 
-/// Sizes 0, 1, the largest, one more (refused, nothing sent), and the stream goes on.
-async fn sizes_up_to_the_largest(rt: Rt) {
-    if !support::device_present("sizes_up_to_the_largest") {
+/// Sizes 0, 1, the eager limit, one more (by rendezvous), 16 MiB, and a mix, all intact;
+/// one byte above the largest message is refused (nothing sent) and the stream goes on; no
+/// large message stays exposed once the peer has read it.
+async fn sizes_from_zero_to_sixteen_mib(rt: Rt) {
+    if !support::device_present("sizes_from_zero_to_sixteen_mib") {
         return;
     }
     let options = MessengerOptions {
         depth: 8,
-        max_message: 4096,
+        eager_limit: 4096,
+        max_message: 16 << 20,
     };
     let (_pair, a, b) = messengers(options);
-    for (i, len) in [0usize, 1, 4095, 4096].into_iter().enumerate() {
-        a.send(&message(i as u64, len)).await.expect("send");
-        let got = within(10, "a message", b.recv()).await.expect("recv");
+    // A large send returns once the peer is told, not once it has read: one task may send
+    // and then receive without waiting on itself.
+    a.send(&message(0, 4097)).await.expect("send");
+    assert_eq!(a.exposed(), 1, "exposed until the peer says it read it");
+    let first = within(10, "a message", b.recv()).await.expect("recv");
+    assert_eq!(&first.data[..], &message(0, 4097)[..]);
+    let mut sizes = vec![0usize, 1, 4095, 4096, 4097, 65536, 16 << 20];
+    sizes.extend((0..40).map(|i| [7, 4096, 4097, 100_000, 1 << 20][i % 5]));
+    let receiver = rt.spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..47 {
+            let message = within(60, "a message", b.recv()).await.expect("recv");
+            got.push((message.data.len(), message.imm, message.data.to_vec()));
+        }
+        (b, got)
+    });
+    for (i, &len) in sizes.iter().enumerate() {
+        a.send_with_imm(&message(i as u64, len), i as u32)
+            .await
+            .unwrap_or_else(|err| panic!("send {i} ({len} B): {err}"));
+    }
+    let (b, got) = within(120, "the receiver", receiver).await;
+    for (i, (len, imm, bytes)) in got.into_iter().enumerate() {
         assert_eq!(
-            &got.data[..],
-            &message(i as u64, len)[..],
-            "{}: {len} B",
+            imm,
+            Some(i as u32),
+            "{}: message {i} out of order",
+            rt.name()
+        );
+        assert_eq!(len, sizes[i], "message {i}: length");
+        assert!(
+            bytes == message(i as u64, len),
+            "{}: message {i} ({len} B) differs",
             rt.name()
         );
     }
-    match a.send(&[0; 4097]).await {
-        Err(Error::TooLarge {
-            len: 4097,
-            max: 4096,
-            ..
-        }) => {}
+    match a.send(&vec![0; (16 << 20) + 1]).await {
+        Err(Error::TooLarge { max, .. }) => assert_eq!(max, 16 << 20),
         other => panic!("{}: one byte too many: {other:?}", rt.name()),
     }
     a.send(b"after").await.expect("send after a refusal");
     assert_eq!(
         &within(10, "a message", b.recv()).await.unwrap().data[..],
         b"after"
+    );
+    // Every "read it" from `b` comes before this reply.
+    b.send(b"bye").await.expect("send");
+    assert_eq!(
+        &within(10, "a message", a.recv()).await.unwrap().data[..],
+        b"bye"
+    );
+    assert_eq!(
+        a.exposed(),
+        0,
+        "{}: a large message stayed exposed after the peer read it",
+        rt.name()
     );
 }
 
@@ -218,7 +256,7 @@ async fn broken_messages_are_refused(rt: Rt) {
         return;
     }
     type Case = (&'static [u8], fn(&HeaderProblem) -> bool);
-    let cases: [Case; 5] = [
+    let cases: [Case; 8] = [
         (&[0x10, 0, 0], |p| {
             matches!(p, HeaderProblem::Truncated { len: 3 })
         }),
@@ -235,12 +273,37 @@ async fn broken_messages_are_refused(rt: Rt) {
         (&[0x11, 0, 0xe8, 0x03, 0, 0, 0, 0], |p| {
             matches!(p, HeaderProblem::TooManyCredits { returned: 1000, .. })
         }),
+        // A rendezvous done for a transfer that never started.
+        (&[0x13, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0], |p| {
+            matches!(p, HeaderProblem::UnknownToken(7))
+        }),
+        // A rendezvous request one byte short.
+        (&[0x12, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3], |p| {
+            matches!(p, HeaderProblem::RendezvousLength { len: 11 })
+        }),
+        // A rendezvous request for 1 TiB.
+        (
+            &[
+                0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0,
+                0, 0, 0, 0, 0,
+            ],
+            |p| {
+                matches!(
+                    p,
+                    HeaderProblem::RendezvousTooLarge {
+                        len: 0x100_0000_0000,
+                        ..
+                    }
+                )
+            },
+        ),
     ];
     for (bytes, expected) in cases {
         let pair = Pair::new();
         let options = MessengerOptions {
             depth: 8,
-            max_message: 64,
+            eager_limit: 64,
+            ..MessengerOptions::default()
         };
         let victim = Messenger::new(&pair.b, options).expect("messenger");
         let mut raw = pair
@@ -281,7 +344,8 @@ async fn messengers_by_address(rt: Rt) {
     let addr = listener.local_addr();
     let server_options = MessengerOptions {
         depth: 16,
-        max_message: 1024,
+        eager_limit: 1024,
+        max_message: 1 << 20,
     };
     let server = rt.spawn(async move {
         // A plain connection first: not a messenger, so it is rejected.
@@ -317,24 +381,28 @@ async fn messengers_by_address(rt: Rt) {
     }
     let client_options = MessengerOptions {
         depth: 8,
-        max_message: 4096,
+        eager_limit: 4096,
+        ..MessengerOptions::default()
     };
     let messenger = Messenger::connect(addr, ConnectionOptions::default(), client_options)
         .await
         .expect("connect a messenger");
-    assert_eq!(
-        messenger.max_message(),
-        1024,
-        "the server's largest message"
-    );
+    assert_eq!(messenger.max_message(), 1 << 20, "the server's largest");
+    assert_eq!(messenger.eager_limit(), 1024, "the server's receive size");
     for i in 0..500u64 {
-        let bytes = message(i, 1 + (i as usize * 31) % 1024);
+        // Mostly eager, every 10th by rendezvous, both ways.
+        let len = if i % 10 == 0 {
+            200_000
+        } else {
+            1 + (i as usize * 31) % 1024
+        };
+        let bytes = message(i, len);
         messenger.send(&bytes).await.expect("send");
         let echo = within(10, "an echo", messenger.recv()).await.expect("echo");
         assert_eq!(&echo.data[..], &bytes[..], "{}: echo {i}", rt.name());
     }
     assert!(matches!(
-        messenger.send(&[0; 1025]).await,
+        messenger.send(&vec![0; (1 << 20) + 1]).await,
         Err(Error::TooLarge { .. })
     ));
     drop(messenger); // closes the connection: the server's recv ends
@@ -345,7 +413,7 @@ runtime_tests!(
     messengers_by_address,
     slow_receiver_holds_sender_back,
     dropped_receives_lose_nothing,
-    sizes_up_to_the_largest,
+    sizes_from_zero_to_sixteen_mib,
     many_senders_share_a_messenger,
     broken_messages_are_refused,
 );

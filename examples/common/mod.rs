@@ -33,6 +33,22 @@ pub fn spawn<F: Future<Output = ()> + Send + 'static>(task: F) {
     smol::spawn(task).detach();
 }
 
+/// Runs `task` beside the caller on the enabled runtime; the returned future gives its
+/// output.
+pub fn spawn_join<T: Send + 'static>(
+    task: impl Future<Output = T> + Send + 'static,
+) -> std::pin::Pin<Box<dyn Future<Output = T> + Send>> {
+    #[cfg(feature = "tokio")]
+    return {
+        let handle = tokio::spawn(task);
+        Box::pin(async move { handle.await.expect("a spawned task panicked") })
+    };
+    #[cfg(all(feature = "async-std", not(feature = "tokio")))]
+    return Box::pin(async_std::task::spawn(task));
+    #[cfg(all(feature = "smol", not(feature = "tokio"), not(feature = "async-std")))]
+    return Box::pin(smol::spawn(task));
+}
+
 /// The command line as `--name value` pairs and `--flag`s.
 pub struct Args {
     program: &'static str,

@@ -7,8 +7,16 @@
 //! bytes 2-3  credits returned to the reader (receives its peer posted again), little endian
 //! bytes 4-7  the immediate (0 when absent), little endian
 //! ```
-//! A data message's payload follows. Everything is checked before use: a message from a
-//! buggy or hostile peer is refused with [`HeaderProblem`], never trusted.
+//! What follows depends on the kind:
+//!
+//! - data: the message's bytes;
+//! - credit: nothing;
+//! - rendezvous request (a message too large for a receive): the sender's exposed buffer,
+//!   `addr` (u64), `len` (u64), `rkey` (u32), and the transfer's `token` (u32), 24 bytes;
+//! - rendezvous done (the receiver has read it): the `token` (u32), 4 bytes.
+//!
+//! Everything is checked before use: a message from a buggy or hostile peer is refused with
+//! [`HeaderProblem`], never trusted.
 
 use std::fmt;
 
@@ -24,6 +32,46 @@ pub(crate) enum Kind {
     Data,
     /// Credits only: no payload.
     Credit,
+    /// A large message to read from the sender: [`Rendezvous`] follows.
+    Request,
+    /// A large message was read: its token follows.
+    Done,
+}
+
+/// Bytes after the header of a rendezvous request, and of a rendezvous done.
+pub(crate) const REQUEST_LEN: usize = 24;
+pub(crate) const DONE_LEN: usize = 4;
+
+/// A rendezvous request's payload: where to read the message, and its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rendezvous {
+    pub(crate) addr: u64,
+    pub(crate) len: u64,
+    pub(crate) rkey: u32,
+    pub(crate) token: u32,
+}
+
+impl Rendezvous {
+    pub(crate) fn write(&self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.addr.to_le_bytes());
+        out[8..16].copy_from_slice(&self.len.to_le_bytes());
+        out[16..20].copy_from_slice(&self.rkey.to_le_bytes());
+        out[20..24].copy_from_slice(&self.token.to_le_bytes());
+    }
+
+    /// Reads the payload (exactly [`REQUEST_LEN`] bytes, checked by [`Header::read`]).
+    pub(crate) fn read(payload: &[u8]) -> Rendezvous {
+        let word =
+            |at: usize| u64::from_le_bytes(payload[at..at + 8].try_into().unwrap_or_default());
+        let half =
+            |at: usize| u32::from_le_bytes(payload[at..at + 4].try_into().unwrap_or_default());
+        Rendezvous {
+            addr: word(0),
+            len: word(8),
+            rkey: half(16),
+            token: half(20),
+        }
+    }
 }
 
 impl Kind {
@@ -31,6 +79,8 @@ impl Kind {
         match self {
             Kind::Data => 0,
             Kind::Credit => 1,
+            Kind::Request => 2,
+            Kind::Done => 3,
         }
     }
 }
@@ -58,11 +108,27 @@ pub enum HeaderProblem {
     Kind(u8),
     /// Flag bits that are not defined.
     Flags(u8),
+    /// Immediate bytes that are not zero while the flag says there is none.
+    StrayImmediate,
     /// A credit message that carries a payload or an immediate.
     CreditWithPayload {
         /// Bytes received.
         len: usize,
     },
+    /// A rendezvous request or done of the wrong length.
+    RendezvousLength {
+        /// Bytes received.
+        len: usize,
+    },
+    /// A rendezvous request for a message above this side's largest.
+    RendezvousTooLarge {
+        /// The length the peer announced.
+        len: u64,
+        /// This side's largest message.
+        max: usize,
+    },
+    /// A rendezvous done for a transfer this side never started or already finished.
+    UnknownToken(u32),
     /// A connect request or accept without a messenger's handshake (the peer is not a
     /// messenger, or another version of one).
     Handshake,
@@ -84,8 +150,27 @@ impl fmt::Display for HeaderProblem {
             HeaderProblem::Version(v) => write!(f, "version {v}, this build speaks {VERSION}"),
             HeaderProblem::Kind(k) => write!(f, "unknown message kind {k}"),
             HeaderProblem::Flags(bits) => write!(f, "undefined flag bits {bits:#04x}"),
+            HeaderProblem::StrayImmediate => {
+                write!(
+                    f,
+                    "immediate bytes that are not zero, without the immediate flag"
+                )
+            }
             HeaderProblem::CreditWithPayload { len } => {
                 write!(f, "a credit message of {len} bytes (it has no payload)")
+            }
+            HeaderProblem::RendezvousLength { len } => {
+                write!(f, "a rendezvous message of {len} bytes, the wrong length")
+            }
+            HeaderProblem::RendezvousTooLarge { len, max } => write!(
+                f,
+                "a rendezvous request for {len} bytes, above this side's largest message ({max})"
+            ),
+            HeaderProblem::UnknownToken(token) => {
+                write!(
+                    f,
+                    "a rendezvous done for transfer {token}, which is not in progress"
+                )
             }
             HeaderProblem::Handshake => {
                 write!(f, "no messenger handshake in the connection's private data")
@@ -119,6 +204,8 @@ impl Header {
         let kind = match bytes[0] & 0x0f {
             0 => Kind::Data,
             1 => Kind::Credit,
+            2 => Kind::Request,
+            3 => Kind::Done,
             other => return Err(HeaderProblem::Kind(other)),
         };
         let flags = bytes[1];
@@ -128,8 +215,19 @@ impl Header {
         let credits = u16::from_le_bytes([bytes[2], bytes[3]]);
         let imm_value = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         let imm = (flags & FLAG_IMM != 0).then_some(imm_value);
+        if imm.is_none() && imm_value != 0 {
+            return Err(HeaderProblem::StrayImmediate);
+        }
         if kind == Kind::Credit && (bytes.len() != HEADER_LEN || imm.is_some()) {
             return Err(HeaderProblem::CreditWithPayload { len: bytes.len() });
+        }
+        let payload = match kind {
+            Kind::Request => Some(REQUEST_LEN),
+            Kind::Done => Some(DONE_LEN),
+            _ => None,
+        };
+        if payload.is_some_and(|want| bytes.len() != HEADER_LEN + want) {
+            return Err(HeaderProblem::RendezvousLength { len: bytes.len() });
         }
         Ok(Header { kind, credits, imm })
     }
@@ -203,7 +301,7 @@ mod tests {
             let len = (next() % 24) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             if len > 0 && next() % 2 == 0 {
-                bytes[0] = 0x10 | (bytes[0] & 0x01); // mostly valid: version 1, kind 0-1
+                bytes[0] = 0x10 | (bytes[0] & 0x03); // mostly valid: version 1, kind 0-3
             }
             if let Ok(header) = Header::read(&bytes) {
                 let mut again = [0u8; HEADER_LEN];

@@ -36,19 +36,28 @@
 //! # Ok(()) }
 //! ```
 
+mod engine;
+mod handshake;
 mod header;
 mod messenger;
 
 pub use header::HeaderProblem;
 pub use messenger::{Message, Messenger};
 
-/// Sizes of a [`Messenger`]; the peer's must be the same.
+/// Sizes of a [`Messenger`]. Messengers made by [`Messenger::connect`] and
+/// [`Messenger::accept`] tell each other theirs; over a queue pair connected otherwise
+/// ([`Messenger::new`]) both sides must use the same.
 #[derive(Debug, Clone, Copy)]
 pub struct MessengerOptions {
     /// Receives kept posted (and so messages that may be in flight toward this side). At
     /// most the queue pair's receive depth. Default 64.
     pub depth: usize,
-    /// The largest message, in bytes. Default 8192.
+    /// Messages up to this many bytes travel in one send into a posted receive (each
+    /// receive is this large); larger ones by rendezvous, read by the receiver from the
+    /// sender's memory. Default 8192.
+    pub eager_limit: usize,
+    /// The largest message this side takes (a larger rendezvous request from the peer is a
+    /// protocol error). Default 64 MiB.
     pub max_message: usize,
 }
 
@@ -56,7 +65,8 @@ impl Default for MessengerOptions {
     fn default() -> Self {
         MessengerOptions {
             depth: 64,
-            max_message: 8192,
+            eager_limit: 8192,
+            max_message: 64 << 20,
         }
     }
 }

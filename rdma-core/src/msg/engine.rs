@@ -1,0 +1,345 @@
+//! The messenger's engine: receives taken in order, credits counted and returned, and the
+//! two halves of a rendezvous (reading a peer's large message, releasing our own once read).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use super::handshake::PeerSizes;
+use super::header::{Header, HeaderProblem, Kind, Rendezvous, DONE_LEN, HEADER_LEN};
+use super::Message;
+use crate::cm::Connection;
+use crate::error::{Error, QpShutdownReason, Result};
+use crate::mr::{Access, LocalBuf};
+use crate::op::{Done, Op, Recv};
+use crate::pool::MemoryPool;
+use crate::qp::QueuePair;
+use crate::remote::RemoteRegion;
+
+pub(crate) struct Engine {
+    pub(crate) qp: QueuePair,
+    pub(crate) pool: MemoryPool,
+    /// Bytes of each posted receive: the header and the largest eager payload.
+    pub(crate) receive_len: usize,
+    /// This side's largest message: a larger rendezvous request is refused.
+    pub(crate) max_message: usize,
+    /// What the peer's receives and messages take.
+    pub(crate) peer: PeerSizes,
+    /// Return credits once this many receives were posted again without telling the peer.
+    pub(crate) credit_batch: usize,
+    pub(crate) state: Mutex<State>,
+    /// The connection the messenger owns, if it made it.
+    pub(crate) connection: Option<Connection>,
+}
+
+/// Something that arrived, in arrival order.
+pub(crate) enum Arrival {
+    Message(Message),
+    /// A large message being read from the sender.
+    Reading {
+        op: Op<LocalBuf, Done>,
+        token: u32,
+        imm: Option<u32>,
+    },
+}
+
+pub(crate) struct State {
+    /// Receives posted, oldest first: they complete in this order.
+    pub(crate) posted: VecDeque<Op<LocalBuf, Recv>>,
+    /// Messages received and not taken yet (at most the depth: their receives are posted
+    /// again, and credited to the peer, only when they are taken).
+    pub(crate) arrived: VecDeque<Arrival>,
+    /// Sends the peer has a receive posted for.
+    pub(crate) credits: usize,
+    /// Receives posted again since the peer was last told.
+    pub(crate) owed: usize,
+    /// Rendezvous done messages waiting for a credit.
+    pub(crate) done_to_send: VecDeque<u32>,
+    /// Our large messages the peer may be reading, by token: exposed until it says done.
+    pub(crate) exposed: HashMap<u32, LocalBuf>,
+    pub(crate) next_token: u32,
+    /// Why the messenger stopped, once it did.
+    pub(crate) failure: Option<Arc<Error>>,
+    /// Tasks waiting in `send` or `recv`.
+    pub(crate) waiters: Vec<Waker>,
+}
+
+impl State {
+    pub(crate) fn new(posted: VecDeque<Op<LocalBuf, Recv>>, credits: usize) -> State {
+        State {
+            posted,
+            arrived: VecDeque::new(),
+            credits,
+            owed: 0,
+            done_to_send: VecDeque::new(),
+            exposed: HashMap::new(),
+            next_token: 0,
+            failure: None,
+            waiters: Vec::new(),
+        }
+    }
+
+    pub(crate) fn wait(&mut self, waker: &Waker) {
+        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
+            self.waiters.push(waker.clone());
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for waker in self.waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// The credits to return now (at most what a header carries).
+    pub(crate) fn take_owed(&mut self) -> u16 {
+        let now = self.owed.min(u16::MAX as usize);
+        self.owed -= now;
+        now as u16
+    }
+
+    fn fail(&mut self, err: Error) {
+        if self.failure.is_none() {
+            self.failure = Some(Arc::new(err));
+        }
+        // The queue pair is failed or being failed: the peer can no longer read.
+        self.exposed.clear();
+    }
+}
+
+impl Engine {
+    /// Takes what completed, in order: receives (credits counted, credit and done messages'
+    /// receives posted again at once, data and rendezvous requests queued) and the reads of
+    /// large messages. Any task may drive it: one that only sends still learns of its
+    /// credits and of the peer's done messages.
+    pub(crate) fn pump(&self, state: &mut State, cx: &mut TaskContext<'_>) {
+        let mut progressed = false;
+        while state.failure.is_none() {
+            let Some(front) = state.posted.front_mut() else {
+                break;
+            };
+            let Poll::Ready((result, buf)) = Pin::new(front).poll(cx) else {
+                break;
+            };
+            state.posted.pop_front();
+            progressed = true;
+            match result {
+                Ok(received) => {
+                    if let Err(problem) = self.take(state, buf, received.len) {
+                        // A peer that breaks the protocol is not talked to any more.
+                        let _ = self.qp.shared.shut_down(QpShutdownReason::Application);
+                        state.fail(Error::BadMessage { problem });
+                    }
+                }
+                Err(err) => state.fail(err),
+            }
+        }
+        progressed |= self.finish_reads(state, cx);
+        self.send_done(state);
+        if progressed {
+            state.wake_all();
+        }
+    }
+
+    /// One received message of `len` bytes in `buf`.
+    fn take(
+        &self,
+        state: &mut State,
+        mut buf: LocalBuf,
+        len: usize,
+    ) -> std::result::Result<(), HeaderProblem> {
+        let len = len.min(buf.len());
+        let header = Header::read(&buf[..len])?;
+        let returned = usize::from(header.credits);
+        if state.credits + returned > self.peer.depth {
+            return Err(HeaderProblem::TooManyCredits {
+                returned: header.credits,
+                max: self.peer.depth - state.credits,
+            });
+        }
+        state.credits += returned;
+        match header.kind {
+            Kind::Credit => {
+                drop(buf);
+                self.repost(state);
+            }
+            Kind::Done => {
+                let token = u32::from_le_bytes(
+                    buf[HEADER_LEN..HEADER_LEN + DONE_LEN]
+                        .try_into()
+                        .unwrap_or_default(),
+                );
+                drop(buf);
+                // Read: the exposure ends (its registration goes, so the key stops working).
+                if state.exposed.remove(&token).is_none() {
+                    return Err(HeaderProblem::UnknownToken(token));
+                }
+                self.repost(state);
+            }
+            Kind::Data => {
+                let mut data = buf.split_off(HEADER_LEN);
+                drop(data.split_off(len - HEADER_LEN));
+                drop(buf);
+                state.arrived.push_back(Arrival::Message(Message {
+                    data,
+                    imm: header.imm,
+                }));
+            }
+            Kind::Request => {
+                let request = Rendezvous::read(&buf[HEADER_LEN..len]);
+                drop(buf);
+                if request.len > self.max_message as u64 {
+                    return Err(HeaderProblem::RendezvousTooLarge {
+                        len: request.len,
+                        max: self.max_message,
+                    });
+                }
+                let into = match self.qp.pd().alloc(request.len as usize, Access::LOCAL) {
+                    Ok(into) => into,
+                    Err(err) => {
+                        state.fail(err);
+                        return Ok(());
+                    }
+                };
+                let remote = RemoteRegion {
+                    addr: request.addr,
+                    len: request.len,
+                    rkey: request.rkey,
+                };
+                state.arrived.push_back(Arrival::Reading {
+                    op: self.qp.read(into, remote),
+                    token: request.token,
+                    imm: header.imm,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls the reads of large messages; each one read becomes a message, and its sender
+    /// is told. Returns whether any finished.
+    fn finish_reads(&self, state: &mut State, cx: &mut TaskContext<'_>) -> bool {
+        let mut finished = false;
+        for at in 0..state.arrived.len() {
+            let Arrival::Reading { op, token, imm } = &mut state.arrived[at] else {
+                continue;
+            };
+            let Poll::Ready((result, data)) = Pin::new(op).poll(cx) else {
+                continue;
+            };
+            let (token, imm) = (*token, *imm);
+            finished = true;
+            match result {
+                Ok(()) => {
+                    state.arrived[at] = Arrival::Message(Message { data, imm });
+                    state.done_to_send.push_back(token);
+                }
+                Err(err) => {
+                    state.fail(err);
+                    break;
+                }
+            }
+        }
+        finished
+    }
+
+    /// Sends the done messages waiting, while there are credits (a control message may use
+    /// the credit kept back from data).
+    fn send_done(&self, state: &mut State) {
+        while state.credits > 0 && state.failure.is_none() {
+            let Some(&token) = state.done_to_send.front() else {
+                break;
+            };
+            if self
+                .send_control(state, Kind::Done, &token.to_le_bytes())
+                .is_err()
+            {
+                break;
+            }
+            state.done_to_send.pop_front();
+        }
+    }
+
+    /// Posts one more receive (for one taken), owed to the peer as a credit.
+    pub(crate) fn repost(&self, state: &mut State) {
+        match self.pool.alloc(self.receive_len) {
+            Ok(buf) => {
+                state.posted.push_back(self.qp.recv(buf));
+                state.owed += 1;
+            }
+            Err(err) => state.fail(err),
+        }
+    }
+
+    /// Tells the peer about receives posted again, once enough are owed, with the credit
+    /// kept for it. While this side waits for the peer to read a large message, at once: the
+    /// peer needs the credit to say it is done.
+    pub(crate) fn return_credits(&self, state: &mut State) {
+        let batch = if state.exposed.is_empty() {
+            self.credit_batch
+        } else {
+            1
+        };
+        if state.owed >= batch && state.credits > 0 {
+            let _ = self.send_control(state, Kind::Credit, &[]);
+        }
+    }
+
+    /// Sends a control message (credits returned with it), spending one credit. Not awaited:
+    /// its buffer returns to the pool when the device is done with it, and a failure shows on
+    /// the queue pair's next operation.
+    fn send_control(&self, state: &mut State, kind: Kind, payload: &[u8]) -> Result<()> {
+        let mut message = self.pool.alloc(HEADER_LEN + payload.len())?;
+        state.credits -= 1;
+        Header {
+            kind,
+            credits: state.take_owed(),
+            imm: None,
+        }
+        .write(&mut message[..HEADER_LEN]);
+        message[HEADER_LEN..].copy_from_slice(payload);
+        drop(self.qp.send(message));
+        Ok(())
+    }
+
+    /// Posts a data message or a rendezvous request, spending one credit; the credits owed
+    /// go with it.
+    pub(crate) fn post(
+        &self,
+        state: &mut State,
+        kind: Kind,
+        imm: Option<u32>,
+        mut message: LocalBuf,
+    ) -> Op<LocalBuf, Done> {
+        state.credits -= 1;
+        Header {
+            kind,
+            credits: state.take_owed(),
+            imm,
+        }
+        .write(&mut message[..HEADER_LEN]);
+        self.qp.send(message)
+    }
+
+    /// Takes the next message, if it has arrived whole: its receive goes back to the peer.
+    pub(crate) fn take_message(&self, state: &mut State) -> Option<Message> {
+        if !matches!(state.arrived.front(), Some(Arrival::Message(_))) {
+            return None;
+        }
+        let Some(Arrival::Message(message)) = state.arrived.pop_front() else {
+            return None;
+        };
+        self.repost(state);
+        self.return_credits(state);
+        Some(message)
+    }
+
+    pub(crate) fn failed(&self, failure: &Arc<Error>) -> Error {
+        Error::QpInError {
+            qpn: self.qp.qpn(),
+            cause: failure.clone(),
+        }
+    }
+}
