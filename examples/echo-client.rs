@@ -19,41 +19,6 @@ use anyrdma::{Access, Error, Result};
 const USAGE: &str =
     "usage: echo-client --connect ADDR[:PORT] [--size N | --size MIN-MAX] [--count N] [--no-verify]";
 
-/// Message sizes: one, or a range that messages spread over.
-#[derive(Clone, Copy)]
-struct Sizes {
-    min: usize,
-    max: usize,
-}
-
-impl Sizes {
-    fn parse(text: &str) -> Option<Sizes> {
-        let (min, max) = match text.split_once('-') {
-            Some((min, max)) => (min.parse().ok()?, max.parse().ok()?),
-            None => {
-                let size = text.parse().ok()?;
-                (size, size)
-            }
-        };
-        (min <= max).then_some(Sizes { min, max })
-    }
-
-    /// The size of message `i`: spread evenly (a stride prime to any range) over the range.
-    fn of(self, i: u64) -> usize {
-        let span = (self.max - self.min + 1) as u64;
-        self.min + (i.wrapping_mul(7919) % span) as usize
-    }
-}
-
-impl std::fmt::Display for Sizes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.min == self.max {
-            write!(f, "{} bytes", self.min)
-        } else {
-            write!(f, "{}-{} bytes", self.min, self.max)
-        }
-    }
-}
 const DEFAULT_PORT: u16 = 7471;
 
 /// What message `i` holds: its number, then bytes that depend on it.
@@ -66,7 +31,7 @@ fn fill(message: &mut [u8], i: u64) {
     message[..n].copy_from_slice(&tag[..n]);
 }
 
-async fn run(connect: &str, sizes: Sizes, count: u64, verify: bool) -> Result<()> {
+async fn run(connect: &str, sizes: common::Sizes, count: u64, verify: bool) -> Result<()> {
     let addr = anyrdma::cm::parse_addr(connect, DEFAULT_PORT)?;
     let conn = Connection::connect(addr, ConnectionOptions::default()).await?;
     println!(
@@ -131,8 +96,8 @@ fn main() {
     let args = common::Args::parse("echo-client", USAGE, &["--no-verify"]);
     let connect = args.required("--connect", USAGE).to_owned();
     let sizes = match args.value("--size") {
-        None => Sizes { min: 16, max: 16 },
-        Some(text) => Sizes::parse(text).unwrap_or_else(|| {
+        None => common::Sizes { min: 16, max: 16 },
+        Some(text) => common::Sizes::parse(text).unwrap_or_else(|| {
             common::fail(
                 "echo-client",
                 &format!("--size takes N or MIN-MAX, not {text:?}"),

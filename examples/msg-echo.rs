@@ -71,7 +71,7 @@ fn fill(i: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
-async fn run(connect: &str, sizes: (usize, usize), count: u32, senders: u32) -> Result<()> {
+async fn run(connect: &str, sizes: common::Sizes, count: u32, senders: u32) -> Result<()> {
     let addr = anyrdma::cm::parse_addr(connect, DEFAULT_PORT)?;
     let messenger = Messenger::connect(
         addr,
@@ -80,7 +80,7 @@ async fn run(connect: &str, sizes: (usize, usize), count: u32, senders: u32) -> 
     )
     .await?;
     println!("msg-echo: connected to {addr}");
-    let size_of = move |i: u32| sizes.0 + (i as usize * 7919) % (sizes.1 - sizes.0 + 1);
+    let size_of = move |i: u32| sizes.of(u64::from(i));
     let started = Instant::now();
     let samples = Arc::new(std::sync::Mutex::new(Vec::with_capacity(count as usize)));
     let mut tasks = Vec::new();
@@ -112,25 +112,12 @@ async fn run(connect: &str, sizes: (usize, usize), count: u32, senders: u32) -> 
     let mut samples = std::mem::take(&mut *samples.lock().unwrap());
     let (median, p99) = common::median_p99(&mut samples);
     println!(
-        "msg-echo: {count} messages of {}-{} bytes, {senders} sender(s), every reply checked: round trip median {:.2} µs, p99 {:.2} µs; {:.0} messages/s",
-        sizes.0,
-        sizes.1,
+        "msg-echo: {count} messages of {sizes}, {senders} sender(s), every reply checked: round trip median {:.2} µs, p99 {:.2} µs; {:.0} messages/s",
         median.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6,
         count as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
     );
     Ok(())
-}
-
-fn parse_sizes(text: &str) -> Option<(usize, usize)> {
-    let (min, max) = match text.split_once('-') {
-        Some((min, max)) => (min.parse().ok()?, max.parse().ok()?),
-        None => {
-            let n = text.parse().ok()?;
-            (n, n)
-        }
-    };
-    (min <= max).then_some((min, max))
 }
 
 fn main() {
@@ -140,7 +127,7 @@ fn main() {
         common::block_on(serve(&listen))
     } else {
         let connect = args.required("--connect", USAGE).to_owned();
-        let sizes = parse_sizes(args.value("--size").unwrap_or("64"))
+        let sizes = common::Sizes::parse(args.value("--size").unwrap_or("64"))
             .unwrap_or_else(|| common::fail("msg-echo", "--size takes N or MIN-MAX"));
         let count = args.number("--count", 1000) as u32;
         let senders = (args.number("--senders", 1) as u32).max(1);

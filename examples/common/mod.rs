@@ -130,3 +130,40 @@ pub fn median_p99(samples: &mut [Duration]) -> (Duration, Duration) {
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.99))
 }
+
+/// Message sizes: one, or a range that messages spread over.
+#[derive(Clone, Copy)]
+pub struct Sizes {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl Sizes {
+    /// `N` or `MIN-MAX`.
+    pub fn parse(text: &str) -> Option<Sizes> {
+        let (min, max) = match text.split_once('-') {
+            Some((min, max)) => (min.parse().ok()?, max.parse().ok()?),
+            None => {
+                let size = text.parse().ok()?;
+                (size, size)
+            }
+        };
+        (min <= max).then_some(Sizes { min, max })
+    }
+
+    /// The size of message `i`: spread evenly (a stride prime to any range) over the range.
+    pub fn of(self, i: u64) -> usize {
+        let span = (self.max - self.min + 1) as u64;
+        self.min + (i.wrapping_mul(7919) % span) as usize
+    }
+}
+
+impl std::fmt::Display for Sizes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{} bytes", self.min)
+        } else {
+            write!(f, "{}-{} bytes", self.min, self.max)
+        }
+    }
+}
