@@ -18,13 +18,22 @@
 //!   and a credit is always kept for it, so that it can always be sent. A message taken off
 //!   the wire is credited back only when the application takes it with `recv`: a slow
 //!   receiver holds its sender back ([`Messenger::send`] waits: backpressure, not an error).
+//! - **Any size**: one [`Messenger::send`] takes a message of any size up to
+//!   [`MessengerOptions::max_message`]. Up to [`MessengerOptions::eager_limit`] it is copied
+//!   into one send; above, it goes by rendezvous: it is copied into memory registered for it
+//!   alone, with remote read rights only, and the peer is sent where it is; the peer reads it
+//!   into memory of its own and says it is done, and the registration goes then (its key stops
+//!   working). `send` returns once the peer is told, so a task may send a large message and
+//!   then receive.
 //! - **Failures**: a peer that disconnects, a queue pair that fails, a malformed message
 //!   from the peer ([`Error::BadMessage`](crate::Error::BadMessage): the peer is then not
 //!   talked to any more): `send` and `recv` end with the failure as the cause, after the
 //!   messages that arrived before it were taken.
 //!
-//! Both sides run a messenger with the same depth and largest message. Each message starts
-//! with an 8-byte header (see the `header` module's documentation), checked before use.
+//! [`Messenger::connect`] and [`Messenger::accept`] make the connection and tell each other
+//! their sizes in its private data (and post their receives before the peer can send);
+//! over a queue pair connected otherwise ([`Messenger::new`]) both sides use the same
+//! options. Each message starts with an 8-byte header, checked before use.
 //!
 //! ```no_run
 //! # async fn demo(qp: anyrdma_core::QueuePair) -> anyrdma_core::Result<()> {
