@@ -129,6 +129,7 @@ impl Listener {
                 Ok(connection) => return Ok(connection),
                 Err(err) => {
                     crate::trace::event!(warn, %peer, %err, "accepting a connection failed");
+                    // Read only by the event above, which is nothing without `tracing`.
                     let _ = (peer, err);
                 }
             }
