@@ -409,8 +409,90 @@ async fn messengers_by_address(rt: Rt) {
     within(10, "the server's end", server).await;
 }
 
+/// 16 messenger connections at once to one listener, each with 4 senders and a mix of
+/// eager and rendezvous sizes: every echo intact, totals exact.
+async fn sixteen_connections_at_once(rt: Rt) {
+    if !support::device_present("sixteen_connections_at_once") {
+        return;
+    }
+    const CONNECTIONS: usize = 16;
+    const SENDERS: u64 = 4;
+    const EACH: u64 = 25;
+    let listener = Listener::bind(SocketAddr::from(([169, 254, 77, 1], 0))).expect("bind");
+    let addr = listener.local_addr();
+    let options = MessengerOptions {
+        depth: 16,
+        eager_limit: 2048,
+        ..MessengerOptions::default()
+    };
+    let server = rt.spawn(async move {
+        let mut connections = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let incoming = listener.incoming().await.expect("incoming");
+            connections.push(rt.spawn(async move {
+                let messenger = Messenger::accept(incoming, ConnectionOptions::default(), options)
+                    .await
+                    .expect("accept");
+                let mut echoed = 0u64;
+                while let Ok(message) = messenger.recv().await {
+                    let imm = message.imm.expect("an immediate");
+                    if messenger.send_with_imm(&message.data, imm).await.is_err() {
+                        break;
+                    }
+                    echoed += 1;
+                }
+                echoed
+            }));
+        }
+        let mut total = 0;
+        for connection in connections {
+            total += connection.await;
+        }
+        total
+    });
+    let size = |i: u64| [1usize, 2048, 2049, 50_000][(i % 4) as usize];
+    let mut clients = Vec::new();
+    for client in 0..CONNECTIONS {
+        clients.push(rt.spawn(async move {
+            let messenger = Messenger::connect(addr, ConnectionOptions::default(), options)
+                .await
+                .unwrap_or_else(|err| panic!("client {client}: {err}"));
+            let mut senders = Vec::new();
+            for sender in 0..SENDERS {
+                let messenger = messenger.clone();
+                senders.push(rt.spawn(async move {
+                    for i in 0..EACH {
+                        let n = sender * EACH + i;
+                        messenger
+                            .send_with_imm(&message(n, size(n)), n as u32)
+                            .await
+                            .expect("send");
+                    }
+                }));
+            }
+            let mut seen = vec![false; (SENDERS * EACH) as usize];
+            for _ in 0..SENDERS * EACH {
+                let reply = within(60, "an echo", messenger.recv()).await.expect("echo");
+                let n = u64::from(reply.imm.expect("an immediate"));
+                assert_eq!(&reply.data[..], &message(n, size(n))[..], "echo {n}");
+                assert!(!seen[n as usize], "echo {n} twice");
+                seen[n as usize] = true;
+            }
+            for sender in senders {
+                sender.await;
+            }
+        }));
+    }
+    for client in clients {
+        within(240, "a client", client).await;
+    }
+    let total = within(30, "the server", server).await;
+    assert_eq!(total, CONNECTIONS as u64 * SENDERS * EACH, "{}", rt.name());
+}
+
 runtime_tests!(
     messengers_by_address,
+    sixteen_connections_at_once,
     slow_receiver_holds_sender_back,
     dropped_receives_lose_nothing,
     sizes_from_zero_to_sixteen_mib,
