@@ -127,27 +127,25 @@ impl Connection {
             return Err(unreachable(addr, "resolving the address", last_errno()));
         }
         let step = Step::new(addr, &runtime);
-        let event = step
-            .event(&id, "resolving the address", options.resolve_timeout)
-            .await?;
-        step.expect(
-            &event,
+        step.next(
+            &id,
             rdma_cm_event_type::RDMA_CM_EVENT_ADDR_RESOLVED,
             "resolving the address",
-        )?;
+            options.resolve_timeout,
+        )
+        .await?;
 
         // SAFETY: the id's address is resolved.
         if unsafe { rdma_resolve_route(id.raw(), resolve_ms) } != 0 {
             return Err(unreachable(addr, "resolving the route", last_errno()));
         }
-        let event = step
-            .event(&id, "resolving the route", options.resolve_timeout)
-            .await?;
-        step.expect(
-            &event,
+        step.next(
+            &id,
             rdma_cm_event_type::RDMA_CM_EVENT_ROUTE_RESOLVED,
             "resolving the route",
-        )?;
+            options.resolve_timeout,
+        )
+        .await?;
 
         let (qp, share) = queue_pair_for(&id, &runtime, &options, addr)?;
         cm_transition(&qp, &id, ibv_qp_state::IBV_QPS_INIT, &options)?;
@@ -161,17 +159,13 @@ impl Connection {
             return Err(unreachable(addr, "connecting", last_errno()));
         }
         let event = step
-            .event(
+            .next(
                 &id,
+                rdma_cm_event_type::RDMA_CM_EVENT_CONNECT_RESPONSE,
                 "waiting for the peer to accept",
                 options.connect_timeout,
             )
             .await?;
-        step.expect(
-            &event,
-            rdma_cm_event_type::RDMA_CM_EVENT_CONNECT_RESPONSE,
-            "waiting for the peer to accept",
-        )?;
         cm_transition(&qp, &id, ibv_qp_state::IBV_QPS_RTR, &options)?;
         cm_transition(&qp, &id, ibv_qp_state::IBV_QPS_RTS, &options)?;
         // SAFETY: the connect response was received and the queue pair is in RTS.
@@ -331,6 +325,19 @@ impl<'a> Step<'a> {
             after: timeout,
         })
         .await
+    }
+
+    /// The id's next event within `timeout`, if it is `expected`; else the error it means.
+    pub(crate) async fn next(
+        &self,
+        id: &CmId,
+        expected: u32,
+        stage: &'static str,
+        timeout: Duration,
+    ) -> Result<CmEvent> {
+        let event = self.event(id, stage, timeout).await?;
+        self.expect(&event, expected, stage)?;
+        Ok(event)
     }
 
     /// `event` if it is `expected`; else the error it means.

@@ -264,18 +264,13 @@ impl Incoming {
             ));
         }
         let step = Step::new(addr, &self.runtime);
-        let event = step
-            .event(
-                &id,
-                "waiting for the peer to confirm",
-                options.connect_timeout,
-            )
-            .await?;
-        step.expect(
-            &event,
+        step.next(
+            &id,
             rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED,
             "waiting for the peer to confirm",
-        )?;
+            options.connect_timeout,
+        )
+        .await?;
         qp.shared.mark_connected();
         let private_data = std::mem::take(&mut self.private_data);
         let connection = Connection::new(qp, id, self.runtime.clone(), private_data, share);
