@@ -333,6 +333,268 @@ async fn broken_messages_are_refused(rt: Rt) {
     }
 }
 
+/// What a hostile message should do to the messenger that takes it.
+enum Expect {
+    /// A valid data message: taken as these bytes and this immediate.
+    Data(Vec<u8>, Option<u32>),
+    /// A valid message that carries nothing for the application (a credit message).
+    Nothing,
+    /// Refused with this problem: the messenger fails.
+    Refused(fn(&HeaderProblem) -> bool),
+    /// Fails the messenger through the device (a read the peer's key does not allow, a
+    /// message larger than a receive).
+    Fails,
+}
+
+/// xorshift64: the hostile peer's choices, the same on every run.
+fn next_random(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// One message from a hostile peer, for a messenger of `options` that has returned no
+/// credits of ours and exposed nothing: mostly valid data (so that each messenger takes many
+/// before one breaks it), else truncated, of an unknown version, kind or flags, with a stray
+/// immediate, too many credits, a done for no transfer, a request of the wrong length, too
+/// large, or whose key reads nothing, or too long for a receive.
+fn hostile_message(seed: &mut u64, options: MessengerOptions) -> (Vec<u8>, Expect) {
+    let roll = next_random(seed);
+    let mut header = [0x10u8, 0, 0, 0, 0, 0, 0, 0];
+    let class = roll % 1000;
+    if class < 990 {
+        let len = (next_random(seed) % (options.eager_limit as u64 + 1)) as usize;
+        let payload: Vec<u8> = (0..len).map(|_| next_random(seed) as u8).collect();
+        let imm = (roll & 0x100 != 0).then_some((roll >> 32) as u32);
+        if let Some(imm) = imm {
+            header[1] = 1;
+            header[4..].copy_from_slice(&imm.to_le_bytes());
+        }
+        let mut bytes = header.to_vec();
+        bytes.extend_from_slice(&payload);
+        return (bytes, Expect::Data(payload, imm));
+    }
+    if class < 995 {
+        header[0] = 0x11;
+        return (header.to_vec(), Expect::Nothing);
+    }
+    let random_tail = |seed: &mut u64, len: usize| -> Vec<u8> {
+        (0..len).map(|_| next_random(seed) as u8).collect()
+    };
+    match next_random(seed) % 11 {
+        0 => {
+            let len = (next_random(seed) % 8) as usize;
+            let bytes = random_tail(seed, len);
+            (
+                bytes,
+                Expect::Refused(|p| matches!(p, HeaderProblem::Truncated { .. })),
+            )
+        }
+        1 => {
+            header[0] = (((next_random(seed) % 15) as u8 + 2) << 4) | (roll as u8 & 0x0f);
+            let mut bytes = header.to_vec();
+            bytes.extend(random_tail(seed, (roll % 32) as usize));
+            (
+                bytes,
+                Expect::Refused(|p| matches!(p, HeaderProblem::Version(_))),
+            )
+        }
+        2 => {
+            header[0] = 0x10 | ((next_random(seed) % 12) as u8 + 4);
+            (
+                header.to_vec(),
+                Expect::Refused(|p| matches!(p, HeaderProblem::Kind(_))),
+            )
+        }
+        3 => {
+            header[1] = (next_random(seed) as u8) | 2;
+            (
+                header.to_vec(),
+                Expect::Refused(|p| matches!(p, HeaderProblem::Flags(_))),
+            )
+        }
+        4 => {
+            header[4..].copy_from_slice(&((next_random(seed) as u32) | 1).to_le_bytes());
+            (
+                header.to_vec(),
+                Expect::Refused(|p| *p == HeaderProblem::StrayImmediate),
+            )
+        }
+        5 => {
+            let credits = options.depth as u16 + 1 + (next_random(seed) % 1000) as u16;
+            header[2..4].copy_from_slice(&credits.to_le_bytes());
+            (
+                header.to_vec(),
+                Expect::Refused(|p| matches!(p, HeaderProblem::TooManyCredits { .. })),
+            )
+        }
+        6 => {
+            header[0] = 0x13;
+            let mut bytes = header.to_vec();
+            bytes.extend(random_tail(seed, 4));
+            (
+                bytes,
+                Expect::Refused(|p| matches!(p, HeaderProblem::UnknownToken(_))),
+            )
+        }
+        7 => {
+            header[0] = 0x10 | (2 + (roll & 1) as u8);
+            let mut bytes = header.to_vec();
+            let len = [0usize, 1, 3, 5, 23, 25, 40][(next_random(seed) % 7) as usize];
+            bytes.extend(random_tail(seed, len));
+            (
+                bytes,
+                Expect::Refused(|p| matches!(p, HeaderProblem::RendezvousLength { .. })),
+            )
+        }
+        8 => {
+            header[0] = 0x12;
+            let mut bytes = header.to_vec();
+            bytes.extend(random_tail(seed, 8));
+            let len = options.max_message as u64 + 1 + next_random(seed) % (1 << 40);
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend(random_tail(seed, 8));
+            (
+                bytes,
+                Expect::Refused(|p| matches!(p, HeaderProblem::RendezvousTooLarge { .. })),
+            )
+        }
+        9 => {
+            // A request the messenger takes, whose read the peer's queue pair refuses.
+            header[0] = 0x12;
+            let mut bytes = header.to_vec();
+            bytes.extend(random_tail(seed, 8));
+            let len = 1 + next_random(seed) % options.max_message as u64;
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend(random_tail(seed, 8));
+            (bytes, Expect::Fails)
+        }
+        _ => {
+            let mut bytes = header.to_vec();
+            let over = 1 + (next_random(seed) % 256) as usize;
+            bytes.extend(random_tail(seed, options.eager_limit + over));
+            (bytes, Expect::Fails)
+        }
+    }
+}
+
+/// 100,000 messages from a hostile peer (raw sends on its queue pair), a new messenger each
+/// time one breaks it: valid data arrives intact, every other message ends its messenger
+/// with the right typed error (sending fails after, and nothing stays exposed), and nothing
+/// panics or hangs.
+async fn hostile_peer_gets_typed_errors(rt: Rt) {
+    if !support::device_present("hostile_peer_gets_typed_errors") {
+        return;
+    }
+    const MESSAGES: usize = 100_000;
+    let options = MessengerOptions {
+        depth: 16,
+        eager_limit: 64,
+        max_message: 1 << 20,
+    };
+    let ctx = anyrdma::Context::open_default().expect("open the device");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let (mut sent, mut messengers, mut delivered) = (0usize, 0usize, 0usize);
+    let mut refused = std::collections::BTreeMap::<String, usize>::new();
+    let started = std::time::Instant::now();
+    while sent < MESSAGES {
+        let pair = Pair::on(
+            ctx.clone(),
+            anyrdma::CqOptions::default(),
+            QpOptions::default(),
+            anyrdma::ConnectOptions::default(),
+        );
+        let victim = Messenger::new(&pair.b, options).expect("messenger");
+        messengers += 1;
+        // Where the victim's credit messages land.
+        let _hostile_receives: Vec<_> = (0..64)
+            .map(|_| {
+                pair.a
+                    .recv(pair.pd.alloc(64, anyrdma::Access::LOCAL).unwrap())
+            })
+            .collect();
+        'victim: loop {
+            // Up to a depth's worth of messages at once (the victim's receives are posted),
+            // the one that breaks it last.
+            let mut batch = Vec::new();
+            let mut sends = Vec::new();
+            while batch.len() < options.depth - 1 {
+                let (bytes, expect) = hostile_message(&mut seed, options);
+                let mut raw = pair
+                    .pd
+                    .alloc(bytes.len().max(1), anyrdma::Access::LOCAL)
+                    .unwrap();
+                drop(raw.split_off(bytes.len()));
+                raw.copy_from_slice(&bytes);
+                sends.push(pair.a.send(raw));
+                let breaks = matches!(expect, Expect::Refused(_) | Expect::Fails);
+                batch.push((bytes, expect));
+                if breaks {
+                    break;
+                }
+            }
+            sent += batch.len();
+            for (send, (_, expect)) in sends.into_iter().zip(&batch) {
+                let (posted, _) = within(10, "a hostile send", send).await;
+                // A message too long for the receive fails at both ends.
+                if let Err(err) = posted {
+                    assert!(matches!(expect, Expect::Fails), "{}: {err}", rt.name());
+                }
+            }
+            for (bytes, expect) in batch {
+                let outcome = match expect {
+                    Expect::Nothing => continue,
+                    _ => within(10, "the messenger's answer", victim.recv()).await,
+                };
+                match (expect, outcome) {
+                    (Expect::Data(payload, imm), Ok(message)) => {
+                        assert_eq!(&message.data[..], &payload[..], "{}", rt.name());
+                        assert_eq!(message.imm, imm, "{}", rt.name());
+                        delivered += 1;
+                        continue;
+                    }
+                    (Expect::Refused(problem_ok), Err(err)) => match err.root_cause() {
+                        Error::BadMessage { problem } => {
+                            assert!(problem_ok(problem), "{}: {bytes:?}: {problem:?}", rt.name());
+                            let name = format!("{problem:?}");
+                            let name = name.split([' ', '(']).next().unwrap_or_default();
+                            *refused.entry(name.to_string()).or_default() += 1;
+                        }
+                        other => panic!("{}: {bytes:?}: {other:?}", rt.name()),
+                    },
+                    (Expect::Fails, Err(err)) => {
+                        assert!(
+                            !matches!(err.root_cause(), Error::BadMessage { .. }),
+                            "{}: {bytes:?} refused as malformed: {err}",
+                            rt.name()
+                        );
+                        *refused.entry("device error".into()).or_default() += 1;
+                    }
+                    (_, outcome) => panic!("{}: {bytes:?}: {outcome:?}", rt.name()),
+                }
+                break 'victim;
+            }
+        }
+        assert!(
+            victim.send(b"x").await.is_err(),
+            "a broken messenger still sends"
+        );
+        assert_eq!(victim.exposed(), 0);
+    }
+    println!(
+        "{}: {sent} hostile messages, {delivered} valid ones delivered, {messengers} messengers \
+         broken ({refused:?}) in {:.1} s",
+        rt.name(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        refused.len() >= 8,
+        "{}: too few kinds of refusal: {refused:?}",
+        rt.name()
+    );
+}
+
 /// Messengers by address: the two sides agree through the connection's handshake, talk, and
 /// a peer that goes away ends the other's `recv` with the disconnect error; a connect
 /// request that is not a messenger's is rejected with a reason.
@@ -498,4 +760,5 @@ runtime_tests!(
     sizes_from_zero_to_sixteen_mib,
     many_senders_share_a_messenger,
     broken_messages_are_refused,
+    hostile_peer_gets_typed_errors,
 );

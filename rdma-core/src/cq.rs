@@ -307,6 +307,20 @@ impl CqShared {
         }
     }
 
+    /// The outcome of slot `id` if a poll of the CQ already delivered it; never polls the
+    /// CQ itself, registers no waker and never waits (for owners that collect many finished
+    /// operations at once, while other operations drive the CQ).
+    pub(crate) fn take_if_done(&self, id: SlotId) -> Option<Result<WcInfo>> {
+        let mut state = lock(&self.state);
+        let result = state.table.take_done(id)?;
+        let successor = self.leave(&mut state, id);
+        drop(state);
+        if let Some(successor) = successor {
+            successor.wake();
+        }
+        Some(result.map_err(|err| *err))
+    }
+
     /// Gives back a slot whose work requests were never posted.
     pub(crate) fn unreserve(&self, id: SlotId) {
         lock(&self.state).table.unreserve(id);

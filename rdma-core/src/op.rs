@@ -140,6 +140,20 @@ impl<B: Buffers, O: Outcome> Op<B, O> {
             _outcome: PhantomData,
         }
     }
+
+    /// The outcome, if it is already known (the operation failed before posting, or a poll
+    /// of the CQ by another operation delivered its completion); `None` while it is in
+    /// flight. Never polls the CQ or registers a waker; after `Some`, the `Op` is spent.
+    pub(crate) fn take_if_done(&mut self) -> Option<(Result<O::Output>, B)> {
+        if let Some(err) = self.early.take() {
+            return Some((Err(*err), self.buffers.take()?));
+        }
+        let result = self.owner.cq().take_if_done(self.slot?)?;
+        self.slot = None;
+        let buffers = self.buffers.take()?;
+        let output = result.map(|info| O::output(received(info), &buffers));
+        Some((output, buffers))
+    }
 }
 
 impl<B: Buffers, O: Outcome> Future for Op<B, O> {

@@ -29,6 +29,9 @@ pub(crate) struct Engine {
     pub(crate) peer: PeerSizes,
     /// Return credits once this many receives were posted again without telling the peer.
     pub(crate) credit_batch: usize,
+    /// Sends (messages, requests and control messages) in flight at most: the send queue's
+    /// depth less what the reads of large messages may take (one per receive posted).
+    pub(crate) send_limit: usize,
     pub(crate) state: Mutex<State>,
     /// The connection the messenger owns, if it made it.
     pub(crate) connection: Option<Connection>,
@@ -51,6 +54,9 @@ pub(crate) struct State {
     /// Messages received and not taken yet (at most the depth: their receives are posted
     /// again, and credited to the peer, only when they are taken).
     pub(crate) arrived: VecDeque<Arrival>,
+    /// Sends posted, oldest first (a send queue completes in order): kept, not dropped, so
+    /// that the send queue's room is known and a failed send fails the messenger.
+    pub(crate) sending: VecDeque<Op<LocalBuf, Done>>,
     /// Sends the peer has a receive posted for.
     pub(crate) credits: usize,
     /// Receives posted again since the peer was last told.
@@ -71,6 +77,7 @@ impl State {
         State {
             posted,
             arrived: VecDeque::new(),
+            sending: VecDeque::new(),
             credits,
             owed: 0,
             done_to_send: VecDeque::new(),
@@ -137,6 +144,11 @@ impl Engine {
             }
         }
         progressed |= self.finish_reads(state, cx);
+        // Finished sends are collected in bulk (their buffers back to the pool) once half the
+        // send queue is used; below, a failed send shows on the receives (flushed) anyway.
+        if state.sending.len() >= self.send_limit / 2 {
+            progressed |= self.collect_sends(state);
+        }
         self.send_done(state);
         if progressed {
             state.wake_all();
@@ -237,6 +249,8 @@ impl Engine {
                     state.done_to_send.push_back(token);
                 }
                 Err(err) => {
+                    // Its op is spent: it must not stay to be polled again.
+                    state.arrived.remove(at);
                     state.fail(err);
                     break;
                 }
@@ -245,10 +259,52 @@ impl Engine {
         finished
     }
 
+    /// Takes the sends a poll of the CQ found finished, oldest first, without polling it (the
+    /// receives' polls do). A failed send fails the messenger. Returns whether any finished.
+    fn collect_sends(&self, state: &mut State) -> bool {
+        let mut collected = false;
+        while let Some(front) = state.sending.front_mut() {
+            let Some((result, _buf)) = front.take_if_done() else {
+                break;
+            };
+            state.sending.pop_front();
+            collected = true;
+            if let Err(err) = result {
+                state.fail(err);
+            }
+        }
+        collected
+    }
+
+    /// Ready once at most `keep` sends are in flight (or the messenger failed); else the
+    /// oldest send will wake this task when it finishes.
+    pub(crate) fn poll_sends_down_to(
+        &self,
+        state: &mut State,
+        keep: usize,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        self.collect_sends(state);
+        while state.sending.len() > keep && state.failure.is_none() {
+            let Some(front) = state.sending.front_mut() else {
+                break;
+            };
+            let Poll::Ready((result, _buf)) = Pin::new(front).poll(cx) else {
+                return Poll::Pending;
+            };
+            state.sending.pop_front();
+            if let Err(err) = result {
+                state.fail(err);
+            }
+        }
+        Poll::Ready(())
+    }
+
     /// Sends the done messages waiting, while there are credits (a control message may use
     /// the credit kept back from data).
     fn send_done(&self, state: &mut State) {
-        while state.credits > 0 && state.failure.is_none() {
+        while state.credits > 0 && state.failure.is_none() && state.sending.len() < self.send_limit
+        {
             let Some(&token) = state.done_to_send.front() else {
                 break;
             };
@@ -282,14 +338,13 @@ impl Engine {
         } else {
             1
         };
-        if state.owed >= batch && state.credits > 0 {
+        if state.owed >= batch && state.credits > 0 && state.sending.len() < self.send_limit {
             let _ = self.send_control(state, Kind::Credit, &[]);
         }
     }
 
-    /// Sends a control message (credits returned with it), spending one credit. Not awaited:
-    /// its buffer returns to the pool when the device is done with it, and a failure shows on
-    /// the queue pair's next operation.
+    /// Sends a control message (credits returned with it), spending one credit and a place
+    /// in the send queue (the caller checked both).
     fn send_control(&self, state: &mut State, kind: Kind, payload: &[u8]) -> Result<()> {
         let mut message = self.pool.alloc(HEADER_LEN + payload.len())?;
         state.credits -= 1;
@@ -300,19 +355,20 @@ impl Engine {
         }
         .write(&mut message[..HEADER_LEN]);
         message[HEADER_LEN..].copy_from_slice(payload);
-        drop(self.qp.send(message));
+        let op = self.qp.send(message);
+        state.sending.push_back(op);
         Ok(())
     }
 
-    /// Posts a data message or a rendezvous request, spending one credit; the credits owed
-    /// go with it.
+    /// Posts a data message or a rendezvous request, spending one credit and a place in the
+    /// send queue (the caller checked both); the credits owed go with it.
     pub(crate) fn post(
         &self,
         state: &mut State,
         kind: Kind,
         imm: Option<u32>,
         mut message: LocalBuf,
-    ) -> Op<LocalBuf, Done> {
+    ) {
         state.credits -= 1;
         Header {
             kind,
@@ -320,7 +376,8 @@ impl Engine {
             imm,
         }
         .write(&mut message[..HEADER_LEN]);
-        self.qp.send(message)
+        let op = self.qp.send(message);
+        state.sending.push_back(op);
     }
 
     /// Takes the next message, if it has arrived whole: its receive goes back to the peer.

@@ -13,7 +13,7 @@ use super::MessengerOptions;
 use crate::cm::{Connection, ConnectionOptions, Incoming};
 use crate::error::{Error, Result};
 use crate::mr::{Access, LocalBuf};
-use crate::op::{Done, Op, Recv};
+use crate::op::{Op, Recv};
 use crate::pool::{MemoryPool, PoolOptions};
 use crate::qp::QueuePair;
 use crate::wake::lock;
@@ -48,11 +48,22 @@ struct Posted {
 impl Posted {
     fn new(qp: &QueuePair, options: MessengerOptions) -> Result<Posted> {
         let depth = options.depth;
-        let max_depth = qp.caps().max_recv_wr as usize;
+        let caps = qp.caps();
+        let max_depth = caps.max_recv_wr as usize;
         if !(2..=max_depth).contains(&depth) {
             return Err(Error::InvalidArgument(format!(
                 "a messenger needs a depth of 2 to {max_depth} (the receive queue's depth), \
                  not {depth}"
+            )));
+        }
+        // The reads of the peer's large messages take up to `depth` places in the send queue;
+        // messages need two more (one of them kept for control messages).
+        let send_depth = caps.max_send_wr as usize;
+        if send_depth < depth + 2 {
+            return Err(Error::InvalidArgument(format!(
+                "a messenger of depth {depth} needs a send queue of at least {} (reads of large \
+                 messages take up to the depth, messages two more), not {send_depth}",
+                depth + 2
             )));
         }
         let receive_len = HEADER_LEN + options.eager_limit.max(REQUEST_LEN);
@@ -152,6 +163,7 @@ impl Messenger {
         connection: Option<Connection>,
     ) -> Messenger {
         let depth = posted.posted.len();
+        let send_limit = qp.caps().max_send_wr as usize - depth;
         Messenger {
             inner: Arc::new(Engine {
                 qp,
@@ -160,6 +172,7 @@ impl Messenger {
                 max_message: options.max_message,
                 peer,
                 credit_batch: (depth / 4).max(1),
+                send_limit,
                 state: Mutex::new(State::new(posted.posted, peer.depth)),
                 connection,
             }),
@@ -195,17 +208,21 @@ impl Messenger {
     }
 
     /// Sends `data` as one message, of any size up to [`max_message`](Messenger::max_message).
-    /// Waits while the peer has no receive free for it (backpressure, not an error).
+    /// Waits while the peer has no receive free for it (backpressure, not an error), and
+    /// returns once the message is posted: `data` was copied, so the caller may reuse it, and
+    /// the message is on its way, as with a socket's write. A failure after that (the peer
+    /// gone) shows as the messenger's failure on the next call; [`flush`](Messenger::flush)
+    /// waits until the peer has everything sent so far.
     ///
     /// A message up to the [eager limit](Messenger::eager_limit) is copied into one send. A
     /// larger one is copied into memory registered for it alone, with remote read rights, and
-    /// the peer is told where it is (this returns then); the peer reads it and says so, and
-    /// the registration goes (its key stops working) when that word is taken in, by whichever
-    /// task next sends or receives on this messenger, or when the messenger fails. Large
-    /// messages exposed at once are bounded by the peer's depth.
+    /// the peer is told where it is; the peer reads it and says so, and the registration goes
+    /// (its key stops working) when that word is taken in, by whichever task next sends,
+    /// receives or flushes on this messenger, or when the messenger fails or is dropped. At
+    /// most the peer's depth of large messages are exposed at once: a further one waits.
     ///
     /// Dropping the future before the message (or its rendezvous request) was posted leaves
-    /// nothing at the peer; after, the whole message arrives.
+    /// nothing at the peer and nothing exposed; after, the whole message arrives.
     ///
     /// # Errors
     /// [`Error::TooLarge`] above [`max_message`](Messenger::max_message) (nothing sent); the
@@ -236,8 +253,7 @@ impl Messenger {
         if data.len() <= engine.peer.eager_limit {
             let mut message = engine.pool.alloc(HEADER_LEN + data.len())?;
             message[HEADER_LEN..].copy_from_slice(data);
-            let op = self.post_when_credited(Kind::Data, imm, message).await?;
-            return op.await.0;
+            return self.post_with(Kind::Data, imm, message, |_, _| {}).await;
         }
         // Rendezvous: the message in memory of its own that the peer may read.
         let mut exposed = engine.qp.pd().alloc(data.len(), Access::REMOTE_READ)?;
@@ -245,45 +261,35 @@ impl Messenger {
         let remote = exposed.remote()?;
         let request = engine.pool.alloc(HEADER_LEN + REQUEST_LEN)?;
         let mut exposed = Some(exposed);
-        let op = self
-            .post_with(Kind::Request, imm, request, |state, request| {
-                let id = state.next_token;
-                state.next_token = state.next_token.wrapping_add(1);
-                Rendezvous {
-                    addr: remote.addr,
-                    len: remote.len,
-                    rkey: remote.rkey,
-                    token: id,
-                }
-                .write(&mut request[HEADER_LEN..]);
-                // Exposed until the peer says it has read it (whoever drives the messenger
-                // then takes the registration down), or until the messenger fails.
-                if let Some(exposed) = exposed.take() {
-                    state.exposed.insert(id, exposed);
-                }
-            })
-            .await?;
-        op.await.0
+        self.post_with(Kind::Request, imm, request, |state, request| {
+            let id = state.next_token;
+            state.next_token = state.next_token.wrapping_add(1);
+            Rendezvous {
+                addr: remote.addr,
+                len: remote.len,
+                rkey: remote.rkey,
+                token: id,
+            }
+            .write(&mut request[HEADER_LEN..]);
+            // Exposed until the peer says it has read it (whoever drives the messenger
+            // then takes the registration down), or until the messenger fails.
+            if let Some(exposed) = exposed.take() {
+                state.exposed.insert(id, exposed);
+            }
+        })
+        .await
     }
 
-    /// Posts `message` (its header written then) once a credit is free.
-    async fn post_when_credited(
-        &self,
-        kind: Kind,
-        imm: Option<u32>,
-        message: LocalBuf,
-    ) -> Result<Op<LocalBuf, Done>> {
-        self.post_with(kind, imm, message, |_, _| {}).await
-    }
-
-    /// Posts `message` once a credit is free, after `prepare` filled it in under the lock.
+    /// Posts `message` once a credit and a place in the send queue are free (and, for a
+    /// rendezvous request, once fewer than the peer's depth of messages are exposed), after
+    /// `prepare` filled it in under the lock.
     async fn post_with(
         &self,
         kind: Kind,
         imm: Option<u32>,
         message: LocalBuf,
         prepare: impl FnOnce(&mut State, &mut LocalBuf),
-    ) -> Result<Op<LocalBuf, Done>> {
+    ) -> Result<()> {
         let engine = &*self.inner;
         let mut parts = Some((message, prepare));
         poll_fn(|cx| {
@@ -294,7 +300,14 @@ impl Messenger {
             }
             // One credit stays for control messages, so that both sides can always return
             // credits and say a large message was read.
-            if state.credits < 2 {
+            // One place in the send queue stays for control messages too.
+            let room = engine.poll_sends_down_to(&mut state, engine.send_limit - 2, cx);
+            if let Some(failure) = &state.failure {
+                return Poll::Ready(Err(engine.failed(failure)));
+            }
+            let exposing_too_much =
+                kind == Kind::Request && state.exposed.len() >= engine.peer.depth;
+            if state.credits < 2 || room.is_pending() || exposing_too_much {
                 state.wait(cx.waker());
                 return Poll::Pending;
             }
@@ -304,7 +317,32 @@ impl Messenger {
             prepare(&mut state, &mut message);
             // Posted under the lock: the credits it returns and the order of messages are
             // those of this moment.
-            Poll::Ready(Ok(engine.post(&mut state, kind, imm, message)))
+            engine.post(&mut state, kind, imm, message);
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
+    /// Waits until the peer has every message sent so far: the device is done with each
+    /// send (the peer's queue pair acknowledged it) and the peer has read each large message.
+    /// Messages sent while it waits count too.
+    ///
+    /// # Errors
+    /// The messenger's failure, as [`Messenger::send`]'s.
+    pub async fn flush(&self) -> Result<()> {
+        let engine = &*self.inner;
+        poll_fn(|cx| {
+            let mut state = lock(&engine.state);
+            engine.pump(&mut state, cx);
+            let sent = engine.poll_sends_down_to(&mut state, 0, cx);
+            if let Some(failure) = &state.failure {
+                return Poll::Ready(Err(engine.failed(failure)));
+            }
+            if sent.is_pending() || !state.exposed.is_empty() {
+                state.wait(cx.waker());
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
         })
         .await
     }
