@@ -32,6 +32,9 @@
 //! * `write_rate`, `send_rate`: the client keeps `window` work requests in flight on each
 //!   of `qps` queue pairs (one CQ, one task), `batch` per doorbell; messages per second and
 //!   MB/s (`ib_write_bw`, `ib_send_bw`; 64 KiB writes give the bandwidth).
+//! * `msg_lat`, `msg_rate`: the same over `anyrdma::msg::Messenger` (benches/rdma/messaging.rs),
+//!   sizes `--msg-lat-sizes 64,1048576` and `--msg-rate-sizes 64,1048576,16777216`, with
+//!   `--senders 1,16` concurrent senders for the sizes up to 4 KiB. Not for `raw`.
 //!
 //! Latency is half the round trip (except reads): median and 99th percentile of the
 //! per-iteration times, in microseconds, as perftest's `t_typical` and `99% percentile`.
@@ -48,6 +51,9 @@ use anyrdma::{
     ProtectionDomain, QpOptions, Recv, RemoteRegion, SharedRegion,
 };
 
+#[path = "rdma/messaging.rs"]
+mod messaging;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
@@ -62,16 +68,20 @@ enum Test {
     ReadLat,
     WriteRate,
     SendRate,
+    MsgLat,
+    MsgRate,
 }
 
 impl Test {
-    const ALL: [Test; 6] = [
+    const ALL: [Test; 8] = [
         Test::WriteLat,
         Test::WriteImmLat,
         Test::SendLat,
         Test::ReadLat,
         Test::WriteRate,
         Test::SendRate,
+        Test::MsgLat,
+        Test::MsgRate,
     ];
 
     fn name(self) -> &'static str {
@@ -82,11 +92,18 @@ impl Test {
             Test::ReadLat => "read_lat",
             Test::WriteRate => "write_rate",
             Test::SendRate => "send_rate",
+            Test::MsgLat => "msg_lat",
+            Test::MsgRate => "msg_rate",
         }
     }
 
     fn is_rate(self) -> bool {
         matches!(self, Test::WriteRate | Test::SendRate)
+    }
+
+    /// Over the messaging layer rather than single operations.
+    fn is_msg(self) -> bool {
+        matches!(self, Test::MsgLat | Test::MsgRate)
     }
 
     fn code(self) -> u8 {
@@ -164,6 +181,9 @@ struct Opts {
     batches: Vec<usize>,
     window: usize,
     inline: u32,
+    msg_lat_sizes: Vec<usize>,
+    msg_rate_sizes: Vec<usize>,
+    senders: Vec<usize>,
     json: Option<String>,
 }
 
@@ -187,6 +207,9 @@ fn parse_opts() -> Res<Opts> {
         batches: vec![1, 16],
         window: 128,
         inline: 64,
+        msg_lat_sizes: vec![64, 1 << 20],
+        msg_rate_sizes: vec![64, 1 << 20, 16 << 20],
+        senders: vec![1, 16],
         json: None,
     };
     let mut args = std::env::args().skip(1);
@@ -210,8 +233,11 @@ fn parse_opts() -> Res<Opts> {
                 let mut tests = Vec::new();
                 for t in val()?.split(',') {
                     match t {
-                        "lat" => tests.extend(Test::ALL.iter().filter(|t| !t.is_rate())),
+                        "lat" => {
+                            tests.extend(Test::ALL.iter().filter(|t| !t.is_rate() && !t.is_msg()))
+                        }
                         "rate" => tests.extend(Test::ALL.iter().filter(|t| t.is_rate())),
+                        "msg" => tests.extend(Test::ALL.iter().filter(|t| t.is_msg())),
                         _ => tests.push(
                             *Test::ALL
                                 .iter()
@@ -230,6 +256,9 @@ fn parse_opts() -> Res<Opts> {
             "--batch" => o.batches = list(&val()?, num)?,
             "--window" => o.window = num(&val()?)?,
             "--inline" => o.inline = num(&val()?)? as u32,
+            "--msg-lat-sizes" => o.msg_lat_sizes = list(&val()?, num)?,
+            "--msg-rate-sizes" => o.msg_rate_sizes = list(&val()?, num)?,
+            "--senders" => o.senders = list(&val()?, num)?,
             "--json" => o.json = Some(val()?),
             "--smoke" => {
                 o.iters = 200;
@@ -257,10 +286,12 @@ struct Spec {
     batch: usize,
     window: usize,
     inline: u32,
+    /// Concurrent senders (`msg_rate`).
+    senders: usize,
 }
 
 impl Spec {
-    const LEN: usize = 25;
+    const LEN: usize = 29;
 
     fn encode(&self) -> [u8; Spec::LEN] {
         let mut b = [0u8; Spec::LEN];
@@ -272,6 +303,7 @@ impl Spec {
             self.batch,
             self.window,
             self.inline as usize,
+            self.senders,
         ]
         .iter()
         .enumerate()
@@ -291,6 +323,7 @@ impl Spec {
             batch: v(3) as usize,
             window: v(4) as usize,
             inline: v(5),
+            senders: v(6) as usize,
         }
     }
 }
@@ -404,10 +437,10 @@ struct Side {
 
 fn setup(ctx: &Context, mode: Mode, spec: &Spec, ctl: &mut TcpStream) -> Res<Side> {
     let pd = ctx.alloc_pd()?;
-    let recv_depth = if spec.test == Test::SendRate {
-        512.max(spec.window * 2)
-    } else {
-        16
+    let recv_depth = match spec.test {
+        Test::SendRate => 512.max(spec.window * 2),
+        Test::MsgLat | Test::MsgRate => messaging::DEPTH,
+        _ => 16,
     };
     let entries = (spec.qps * (spec.window + recv_depth) + 64) as u32;
     let cq = CompletionQueue::new(
@@ -715,6 +748,14 @@ async fn measure(
         Test::ReadLat => latency(&lat_read(&side, &spec, client, &mut ctl).await?, false),
         Test::WriteRate | Test::SendRate => match rate_run(&side, &spec, client, &mut ctl).await? {
             Some(elapsed) => rate(spec.iters * spec.qps, spec.size, elapsed),
+            None => Outcome::default(),
+        },
+        Test::MsgLat => latency(
+            &messaging::msg_lat(&side, &spec, client, &mut ctl).await?,
+            true,
+        ),
+        Test::MsgRate => match messaging::msg_rate(&side, &spec, client, &mut ctl).await? {
+            Some(elapsed) => rate(spec.iters, spec.size, elapsed),
             None => Outcome::default(),
         },
     };
@@ -1231,7 +1272,9 @@ fn specs(o: &Opts, rt: Rt, mode: Mode) -> Vec<Spec> {
     let mut out = Vec::new();
     for &test in &o.tests {
         // Memory polling has no event mode; raw verbs measure latency only.
-        if (test == Test::WriteLat && mode == Mode::Event) || (rt == Rt::Raw && test.is_rate()) {
+        if (test == Test::WriteLat && mode == Mode::Event)
+            || (rt == Rt::Raw && (test.is_rate() || test.is_msg()))
+        {
             continue;
         }
         let base = Spec {
@@ -1242,7 +1285,46 @@ fn specs(o: &Opts, rt: Rt, mode: Mode) -> Vec<Spec> {
             batch: 1,
             window: o.window,
             inline: o.inline,
+            senders: 1,
         };
+        if test == Test::MsgLat {
+            for &size in &o.msg_lat_sizes {
+                // Large messages go by rendezvous: a registration each, far slower.
+                let iters = if size > 65536 {
+                    (o.iters / 10).max(20)
+                } else {
+                    o.iters
+                };
+                out.push(Spec {
+                    size,
+                    iters,
+                    ..base
+                });
+            }
+            continue;
+        }
+        if test == Test::MsgRate {
+            for &size in &o.msg_rate_sizes {
+                // About 256 MiB per large size at most.
+                let iters = if size > 4096 {
+                    (o.rate_iters / 10).min((256 << 20) / size).max(8)
+                } else {
+                    o.rate_iters
+                };
+                for &senders in &o.senders {
+                    if senders > 1 && size > 4096 {
+                        continue;
+                    }
+                    out.push(Spec {
+                        size,
+                        iters,
+                        senders,
+                        ..base
+                    });
+                }
+            }
+            continue;
+        }
         if !test.is_rate() {
             for &size in &o.sizes {
                 out.push(Spec { size, ..base });
@@ -1300,7 +1382,12 @@ fn client(o: &Opts, rt: Rt, mode: Mode, json: &mut Option<std::fs::File>) -> Res
             spec.test.name(),
             spec.size,
             spec.qps,
-            spec.batch,
+            // Messaging rows have no batches: their senders take the column.
+            if spec.test.is_msg() {
+                spec.senders
+            } else {
+                spec.batch
+            },
             spec.iters,
             fmt_opt(out.median_us, 2),
             fmt_opt(out.p99_us, 2),
@@ -1310,7 +1397,7 @@ fn client(o: &Opts, rt: Rt, mode: Mode, json: &mut Option<std::fs::File>) -> Res
         if let Some(f) = json {
             writeln!(
                 f,
-                "{{\"impl\":\"{}\",\"runtime\":\"{}\",\"mode\":\"{}\",\"test\":\"{}\",\"size\":{},\"qps\":{},\"batch\":{},\"iters\":{},\"median_us\":{},\"p99_us\":{},\"mmsg_s\":{},\"mb_s\":{}}}",
+                "{{\"impl\":\"{}\",\"runtime\":\"{}\",\"mode\":\"{}\",\"test\":\"{}\",\"size\":{},\"qps\":{},\"batch\":{},\"senders\":{},\"iters\":{},\"median_us\":{},\"p99_us\":{},\"mmsg_s\":{},\"mb_s\":{}}}",
                 if rt == Rt::Raw { "raw" } else { "anyrdma" },
                 rt.name(),
                 mode.name(),
@@ -1318,6 +1405,7 @@ fn client(o: &Opts, rt: Rt, mode: Mode, json: &mut Option<std::fs::File>) -> Res
                 spec.size,
                 spec.qps,
                 spec.batch,
+                spec.senders,
                 spec.iters,
                 json_opt(out.median_us),
                 json_opt(out.p99_us),
@@ -1360,7 +1448,7 @@ fn real_main() -> Res<()> {
                 "test",
                 "size",
                 "qps",
-                "bat",
+                "b/s",
                 "iters",
                 "median_us",
                 "p99_us",

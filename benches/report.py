@@ -132,6 +132,11 @@ pool_rows = [r for r in rows if r.get("test", "").startswith("pool_")]
 rows = [r for r in rows if r.get("test") != "wakeups" and not r.get("test", "").startswith("pool_")]
 meta["wakeups"] = wakeup_rows
 meta["pool"] = pool_rows
+# Messaging rows (msg_lat, msg_rate) have a section of their own; the goals of issue 5 are about
+# single operations.
+msg_rows = [r for r in rows if r.get("test", "").startswith("msg_")]
+rows = [r for r in rows if not r.get("test", "").startswith("msg_")]
+meta["messaging"] = msg_rows
 
 # Instructions per round trip: the difference of the shortest and the longest run over their
 # difference in round trips (set-up and tear-down cancel).
@@ -145,7 +150,7 @@ meta["cpu_cost"] = list(cpu.values())
 meta["builds"] = builds
 meta["notes"] = perftest_notes
 
-json.dump({"meta": meta, "rows": rows}, open(f"{out_dir}/results.json", "w"), indent=1)
+json.dump({"meta": meta, "rows": rows + msg_rows}, open(f"{out_dir}/results.json", "w"), indent=1)
 
 
 # ---- Markdown ------------------------------------------------------------------------------
@@ -552,8 +557,100 @@ def pool_section():
         md.append("")
 
 
+def messaging_section():
+    if not msg_rows:
+        return
+
+    def msg(test, rt, mode, size, senders=1):
+        for r in msg_rows:
+            if (r["test"] == test and r["runtime"] == rt and r["mode"] == mode and r["size"] == size
+                    and r.get("senders", 1) == senders):
+                return r
+        return None
+
+    def size_name(n):
+        return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} B"
+
+    lat_sizes = sorted({r["size"] for r in msg_rows if r["test"] == "msg_lat"})
+    rate_cols = sorted({(r["size"], r.get("senders", 1)) for r in msg_rows if r["test"] == "msg_rate"})
+    small = [c for c in rate_cols if c[0] <= 4096]
+    large = [c for c in rate_cols if c[0] > 4096]
+    md.append("### Messaging (`anyrdma::msg`)")
+    md.append("")
+    md.append("`Messenger` with its default options (depth 64, eager limit 8 KiB: larger messages go by "
+              "rendezvous, a registration of the copy and an RDMA read by the receiver) over one queue pair "
+              "(benches/rdma/messaging.rs). Message rate: S concurrent senders on one task, the receiver "
+              "takes every message with `recv`; in brackets, against the `send_rate` row of the same runtime "
+              "and mode (64 B, 1 QP, unbatched) and against perftest's `ib_send_bw`. Latency: half the "
+              "round trip of a send/recv ping-pong; in brackets against `send_lat` of the same runtime and "
+              "mode (64 B). Bandwidth: MB/s; in brackets against perftest's `ib_write_bw` 64 KiB and the "
+              "same runtime's `write_rate` 64 KiB (busy).")
+    md.append("")
+    head = ["runtime", "mode"]
+    head += [f"{size_name(sz)} x{n} (Mmsg/s)" for sz, n in small]
+    head += [f"latency {size_name(sz)} (µs)" for sz in lat_sizes]
+    head += [f"{size_name(sz)} (MB/s)" for sz, n in large]
+    md.append("| " + " | ".join(head) + " |")
+    md.append("|---|---|" + "---:|" * (len(head) - 2))
+    pt_send = find("perftest", "send_rate", "busy", 64)
+    pt_bw = find("perftest", "write_rate", "busy", 65536)
+    worst_rate, worst_bw = None, None
+    for rt in RUNTIMES:
+        for mode in ("busy", "event"):
+            cells = []
+            send_ref = find("anyrdma", "send_rate", mode, 64, rt)
+            for sz, n in small:
+                r = msg("msg_rate", rt, mode, sz, n)
+                v = r["mmsg_s"] if r else None
+                x_send = ratio(v, send_ref["mmsg_s"] if send_ref else None)
+                x_pt = ratio(v, pt_send["mmsg_s"] if pt_send else None)
+                if sz == 64 and x_send is not None:
+                    worst_rate = min(worst_rate, (x_send, rt, mode, n)) if worst_rate else (x_send, rt, mode, n)
+                text = "-" if v is None else f"{v:.4f}"
+                if x_send is not None or x_pt is not None:
+                    text += " (" + ", ".join(x for x in (
+                        f"{x_send:.2f}x send_rate" if x_send is not None else None,
+                        f"{x_pt:.2f}x perftest" if x_pt is not None else None) if x) + ")"
+                cells.append(text)
+            lat_ref = find("anyrdma", "send_lat", mode, 64, rt)
+            for sz in lat_sizes:
+                r = msg("msg_lat", rt, mode, sz)
+                v = r["median_us"] if r else None
+                x = ratio(v, lat_ref["median_us"] if lat_ref and sz == 64 else None)
+                cells.append(cell(v, x))
+            bw_ref = find("anyrdma", "write_rate", "busy", 65536, rt)
+            for sz, n in large:
+                r = msg("msg_rate", rt, mode, sz, n)
+                v = r["mb_s"] if r else None
+                x_pt = ratio(v, pt_bw["mb_s"] if pt_bw else None)
+                x_own = ratio(v, bw_ref["mb_s"] if bw_ref else None)
+                if sz == max(s for s, _ in large) and x_pt is not None:
+                    worst_bw = min(worst_bw, (x_pt, rt, mode)) if worst_bw else (x_pt, rt, mode)
+                text = "-" if v is None else f"{v:.1f}"
+                if x_pt is not None or x_own is not None:
+                    text += " (" + ", ".join(x for x in (
+                        f"{x_pt:.2f}x perftest" if x_pt is not None else None,
+                        f"{x_own:.2f}x write_rate" if x_own is not None else None) if x) + ")"
+                cells.append(text)
+            if any(c != "-" for c in cells):
+                md.append(f"| {rt} | {mode} | " + " | ".join(cells) + " |")
+    md.append("")
+    if worst_rate:
+        x, rt, mode, n = worst_rate
+        md.append(f"Goal (issue 11): 64 B message rate at least 0.9x the `send_rate` row of the same runtime "
+                  f"and mode: lowest {x:.2f}x ({rt} {mode}, {n} sender{'s' if n > 1 else ''}): "
+                  f"{'met' if x >= 0.9 else 'missed'}.")
+    if worst_bw:
+        x, rt, mode = worst_bw
+        md.append(f"Goal (issue 11): {size_name(max(s for s, _ in large))} bandwidth at least 0.9x the 64 KiB "
+                  f"`write_rate` bandwidth of perftest: lowest {x:.2f}x ({rt} {mode}): "
+                  f"{'met' if x >= 0.9 else 'missed'}.")
+    md.append("")
+
+
 if run_mode != "callgrind":
     full_run_tables()
+    messaging_section()
     wakeups_section()
     pool_section()
 callgrind_section()

@@ -141,6 +141,12 @@ impl<B: Buffers, O: Outcome> Op<B, O> {
         }
     }
 
+    /// The error that kept the operation from being posted, if one did (the `Op` is then
+    /// spent: its buffers go when it is dropped).
+    pub(crate) fn take_early_error(&mut self) -> Option<Error> {
+        self.early.take().map(|err| *err)
+    }
+
     /// The outcome, if it is already known (the operation failed before posting, or a poll
     /// of the CQ by another operation delivered its completion); `None` while it is in
     /// flight. Never polls the CQ or registers a waker; after `Some`, the `Op` is spent.

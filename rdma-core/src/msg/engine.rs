@@ -13,7 +13,7 @@ use super::Message;
 use crate::cm::Connection;
 use crate::error::{Error, QpShutdownReason, Result};
 use crate::mr::{Access, LocalBuf};
-use crate::op::{Done, Op, Recv};
+use crate::op::{Done, Op, Received, Recv};
 use crate::pool::MemoryPool;
 use crate::qp::QueuePair;
 use crate::remote::RemoteRegion;
@@ -61,6 +61,9 @@ pub(crate) struct State {
     pub(crate) credits: usize,
     /// Receives posted again since the peer was last told.
     pub(crate) owed: usize,
+    /// Some of the owed receives had taken more than a credit message: the peer spent
+    /// credits it may need to say it read our large message (see `return_credits`).
+    pub(crate) owed_beyond_credit_messages: bool,
     /// Rendezvous done messages waiting for a credit.
     pub(crate) done_to_send: VecDeque<u32>,
     /// Our large messages the peer may be reading, by token: exposed until it says done.
@@ -80,6 +83,7 @@ impl State {
             sending: VecDeque::new(),
             credits,
             owed: 0,
+            owed_beyond_credit_messages: false,
             done_to_send: VecDeque::new(),
             exposed: HashMap::new(),
             next_token: 0,
@@ -104,54 +108,151 @@ impl State {
     pub(crate) fn take_owed(&mut self) -> u16 {
         let now = self.owed.min(u16::MAX as usize);
         self.owed -= now;
+        self.owed_beyond_credit_messages = false;
         now as u16
     }
 
-    fn fail(&mut self, err: Error) {
-        if self.failure.is_none() {
-            self.failure = Some(Arc::new(err));
-        }
+    /// Records why the messenger stopped (the first reason stays) and returns it.
+    fn fail(&mut self, err: Error) -> Arc<Error> {
         // The queue pair is failed or being failed: the peer can no longer read.
         self.exposed.clear();
+        self.failure.get_or_insert_with(|| Arc::new(err)).clone()
     }
 }
 
 impl Engine {
     /// Takes what completed, in order: receives (credits counted, credit and done messages'
     /// receives posted again at once, data and rendezvous requests queued) and the reads of
-    /// large messages. Any task may drive it: one that only sends still learns of its
-    /// credits and of the peer's done messages.
-    pub(crate) fn pump(&self, state: &mut State, cx: &mut TaskContext<'_>) {
-        let mut progressed = false;
-        while state.failure.is_none() {
-            let Some(front) = state.posted.front_mut() else {
-                break;
-            };
-            let Poll::Ready((result, buf)) = Pin::new(front).poll(cx) else {
-                break;
-            };
-            state.posted.pop_front();
-            progressed = true;
-            match result {
-                Ok(received) => {
-                    if let Err(problem) = self.take(state, buf, received.len) {
-                        // A peer that breaks the protocol is not talked to any more.
-                        let _ = self.qp.shared.shut_down(QpShutdownReason::Application);
-                        state.fail(Error::BadMessage { problem });
-                    }
+    /// large messages. Any task may drive it: one that waits to send still learns of its
+    /// credits and of the peer's done messages. Returns whether anything completed; when
+    /// nothing did, the task is registered to be woken by the oldest receive and the oldest
+    /// read (in busy-poll mode, after polling the CQ for a while).
+    ///
+    /// What a poll of the CQ already delivered is taken first, without polling it again: a
+    /// task that finds messages waiting neither spins nor registers for the next one.
+    pub(crate) fn pump(&self, state: &mut State, cx: &mut TaskContext<'_>) -> bool {
+        let mut progressed = self.take_delivered(state);
+        if !progressed && state.failure.is_none() {
+            if let Some(front) = state.posted.front_mut() {
+                if let Poll::Ready((result, buf)) = Pin::new(front).poll(cx) {
+                    state.posted.pop_front();
+                    self.took_receive(state, result, buf);
+                    progressed = true;
                 }
-                Err(err) => state.fail(err),
+            }
+            progressed |= self.poll_oldest_read(state, cx);
+            if progressed {
+                self.take_delivered(state);
             }
         }
-        progressed |= self.finish_reads(state, cx);
         // Finished sends are collected in bulk (their buffers back to the pool) once half the
         // send queue is used; below, a failed send shows on the receives (flushed) anyway.
         if state.sending.len() >= self.send_limit / 2 {
             progressed |= self.collect_sends(state);
         }
         self.send_done(state);
+        // Receives of control messages were posted again above: a side that only sends (and
+        // so never takes a message) must still return them, or a peer that has to say "done"
+        // runs out of credits while this side waits for that word.
+        self.return_credits(state);
         if progressed {
             state.wake_all();
+        }
+        progressed
+    }
+
+    /// Takes the receives and reads whose completions a poll of the CQ delivered already,
+    /// oldest first. Returns whether there were any.
+    fn take_delivered(&self, state: &mut State) -> bool {
+        let mut taken = false;
+        while state.failure.is_none() {
+            let Some(front) = state.posted.front_mut() else {
+                break;
+            };
+            let Some((result, buf)) = front.take_if_done() else {
+                break;
+            };
+            state.posted.pop_front();
+            self.took_receive(state, result, buf);
+            taken = true;
+        }
+        for at in 0..state.arrived.len() {
+            let Arrival::Reading { op, .. } = &mut state.arrived[at] else {
+                continue;
+            };
+            let Some((result, data)) = op.take_if_done() else {
+                // Reads finish in the order they were posted.
+                break;
+            };
+            taken = true;
+            if !self.read_finished(state, at, result, data) {
+                break;
+            }
+        }
+        taken
+    }
+
+    /// Polls the oldest read still in flight (registering this task for it). Returns whether
+    /// it finished.
+    fn poll_oldest_read(&self, state: &mut State, cx: &mut TaskContext<'_>) -> bool {
+        let Some(at) = state
+            .arrived
+            .iter()
+            .position(|arrival| matches!(arrival, Arrival::Reading { .. }))
+        else {
+            return false;
+        };
+        let Arrival::Reading { op, .. } = &mut state.arrived[at] else {
+            return false;
+        };
+        let Poll::Ready((result, data)) = Pin::new(op).poll(cx) else {
+            return false;
+        };
+        self.read_finished(state, at, result, data);
+        true
+    }
+
+    /// The read of the large message `arrived[at]` finished with `result`: it becomes a
+    /// message, and its sender is to be told. Returns false when it failed (the messenger
+    /// then has failed).
+    fn read_finished(
+        &self,
+        state: &mut State,
+        at: usize,
+        result: Result<()>,
+        data: LocalBuf,
+    ) -> bool {
+        let Arrival::Reading { token, imm, .. } = state.arrived[at] else {
+            return true;
+        };
+        match result {
+            Ok(()) => {
+                state.arrived[at] = Arrival::Message(Message { data, imm });
+                state.done_to_send.push_back(token);
+                true
+            }
+            Err(err) => {
+                // Its op is spent: it must not stay to be polled again.
+                state.arrived.remove(at);
+                state.fail(err);
+                false
+            }
+        }
+    }
+
+    /// A receive completed with `result` into `buf`.
+    fn took_receive(&self, state: &mut State, result: Result<Received>, buf: LocalBuf) {
+        match result {
+            Ok(received) => {
+                if let Err(problem) = self.take(state, buf, received.len) {
+                    // A peer that breaks the protocol is not talked to any more.
+                    let _ = self.qp.shared.shut_down(QpShutdownReason::Application);
+                    state.fail(Error::BadMessage { problem });
+                }
+            }
+            Err(err) => {
+                state.fail(err);
+            }
         }
     }
 
@@ -175,7 +276,7 @@ impl Engine {
         match header.kind {
             Kind::Credit => {
                 drop(buf);
-                self.repost(state);
+                self.repost(state, Kind::Credit);
             }
             Kind::Done => {
                 let token = u32::from_le_bytes(
@@ -188,7 +289,7 @@ impl Engine {
                 if state.exposed.remove(&token).is_none() {
                     return Err(HeaderProblem::UnknownToken(token));
                 }
-                self.repost(state);
+                self.repost(state, Kind::Done);
             }
             Kind::Data => {
                 let mut data = buf.split_off(HEADER_LEN);
@@ -228,35 +329,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    /// Polls the reads of large messages; each one read becomes a message, and its sender
-    /// is told. Returns whether any finished.
-    fn finish_reads(&self, state: &mut State, cx: &mut TaskContext<'_>) -> bool {
-        let mut finished = false;
-        for at in 0..state.arrived.len() {
-            let Arrival::Reading { op, token, imm } = &mut state.arrived[at] else {
-                continue;
-            };
-            let Poll::Ready((result, data)) = Pin::new(op).poll(cx) else {
-                continue;
-            };
-            let (token, imm) = (*token, *imm);
-            finished = true;
-            match result {
-                Ok(()) => {
-                    state.arrived[at] = Arrival::Message(Message { data, imm });
-                    state.done_to_send.push_back(token);
-                }
-                Err(err) => {
-                    // Its op is spent: it must not stay to be polled again.
-                    state.arrived.remove(at);
-                    state.fail(err);
-                    break;
-                }
-            }
-        }
-        finished
     }
 
     /// Takes the sends a poll of the CQ found finished, oldest first, without polling it (the
@@ -318,26 +390,29 @@ impl Engine {
         }
     }
 
-    /// Posts one more receive (for one taken), owed to the peer as a credit.
-    pub(crate) fn repost(&self, state: &mut State) {
+    /// Posts one more receive (for one that took a message of kind `took`), owed to the
+    /// peer as a credit.
+    pub(crate) fn repost(&self, state: &mut State, took: Kind) {
         match self.pool.alloc(self.receive_len) {
             Ok(buf) => {
                 state.posted.push_back(self.qp.recv(buf));
                 state.owed += 1;
+                state.owed_beyond_credit_messages |= took != Kind::Credit;
             }
-            Err(err) => state.fail(err),
+            Err(err) => {
+                state.fail(err);
+            }
         }
     }
 
     /// Tells the peer about receives posted again, once enough are owed, with the credit
     /// kept for it. While this side waits for the peer to read a large message, at once: the
-    /// peer needs the credit to say it is done.
+    /// peer needs a credit to say it is done. Not at once for receives that only took credit
+    /// messages: two sides both waiting would otherwise answer each other's credit messages
+    /// for ever.
     pub(crate) fn return_credits(&self, state: &mut State) {
-        let batch = if state.exposed.is_empty() {
-            self.credit_batch
-        } else {
-            1
-        };
+        let urgent = !state.exposed.is_empty() && state.owed_beyond_credit_messages;
+        let batch = if urgent { 1 } else { self.credit_batch };
         if state.owed >= batch && state.credits > 0 && state.sending.len() < self.send_limit {
             let _ = self.send_control(state, Kind::Credit, &[]);
         }
@@ -361,14 +436,15 @@ impl Engine {
     }
 
     /// Posts a data message or a rendezvous request, spending one credit and a place in the
-    /// send queue (the caller checked both); the credits owed go with it.
+    /// send queue (the caller checked both); the credits owed go with it. A queue pair that
+    /// cannot post any more fails the messenger.
     pub(crate) fn post(
         &self,
         state: &mut State,
         kind: Kind,
         imm: Option<u32>,
         mut message: LocalBuf,
-    ) {
+    ) -> Result<()> {
         state.credits -= 1;
         Header {
             kind,
@@ -376,8 +452,13 @@ impl Engine {
             imm,
         }
         .write(&mut message[..HEADER_LEN]);
-        let op = self.qp.send(message);
+        let mut op = self.qp.send(message);
+        if let Some(err) = op.take_early_error() {
+            let failure = state.fail(err);
+            return Err(self.failed(&failure));
+        }
         state.sending.push_back(op);
+        Ok(())
     }
 
     /// Takes the next message, if it has arrived whole: its receive goes back to the peer.
@@ -388,7 +469,7 @@ impl Engine {
         let Some(Arrival::Message(message)) = state.arrived.pop_front() else {
             return None;
         };
-        self.repost(state);
+        self.repost(state, Kind::Data);
         self.return_credits(state);
         Some(message)
     }

@@ -294,22 +294,28 @@ impl Messenger {
         let mut parts = Some((message, prepare));
         poll_fn(|cx| {
             let mut state = lock(&engine.state);
-            engine.pump(&mut state, cx);
-            if let Some(failure) = &state.failure {
-                return Poll::Ready(Err(engine.failed(failure)));
-            }
-            // One credit stays for control messages, so that both sides can always return
-            // credits and say a large message was read.
-            // One place in the send queue stays for control messages too.
-            let room = engine.poll_sends_down_to(&mut state, engine.send_limit - 2, cx);
-            if let Some(failure) = &state.failure {
-                return Poll::Ready(Err(engine.failed(failure)));
-            }
-            let exposing_too_much =
-                kind == Kind::Request && state.exposed.len() >= engine.peer.depth;
-            if state.credits < 2 || room.is_pending() || exposing_too_much {
-                state.wait(cx.waker());
-                return Poll::Pending;
+            loop {
+                if let Some(failure) = &state.failure {
+                    return Poll::Ready(Err(engine.failed(failure)));
+                }
+                // One credit and one place in the send queue stay for control messages, so
+                // that both sides can always return credits and say a large message was read.
+                let room = state.sending.len() + 2 <= engine.send_limit;
+                let exposable = kind != Kind::Request || state.exposed.len() < engine.peer.depth;
+                if state.credits >= 2 && room && exposable {
+                    break;
+                }
+                // Waiting: take in what the peer sent (credits, done messages) and make room.
+                let mut progressed = engine.pump(&mut state, cx);
+                if !room {
+                    let before = state.sending.len();
+                    let _ = engine.poll_sends_down_to(&mut state, engine.send_limit - 2, cx);
+                    progressed |= state.sending.len() < before;
+                }
+                if !progressed {
+                    state.wait(cx.waker());
+                    return Poll::Pending;
+                }
             }
             let Some((mut message, prepare)) = parts.take() else {
                 return Poll::Ready(Err(Error::InvalidArgument("polled after it ended".into())));
@@ -317,8 +323,7 @@ impl Messenger {
             prepare(&mut state, &mut message);
             // Posted under the lock: the credits it returns and the order of messages are
             // those of this moment.
-            engine.post(&mut state, kind, imm, message);
-            Poll::Ready(Ok(()))
+            Poll::Ready(engine.post(&mut state, kind, imm, message))
         })
         .await
     }
@@ -333,16 +338,22 @@ impl Messenger {
         let engine = &*self.inner;
         poll_fn(|cx| {
             let mut state = lock(&engine.state);
-            engine.pump(&mut state, cx);
-            let sent = engine.poll_sends_down_to(&mut state, 0, cx);
-            if let Some(failure) = &state.failure {
-                return Poll::Ready(Err(engine.failed(failure)));
+            loop {
+                let before = state.sending.len();
+                let mut progressed = engine.pump(&mut state, cx);
+                let sent = engine.poll_sends_down_to(&mut state, 0, cx);
+                progressed |= state.sending.len() < before;
+                if let Some(failure) = &state.failure {
+                    return Poll::Ready(Err(engine.failed(failure)));
+                }
+                if sent.is_ready() && state.exposed.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                if !progressed {
+                    state.wait(cx.waker());
+                    return Poll::Pending;
+                }
             }
-            if sent.is_pending() || !state.exposed.is_empty() {
-                state.wait(cx.waker());
-                return Poll::Pending;
-            }
-            Poll::Ready(Ok(()))
         })
         .await
     }
@@ -363,18 +374,18 @@ impl Messenger {
     pub fn poll_recv(&self, cx: &mut TaskContext<'_>) -> Poll<Result<Message>> {
         let engine = &*self.inner;
         let mut state = lock(&engine.state);
-        if let Some(message) = engine.take_message(&mut state) {
-            return Poll::Ready(Ok(message));
+        loop {
+            if let Some(message) = engine.take_message(&mut state) {
+                return Poll::Ready(Ok(message));
+            }
+            if let Some(failure) = &state.failure {
+                return Poll::Ready(Err(engine.failed(failure)));
+            }
+            if !engine.pump(&mut state, cx) {
+                state.wait(cx.waker());
+                return Poll::Pending;
+            }
         }
-        engine.pump(&mut state, cx);
-        if let Some(message) = engine.take_message(&mut state) {
-            return Poll::Ready(Ok(message));
-        }
-        if let Some(failure) = &state.failure {
-            return Poll::Ready(Err(engine.failed(failure)));
-        }
-        state.wait(cx.waker());
-        Poll::Pending
     }
 }
 
