@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use anyrdma::cm::{Connection, ConnectionOptions, Listener};
 use anyrdma::msg::{HeaderProblem, Messenger, MessengerOptions};
 use anyrdma::{Error, QpOptions};
+use futures_core::Stream;
 use support::{within, Pair, Rt};
 
 /// A pair of queue pairs deep enough for the messengers, and a messenger on each.
@@ -214,8 +215,8 @@ async fn sizes_from_zero_to_sixteen_mib(rt: Rt) {
     );
 }
 
-/// 64 tasks send on one messenger at once, 200 messages each; the receiver counts exactly
-/// 12,800, each sender's in its own order.
+/// 64 tasks send on one messenger at once, 200 messages each; the receiver (through the
+/// messages' `Stream`) counts exactly 12,800, each sender's in its own order.
 async fn many_senders_share_a_messenger(rt: Rt) {
     if !support::device_present("many_senders_share_a_messenger") {
         return;
@@ -235,8 +236,17 @@ async fn many_senders_share_a_messenger(rt: Rt) {
         }));
     }
     let mut next = vec![0u64; SENDERS as usize];
+    // Taken through the `Stream`.
+    let mut messages = std::pin::pin!(b.messages());
     for _ in 0..SENDERS * EACH {
-        let got = within(30, "a message", b.recv()).await.expect("recv");
+        let got = within(
+            30,
+            "a message",
+            std::future::poll_fn(|cx| messages.as_mut().poll_next(cx)),
+        )
+        .await
+        .expect("the stream goes on")
+        .expect("a message");
         let imm = u64::from(got.imm.expect("an immediate"));
         let (sender, i) = ((imm >> 16) as usize, imm & 0xffff);
         assert_eq!(i, next[sender], "sender {sender}: out of order");

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
@@ -217,9 +218,9 @@ impl Messenger {
     /// A message up to the [eager limit](Messenger::eager_limit) is copied into one send. A
     /// larger one is copied into memory registered for it alone, with remote read rights, and
     /// the peer is told where it is; the peer reads it and says so, and the registration goes
-    /// (its key stops working) when that word is taken in, by whichever task next sends,
-    /// receives or flushes on this messenger, or when the messenger fails or is dropped. At
-    /// most the peer's depth of large messages are exposed at once: a further one waits.
+    /// (its key stops working) when that word is taken in, by whichever task next receives,
+    /// flushes or waits to send on this messenger, or when the messenger fails or is dropped.
+    /// At most the peer's depth of large messages are exposed at once: a further one waits.
     ///
     /// Dropping the future before the message (or its rendezvous request) was posted leaves
     /// nothing at the peer and nothing exposed; after, the whole message arrives.
@@ -386,6 +387,65 @@ impl Messenger {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+/// The messages of a [`Messenger`] as a [`Stream`](futures_core::Stream) (from
+/// [`Messenger::messages`]): each item is what [`Messenger::recv`] would return, and after the
+/// messenger's failure (a disconnect included) has been yielded once, the stream ends. Dropping
+/// it, or a `next()` future, loses no message.
+///
+/// ```no_run
+/// # async fn demo(messenger: anyrdma_core::msg::Messenger) {
+/// use std::pin::pin;
+/// use futures_core::Stream;
+/// let mut messages = pin!(messenger.messages());
+/// while let Some(message) = std::future::poll_fn(|cx| messages.as_mut().poll_next(cx)).await {
+///     match message {
+///         Ok(message) => println!("{} bytes", message.data.len()),
+///         Err(err) => println!("the stream ended: {err}"),
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Messages {
+    messenger: Messenger,
+    ended: bool,
+}
+
+impl Messenger {
+    /// The messages as a [`Stream`](futures_core::Stream): see [`Messages`].
+    pub fn messages(&self) -> Messages {
+        Messages {
+            messenger: self.clone(),
+            ended: false,
+        }
+    }
+}
+
+impl futures_core::Stream for Messages {
+    type Item = Result<Message>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match this.messenger.poll_recv(cx) {
+            Poll::Ready(Ok(message)) => Poll::Ready(Some(Ok(message))),
+            Poll::Ready(Err(err)) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(err)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl futures_core::FusedStream for Messages {
+    fn is_terminated(&self) -> bool {
+        self.ended
     }
 }
 

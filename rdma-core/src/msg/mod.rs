@@ -6,7 +6,8 @@
 //! silently takes the next message. A [`Messenger`] does this once, right:
 //!
 //! - **Receives**: it keeps [`MessengerOptions::depth`] receives posted, from a
-//!   registered-memory pool of its own. [`Messenger::recv`] yields messages in arrival
+//!   registered-memory pool of its own. [`Messenger::recv`] (or the
+//!   [`Stream`](futures_core::Stream) of [`Messenger::messages`]) yields messages in arrival
 //!   order; the receives are owned by the messenger, not by the future, so dropping a
 //!   `recv` future (a timeout, a `select!`) never loses a message. A message is an owned
 //!   buffer that goes back to the pool when dropped.
@@ -23,8 +24,13 @@
 //!   into one send; above, it goes by rendezvous: it is copied into memory registered for it
 //!   alone, with remote read rights only, and the peer is sent where it is; the peer reads it
 //!   into memory of its own and says it is done, and the registration goes then (its key stops
-//!   working). `send` returns once the peer is told, so a task may send a large message and
-//!   then receive.
+//!   working). `send` returns once the message (or its request) is posted, as a socket's
+//!   write returns once the bytes are buffered, so a task may send a large message and then
+//!   receive; [`Messenger::flush`] waits until the peer has everything.
+//! - **Bounds**: messages in flight are bounded by the peer's depth (credits), the send
+//!   queue's room, and large messages exposed at once by the peer's depth. What a peer can
+//!   make this side hold is bounded too: its large messages being read take at most
+//!   `depth × max_message` bytes.
 //! - **Failures**: a peer that disconnects, a queue pair that fails, a malformed message
 //!   from the peer ([`Error::BadMessage`](crate::Error::BadMessage): the peer is then not
 //!   talked to any more): `send` and `recv` end with the failure as the cause, after the
@@ -51,7 +57,7 @@ mod header;
 mod messenger;
 
 pub use header::HeaderProblem;
-pub use messenger::{Message, Messenger};
+pub use messenger::{Message, Messages, Messenger};
 
 /// Sizes of a [`Messenger`]. Messengers made by [`Messenger::connect`] and
 /// [`Messenger::accept`] tell each other theirs; over a queue pair connected otherwise
