@@ -21,6 +21,9 @@ use crate::remote::RemoteRegion;
 pub(crate) struct Engine {
     pub(crate) qp: QueuePair,
     pub(crate) pool: MemoryPool,
+    /// Large messages are read into blocks of this pool (registered once, reused), or, when
+    /// it has none free, into a registration of their own.
+    pub(crate) read_pool: MemoryPool,
     /// Bytes of each posted receive: the header and the largest eager payload.
     pub(crate) receive_len: usize,
     /// This side's largest message: a larger rendezvous request is refused.
@@ -30,7 +33,7 @@ pub(crate) struct Engine {
     /// Return credits once this many receives were posted again without telling the peer.
     pub(crate) credit_batch: usize,
     /// Sends (messages, requests and control messages) in flight at most: the send queue's
-    /// depth less what the reads of large messages may take (one per receive posted).
+    /// depth less what the reads of large messages take ([`READS_IN_FLIGHT`]).
     pub(crate) send_limit: usize,
     pub(crate) state: Mutex<State>,
     /// The connection the messenger owns, if it made it.
@@ -40,6 +43,13 @@ pub(crate) struct Engine {
 /// Something that arrived, in arrival order.
 pub(crate) enum Arrival {
     Message(Message),
+    /// A large message to read from the sender, waiting for one of the reads in flight to
+    /// finish (at most [`READS_IN_FLIGHT`] at once).
+    Announced {
+        remote: RemoteRegion,
+        token: u32,
+        imm: Option<u32>,
+    },
     /// A large message being read from the sender.
     Reading {
         op: Op<LocalBuf, Done>,
@@ -47,6 +57,10 @@ pub(crate) enum Arrival {
         imm: Option<u32>,
     },
 }
+
+/// Large messages read at once: two keep the link busy while the next one starts, and bound
+/// what a peer's announcements can make this side allocate to two of its largest messages.
+pub(crate) const READS_IN_FLIGHT: usize = 2;
 
 pub(crate) struct State {
     /// Receives posted, oldest first: they complete in this order.
@@ -229,6 +243,7 @@ impl Engine {
             Ok(()) => {
                 state.arrived[at] = Arrival::Message(Message { data, imm });
                 state.done_to_send.push_back(token);
+                self.start_reads(state);
                 true
             }
             Err(err) => {
@@ -309,26 +324,55 @@ impl Engine {
                         max: self.max_message,
                     });
                 }
-                let into = match self.qp.pd().alloc(request.len as usize, Access::LOCAL) {
-                    Ok(into) => into,
-                    Err(err) => {
-                        state.fail(err);
-                        return Ok(());
-                    }
-                };
-                let remote = RemoteRegion {
-                    addr: request.addr,
-                    len: request.len,
-                    rkey: request.rkey,
-                };
-                state.arrived.push_back(Arrival::Reading {
-                    op: self.qp.read(into, remote),
+                state.arrived.push_back(Arrival::Announced {
+                    remote: RemoteRegion {
+                        addr: request.addr,
+                        len: request.len,
+                        rkey: request.rkey,
+                    },
                     token: request.token,
                     imm: header.imm,
                 });
+                self.start_reads(state);
             }
         }
         Ok(())
+    }
+
+    /// Starts reading announced large messages, oldest first, while fewer than
+    /// [`READS_IN_FLIGHT`] are being read.
+    fn start_reads(&self, state: &mut State) {
+        let mut reading = state
+            .arrived
+            .iter()
+            .filter(|arrival| matches!(arrival, Arrival::Reading { .. }))
+            .count();
+        for at in 0..state.arrived.len() {
+            if reading >= READS_IN_FLIGHT || state.failure.is_some() {
+                return;
+            }
+            let Arrival::Announced { remote, token, imm } = state.arrived[at] else {
+                continue;
+            };
+            let len = remote.len as usize;
+            let into = match self
+                .read_pool
+                .alloc(len)
+                .or_else(|_| self.qp.pd().alloc(len, Access::LOCAL))
+            {
+                Ok(into) => into,
+                Err(err) => {
+                    state.fail(err);
+                    return;
+                }
+            };
+            state.arrived[at] = Arrival::Reading {
+                op: self.qp.read(into, remote),
+                token,
+                imm,
+            };
+            reading += 1;
+        }
     }
 
     /// Takes the sends a poll of the CQ found finished, oldest first, without polling it (the

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
-use super::engine::{Engine, State};
+use super::engine::{Engine, State, READS_IN_FLIGHT};
 use super::handshake::{self, PeerSizes};
 use super::header::{Kind, Rendezvous, HEADER_LEN, REQUEST_LEN};
 use super::MessengerOptions;
@@ -39,9 +39,15 @@ pub struct Messenger {
     inner: Arc<Engine>,
 }
 
+/// The most memory a messenger keeps registered for reading large messages into; a large
+/// message that finds none free gets a registration of its own.
+const READ_POOL_BYTES: usize = 128 << 20;
+
 /// A messenger's receives, posted before its peer is known.
 struct Posted {
     pool: MemoryPool,
+    /// Where large messages are read into.
+    read_pool: MemoryPool,
     posted: VecDeque<Op<LocalBuf, Recv>>,
     receive_len: usize,
 }
@@ -57,14 +63,14 @@ impl Posted {
                  not {depth}"
             )));
         }
-        // The reads of the peer's large messages take up to `depth` places in the send queue;
-        // messages need two more (one of them kept for control messages).
+        // The reads of the peer's large messages take places in the send queue; messages need
+        // two more (one of them kept for control messages).
         let send_depth = caps.max_send_wr as usize;
-        if send_depth < depth + 2 {
+        if send_depth < READS_IN_FLIGHT + 2 {
             return Err(Error::InvalidArgument(format!(
-                "a messenger of depth {depth} needs a send queue of at least {} (reads of large \
-                 messages take up to the depth, messages two more), not {send_depth}",
-                depth + 2
+                "a messenger needs a send queue of at least {} ({READS_IN_FLIGHT} for reading \
+                 large messages, 2 for messages), not {send_depth}",
+                READS_IN_FLIGHT + 2
             )));
         }
         let receive_len = HEADER_LEN + options.eager_limit.max(REQUEST_LEN);
@@ -79,8 +85,21 @@ impl Posted {
         for _ in 0..depth {
             posted.push_back(qp.recv(pool.alloc(receive_len)?));
         }
+        // Large messages are read into memory kept for reuse: registering (and faulting in)
+        // a fresh buffer per message costs as much as moving megabytes.
+        let largest = options.max_message.max(1).next_power_of_two();
+        let read_pool = MemoryPool::new(
+            qp.pd(),
+            PoolOptions {
+                smallest: (receive_len + 1).next_power_of_two(),
+                largest: largest.min(READ_POOL_BYTES),
+                max_bytes: READ_POOL_BYTES,
+                ..PoolOptions::default()
+            },
+        );
         Ok(Posted {
             pool,
+            read_pool,
             posted,
             receive_len,
         })
@@ -164,11 +183,12 @@ impl Messenger {
         connection: Option<Connection>,
     ) -> Messenger {
         let depth = posted.posted.len();
-        let send_limit = qp.caps().max_send_wr as usize - depth;
+        let send_limit = qp.caps().max_send_wr as usize - READS_IN_FLIGHT;
         Messenger {
             inner: Arc::new(Engine {
                 qp,
                 pool: posted.pool,
+                read_pool: posted.read_pool,
                 receive_len: posted.receive_len,
                 max_message: options.max_message,
                 peer,
@@ -219,7 +239,8 @@ impl Messenger {
     /// larger one is copied into memory registered for it alone, with remote read rights, and
     /// the peer is told where it is; the peer reads it and says so, and the registration goes
     /// (its key stops working) when that word is taken in, by whichever task next receives,
-    /// flushes or waits to send on this messenger, or when the messenger fails or is dropped.
+    /// flushes, sends a large message or waits to send on this messenger, or when the
+    /// messenger fails or is dropped.
     /// At most the peer's depth of large messages are exposed at once: a further one waits.
     ///
     /// Dropping the future before the message (or its rendezvous request) was posted leaves
@@ -295,6 +316,11 @@ impl Messenger {
         let mut parts = Some((message, prepare));
         poll_fn(|cx| {
             let mut state = lock(&engine.state);
+            // A large message takes in the peer's "read it" words first, so that the copies
+            // it has read are unregistered now, not when the sender next has to wait.
+            if kind == Kind::Request && !state.exposed.is_empty() {
+                engine.pump(&mut state, cx);
+            }
             loop {
                 if let Some(failure) = &state.failure {
                     return Poll::Ready(Err(engine.failed(failure)));

@@ -29,8 +29,9 @@
 //!   receive; [`Messenger::flush`] waits until the peer has everything.
 //! - **Bounds**: messages in flight are bounded by the peer's depth (credits), the send
 //!   queue's room, and large messages exposed at once by the peer's depth. What a peer can
-//!   make this side hold is bounded too: its large messages being read take at most
-//!   `depth × max_message` bytes.
+//!   make this side hold is bounded too: its large messages are read two at a time (the
+//!   others wait their turn), into a pool of the messenger's (up to 128 MiB, registered once
+//!   and kept for the next ones; beyond it, a registration each).
 //! - **Failures**: a peer that disconnects, a queue pair that fails, a malformed message
 //!   from the peer ([`Error::BadMessage`](crate::Error::BadMessage): the peer is then not
 //!   talked to any more): `send` and `recv` end with the failure as the cause, after the
