@@ -456,6 +456,7 @@ fn setup(ctx: &Context, mode: Mode, spec: &Spec, ctl: &mut TcpStream) -> Res<Sid
         max_send_sge: 1,
         max_recv_sge: 1,
         max_inline: spec.inline,
+        ..QpOptions::default()
     };
     let qps = (0..spec.qps)
         .map(|_| QueuePair::new(&pd, &cq, &cq, options))

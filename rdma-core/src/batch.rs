@@ -10,6 +10,7 @@ use crate::qp::{QpShared, QueuePair};
 use crate::queue::{PartlyPosted, Posted};
 use crate::remote::RemoteRegion;
 use crate::send::SendKind;
+use crate::signaling::Signal;
 use crate::slots::SlotId;
 use crate::wc::WorkKind;
 
@@ -113,6 +114,7 @@ impl Batch {
             Err(PartlyPosted {
                 error,
                 slot: Some(slot),
+                ..
             }) => {
                 // Part of the chain is on the wire, unsignaled, and no completion will say
                 // when the device is done with it: fail the queue pair, and keep the buffers
@@ -122,9 +124,9 @@ impl Batch {
                 shared.send_cq.shared.abandon(slot, Box::new(buffers));
                 Op::new(Owner::Send(shared), Err(error), Vec::new())
             }
-            Err(PartlyPosted { error, slot: None }) => {
-                Op::new(Owner::Send(shared), Err(error), buffers)
-            }
+            Err(PartlyPosted {
+                error, slot: None, ..
+            }) => Op::new(Owner::Send(shared), Err(error), buffers),
         }
     }
 
@@ -132,7 +134,11 @@ impl Batch {
         shared: &QpShared,
         items: &[(LocalBuf, SendKind)],
     ) -> std::result::Result<SlotId, PartlyPosted> {
-        let refused = |error| PartlyPosted { error, slot: None };
+        let refused = |error| PartlyPosted {
+            error,
+            slot: None,
+            taken: 0,
+        };
         if items.is_empty() {
             return Err(refused(Error::InvalidArgument(
                 "an empty batch: add work requests before submit(); nothing was posted".into(),
@@ -152,7 +158,7 @@ impl Batch {
         shared
             .send_queue()
             .map_err(refused)?
-            .post_chain(WorkKind::Batch, None, count, |id| {
+            .post_chain(WorkKind::Batch, None, count, Signal::Always, |id, _| {
                 // SAFETY: ibv_send_wr is plain C data; zero is valid for the fields not set.
                 let mut wrs: Vec<ibv_send_wr> = items
                     .iter()
@@ -187,5 +193,6 @@ impl Batch {
                 };
                 Posted { rc, accepted }
             })
+            .map(|posted| posted.id)
     }
 }

@@ -44,6 +44,7 @@ mod remote;
 pub mod runtime;
 mod send;
 mod shared;
+pub mod signaling;
 mod slots;
 mod span;
 mod srq;

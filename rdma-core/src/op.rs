@@ -16,6 +16,7 @@ use crate::buffers::{sealed, Buffers};
 use crate::cq::CqShared;
 use crate::error::{Error, Result};
 use crate::qp::QpShared;
+use crate::queue::PostedSlot;
 use crate::slots::{SlotId, WcInfo};
 use crate::srq::SrqShared;
 
@@ -123,6 +124,9 @@ pub struct Op<B: Buffers, O: Outcome> {
     /// Boxed: a failure before posting is rare, and the future stays small.
     early: Option<Box<Error>>,
     buffers: Option<B>,
+    /// For an unsignaled send-queue request: its sequence number, until a signaled request
+    /// after it is known to be posted (see [`crate::signaling`]).
+    unsignaled_seq: Option<u64>,
     _outcome: PhantomData<fn() -> O>,
 }
 
@@ -137,8 +141,23 @@ impl<B: Buffers, O: Outcome> Op<B, O> {
             slot,
             early,
             buffers: Some(buffers),
+            unsignaled_seq: None,
             _outcome: PhantomData,
         }
+    }
+
+    /// The operation of a send-queue post: an unsignaled one remembers its place.
+    pub(crate) fn posted(owner: Owner, posted: Result<PostedSlot>, buffers: B) -> Self {
+        let unsignaled_seq = match &posted {
+            Ok(PostedSlot {
+                placement: Some(placement),
+                ..
+            }) if !placement.signaled => Some(placement.seq),
+            _ => None,
+        };
+        let mut op = Self::new(owner, posted.map(|posted| posted.id), buffers);
+        op.unsignaled_seq = unsignaled_seq;
+        op
     }
 
     /// The error that kept the operation from being posted, if one did (the `Op` is then
@@ -174,6 +193,18 @@ impl<B: Buffers, O: Outcome> Future for Op<B, O> {
             ));
         }
         let id = this.slot.expect("Op polled after completion");
+        if let (Some(seq), Owner::Send(qp)) = (this.unsignaled_seq, &this.owner) {
+            if qp.status.signaling.covered(seq) {
+                this.unsignaled_seq = None;
+            } else if qp.post_fence().is_ok() {
+                // Nothing signaled follows this request: the fence's completion covers it.
+                this.unsignaled_seq = None;
+            } else if qp.status.failure.get().is_none() {
+                // No room for the fence yet (a full queue has completions coming): again.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
         match this.owner.cq().poll_slot(id, cx) {
             Poll::Ready(result) => {
                 this.slot = None;
@@ -190,6 +221,14 @@ impl<B: Buffers, O: Outcome> Drop for Op<B, O> {
     fn drop(&mut self) {
         if let (Some(id), Some(buffers)) = (self.slot.take(), self.buffers.take()) {
             self.owner.cq().abandon(id, Box::new(buffers));
+            // An unsignaled request with nothing signaled after it would keep its buffers
+            // until the queue's next signaled request: a fence makes that now. (Posting does
+            // not block; if it fails, the queue pair failed and flushes everything anyway.)
+            if let (Some(seq), Owner::Send(qp)) = (self.unsignaled_seq, &self.owner) {
+                if !qp.status.signaling.covered(seq) {
+                    let _ = qp.post_fence();
+                }
+            }
         }
     }
 }

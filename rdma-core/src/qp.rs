@@ -30,6 +30,11 @@ pub struct QpOptions {
     /// Sends and writes up to this many bytes are copied into the work request (inline),
     /// which saves the device a DMA read.
     pub max_inline: u32,
+    /// While the send queue is busy, at least every this many requests ask the device for a
+    /// completion; the others resolve with the next one that does (an idle queue's request
+    /// always has its own). 1 signals every request. Default 16. See
+    /// [selective signaling](crate::signaling).
+    pub signal_every: u32,
 }
 
 impl Default for QpOptions {
@@ -40,6 +45,7 @@ impl Default for QpOptions {
             max_send_sge: 4,
             max_recv_sge: 4,
             max_inline: 64,
+            signal_every: 16,
         }
     }
 }
@@ -262,7 +268,7 @@ impl QueuePair {
         let qpn = unsafe { (*raw.as_ptr()).qp_num };
         let shared = QpShared {
             raw,
-            status: QpStatus::for_qp(qpn),
+            status: QpStatus::for_qp(qpn, options.signal_every),
             pd: pd.clone(),
             send_cq: send_cq.clone(),
             recv_cq: recv_cq.clone(),
@@ -410,6 +416,7 @@ impl QueuePair {
             max_send_sge: c.max_send_sge,
             max_recv_sge: c.max_recv_sge,
             max_inline: c.max_inline_data,
+            signal_every: self.shared.status.signaling.every(),
         }
     }
 

@@ -9,6 +9,7 @@ use crate::buffers::{Buffers, SgeList};
 use crate::cq::CqShared;
 use crate::error::{Error, Result};
 use crate::remote::RemoteRegion;
+use crate::signaling::{Placement, Signal};
 use crate::slots::{QpStatus, SlotId, SlotInfo, WorkQueue};
 use crate::wc::WorkKind;
 
@@ -48,6 +49,15 @@ pub(crate) struct Posted {
 pub(crate) struct PartlyPosted {
     pub(crate) error: Error,
     pub(crate) slot: Option<SlotId>,
+    /// Requests of the chain the device took.
+    pub(crate) taken: u32,
+}
+
+/// A slot posted on a work queue, and for a send queue its place there.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PostedSlot {
+    pub(crate) id: SlotId,
+    pub(crate) placement: Option<Placement>,
 }
 
 impl WorkQueueRef<'_> {
@@ -58,17 +68,20 @@ impl WorkQueueRef<'_> {
         }
     }
 
-    /// Reserves `wrs` entries of the queue and a completion slot, runs `post` (which
-    /// returns the verbs return code), and undoes the reservation when posting fails.
+    /// Reserves `wrs` entries of the queue and a completion slot, runs `post` (which gets
+    /// the slot and whether the request is to be signaled, and returns the verbs return
+    /// code), and undoes the reservation when posting fails. On a send queue, `signal` says
+    /// whether the request may go unsignaled (see [`crate::signaling`]).
     pub(crate) fn post(
         &self,
         kind: WorkKind,
         remote: Option<RemoteRegion>,
         wrs: u32,
-        post: impl FnOnce(SlotId) -> i32,
-    ) -> Result<SlotId> {
-        self.post_chain(kind, remote, wrs, |id| Posted {
-            rc: post(id),
+        signal: Signal,
+        post: impl FnOnce(SlotId, bool) -> i32,
+    ) -> Result<PostedSlot> {
+        self.post_chain(kind, remote, wrs, signal, |id, signaled| Posted {
+            rc: post(id, signaled),
             accepted: 0,
         })
         .map_err(|partly| partly.error)
@@ -81,9 +94,49 @@ impl WorkQueueRef<'_> {
         kind: WorkKind,
         remote: Option<RemoteRegion>,
         wrs: u32,
+        signal: Signal,
+        post: impl FnOnce(SlotId, bool) -> Posted,
+    ) -> std::result::Result<PostedSlot, PartlyPosted> {
+        if self.queue == WorkQueue::Recv {
+            let id = self.post_placed(kind, remote, wrs, None, |id| post(id, true))?;
+            return Ok(PostedSlot {
+                id,
+                placement: None,
+            });
+        }
+        // The last places of the queue always go to a signaled request, so that a full queue
+        // has a completion coming that makes room.
+        let nearly_full = self.used().load(Ordering::Relaxed) + 2 * wrs > self.depth;
+        self.status
+            .signaling
+            .post(wrs, signal, nearly_full, |placement| {
+                self.post_placed(kind, remote, wrs, Some(placement), |id| {
+                    post(id, placement.signaled)
+                })
+                .map(|id| PostedSlot {
+                    id,
+                    placement: Some(placement),
+                })
+                .map_err(|partly| {
+                    let taken = partly.taken;
+                    (partly, taken)
+                })
+            })
+    }
+
+    fn post_placed(
+        &self,
+        kind: WorkKind,
+        remote: Option<RemoteRegion>,
+        wrs: u32,
+        placement: Option<Placement>,
         post: impl FnOnce(SlotId) -> Posted,
     ) -> std::result::Result<SlotId, PartlyPosted> {
-        let refused = |error| PartlyPosted { error, slot: None };
+        let refused = |error| PartlyPosted {
+            error,
+            slot: None,
+            taken: 0,
+        };
         if wrs > self.depth || wrs > self.cq.entries {
             let (queue, depth) = if wrs > self.depth {
                 (self.name, self.depth)
@@ -102,6 +155,7 @@ impl WorkQueueRef<'_> {
             remote,
             queue: self.queue,
             wrs,
+            placement,
         };
         let mut reaped = false;
         let id = loop {
@@ -149,6 +203,7 @@ impl WorkQueueRef<'_> {
         Err(PartlyPosted {
             error,
             slot: Some(id),
+            taken: accepted,
         })
     }
 
@@ -161,7 +216,7 @@ impl WorkQueueRef<'_> {
         raw_post: impl FnOnce(&mut ibv_recv_wr, &mut *mut ibv_recv_wr) -> i32,
     ) -> Result<SlotId> {
         let mut sges = SgeList::collect(buffers, max_sge, pd)?;
-        self.post(WorkKind::Recv, None, 1, |id| {
+        self.post(WorkKind::Recv, None, 1, Signal::Always, |id, _| {
             let (sg_list, num_sge) = sges.entries();
             let mut wr = ibv_recv_wr {
                 wr_id: id.wr_id(true),
@@ -172,6 +227,7 @@ impl WorkQueueRef<'_> {
             let mut bad = std::ptr::null_mut();
             raw_post(&mut wr, &mut bad)
         })
+        .map(|posted| posted.id)
     }
 }
 

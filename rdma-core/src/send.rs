@@ -8,8 +8,9 @@ use crate::error::{Error, Result};
 use crate::mr::LocalBuf;
 use crate::op::{Atomic, Done, Op, Outcome, Owner, Recv};
 use crate::qp::{QpShared, QueuePair};
+use crate::queue::PostedSlot;
 use crate::remote::RemoteRegion;
-use crate::slots::SlotId;
+use crate::signaling::Signal;
 use crate::wc::WorkKind;
 
 /// A send-queue work request, before it is encoded.
@@ -153,31 +154,60 @@ impl SendKind {
 }
 
 impl QpShared {
-    fn post_send_one<B: Buffers>(&self, buffers: &B, kind: SendKind) -> Result<SlotId> {
+    fn post_send_one<B: Buffers>(&self, buffers: &B, kind: SendKind) -> Result<PostedSlot> {
         let mut sges = SgeList::collect(buffers, self.caps.max_send_sge, self.pd.raw())?;
         let ctx = self.pd.context();
         kind.validate(sges.total, ctx.device_name(), ctx.limits().atomics)?;
         let inline_ok = sges.total > 0 && sges.total <= self.caps.max_inline_data as usize;
-        self.send_queue()?
-            .post(kind.work_kind(), kind.remote(), 1, |id| {
+        self.send_queue()?.post(
+            kind.work_kind(),
+            kind.remote(),
+            1,
+            Signal::Selective,
+            |id, signaled| {
                 // SAFETY: ibv_send_wr is plain C data; zero is valid for the fields not set.
                 let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
                 wr.wr_id = id.wr_id(true);
                 (wr.sg_list, wr.num_sge) = sges.entries();
-                wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+                if signaled {
+                    wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+                }
                 kind.encode(&mut wr, inline_ok);
                 let mut bad = std::ptr::null_mut();
                 // SAFETY: the QP is valid; `wr` and its SGE list live across the call; the
-                // memory the SGEs name is owned by the Op (or its slot) until the completion.
+                // memory the SGEs name is owned by the Op (or its slot) until the completion
+                // that covers it (its own, or a later signaled request's).
                 unsafe { ibv_post_send(self.raw(), &mut wr, &mut bad) }
-            })
+            },
+        )
+    }
+
+    /// Posts a fence: a signaled zero-length RDMA write, whose completion covers every
+    /// unsignaled request before it (see [`crate::signaling`]). Its slot holds no buffers
+    /// and is freed when it completes.
+    pub(crate) fn post_fence(&self) -> Result<()> {
+        let posted =
+            self.send_queue()?
+                .post(WorkKind::Write, None, 1, Signal::Always, |id, _| {
+                    // SAFETY: ibv_send_wr is plain C data; zero is valid for the fields not set:
+                    // no SGE, remote address and key 0 (not checked for a zero-length write).
+                    let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
+                    wr.wr_id = id.wr_id(true);
+                    wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+                    wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+                    let mut bad = std::ptr::null_mut();
+                    // SAFETY: the QP is valid; `wr` lives across the call and names no memory.
+                    unsafe { ibv_post_send(self.raw(), &mut wr, &mut bad) }
+                })?;
+        self.send_cq.shared.abandon(posted.id, Box::new(()));
+        Ok(())
     }
 }
 
 impl QueuePair {
     fn send_op<B: Buffers, O: Outcome>(&self, buffers: B, kind: SendKind) -> Op<B, O> {
         let posted = self.shared.post_send_one(&buffers, kind);
-        Op::new(Owner::Send(self.shared.clone()), posted, buffers)
+        Op::posted(Owner::Send(self.shared.clone()), posted, buffers)
     }
 
     /// Sends `buffers` as one message. Messages up to [`max_inline`](QueuePair::max_inline)

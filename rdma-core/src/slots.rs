@@ -14,6 +14,7 @@ use rdma_sys::*;
 
 use crate::error::{Error, Result};
 use crate::remote::RemoteRegion;
+use crate::signaling::{Placement, Signaling};
 use crate::wake::{lock, WakeList};
 use crate::wc::{WcStatus, WorkKind};
 
@@ -53,26 +54,29 @@ pub(crate) struct QpStatus {
     pub(crate) failure: std::sync::OnceLock<Arc<Error>>,
     pub(crate) sq_used: std::sync::atomic::AtomicU32,
     pub(crate) rq_used: std::sync::atomic::AtomicU32,
+    /// Which of its send-queue requests are signaled, and those that are not, in flight.
+    pub(crate) signaling: Signaling,
 }
 
 impl QpStatus {
-    /// The status of queue pair `qpn`.
-    pub(crate) fn for_qp(qpn: u32) -> Arc<QpStatus> {
-        Self::new(qpn, None)
+    /// The status of queue pair `qpn`, which signals at least every `signal_every` requests.
+    pub(crate) fn for_qp(qpn: u32, signal_every: u32) -> Arc<QpStatus> {
+        Self::new(qpn, None, signal_every)
     }
 
     /// The status of a shared receive queue.
     pub(crate) fn for_srq() -> Arc<QpStatus> {
-        Self::new(0, Some(Mutex::new(Vec::new())))
+        Self::new(0, Some(Mutex::new(Vec::new())), 1)
     }
 
-    fn new(qpn: u32, attached: Option<Mutex<AttachedQps>>) -> Arc<QpStatus> {
+    fn new(qpn: u32, attached: Option<Mutex<AttachedQps>>, signal_every: u32) -> Arc<QpStatus> {
         Arc::new(QpStatus {
             qpn,
             attached,
             failure: std::sync::OnceLock::new(),
             sq_used: std::sync::atomic::AtomicU32::new(0),
             rq_used: std::sync::atomic::AtomicU32::new(0),
+            signaling: Signaling::new(signal_every),
         })
     }
 
@@ -114,6 +118,9 @@ pub(crate) struct SlotInfo {
     pub(crate) queue: WorkQueue,
     /// Work requests posted under this slot (all but the last unsignaled).
     pub(crate) wrs: u32,
+    /// For a send-queue slot: its place in the queue, and whether its last request is
+    /// signaled (an unsignaled one completes with the next signaled request).
+    pub(crate) placement: Option<Placement>,
 }
 
 enum SlotState {
@@ -216,16 +223,27 @@ impl SlotTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        Ok(SlotId {
+        let id = SlotId {
             index,
             generation: self.slots[index as usize].generation,
-        })
+        };
+        if let SlotState::Pending { info, .. } = &self.slots[index as usize].state {
+            if let Some(placement) = info.placement.filter(|placement| !placement.signaled) {
+                // Under the CQ's lock, like every use of the list.
+                lock(&info.qp.signaling.unsignaled).push_back((placement.seq, id));
+            }
+        }
+        Ok(id)
     }
 
     /// Gives back a slot whose work requests were never posted.
     pub(crate) fn unreserve(&mut self, id: SlotId) {
         if let SlotState::Pending { info, .. } = &self.slots[id.index as usize].state {
             self.outstanding -= info.wrs;
+            let mut unsignaled = lock(&info.qp.signaling.unsignaled);
+            if unsignaled.back().is_some_and(|&(_, last)| last == id) {
+                unsignaled.pop_back();
+            }
         }
         self.free_slot(id.index);
     }
@@ -340,6 +358,7 @@ impl SlotTable {
         wake: &mut WakeList,
         wakers: &mut Vec<Waker>,
     ) {
+        owner.signaling.clear();
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
             let SlotState::Pending {
@@ -399,6 +418,107 @@ impl SlotTable {
         let index = (wc.wr_id & 0xffff_ffff) as u32;
         let generation = ((wc.wr_id >> 32) as u32) & GENERATION_MASK;
         let last = wc.wr_id & LAST_WR != 0;
+        let covered = self.complete_covered(SlotId { index, generation }, wake, polling);
+        let own = self.dispatch_own(wc, index, generation, last, wake, polling);
+        own.or(covered)
+    }
+
+    /// A completion of `id`'s send queue arrived: requests complete in order there, so every
+    /// unsignaled request posted before it is done. Completes them (successfully: a failed
+    /// request has a completion of its own) and returns the result of `polling` if it is one.
+    fn complete_covered(
+        &mut self,
+        id: SlotId,
+        wake: &mut WakeList,
+        polling: Option<SlotId>,
+    ) -> Option<SlotResult> {
+        let mut own = None;
+        loop {
+            let slot = self.slots.get(id.index as usize)?;
+            let SlotState::Pending { info, .. } = &slot.state else {
+                return own;
+            };
+            let Some(placement) = info.placement else {
+                return own;
+            };
+            if slot.generation != id.generation {
+                return own;
+            }
+            let covered = {
+                let mut unsignaled = lock(&info.qp.signaling.unsignaled);
+                match unsignaled.front() {
+                    Some(&(seq, covered)) if seq < placement.seq || covered == id => {
+                        unsignaled.pop_front();
+                        covered
+                    }
+                    _ => return own,
+                }
+            };
+            if covered == id {
+                // Its own (error) completion: dispatched as any other.
+                return own;
+            }
+            if let Some(result) = self.complete_unsignaled(covered, wake, polling) {
+                own = Some(result);
+            }
+        }
+    }
+
+    /// Completes the unsignaled slot `id` successfully (a later request of its queue
+    /// completed); returns the result when `id` is `polling`.
+    fn complete_unsignaled(
+        &mut self,
+        id: SlotId,
+        wake: &mut WakeList,
+        polling: Option<SlotId>,
+    ) -> Option<SlotResult> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let SlotState::Pending {
+            info,
+            waker,
+            abandoned,
+            ..
+        } = &mut slot.state
+        else {
+            return None;
+        };
+        self.outstanding = self.outstanding.saturating_sub(info.wrs);
+        info.qp.release(info.queue, info.wrs);
+        let result = Ok(WcInfo {
+            byte_len: 0,
+            imm: None,
+            write_with_imm: false,
+        });
+        if let Some(buffers) = abandoned.take() {
+            wake.released.push(buffers);
+            self.free_slot(id.index);
+            return None;
+        }
+        if polling == Some(id) {
+            self.free_slot(id.index);
+            return Some(result);
+        }
+        let waker = waker.take();
+        slot.state = SlotState::Done(result);
+        if let Some(waker) = waker {
+            wake.push(waker);
+        }
+        None
+    }
+
+    /// Files `wc` in its own slot (`index`, `generation`).
+    fn dispatch_own(
+        &mut self,
+        wc: &ibv_wc,
+        index: u32,
+        generation: u32,
+        last: bool,
+        wake: &mut WakeList,
+        polling: Option<SlotId>,
+    ) -> Option<SlotResult> {
         let slot = self.slots.get_mut(index as usize)?;
         if slot.generation != generation {
             return None; // a completion of a slot released when its queue was destroyed
@@ -421,6 +541,9 @@ impl SlotTable {
         }
         self.outstanding = self.outstanding.saturating_sub(info.wrs);
         info.qp.release(info.queue, info.wrs);
+        if info.placement.is_some_and(|placement| placement.signaled) {
+            info.qp.signaling.signaled_done();
+        }
         let result = match first_error.take() {
             Some(err) => Err(err),
             None => Ok(WcInfo {
