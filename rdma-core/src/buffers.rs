@@ -34,6 +34,13 @@ pub trait Buffers: sealed::Sealed + Send + Unpin + 'static {
     #[doc(hidden)]
     fn for_each_piece(&self, f: &mut dyn FnMut(sealed::Piece<'_>));
 
+    /// The one piece, for buffers that are a single piece (the common case, collected
+    /// without a callback per piece).
+    #[doc(hidden)]
+    fn single_piece(&self) -> Option<sealed::Piece<'_>> {
+        None
+    }
+
     /// Total length in bytes.
     fn total_len(&self) -> usize {
         let mut total = 0;
@@ -48,6 +55,11 @@ impl Buffers for LocalBuf {
     fn for_each_piece(&self, f: &mut dyn FnMut(sealed::Piece<'_>)) {
         f(self.piece());
     }
+
+    #[inline]
+    fn single_piece(&self) -> Option<sealed::Piece<'_>> {
+        Some(self.piece())
+    }
 }
 
 impl sealed::Sealed for SharedRegion {}
@@ -55,6 +67,11 @@ impl Buffers for SharedRegion {
     #[inline]
     fn for_each_piece(&self, f: &mut dyn FnMut(sealed::Piece<'_>)) {
         f(self.piece());
+    }
+
+    #[inline]
+    fn single_piece(&self) -> Option<sealed::Piece<'_>> {
+        Some(self.piece())
     }
 }
 
@@ -116,6 +133,17 @@ impl SgeList {
             len: 0,
             total: 0,
         };
+        if let Some(piece) = buffers.single_piece() {
+            // One entry always fits (a queue pair takes at least one).
+            if piece.pd_raw() != pd {
+                return Err(foreign_pd());
+            }
+            if piece.len() > 0 {
+                list.push(piece.sge()?);
+                list.total = piece.len();
+            }
+            return Ok(list);
+        }
         let mut count = 0usize;
         let mut foreign = false;
         let mut too_large = None;

@@ -193,16 +193,17 @@ impl<B: Buffers, O: Outcome> Future for Op<B, O> {
             ));
         }
         let id = this.slot.expect("Op polled after completion");
+        let mut fence_refused = false;
         if let (Some(seq), Owner::Send(qp)) = (this.unsignaled_seq, &this.owner) {
-            if qp.status.signaling.covered(seq) {
+            if qp.status.signaling.covered(seq) || qp.post_fence().is_ok() {
+                // A signaled request follows this one (or the fence just posted): its
+                // completion covers this one.
                 this.unsignaled_seq = None;
-            } else if qp.post_fence().is_ok() {
-                // Nothing signaled follows this request: the fence's completion covers it.
-                this.unsignaled_seq = None;
-            } else if qp.status.failure.get().is_none() {
-                // No room for the fence yet (a full queue has completions coming): again.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+            } else {
+                // No room for the fence (a full send queue or CQ). Polling below takes
+                // completions, which make room; then the fence is tried again. (A failed
+                // queue pair flushes this request instead.)
+                fence_refused = qp.status.failure.get().is_none();
             }
         }
         match this.owner.cq().poll_slot(id, cx) {
@@ -212,7 +213,12 @@ impl<B: Buffers, O: Outcome> Future for Op<B, O> {
                 let output = result.map(|info| O::output(received(info), &buffers));
                 Poll::Ready((output, buffers))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if fence_refused {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
         }
     }
 }

@@ -156,6 +156,7 @@ impl WorkQueueRef<'_> {
             queue: self.queue,
             wrs,
             placement,
+            cq_entries: placement.map_or(wrs, |placement| placement.cq_entries(wrs)),
         };
         let mut reaped = false;
         let id = loop {

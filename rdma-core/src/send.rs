@@ -188,7 +188,7 @@ impl QpShared {
     pub(crate) fn post_fence(&self) -> Result<()> {
         let posted =
             self.send_queue()?
-                .post(WorkKind::Write, None, 1, Signal::Always, |id, _| {
+                .post(WorkKind::Write, None, 1, Signal::Fence, |id, _| {
                     // SAFETY: ibv_send_wr is plain C data; zero is valid for the fields not set:
                     // no SGE, remote address and key 0 (not checked for a zero-length write).
                     let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };

@@ -38,10 +38,13 @@ use crate::wake::lock;
 /// Whether a send-queue post may go unsignaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
-    /// The last request is signaled (batches, fences).
+    /// The last request is signaled (batches).
     Always,
     /// Signaled only when [the rule](self) says so.
     Selective,
+    /// A fence: signaled; its completion-queue entry is the one the newest unsignaled
+    /// request holds for it, when that one still has it (see [`Placement::cq_entries`]).
+    Fence,
 }
 
 /// Where a post stands in its send queue: the sequence number of its first request, and
@@ -50,6 +53,21 @@ pub(crate) enum Signal {
 pub(crate) struct Placement {
     pub(crate) seq: u64,
     pub(crate) signaled: bool,
+    pub(crate) fence: bool,
+}
+
+impl Placement {
+    /// Completion-queue entries to hold for a post of `wrs` requests: one per request (each
+    /// may complete with an error), and for an unsignaled post one more, for the fence that
+    /// may have to follow it (the fence takes that one over). So a CQ full of unsignaled
+    /// requests always has room for the fence that completes them.
+    pub(crate) fn cq_entries(self, wrs: u32) -> u32 {
+        if self.signaled {
+            wrs
+        } else {
+            wrs + 1
+        }
+    }
 }
 
 /// The posting side's count: taken while posting, so that sequence numbers follow the order
@@ -70,9 +88,12 @@ pub(crate) struct Signaling {
     in_flight: AtomicU32,
     /// Sequence number of the newest signaled request posted (0: none yet).
     last_signaled: AtomicU64,
-    /// Unsignaled slots in flight, oldest first, with their sequence numbers. Locked only
-    /// with the send CQ's lock held (reserving, dispatching), so never contended.
-    pub(crate) unsignaled: Mutex<VecDeque<(u64, SlotId)>>,
+    /// Unsignaled slots in flight, oldest first, with their sequence numbers. Used only with
+    /// the send CQ's lock held (reserving, dispatching), so never contended.
+    unsignaled: Mutex<VecDeque<(u64, SlotId)>>,
+    /// How many there are: a completion with none to cover skips the list's lock (written
+    /// with the CQ's lock held, like the list).
+    unsignaled_count: AtomicU32,
 }
 
 impl Signaling {
@@ -86,6 +107,7 @@ impl Signaling {
             in_flight: AtomicU32::new(0),
             last_signaled: AtomicU64::new(0),
             unsignaled: Mutex::new(VecDeque::new()),
+            unsignaled_count: AtomicU32::new(0),
         }
     }
 
@@ -106,7 +128,7 @@ impl Signaling {
         post: impl FnOnce(Placement) -> std::result::Result<T, (E, u32)>,
     ) -> std::result::Result<T, E> {
         let mut chain = lock(&self.chain);
-        let signaled = signal == Signal::Always
+        let signaled = signal != Signal::Selective
             || nearly_full
             || self.in_flight.load(Ordering::Acquire) == 0
             || chain.since_signaled + wrs >= self.every;
@@ -118,7 +140,11 @@ impl Signaling {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             self.last_signaled.store(last, Ordering::Release);
         }
-        match post(Placement { seq, signaled }) {
+        match post(Placement {
+            seq,
+            signaled,
+            fence: signal == Signal::Fence,
+        }) {
             Ok(done) => {
                 chain.next_seq = last + 1;
                 chain.since_signaled = if signaled {
@@ -154,9 +180,51 @@ impl Signaling {
         self.last_signaled.load(Ordering::Acquire) >= seq
     }
 
+    /// The unsignaled slot `id`, request `seq`, was reserved (the send CQ's lock is held).
+    pub(crate) fn push_unsignaled(&self, seq: u64, id: SlotId) {
+        lock(&self.unsignaled).push_back((seq, id));
+        self.unsignaled_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The slot `id` was reserved last and is given back unposted (the send CQ's lock is
+    /// held).
+    pub(crate) fn forget_unposted(&self, id: SlotId) {
+        let mut unsignaled = lock(&self.unsignaled);
+        if unsignaled.back().is_some_and(|&(_, last)| last == id) {
+            unsignaled.pop_back();
+            self.unsignaled_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The newest unsignaled slot in flight (the send CQ's lock is held).
+    pub(crate) fn newest_unsignaled(&self) -> Option<SlotId> {
+        if self.unsignaled_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        lock(&self.unsignaled).back().map(|&(_, id)| id)
+    }
+
+    /// Takes the oldest unsignaled slot if a completion of request `seq` (slot `id`) covers
+    /// it: posted before it, or `id` itself (the send CQ's lock is held).
+    pub(crate) fn pop_covered(&self, seq: u64, id: SlotId) -> Option<SlotId> {
+        if self.unsignaled_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut unsignaled = lock(&self.unsignaled);
+        match unsignaled.front() {
+            Some(&(first, covered)) if first < seq || covered == id => {
+                unsignaled.pop_front();
+                self.unsignaled_count.fetch_sub(1, Ordering::Relaxed);
+                Some(covered)
+            }
+            _ => None,
+        }
+    }
+
     /// The queue was destroyed or reset: nothing is in flight any more.
     pub(crate) fn clear(&self) {
         lock(&self.unsignaled).clear();
+        self.unsignaled_count.store(0, Ordering::Relaxed);
         self.in_flight.store(0, Ordering::Release);
     }
 }

@@ -121,6 +121,8 @@ pub(crate) struct SlotInfo {
     /// For a send-queue slot: its place in the queue, and whether its last request is
     /// signaled (an unsignaled one completes with the next signaled request).
     pub(crate) placement: Option<Placement>,
+    /// Completion-queue entries held for it (see [`Placement::cq_entries`]).
+    pub(crate) cq_entries: u32,
 }
 
 enum SlotState {
@@ -193,13 +195,18 @@ impl SlotTable {
 
     /// Takes a slot for `info`, reserving CQ room for its work requests.
     pub(crate) fn reserve(&mut self, info: SlotInfo) -> Result<SlotId> {
-        if self.outstanding + info.wrs > self.capacity {
+        // A fence takes over the entry the newest unsignaled request holds for it.
+        let fence = info.placement.is_some_and(|placement| placement.fence);
+        let taken_over = fence && self.take_spare_entry(&info.qp);
+        if !taken_over && self.outstanding + info.cq_entries > self.capacity {
             return Err(Error::QueueFull {
                 queue: "completion queue",
                 depth: self.capacity,
             });
         }
-        self.outstanding += info.wrs;
+        if !taken_over {
+            self.outstanding += info.cq_entries;
+        }
         let pending = SlotState::Pending {
             info,
             waker: None,
@@ -230,20 +237,35 @@ impl SlotTable {
         if let SlotState::Pending { info, .. } = &self.slots[index as usize].state {
             if let Some(placement) = info.placement.filter(|placement| !placement.signaled) {
                 // Under the CQ's lock, like every use of the list.
-                lock(&info.qp.signaling.unsignaled).push_back((placement.seq, id));
+                info.qp.signaling.push_unsignaled(placement.seq, id);
             }
         }
         Ok(id)
     }
 
+    /// Takes the completion-queue entry the newest unsignaled slot of `qp` holds for a fence,
+    /// if it still holds it.
+    fn take_spare_entry(&mut self, qp: &Arc<QpStatus>) -> bool {
+        let Some(id) = qp.signaling.newest_unsignaled() else {
+            return false;
+        };
+        let slot = &mut self.slots[id.index as usize];
+        match &mut slot.state {
+            SlotState::Pending { info, .. }
+                if slot.generation == id.generation && info.cq_entries > info.wrs =>
+            {
+                info.cq_entries -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Gives back a slot whose work requests were never posted.
     pub(crate) fn unreserve(&mut self, id: SlotId) {
         if let SlotState::Pending { info, .. } = &self.slots[id.index as usize].state {
-            self.outstanding -= info.wrs;
-            let mut unsignaled = lock(&info.qp.signaling.unsignaled);
-            if unsignaled.back().is_some_and(|&(_, last)| last == id) {
-                unsignaled.pop_back();
-            }
+            self.outstanding -= info.cq_entries;
+            info.qp.signaling.forget_unposted(id);
         }
         self.free_slot(id.index);
     }
@@ -252,7 +274,8 @@ impl SlotTable {
     /// its CQ room back.
     pub(crate) fn shrink(&mut self, id: SlotId, accepted: u32) {
         if let SlotState::Pending { info, .. } = &mut self.slots[id.index as usize].state {
-            self.outstanding -= info.wrs - accepted;
+            self.outstanding -= info.cq_entries.saturating_sub(accepted);
+            info.cq_entries = accepted.min(info.cq_entries);
             info.wrs = accepted;
         }
     }
@@ -373,9 +396,8 @@ impl SlotTable {
             if !Arc::ptr_eq(&info.qp, owner) {
                 continue;
             }
-            let wrs = info.wrs;
-            info.qp.release(info.queue, wrs);
-            self.outstanding = self.outstanding.saturating_sub(wrs);
+            info.qp.release(info.queue, info.wrs);
+            self.outstanding = self.outstanding.saturating_sub(info.cq_entries);
             let waiting = abandoned.is_none();
             if let Some(buffers) = abandoned.take() {
                 wake.released.push(buffers);
@@ -444,15 +466,8 @@ impl SlotTable {
             if slot.generation != id.generation {
                 return own;
             }
-            let covered = {
-                let mut unsignaled = lock(&info.qp.signaling.unsignaled);
-                match unsignaled.front() {
-                    Some(&(seq, covered)) if seq < placement.seq || covered == id => {
-                        unsignaled.pop_front();
-                        covered
-                    }
-                    _ => return own,
-                }
+            let Some(covered) = info.qp.signaling.pop_covered(placement.seq, id) else {
+                return own;
             };
             if covered == id {
                 // Its own (error) completion: dispatched as any other.
@@ -485,7 +500,7 @@ impl SlotTable {
         else {
             return None;
         };
-        self.outstanding = self.outstanding.saturating_sub(info.wrs);
+        self.outstanding = self.outstanding.saturating_sub(info.cq_entries);
         info.qp.release(info.queue, info.wrs);
         let result = Ok(WcInfo {
             byte_len: 0,
@@ -539,7 +554,7 @@ impl SlotTable {
         if !last {
             return None;
         }
-        self.outstanding = self.outstanding.saturating_sub(info.wrs);
+        self.outstanding = self.outstanding.saturating_sub(info.cq_entries);
         info.qp.release(info.queue, info.wrs);
         if info.placement.is_some_and(|placement| placement.signaled) {
             info.qp.signaling.signaled_done();
