@@ -8,27 +8,12 @@
 mod support;
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use anyrdma::{registered_regions, Access};
-use support::{holds_pattern, within, Pair, Rt};
+use support::{drain, holds_pattern, within, Pair, Rt};
 
 /// The leak checks read a process-wide counter: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Polls `cq` until nothing is in flight (completions of dropped operations arrive).
-async fn drain(cq: &anyrdma::CompletionQueue, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while cq.in_flight() > 0 {
-        cq.poll_now();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: {} operations never completed",
-            cq.in_flight()
-        );
-        anyrdma::sleep(Duration::from_millis(1)).await;
-    }
-}
 
 async fn dropped_operations_hold_buffers_until_completion(rt: Rt) {
     if !support::device_present("dropped_operations_hold_buffers_until_completion") {

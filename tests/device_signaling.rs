@@ -14,13 +14,12 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use anyrdma::{
     registered_regions, Access, CompletionQueue, ConnectOptions, CqOptions, Error, LocalBuf,
     QpOptions, QueuePair, RemoteRegion,
 };
-use support::{fill, holds_pattern, within, Rt};
+use support::{drain, fill, holds_pattern, within, Rt};
 
 /// The leak checks read a process-wide counter: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -36,20 +35,6 @@ fn qp_options() -> QpOptions {
         max_recv_wr: 16,
         signal_every: 8,
         ..QpOptions::default()
-    }
-}
-
-/// Polls `cq` until nothing is in flight (completions of dropped operations arrive).
-async fn drain(cq: &CompletionQueue, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while cq.in_flight() > 0 {
-        cq.poll_now();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: {} operations never completed",
-            cq.in_flight()
-        );
-        anyrdma::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -491,13 +491,7 @@ impl SlotTable {
         if slot.generation != id.generation {
             return None;
         }
-        let SlotState::Pending {
-            info,
-            waker,
-            abandoned,
-            ..
-        } = &mut slot.state
-        else {
+        let SlotState::Pending { info, .. } = &mut slot.state else {
             return None;
         };
         self.outstanding = self.outstanding.saturating_sub(info.cq_entries);
@@ -507,6 +501,25 @@ impl SlotTable {
             imm: None,
             write_with_imm: false,
         });
+        self.finish(id, result, wake, polling)
+    }
+
+    /// Ends the pending slot `id` with `result`: a dropped operation's buffers are released,
+    /// the polling task gets its result back, a waiting one is woken.
+    fn finish(
+        &mut self,
+        id: SlotId,
+        result: SlotResult,
+        wake: &mut WakeList,
+        polling: Option<SlotId>,
+    ) -> Option<SlotResult> {
+        let slot = &mut self.slots[id.index as usize];
+        let SlotState::Pending {
+            waker, abandoned, ..
+        } = &mut slot.state
+        else {
+            return None;
+        };
         if let Some(buffers) = abandoned.take() {
             wake.released.push(buffers);
             self.free_slot(id.index);
@@ -539,11 +552,7 @@ impl SlotTable {
             return None; // a completion of a slot released when its queue was destroyed
         }
         let SlotState::Pending {
-            info,
-            waker,
-            first_error,
-            abandoned,
-            ..
+            info, first_error, ..
         } = &mut slot.state
         else {
             return None;
@@ -569,21 +578,7 @@ impl SlotTable {
                 write_with_imm: wc.opcode == ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM,
             }),
         };
-        if let Some(buffers) = abandoned.take() {
-            wake.released.push(buffers);
-            self.free_slot(index);
-            return None;
-        }
-        if polling == Some(SlotId { index, generation }) {
-            self.free_slot(index);
-            return Some(result);
-        }
-        let waker = waker.take();
-        slot.state = SlotState::Done(result);
-        if let Some(waker) = waker {
-            wake.push(waker);
-        }
-        None
+        self.finish(SlotId { index, generation }, result, wake, polling)
     }
 }
 

@@ -261,3 +261,18 @@ pub struct Watchdog(std::sync::mpsc::Sender<()>);
 
 #[allow(unused_imports)] // not every test binary yields
 pub use anyrdma::runtime::budget::yield_now;
+
+/// Polls `cq` until nothing is in flight (the completions of dropped operations arrive), for
+/// up to 20 s; `what` names the operations in the failure message.
+pub async fn drain(cq: &anyrdma::CompletionQueue, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cq.in_flight() > 0 {
+        cq.poll_now();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {} operations never completed",
+            cq.in_flight()
+        );
+        anyrdma::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
