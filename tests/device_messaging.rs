@@ -215,6 +215,37 @@ async fn sizes_from_zero_to_sixteen_mib(rt: Rt) {
     );
 }
 
+/// A sender of large messages that never receives: 300 rendezvous messages through a depth
+/// of 64 all arrive intact, in order, and `flush` returns once the peer has read every one
+/// (nothing stays exposed).
+async fn large_sender_that_never_receives_flushes(rt: Rt) {
+    if !support::device_present("large_sender_that_never_receives_flushes") {
+        return;
+    }
+    const COUNT: u64 = 300;
+    let options = MessengerOptions {
+        depth: 64,
+        eager_limit: 64,
+        ..MessengerOptions::default()
+    };
+    let (_pair, a, b) = messengers(options);
+    let receiver = rt.spawn(async move {
+        for i in 0..COUNT {
+            let got = within(30, "a large message", b.recv()).await.expect("recv");
+            assert_eq!(&got.data[..], &message(i, 10_000)[..], "message {i}");
+        }
+        b
+    });
+    for i in 0..COUNT {
+        within(30, "a large send", a.send(&message(i, 10_000)))
+            .await
+            .unwrap_or_else(|err| panic!("send {i}: {err}"));
+    }
+    within(30, "the flush", a.flush()).await.expect("flush");
+    assert_eq!(a.exposed(), 0, "{}: exposed after flush", rt.name());
+    within(30, "the receiver", receiver).await;
+}
+
 /// 64 tasks send on one messenger at once, 200 messages each; the receiver (through the
 /// messages' `Stream`) counts exactly 12,800, each sender's in its own order.
 async fn many_senders_share_a_messenger(rt: Rt) {
@@ -771,4 +802,5 @@ runtime_tests!(
     many_senders_share_a_messenger,
     broken_messages_are_refused,
     hostile_peer_gets_typed_errors,
+    large_sender_that_never_receives_flushes,
 );
