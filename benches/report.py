@@ -571,6 +571,11 @@ def messaging_section():
     def size_name(n):
         return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} B"
 
+    def with_ratios(text, ratios):
+        """`text`, then the ratios that are known, as "(1.02x name, ...)"."""
+        known = [f"{x:.2f}x {name}" for x, name in ratios if x is not None]
+        return text + (" (" + ", ".join(known) + ")" if known else "")
+
     lat_sizes = sorted({r["size"] for r in msg_rows if r["test"] == "msg_lat"})
     rate_cols = sorted({(r["size"], r.get("senders", 1)) for r in msg_rows if r["test"] == "msg_rate"})
     small = [c for c in rate_cols if c[0] <= 4096]
@@ -606,12 +611,8 @@ def messaging_section():
                 x_pt = ratio(v, pt_send["mmsg_s"] if pt_send else None)
                 if sz == 64 and x_send is not None:
                     worst_rate = min(worst_rate, (x_send, rt, mode, n)) if worst_rate else (x_send, rt, mode, n)
-                text = "-" if v is None else f"{v:.4f}"
-                if x_send is not None or x_pt is not None:
-                    text += " (" + ", ".join(x for x in (
-                        f"{x_send:.2f}x send_rate" if x_send is not None else None,
-                        f"{x_pt:.2f}x perftest" if x_pt is not None else None) if x) + ")"
-                cells.append(text)
+                cells.append(with_ratios("-" if v is None else f"{v:.4f}",
+                                         [(x_send, "send_rate"), (x_pt, "perftest")]))
             lat_ref = find("anyrdma", "send_lat", mode, 64, rt)
             for sz in lat_sizes:
                 r = msg("msg_lat", rt, mode, sz)
@@ -626,12 +627,8 @@ def messaging_section():
                 x_own = ratio(v, bw_ref["mb_s"] if bw_ref else None)
                 if sz == max(s for s, _ in large) and x_pt is not None:
                     worst_bw = min(worst_bw, (x_pt, rt, mode)) if worst_bw else (x_pt, rt, mode)
-                text = "-" if v is None else f"{v:.1f}"
-                if x_pt is not None or x_own is not None:
-                    text += " (" + ", ".join(x for x in (
-                        f"{x_pt:.2f}x perftest" if x_pt is not None else None,
-                        f"{x_own:.2f}x write_rate" if x_own is not None else None) if x) + ")"
-                cells.append(text)
+                cells.append(with_ratios("-" if v is None else f"{v:.1f}",
+                                         [(x_pt, "perftest"), (x_own, "write_rate")]))
             if any(c != "-" for c in cells):
                 md.append(f"| {rt} | {mode} | " + " | ".join(cells) + " |")
     md.append("")

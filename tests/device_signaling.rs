@@ -38,6 +38,15 @@ fn qp_options() -> QpOptions {
     }
 }
 
+/// A connected pair of queue pairs with [`qp_options`].
+fn pair() -> support::Pair {
+    support::Pair::with(
+        CqOptions::default(),
+        qp_options(),
+        ConnectOptions::default(),
+    )
+}
+
 fn next_random(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
@@ -190,11 +199,7 @@ async fn resolved_writes_have_landed(rt: Rt) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let pair = support::Pair::with(
-        CqOptions::default(),
-        qp_options(),
-        ConnectOptions::default(),
-    );
+    let pair = pair();
     let target = pair
         .pd
         .alloc_shared(SLOTS * SLOT_LEN, Access::REMOTE_WRITE)
@@ -238,11 +243,7 @@ async fn dropped_unsignaled_write_sends_its_bytes(rt: Rt) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let pair = support::Pair::with(
-        CqOptions::default(),
-        qp_options(),
-        ConnectOptions::default(),
-    );
+    let pair = pair();
     let region = pair.pd.alloc_shared(2 << 20, Access::REMOTE_WRITE).unwrap();
     let remote = region.remote().unwrap();
     let (first, second) = (
