@@ -16,6 +16,11 @@ use anyrdma::{Error, QpOptions};
 use futures_core::Stream;
 use support::{within, Pair, Rt};
 
+/// The two heaviest tests (a hundred thousand hostile messages; sixteen connections with
+/// their own timeouts) run one at a time: on the 2-vCPU guest, side by side, the second can
+/// miss its time limits.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A pair of queue pairs deep enough for the messengers, and a messenger on each.
 fn messengers(options: MessengerOptions) -> (Pair, Messenger, Messenger) {
     let qp = QpOptions {
@@ -524,10 +529,12 @@ fn hostile_message(seed: &mut u64, options: MessengerOptions) -> (Vec<u8>, Expec
 /// time one breaks it: valid data arrives intact, every other message ends its messenger
 /// with the right typed error (sending fails after, and nothing stays exposed), and nothing
 /// panics or hangs.
+#[allow(clippy::await_holding_lock)] // HEAVY orders tests, not tasks
 async fn hostile_peer_gets_typed_errors(rt: Rt) {
     if !support::device_present("hostile_peer_gets_typed_errors") {
         return;
     }
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     const MESSAGES: usize = 100_000;
     let options = MessengerOptions {
         depth: 16,
@@ -714,10 +721,12 @@ async fn messengers_by_address(rt: Rt) {
 
 /// 16 messenger connections at once to one listener, each with 4 senders and a mix of
 /// eager and rendezvous sizes: every echo intact, totals exact.
+#[allow(clippy::await_holding_lock)] // HEAVY orders tests, not tasks
 async fn sixteen_connections_at_once(rt: Rt) {
     if !support::device_present("sixteen_connections_at_once") {
         return;
     }
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     const CONNECTIONS: usize = 16;
     const SENDERS: u64 = 4;
     const EACH: u64 = 25;
