@@ -1,5 +1,7 @@
 //! Owned buffers an operation takes, and their scatter-gather entries.
 
+use std::mem::MaybeUninit;
+
 use rdma_sys::{ibv_pd, ibv_sge};
 
 use crate::error::{Error, Result};
@@ -110,9 +112,9 @@ fn foreign_pd() -> Error {
 const INLINE_SGES: usize = 4;
 
 /// Scatter-gather entries of one work request: on the stack for the common short lists, so
-/// building one costs a few stores.
+/// building one costs a few stores (the inline entries are written only as they are used).
 pub(crate) struct SgeList {
-    inline: [ibv_sge; INLINE_SGES],
+    inline: [MaybeUninit<ibv_sge>; INLINE_SGES],
     spill: Vec<ibv_sge>,
     pub(crate) len: usize,
     pub(crate) total: usize,
@@ -121,14 +123,10 @@ pub(crate) struct SgeList {
 impl SgeList {
     /// Collects the entries of `buffers`, checking their count, protection domain and
     /// lengths.
+    #[inline]
     pub(crate) fn collect<B: Buffers>(buffers: &B, max: u32, pd: *mut ibv_pd) -> Result<SgeList> {
-        const EMPTY: ibv_sge = ibv_sge {
-            addr: 0,
-            length: 0,
-            lkey: 0,
-        };
         let mut list = SgeList {
-            inline: [EMPTY; INLINE_SGES],
+            inline: [const { MaybeUninit::uninit() }; INLINE_SGES],
             spill: Vec::new(),
             len: 0,
             total: 0,
@@ -139,11 +137,17 @@ impl SgeList {
                 return Err(foreign_pd());
             }
             if piece.len() > 0 {
-                list.push(piece.sge()?);
+                list.inline[0].write(piece.sge()?);
+                list.len = 1;
                 list.total = piece.len();
             }
             return Ok(list);
         }
+        list.collect_pieces(buffers, max, pd)?;
+        Ok(list)
+    }
+
+    fn collect_pieces<B: Buffers>(&mut self, buffers: &B, max: u32, pd: *mut ibv_pd) -> Result<()> {
         let mut count = 0usize;
         let mut foreign = false;
         let mut too_large = None;
@@ -152,12 +156,12 @@ impl SgeList {
             foreign |= piece.pd_raw() != pd;
             if piece.len() > 0 {
                 match piece.sge() {
-                    Ok(sge) => list.push(sge),
+                    Ok(sge) => self.push(sge),
                     Err(err) => {
                         too_large.get_or_insert(err);
                     }
                 }
-                list.total += piece.len();
+                self.total += piece.len();
             }
         });
         if foreign {
@@ -173,15 +177,18 @@ impl SgeList {
                  nothing was posted"
             )));
         }
-        Ok(list)
+        Ok(())
     }
 
     fn push(&mut self, sge: ibv_sge) {
         if self.len < INLINE_SGES {
-            self.inline[self.len] = sge;
+            self.inline[self.len].write(sge);
         } else {
             if self.spill.is_empty() {
-                self.spill.extend_from_slice(&self.inline);
+                self.spill.reserve(2 * INLINE_SGES);
+                // SAFETY: all INLINE_SGES inline entries were written (len reached it).
+                self.spill
+                    .extend(self.inline.iter().map(|sge| unsafe { sge.assume_init() }));
             }
             self.spill.push(sge);
         }
@@ -192,7 +199,8 @@ impl SgeList {
     pub(crate) fn entries(&mut self) -> (*mut ibv_sge, i32) {
         match self.len {
             0 => (std::ptr::null_mut(), 0),
-            n if n <= INLINE_SGES => (self.inline.as_mut_ptr(), n as i32),
+            // The first `n` inline entries were written; MaybeUninit<T> has T's layout.
+            n if n <= INLINE_SGES => (self.inline.as_mut_ptr().cast(), n as i32),
             n => (self.spill.as_mut_ptr(), n as i32),
         }
     }

@@ -504,10 +504,16 @@ impl CqShared {
     /// longest becomes the poller at once (so that it hands the role on in turn, even if it
     /// finds its own completion without sleeping); its waker is returned, to be woken
     /// outside the lock.
+    #[inline]
     fn leave(&self, state: &mut CqState, id: SlotId) -> Option<Waker> {
         if state.poller != Some(id) {
             return None;
         }
+        self.hand_over(state)
+    }
+
+    /// The poller stops waiting: see [`CqShared::leave`].
+    fn hand_over(&self, state: &mut CqState) -> Option<Waker> {
         state.poller = None;
         while let Some(next) = state.standby.pop_front() {
             if let Some(waker) = state.table.take_standby(next) {

@@ -131,6 +131,7 @@ pub struct Op<B: Buffers, O: Outcome> {
 }
 
 impl<B: Buffers, O: Outcome> Op<B, O> {
+    #[inline]
     pub(crate) fn new(owner: Owner, posted: Result<SlotId>, buffers: B) -> Self {
         let (slot, early) = match posted {
             Ok(slot) => (Some(slot), None),
@@ -147,6 +148,7 @@ impl<B: Buffers, O: Outcome> Op<B, O> {
     }
 
     /// The operation of a send-queue post: an unsignaled one remembers its place.
+    #[inline]
     pub(crate) fn posted(owner: Owner, posted: Result<PostedSlot>, buffers: B) -> Self {
         let unsignaled_seq = match &posted {
             Ok(PostedSlot {

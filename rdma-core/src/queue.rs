@@ -29,6 +29,7 @@ pub(crate) struct WorkQueueRef<'a> {
 /// Takes `wrs` of the credits counted by `used`, unless that would exceed `depth`. A
 /// compare and swap, never an add undone afterwards: a poster that does not fit must not
 /// make a concurrent one that does fit see a full queue.
+#[inline]
 fn take_credits(used: &AtomicU32, wrs: u32, depth: u32) -> bool {
     used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
         taken.checked_add(wrs).filter(|&total| total <= depth)
@@ -72,6 +73,7 @@ impl WorkQueueRef<'_> {
     /// the slot and whether the request is to be signaled, and returns the verbs return
     /// code), and undoes the reservation when posting fails. On a send queue, `signal` says
     /// whether the request may go unsignaled (see [`crate::signaling`]).
+    #[inline]
     pub(crate) fn post(
         &self,
         kind: WorkKind,
@@ -89,6 +91,7 @@ impl WorkQueueRef<'_> {
 
     /// As [`WorkQueueRef::post`], for a chain of `wrs` requests that the device may take in
     /// part (see [`PartlyPosted`]).
+    #[inline]
     pub(crate) fn post_chain(
         &self,
         kind: WorkKind,
@@ -124,6 +127,7 @@ impl WorkQueueRef<'_> {
             })
     }
 
+    #[inline]
     fn post_placed(
         &self,
         kind: WorkKind,

@@ -120,6 +120,7 @@ impl Signaling {
     /// the device took (`Ok(all)` or `Err(taken)`); the queue is locked meanwhile, so that
     /// sequence numbers follow the queue's order. `nearly_full`: the post takes the queue's
     /// last places.
+    #[inline]
     pub(crate) fn post<T, E>(
         &self,
         wrs: u32,
@@ -168,6 +169,7 @@ impl Signaling {
     }
 
     /// A signaled request's completion was dispatched.
+    #[inline]
     pub(crate) fn signaled_done(&self) {
         let _ = self
             .in_flight
@@ -176,8 +178,15 @@ impl Signaling {
 
     /// Whether the unsignaled request `seq` has a signaled request posted after it, whose
     /// completion will cover it.
+    #[inline]
     pub(crate) fn covered(&self, seq: u64) -> bool {
         self.last_signaled.load(Ordering::Acquire) >= seq
+    }
+
+    /// Whether unsignaled requests are in flight (read with the send CQ's lock held).
+    #[inline]
+    pub(crate) fn has_unsignaled(&self) -> bool {
+        self.unsignaled_count.load(Ordering::Relaxed) != 0
     }
 
     /// The unsignaled slot `id`, request `seq`, was reserved (the send CQ's lock is held).

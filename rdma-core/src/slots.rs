@@ -194,6 +194,7 @@ impl SlotTable {
     }
 
     /// Takes a slot for `info`, reserving CQ room for its work requests.
+    #[inline]
     pub(crate) fn reserve(&mut self, info: SlotInfo) -> Result<SlotId> {
         // A fence takes over the entry the newest unsignaled request holds for it.
         let fence = info.placement.is_some_and(|placement| placement.fence);
@@ -321,6 +322,7 @@ impl SlotTable {
     }
 
     /// The result of `id`, if its completion was dispatched; frees the slot.
+    #[inline]
     pub(crate) fn take_done(&mut self, id: SlotId) -> Option<SlotResult> {
         let slot = &mut self.slots[id.index as usize];
         if slot.generation != id.generation || !matches!(slot.state, SlotState::Done(_)) {
@@ -417,12 +419,14 @@ impl SlotTable {
         }
     }
 
+    #[inline]
     fn free_slot(&mut self, index: u32) {
         self.slots[index as usize].state = SlotState::Free;
         self.recycle(index);
     }
 
     /// Puts an emptied slot back on the free list under a new generation.
+    #[inline]
     fn recycle(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1) & GENERATION_MASK;
@@ -440,7 +444,17 @@ impl SlotTable {
         let index = (wc.wr_id & 0xffff_ffff) as u32;
         let generation = ((wc.wr_id >> 32) as u32) & GENERATION_MASK;
         let last = wc.wr_id & LAST_WR != 0;
-        let covered = self.complete_covered(SlotId { index, generation }, wake, polling);
+        // Only a send-queue completion whose queue has unsignaled requests in flight covers
+        // others: checked here, so that every other completion skips the walk.
+        let covers = self.slots.get(index as usize).is_some_and(|slot| {
+            matches!(&slot.state, SlotState::Pending { info, .. }
+                if info.placement.is_some() && info.qp.signaling.has_unsignaled())
+        });
+        let covered = if covers {
+            self.complete_covered(SlotId { index, generation }, wake, polling)
+        } else {
+            None
+        };
         let own = self.dispatch_own(wc, index, generation, last, wake, polling);
         own.or(covered)
     }
@@ -506,6 +520,7 @@ impl SlotTable {
 
     /// Ends the pending slot `id` with `result`: a dropped operation's buffers are released,
     /// the polling task gets its result back, a waiting one is woken.
+    #[inline]
     fn finish(
         &mut self,
         id: SlotId,
@@ -538,6 +553,7 @@ impl SlotTable {
     }
 
     /// Files `wc` in its own slot (`index`, `generation`).
+    #[inline]
     fn dispatch_own(
         &mut self,
         wc: &ibv_wc,

@@ -111,10 +111,15 @@ impl WakeList {
         self.len += 1;
     }
 
+    #[inline]
     pub(crate) fn run(&mut self) {
-        if self.len == 0 && self.released.is_empty() {
-            return;
+        if self.len != 0 || !self.released.is_empty() {
+            self.wake_and_release();
         }
+    }
+
+    #[inline(never)]
+    fn wake_and_release(&mut self) {
         let len = std::mem::take(&mut self.len);
         for waker in &self.wakers[..len] {
             // SAFETY: the first `len` entries were written by push and are read once: `len`
@@ -126,6 +131,7 @@ impl WakeList {
 }
 
 impl Drop for WakeList {
+    #[inline]
     fn drop(&mut self) {
         self.run();
     }
