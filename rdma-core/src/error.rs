@@ -296,6 +296,12 @@ pub enum Error {
         /// What was wrong with it.
         problem: crate::msg::HeaderProblem,
     },
+    /// A control message of remote memory from the peer broke the protocol (see
+    /// [`remote_memory`](crate::remote_memory)); nothing of it was used.
+    BadControlMessage {
+        /// What was wrong with it.
+        problem: crate::remote_memory::ControlProblem,
+    },
     /// The connection ended: the peer disconnected (or its process died), or the device went
     /// away. Pending operations of the connection end with it (as the cause of
     /// [`Error::Flushed`]: see [`Error::is_disconnect`]).
@@ -765,6 +771,11 @@ impl fmt::Display for Error {
                 f,
                 "the peer sent a message that breaks the messaging protocol ({problem}); the \
                  connection was shut down"
+            ),
+            Error::BadControlMessage { problem } => write!(
+                f,
+                "the peer sent a remote-memory control message that breaks the protocol \
+                 ({problem}); the connection was shut down"
             ),
             Error::Disconnected { qpn, why } => {
                 write!(f, "the connection of queue pair {qpn} ended: {why}")

@@ -41,6 +41,7 @@ mod pool;
 mod qp;
 mod queue;
 mod remote;
+pub mod remote_memory;
 pub mod runtime;
 mod send;
 mod shared;

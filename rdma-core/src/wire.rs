@@ -1,10 +1,11 @@
 //! The framing of the formats peers exchange ([`Endpoint`](crate::Endpoint),
-//! [`RemoteRegion`](crate::RemoteRegion)): a kind byte, a version byte, then fixed-size
-//! little-endian fields.
+//! [`RemoteRegion`](crate::RemoteRegion), the [control messages](crate::remote_memory::Control)
+//! of remote memory): a kind byte, a version byte, then fixed-size little-endian fields.
 //!
 //! The bytes come from another process, often over the network, so decoding trusts nothing:
 //! the tag and the exact length are checked before any field is read, and a field is read
-//! only through [`Reader`], which cannot index out of bounds.
+//! only through [`Reader`] (or [`Fields`], for formats with errors of their own), which
+//! cannot index out of bounds.
 
 use crate::error::{Error, Result, WireProblem};
 
@@ -61,7 +62,7 @@ impl Format {
         }
         Ok(Reader {
             format: *self,
-            rest: fields,
+            fields: Fields::new(fields),
         })
     }
 
@@ -85,22 +86,20 @@ impl Format {
 /// Reads the fields of a checked encoding, in order.
 pub(crate) struct Reader<'a> {
     format: Format,
-    rest: &'a [u8],
+    fields: Fields<'a>,
 }
 
 impl Reader<'_> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
         // `Format::open` checked the length against the layout, so this cannot run short;
         // if a layout and its length ever disagree, the input is refused, not indexed past.
-        let Some((field, rest)) = self.rest.split_first_chunk::<N>() else {
-            let read = self.format.len - self.rest.len();
-            return Err(self.format.error(WireProblem::Length {
-                expected: read + N,
+        let unread = self.fields.remaining();
+        self.fields.take().ok_or_else(|| {
+            self.format.error(WireProblem::Length {
+                expected: self.format.len - unread + N,
                 actual: self.format.len,
-            }));
-        };
-        self.rest = rest;
-        Ok(*field)
+            })
+        })
     }
 
     pub(crate) fn u16(&mut self) -> Result<u16> {
@@ -120,6 +119,31 @@ impl Reader<'_> {
     }
 }
 
+/// Fixed-size fields taken off the front of bytes, in order. A field that runs past the end
+/// is `None`, never a panic or an index out of bounds: the caller names the problem in its
+/// own error type.
+pub(crate) struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Fields { rest: bytes }
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
+    /// The next `N` bytes, or `None` when fewer are left (then nothing is taken).
+    pub(crate) fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (field, rest) = self.rest.split_first_chunk::<N>()?;
+        self.rest = rest;
+        Some(*field)
+    }
+}
+
 /// Writes the fields of an encoding, in order, after the tag.
 pub(crate) struct Writer<const N: usize> {
     out: [u8; N],
@@ -131,6 +155,10 @@ impl<const N: usize> Writer<N> {
         self.out[self.at..self.at + field.len()].copy_from_slice(field);
         self.at += field.len();
         self
+    }
+
+    pub(crate) fn u8(self, value: u8) -> Self {
+        self.put(&[value])
     }
 
     pub(crate) fn u16(self, value: u16) -> Self {

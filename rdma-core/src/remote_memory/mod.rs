@@ -1,0 +1,76 @@
+//! Memory across machines: the control protocol by which one side of a connection lets the
+//! other read, write and run atomics on its memory, for a lease.
+//!
+//! The side whose memory is exposed is the *owner*; the side it is exposed to is the
+//! *holder*. Both sides of a connection may be both at once: each direction is independent.
+//!
+//! # Messages
+//!
+//! Each control message travels alone, as one message of the messaging layer
+//! ([`msg`](crate::msg)), and is a [`Control`]:
+//!
+//! | kind | message   | from → to      | meaning                                                       |
+//! |------|-----------|----------------|---------------------------------------------------------------|
+//! | 0x41 | `Grant`   | owner → holder | this range, with this key and these rights, for this lease     |
+//! | 0x42 | `Request` | holder → owner | allocate this many bytes for me and grant them                 |
+//! | 0x43 | `Refuse`  | owner → holder | no to a `Request` or a `Renew`, and why                        |
+//! | 0x44 | `Release` | holder → owner | done with this grant: its key will not be used again           |
+//! | 0x45 | `Revoke`  | owner → holder | this grant has ended: its key no longer works                  |
+//! | 0x46 | `Renew`   | holder → owner | extend this grant's lease                                      |
+//! | 0x47 | `Renewed` | owner → holder | this grant's lease now ends this long from now                 |
+//!
+//! A `Request` is answered by a `Grant` that names it, or by a `Refuse`; a `Renew` by a
+//! `Renewed` that names it, or by a `Refuse`. The owner may also grant and renew on its own
+//! (request 0), and revoke at any time.
+//!
+//! **Ids.** The owner numbers its grants 1, 2, 3… in the order it sends them; the holder
+//! numbers its requests and renewals, together, the same way. An id is never reused on a
+//! connection and never 0, so a message that names an id its sender never issued is an
+//! error, while one that names a grant that has ended is only late: a `Release` may cross a
+//! `Revoke`, a `Renew` may cross the lease's expiry (the owner refuses it with
+//! [`RefuseReason::UnknownGrant`]).
+//!
+//! **Leases.** A lease is a number of milliseconds from when the owner sends the grant or the
+//! renewal, at most [`MAX_LEASE_MS`] (30 days); 0 means that the grant lasts until it is
+//! revoked or released. The holder counts from when the message arrives, later, so it renews
+//! with time to spare. When a lease ends, the owner revokes the grant
+//! ([`RevokeReason::LeaseExpired`]).
+//!
+//! **Order of teardown.** The owner makes the key stop working before it sends `Revoke`, and
+//! frees or reuses the memory only after that, so memory is never reachable by a peer once
+//! it may hold something else. The holder sends `Release` once its last access has
+//! completed.
+//!
+//! # Layouts
+//!
+//! Every message is `[kind u8][version u8 = 1]` followed by fixed fields, little endian;
+//! each kind has one exact length. Reserved bytes are zero.
+//!
+//! ```text
+//! kind  bytes  fields after kind and version
+//! 0x41  50     grant u64, request u64, addr u64, len u64, rkey u32, access u8, 3 reserved,
+//!              lease_ms u64
+//! 0x42  30     request u64, len u64, access u8, 3 reserved, lease_ms u64
+//! 0x43  18     request u64, reason u8, 7 reserved
+//! 0x44  10     grant u64
+//! 0x45  18     grant u64, reason u8, 7 reserved
+//! 0x46  26     request u64, grant u64, lease_ms u64
+//! 0x47  26     request u64, grant u64, lease_ms u64
+//! ```
+//!
+//! `access` is [`Rights`]: read 1, write 2, atomic 4, at least one. The reasons are
+//! [`RefuseReason`] (1 to 7) and [`RevokeReason`] (1 to 3), in the order they are declared.
+//!
+//! # Bad input
+//!
+//! The peer may be buggy or hostile. [`Control::decode`] checks the tag, then the exact
+//! length, then every field: codes that are not defined, reserved bytes that are not zero,
+//! ids of 0 where they name something, lengths of 0, a range past the end of the address
+//! space, a lease above the maximum. Each is a [`ControlProblem`]; so is a well-formed
+//! message that makes no sense when it arrives (a grant nobody asked for, an id never
+//! issued, more requests than the owner's policy allows). Such a message is refused with
+//! [`Error::BadControlMessage`](crate::Error::BadControlMessage) and nothing of it is used.
+
+mod control;
+
+pub use control::{Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS};
