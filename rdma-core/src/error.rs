@@ -7,6 +7,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::device::DEVICE_ENV;
 use crate::remote::RemoteRegion;
@@ -302,6 +303,41 @@ pub enum Error {
         /// What was wrong with it.
         problem: crate::remote_memory::ControlProblem,
     },
+    /// An access to memory a peer granted was refused before anything was posted: the range
+    /// is outside the grant, the rights were not granted, an atomic is not 8-byte aligned, or
+    /// the grant has ended.
+    GrantCheck {
+        /// The grant's id on its connection.
+        grant: u64,
+        /// The granted range.
+        region: RemoteRegion,
+        /// Offset of the access within the granted range.
+        offset: u64,
+        /// Length of the access.
+        len: u64,
+        /// What is wrong.
+        problem: crate::remote_memory::GrantProblem,
+    },
+    /// The peer refused a request for memory or for a longer lease.
+    RegionRefused {
+        /// Why, as the peer said.
+        reason: crate::remote_memory::RefuseReason,
+    },
+    /// The memory session of a connection has ended (its connection failed, it was closed,
+    /// or the peer broke its protocol); `cause` says why, when known.
+    SessionEnded {
+        /// Why it ended.
+        cause: Option<Arc<Error>>,
+    },
+    /// The peer did not answer a remote-memory request in time (is
+    /// [`MemorySession::serve`](crate::remote_memory::MemorySession::serve) running on
+    /// both sides?).
+    NoAnswer {
+        /// What was asked, e.g. `request for memory`.
+        what: &'static str,
+        /// How long this side waited.
+        after: Duration,
+    },
     /// The connection ended: the peer disconnected (or its process died), or the device went
     /// away. Pending operations of the connection end with it (as the cause of
     /// [`Error::Flushed`]: see [`Error::is_disconnect`]).
@@ -468,7 +504,8 @@ impl Error {
             Error::Flushed {
                 cause: Some(cause), ..
             }
-            | Error::QpInError { cause, .. } => cause.root_cause(),
+            | Error::QpInError { cause, .. }
+            | Error::SessionEnded { cause: Some(cause) } => cause.root_cause(),
             other => other,
         }
     }
@@ -776,6 +813,29 @@ impl fmt::Display for Error {
                 f,
                 "the peer sent a remote-memory control message that breaks the protocol \
                  ({problem}); the connection was shut down"
+            ),
+            Error::GrantCheck {
+                grant,
+                region,
+                offset,
+                len,
+                problem,
+            } => write!(
+                f,
+                "grant {grant} ({region}): {len} bytes at offset {offset} refused, nothing was \
+                 posted: {problem}"
+            ),
+            Error::RegionRefused { reason } => {
+                write!(f, "the peer refused: {reason}")
+            }
+            Error::SessionEnded { cause: Some(cause) } => {
+                write!(f, "the memory session has ended: {cause}")
+            }
+            Error::SessionEnded { cause: None } => write!(f, "the memory session has ended"),
+            Error::NoAnswer { what, after } => write!(
+                f,
+                "the peer did not answer the {what} within {after:?}: is the peer's \
+                 MemorySession::serve running?"
             ),
             Error::Disconnected { qpn, why } => {
                 write!(f, "the connection of queue pair {qpn} ended: {why}")

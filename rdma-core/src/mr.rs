@@ -61,7 +61,7 @@ impl Access {
         self.0 & (Self::REMOTE_WRITE.0 | Self::REMOTE_ATOMIC.0) != 0
     }
 
-    fn verbs_flags(self) -> i32 {
+    pub(crate) fn verbs_flags(self) -> i32 {
         // Receives, read results and atomic results are local writes: always allowed.
         (self.0 | Self::LOCAL.0) as i32
     }
@@ -385,7 +385,7 @@ fn free_storage(ptr: NonNull<u8>, len: usize, storage: &Storage) {
 /// # Safety
 /// `ptr..ptr+max(len, 1)` must be memory the caller owns and keeps allocated until the
 /// registration is deregistered.
-unsafe fn reg_mr(
+pub(crate) unsafe fn reg_mr(
     pd: &ProtectionDomain,
     ptr: NonNull<u8>,
     len: usize,
@@ -399,6 +399,27 @@ unsafe fn reg_mr(
     // SAFETY: `raw` is a valid registration returned just now.
     let (lkey, rkey) = unsafe { ((*raw.as_ptr()).lkey, (*raw.as_ptr()).rkey) };
     Ok((raw, lkey, rkey))
+}
+
+/// Deregisters `raw` (from [`reg_mr`]); false when the device refused, and the memory must
+/// then stay allocated (the registration still stands).
+///
+/// # Safety
+/// `raw` is a registration from [`reg_mr`] that no posted work request uses any more, and
+/// it is not used after a successful call.
+pub(crate) unsafe fn dereg_mr(raw: NonNull<ibv_mr>) -> bool {
+    // SAFETY: as the caller guarantees.
+    let rc = unsafe { ibv_dereg_mr(raw.as_ptr()) };
+    if rc != 0 {
+        crate::trace::event!(
+            error,
+            errno = rc,
+            "ibv_dereg_mr failed: the memory is leaked"
+        );
+        return false;
+    }
+    LIVE_REGIONS.fetch_sub(1, Ordering::AcqRel);
+    true
 }
 
 /// Explains a failed ibv_reg_mr, recognising the locked-memory limit.

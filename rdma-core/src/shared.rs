@@ -275,6 +275,11 @@ impl SharedRegion {
         self.span.piece()
     }
 
+    /// The registration and this piece's place in it.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
     fn check_range(&self, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.span.len => Ok(()),

@@ -780,12 +780,10 @@ pub enum ControlProblem {
         /// The grant id.
         grant: u64,
     },
-    /// More requests from the peer waiting for an answer than the policy allows.
-    RequestFlood {
-        /// Requests waiting, with the new one.
-        outstanding: usize,
-        /// The most the policy allows.
-        max: usize,
+    /// A refusal or renewal that answers a request id this side never issued.
+    UnknownRequest {
+        /// The request id named.
+        request: u64,
     },
 }
 
@@ -864,10 +862,9 @@ impl fmt::Display for ControlProblem {
                 "a second grant with id {grant}; every grant of a connection has an id of its \
                  own"
             ),
-            ControlProblem::RequestFlood { outstanding, max } => write!(
+            ControlProblem::UnknownRequest { request } => write!(
                 f,
-                "{outstanding} requests from the peer waiting for an answer, but the policy \
-                 allows at most {max}"
+                "an answer to request {request}, an id this side never issued"
             ),
         }
     }
@@ -1338,13 +1335,7 @@ mod tests {
             (ControlProblem::UnexpectedGrant { request: 5 }, "request 5"),
             (ControlProblem::UnknownGrant { grant: 6 }, "grant 6"),
             (ControlProblem::DuplicateGrant { grant: 7 }, "id 7"),
-            (
-                ControlProblem::RequestFlood {
-                    outstanding: 9,
-                    max: 8,
-                },
-                "at most 8",
-            ),
+            (ControlProblem::UnknownRequest { request: 9 }, "request 9"),
         ] {
             let text = problem.to_string();
             assert!(text.contains(words), "{text}");

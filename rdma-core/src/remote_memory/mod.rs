@@ -72,5 +72,12 @@
 //! [`Error::BadControlMessage`](crate::Error::BadControlMessage) and nothing of it is used.
 
 mod control;
+mod grant;
+mod key;
+mod policy;
+mod session;
 
 pub use control::{Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS};
+pub use grant::{Grant, GrantProblem, RemoteGrant};
+pub use policy::{Decide, GrantPolicy, RegionRequest};
+pub use session::{MemorySession, SessionOptions};

@@ -1,0 +1,802 @@
+//! The memory session of one connection: grants made and held, requests in flight, leases,
+//! and the loop that answers the peer.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::msg::Messenger;
+use crate::qp::QueuePair;
+use crate::remote::RemoteRegion;
+use crate::runtime::{default_runtime, timeout, RuntimeHandle, Sleep};
+use crate::shared::SharedRegion;
+use crate::wake::lock;
+
+use super::control::{Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS};
+use super::grant::{Grant, GrantProblem, HeldState, RemoteGrant};
+use super::key::{access, RangeKey};
+use super::policy::{GrantPolicy, RegionRequest};
+
+/// Options of a [`MemorySession`].
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// What this side lends when the peer asks ([`MemorySession::request_region`]).
+    pub policy: GrantPolicy,
+    /// How long a request or a renewal waits for the peer's answer.
+    pub answer_timeout: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            policy: GrantPolicy::default(),
+            answer_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Memory across one connection: grant the peer access to local memory, use memory the
+/// peer grants, ask the peer for memory, with leases. See the [module
+/// documentation](super) for the protocol.
+///
+/// It takes over a [`Messenger`] (its messages carry the control protocol, and nothing
+/// else may be sent on it) and uses its queue pair for the one-sided operations of
+/// [`RemoteGrant`].
+///
+/// One task must run [`serve`](MemorySession::serve) on each side for as long as the
+/// session is used: it answers the peer's requests, takes in its grants and releases, and
+/// revokes what expires. When it ends (the connection failed, or the peer broke the
+/// protocol), every grant made is revoked and every grant held ends.
+///
+/// ```no_run
+/// # async fn demo(messenger: anyrdma_core::msg::Messenger, table: anyrdma_core::SharedRegion) -> anyrdma_core::Result<()> {
+/// use std::time::Duration;
+/// use anyrdma_core::remote_memory::{MemorySession, Rights, SessionOptions};
+/// let session = MemorySession::new(messenger, SessionOptions::default());
+/// let serving = session.clone();
+/// let grant = session
+///     .grant(&table, .., Rights::READ | Rights::WRITE, Some(Duration::from_secs(30)))
+///     .await?;
+/// serving.serve().await?; // until the connection ends
+/// # drop(grant); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MemorySession {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    messenger: Messenger,
+    pub(crate) qp: QueuePair,
+    options: SessionOptions,
+    state: Mutex<State>,
+}
+
+/// A grant this side made.
+struct Granted {
+    /// Dropped to revoke: the key stops working. (Read only for its range, when made.)
+    _key: RangeKey,
+    deadline: Option<Instant>,
+    /// For a grant made for the peer's request: the memory, and its length for the policy.
+    requested: Option<(SharedRegion, u64)>,
+}
+
+/// A request or renewal of this side's, waiting for its answer.
+enum Answer {
+    Waiting(Option<Waker>),
+    Granted(RemoteGrant),
+    Renewed(Option<Instant>),
+    Refused(RefuseReason),
+}
+
+#[derive(Default)]
+struct State {
+    /// Why the session ended, once it did.
+    ended: Option<Option<Arc<Error>>>,
+    /// Owner: the last grant id issued, and the grants live.
+    last_grant: u64,
+    granted: HashMap<u64, Granted>,
+    requested_bytes: u64,
+    requested_regions: usize,
+    /// Holder: the last request or renewal id issued, and those waiting for an answer.
+    last_request: u64,
+    answers: HashMap<u64, Answer>,
+    /// Holder: the highest grant id received, and the grants held.
+    last_received: u64,
+    held: HashMap<u64, Arc<Mutex<HeldState>>>,
+    /// Grants made on the peer's own initiative, for `next_grant`.
+    arrived: VecDeque<RemoteGrant>,
+    arrived_waker: Option<Waker>,
+    /// Messages to send, from code that cannot wait (drops, the serve loop's answers).
+    outbox: VecDeque<Control>,
+    serve_waker: Option<Waker>,
+}
+
+impl State {
+    fn check_open(&self) -> Result<()> {
+        match &self.ended {
+            Some(cause) => Err(Error::SessionEnded {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn send_later(&mut self, message: Control) {
+        self.outbox.push_back(message);
+        if let Some(waker) = self.serve_waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+fn lease_ms(lease: Option<Duration>) -> Result<u64> {
+    match lease {
+        None => Ok(0),
+        Some(lease) => {
+            let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+            if ms > MAX_LEASE_MS {
+                return Err(Error::InvalidArgument(format!(
+                    "a lease of {lease:?} is longer than the protocol's longest, 30 days"
+                )));
+            }
+            Ok(ms)
+        }
+    }
+}
+
+fn lease_of(ms: u64) -> Option<Duration> {
+    (ms != 0).then(|| Duration::from_millis(ms))
+}
+
+fn deadline(from: Instant, lease: Option<Duration>) -> Option<Instant> {
+    lease.map(|lease| from + lease)
+}
+
+fn broken(problem: ControlProblem) -> Error {
+    Error::BadControlMessage { problem }
+}
+
+impl MemorySession {
+    /// A session over `messenger`, which it takes over: every message on it from now on is a
+    /// control message.
+    pub fn new(messenger: Messenger, options: SessionOptions) -> MemorySession {
+        MemorySession {
+            inner: Arc::new(Inner {
+                qp: messenger.queue_pair().clone(),
+                messenger,
+                options,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// The queue pair the one-sided operations go on.
+    pub fn queue_pair(&self) -> &QueuePair {
+        &self.inner.qp
+    }
+
+    /// Grants the peer `rights` to exactly `range` of `region`, for `lease` (`None`: until
+    /// revoked), and tells it. The key the peer gets reaches those bytes and no others
+    /// (a registration of its own), and the region's memory stays allocated while it works.
+    /// Dropping the returned [`Grant`] revokes it.
+    ///
+    /// # Errors
+    /// [`Error::SharedOutOfRange`] for a range outside the region or empty,
+    /// [`Error::InvalidArgument`] for no rights or a lease over 30 days, the registration's
+    /// error, [`Error::SessionEnded`], or the messenger's error sending it.
+    pub async fn grant(
+        &self,
+        region: &SharedRegion,
+        range: impl RangeBounds<usize>,
+        rights: Rights,
+        lease: Option<Duration>,
+    ) -> Result<Grant> {
+        let (offset, len) = resolve(range, region.len())?;
+        if rights.bits() == 0 {
+            return Err(Error::InvalidArgument(
+                "a grant needs at least one right".into(),
+            ));
+        }
+        let ms = lease_ms(lease)?;
+        if region.piece().pd_raw() != self.inner.qp.pd().raw() {
+            return Err(Error::InvalidArgument(
+                "the region is registered in another protection domain than the session's \
+                 queue pair: the peer's accesses would fail; nothing was granted"
+                    .into(),
+            ));
+        }
+        let key = RangeKey::register(region, offset, len, rights)?;
+        let remote = key.remote();
+        let grant = {
+            let mut state = lock(&self.inner.state);
+            state.check_open()?;
+            state.last_grant += 1;
+            let id = state.last_grant;
+            state.granted.insert(
+                id,
+                Granted {
+                    _key: key,
+                    deadline: deadline(Instant::now(), lease),
+                    requested: None,
+                },
+            );
+            state.send_later(grant_message(id, 0, remote, rights, ms));
+            Grant {
+                id,
+                region: remote,
+                rights,
+                session: Arc::downgrade(&self.inner),
+            }
+        };
+        self.inner.flush().await?;
+        Ok(grant)
+    }
+
+    /// The next grant the peer made on its own initiative (grants that answer
+    /// [`request_region`](MemorySession::request_region) go to it instead).
+    ///
+    /// # Errors
+    /// [`Error::SessionEnded`] once the session has ended.
+    pub async fn next_grant(&self) -> Result<RemoteGrant> {
+        poll_fn(|cx| {
+            let mut state = lock(&self.inner.state);
+            if let Some(grant) = state.arrived.pop_front() {
+                return Poll::Ready(Ok(grant));
+            }
+            state.check_open()?;
+            state.arrived_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Asks the peer to allocate `len` bytes and grant them to this side with `rights`, for
+    /// `lease`; the peer's policy decides.
+    ///
+    /// # Errors
+    /// [`Error::RegionRefused`] with the peer's reason, [`Error::NoAnswer`] when it does not
+    /// answer within [`SessionOptions::answer_timeout`], [`Error::InvalidArgument`] for
+    /// an empty request, no rights or a lease over 30 days, [`Error::SessionEnded`].
+    pub async fn request_region(
+        &self,
+        len: u64,
+        rights: Rights,
+        lease: Option<Duration>,
+    ) -> Result<RemoteGrant> {
+        if len == 0 || rights.bits() == 0 {
+            return Err(Error::InvalidArgument(
+                "a request needs at least one byte and one right".into(),
+            ));
+        }
+        let lease_ms = lease_ms(lease)?;
+        let answer = self
+            .inner
+            .ask("request for memory", |request| Control::Request {
+                request,
+                len,
+                access: rights,
+                lease_ms,
+            })
+            .await?;
+        match answer {
+            Answer::Granted(grant) => Ok(grant),
+            Answer::Refused(reason) => Err(Error::RegionRefused { reason }),
+            Answer::Renewed(_) | Answer::Waiting(_) => {
+                unreachable!("a request is answered by a grant or a refusal")
+            }
+        }
+    }
+
+    /// Runs the session: answers the peer's requests with the policy, takes in its grants,
+    /// releases, revocations and renewals, sends what other calls queued, and revokes grants
+    /// whose lease ends. Returns when the session ends; then every grant made is revoked and
+    /// every waiting call ends with [`Error::SessionEnded`].
+    ///
+    /// Returns `Ok` when the session was [closed](MemorySession::close) on this side.
+    ///
+    /// # Errors
+    /// [`Error::SessionEnded`] whose cause is why it ended: the connection's failure (a
+    /// disconnect), or [`Error::BadControlMessage`] when the peer broke the protocol (the
+    /// queue pair is then shut down, so the peer sees the connection end too).
+    pub async fn serve(&self) -> Result<()> {
+        match self.inner.serve().await {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                if matches!(err, Error::BadControlMessage { .. }) {
+                    let _ = self.inner.qp.shutdown();
+                }
+                let cause = Arc::new(err);
+                self.inner.end(Some(cause.clone()));
+                Err(Error::SessionEnded { cause: Some(cause) })
+            }
+        }
+    }
+
+    /// Ends the session now: revokes every grant made and ends every grant held (a running
+    /// [`serve`](MemorySession::serve) returns).
+    pub fn close(&self) {
+        self.inner.end(None);
+    }
+
+    /// Grants made that are still live (not released, revoked or expired).
+    pub fn granted(&self) -> usize {
+        lock(&self.inner.state).granted.len()
+    }
+}
+
+/// `range` of a region of `len` bytes as (offset, length), not empty.
+fn resolve(range: impl RangeBounds<usize>, len: usize) -> Result<(usize, usize)> {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => Some(s),
+        Bound::Excluded(&s) => s.checked_add(1),
+        Bound::Unbounded => Some(0),
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.checked_add(1),
+        Bound::Excluded(&e) => Some(e),
+        Bound::Unbounded => Some(len),
+    };
+    match (start, end) {
+        (Some(start), Some(end)) if start < end && end <= len => Ok((start, end - start)),
+        (start, end) => {
+            let start = start.unwrap_or(usize::MAX);
+            Err(Error::SharedOutOfRange {
+                offset: start,
+                len: end.unwrap_or(usize::MAX).saturating_sub(start),
+                region_len: len,
+            })
+        }
+    }
+}
+
+fn grant_message(id: u64, request: u64, remote: RemoteRegion, rights: Rights, ms: u64) -> Control {
+    Control::Grant {
+        grant: id,
+        request,
+        addr: remote.addr,
+        len: remote.len,
+        rkey: remote.rkey,
+        access: rights,
+        lease_ms: ms,
+    }
+}
+
+/// What the serve loop was woken by.
+enum Woken {
+    Message(Result<crate::msg::Message>),
+    Other,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn runtime(&self) -> Result<RuntimeHandle> {
+        match self.qp.pd().context().runtime() {
+            Some(runtime) => Ok(runtime.clone()),
+            None => default_runtime(),
+        }
+    }
+
+    /// Sends what is queued, in order.
+    async fn flush(&self) -> Result<()> {
+        loop {
+            let Some(message) = self.state().outbox.pop_front() else {
+                return Ok(());
+            };
+            self.messenger.send(&message.encode()).await?;
+        }
+    }
+
+    /// Sends the request `make(id)` and waits for its answer.
+    async fn ask(&self, what: &'static str, make: impl FnOnce(u64) -> Control) -> Result<Answer> {
+        let id = {
+            let mut state = self.state();
+            state.check_open()?;
+            state.last_request += 1;
+            let id = state.last_request;
+            state.answers.insert(id, Answer::Waiting(None));
+            state.send_later(make(id));
+            id
+        };
+        // Forgets the request if this call is dropped or fails (a late answer is then
+        // ignored, as one that crossed).
+        struct Forget<'a>(&'a Inner, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                // Dropped after the lock: an answer may hold a grant, whose drop locks.
+                let answer = self.0.state().answers.remove(&self.1);
+                drop(answer);
+            }
+        }
+        let _forget = Forget(self, id);
+        self.flush().await?;
+        let wait = poll_fn(|cx| {
+            let mut state = self.state();
+            match state.answers.get_mut(&id) {
+                Some(Answer::Waiting(waker)) => {
+                    *waker = Some(cx.waker().clone());
+                    state.check_open()?;
+                    Poll::Pending
+                }
+                Some(_) => Poll::Ready(Ok(state.answers.remove(&id).expect("just seen"))),
+                None => Poll::Ready(Err(Error::SessionEnded { cause: None })),
+            }
+        });
+        let after = self.options.answer_timeout;
+        match timeout(after, wait).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::NoAnswer { what, after }),
+        }
+    }
+
+    /// Holder: asks for a longer lease of grant `grant`.
+    pub(crate) async fn renew(&self, grant: u64, lease: Duration) -> Result<Option<Instant>> {
+        let lease_ms = lease_ms(Some(lease))?;
+        match self
+            .ask("renewal", |request| Control::Renew {
+                request,
+                grant,
+                lease_ms,
+            })
+            .await?
+        {
+            Answer::Renewed(expires) => Ok(expires),
+            Answer::Refused(reason) => Err(Error::RegionRefused { reason }),
+            Answer::Granted(_) | Answer::Waiting(_) => {
+                unreachable!("a renewal is answered by a renewal or a refusal")
+            }
+        }
+    }
+
+    /// Owner: extends grant `id` to `lease` from now and tells the peer.
+    pub(crate) async fn extend(&self, id: u64, lease: Option<Duration>) -> Result<()> {
+        let ms = lease_ms(lease)?;
+        {
+            let mut state = self.state();
+            state.check_open()?;
+            let Some(granted) = state.granted.get_mut(&id) else {
+                return Err(Error::SessionEnded { cause: None });
+            };
+            granted.deadline = deadline(Instant::now(), lease);
+            state.send_later(Control::Renewed {
+                request: 0,
+                grant: id,
+                lease_ms: ms,
+            });
+        }
+        self.flush().await
+    }
+
+    pub(crate) fn is_granted(&self, id: u64) -> bool {
+        self.state().granted.contains_key(&id)
+    }
+
+    /// Owner: ends grant `id` (its key stops working now) and tells the peer.
+    pub(crate) fn revoke(&self, id: u64, reason: RevokeReason) {
+        let mut state = self.state();
+        if let Some(granted) = Self::forget_grant(&mut state, id) {
+            if state.ended.is_none() {
+                state.send_later(Control::Revoke { grant: id, reason });
+            }
+            drop(state);
+            drop(granted); // deregisters
+        }
+    }
+
+    fn forget_grant(state: &mut State, id: u64) -> Option<Granted> {
+        let granted = state.granted.remove(&id)?;
+        if let Some((_, len)) = &granted.requested {
+            state.requested_bytes -= len;
+            state.requested_regions -= 1;
+        }
+        Some(granted)
+    }
+
+    /// Holder: this side dropped its handle of grant `id`.
+    pub(crate) fn released(&self, id: u64) {
+        let mut state = self.state();
+        if state.held.remove(&id).is_some() && state.ended.is_none() {
+            state.send_later(Control::Release { grant: id });
+        }
+    }
+
+    /// Ends the session: every grant made is revoked, every grant held ends, and every
+    /// waiting call and the serve loop are woken.
+    fn end(&self, cause: Option<Arc<Error>>) {
+        let mut state = self.state();
+        if state.ended.is_none() {
+            state.ended = Some(cause);
+        }
+        let granted: Vec<Granted> = state.granted.drain().map(|(_, granted)| granted).collect();
+        state.requested_bytes = 0;
+        state.requested_regions = 0;
+        for held in state.held.values() {
+            lock(held).ended.get_or_insert(GrantProblem::SessionEnded);
+        }
+        state.held.clear();
+        state.outbox.clear();
+        let mut wakers: Vec<Waker> = state.serve_waker.take().into_iter().collect();
+        wakers.extend(state.arrived_waker.take());
+        for answer in state.answers.values_mut() {
+            if let Answer::Waiting(waker) = answer {
+                wakers.extend(waker.take());
+            }
+        }
+        let arrived = std::mem::take(&mut state.arrived);
+        drop(state);
+        drop(granted); // deregisters every key
+        drop(arrived);
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    async fn serve(self: &Arc<Self>) -> Result<()> {
+        let runtime = self.runtime()?;
+        let mut timer: Option<(Instant, Sleep)> = None;
+        loop {
+            if self.state().ended.is_some() {
+                return Ok(()); // closed on this side
+            }
+            self.flush().await?;
+            let next = self.expire(Instant::now());
+            if timer.as_ref().map(|(at, _)| *at) != next {
+                timer = next.map(|at| {
+                    (
+                        at,
+                        runtime.sleep(at.saturating_duration_since(Instant::now())),
+                    )
+                });
+            }
+            let woke = poll_fn(|cx| {
+                if let Poll::Ready(message) = self.messenger.poll_recv(cx) {
+                    return Poll::Ready(Woken::Message(message));
+                }
+                {
+                    let mut state = self.state();
+                    if !state.outbox.is_empty() || state.ended.is_some() {
+                        return Poll::Ready(Woken::Other);
+                    }
+                    state.serve_waker = Some(cx.waker().clone());
+                }
+                if let Some((_, sleep)) = &mut timer {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        timer = None;
+                        return Poll::Ready(Woken::Other);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            if let Woken::Message(message) = woke {
+                let message = message?;
+                let control = Control::decode(&message.data).map_err(broken)?;
+                self.take_in(control)?;
+            }
+        }
+    }
+
+    /// Revokes the grants whose lease ended by `now`; the next deadline.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut state = self.state();
+        let ended: Vec<u64> = state
+            .granted
+            .iter()
+            .filter(|(_, granted)| granted.deadline.is_some_and(|at| at <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        let mut keys = Vec::with_capacity(ended.len());
+        for id in ended {
+            keys.extend(Self::forget_grant(&mut state, id));
+            state.send_later(Control::Revoke {
+                grant: id,
+                reason: RevokeReason::LeaseExpired,
+            });
+        }
+        let next = state
+            .granted
+            .values()
+            .filter_map(|granted| granted.deadline)
+            .min();
+        drop(state);
+        drop(keys); // deregisters
+        next
+    }
+
+    /// Applies one control message from the peer; `Err` when it breaks the protocol.
+    fn take_in(self: &Arc<Self>, control: Control) -> Result<()> {
+        let mut state = self.state();
+        match control {
+            Control::Grant {
+                grant,
+                request,
+                addr,
+                len,
+                rkey,
+                access,
+                lease_ms,
+            } => {
+                if grant <= state.last_received {
+                    return Err(broken(ControlProblem::DuplicateGrant { grant }));
+                }
+                let answering = match request {
+                    0 => None,
+                    request => match state.answers.get(&request) {
+                        Some(Answer::Waiting(_)) => Some(request),
+                        _ if request <= state.last_request => None, // the request was given up
+                        _ => return Err(broken(ControlProblem::UnexpectedGrant { request })),
+                    },
+                };
+                if request != 0 && answering.is_none() {
+                    // Nobody waits for it: release it at once.
+                    state.last_received = grant;
+                    state.send_later(Control::Release { grant });
+                    return Ok(());
+                }
+                state.last_received = grant;
+                let held = Arc::new(Mutex::new(HeldState {
+                    expires: deadline(Instant::now(), lease_of(lease_ms)),
+                    ended: None,
+                }));
+                state.held.insert(grant, held.clone());
+                let remote = RemoteGrant {
+                    id: grant,
+                    region: RemoteRegion { addr, len, rkey },
+                    rights: access,
+                    state: held,
+                    qp: self.qp.clone(),
+                    session: Arc::downgrade(self),
+                };
+                match answering {
+                    Some(request) => Self::answer(&mut state, request, Answer::Granted(remote)),
+                    None => {
+                        state.arrived.push_back(remote);
+                        if let Some(waker) = state.arrived_waker.take() {
+                            waker.wake();
+                        }
+                    }
+                }
+            }
+            Control::Request {
+                request,
+                len,
+                access: rights,
+                lease_ms,
+            } => {
+                let asked = RegionRequest {
+                    len,
+                    rights,
+                    lease: lease_of(lease_ms),
+                };
+                let admitted = self.options.policy.admit(
+                    &asked,
+                    state.requested_bytes,
+                    state.requested_regions,
+                );
+                let reply = match admitted.and_then(|()| self.lend(&asked)) {
+                    Err(reason) => Control::Refuse { request, reason },
+                    Ok((region, key)) => {
+                        state.last_grant += 1;
+                        let id = state.last_grant;
+                        let remote = key.remote();
+                        state.requested_bytes += len;
+                        state.requested_regions += 1;
+                        state.granted.insert(
+                            id,
+                            Granted {
+                                _key: key,
+                                deadline: deadline(Instant::now(), asked.lease),
+                                requested: Some((region, len)),
+                            },
+                        );
+                        grant_message(id, request, remote, rights, lease_ms)
+                    }
+                };
+                state.send_later(reply);
+            }
+            Control::Refuse { request, reason } => {
+                if request > state.last_request {
+                    return Err(broken(ControlProblem::UnknownRequest { request }));
+                }
+                Self::answer(&mut state, request, Answer::Refused(reason));
+            }
+            Control::Release { grant } => {
+                if grant > state.last_grant {
+                    return Err(broken(ControlProblem::UnknownGrant { grant }));
+                }
+                // A release of a grant that already ended crossed its revocation: nothing to do.
+                let granted = Self::forget_grant(&mut state, grant);
+                drop(state);
+                drop(granted); // deregisters
+            }
+            Control::Revoke { grant, reason } => {
+                if grant > state.last_received {
+                    return Err(broken(ControlProblem::UnknownGrant { grant }));
+                }
+                if let Some(held) = state.held.remove(&grant) {
+                    lock(&held).ended = Some(GrantProblem::Revoked(reason));
+                }
+            }
+            Control::Renew {
+                request,
+                grant,
+                lease_ms,
+            } => {
+                if grant > state.last_grant {
+                    return Err(broken(ControlProblem::UnknownGrant { grant }));
+                }
+                let lease = lease_of(lease_ms);
+                let reply = match self.options.policy.lease(lease) {
+                    Err(reason) => Control::Refuse { request, reason },
+                    Ok(()) => match state.granted.get_mut(&grant) {
+                        None => Control::Refuse {
+                            request,
+                            reason: RefuseReason::UnknownGrant,
+                        },
+                        Some(granted) => {
+                            granted.deadline = deadline(Instant::now(), lease);
+                            Control::Renewed {
+                                request,
+                                grant,
+                                lease_ms,
+                            }
+                        }
+                    },
+                };
+                state.send_later(reply);
+            }
+            Control::Renewed {
+                request,
+                grant,
+                lease_ms,
+            } => {
+                if grant > state.last_received {
+                    return Err(broken(ControlProblem::UnknownGrant { grant }));
+                }
+                if request > state.last_request {
+                    return Err(broken(ControlProblem::UnknownRequest { request }));
+                }
+                let expires = deadline(Instant::now(), lease_of(lease_ms));
+                if let Some(held) = state.held.get(&grant) {
+                    lock(held).expires = expires;
+                }
+                if request != 0 {
+                    Self::answer(&mut state, request, Answer::Renewed(expires));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates and registers memory for an admitted request.
+    fn lend(
+        &self,
+        asked: &RegionRequest,
+    ) -> std::result::Result<(SharedRegion, RangeKey), RefuseReason> {
+        let len = usize::try_from(asked.len).map_err(|_| RefuseReason::OutOfMemory)?;
+        let region = self
+            .qp
+            .pd()
+            .alloc_shared(len, access(asked.rights))
+            .map_err(|_| RefuseReason::OutOfMemory)?;
+        let key = RangeKey::register(&region, 0, len, asked.rights)
+            .map_err(|_| RefuseReason::OutOfMemory)?;
+        Ok((region, key))
+    }
+
+    /// Files `answer` for request `id`, if it is still waited for.
+    fn answer(state: &mut State, id: u64, answer: Answer) {
+        if let Some(slot) = state.answers.get_mut(&id) {
+            if let Answer::Waiting(Some(waker)) = std::mem::replace(slot, answer) {
+                waker.wake();
+            }
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! Memory across machines (`anyrdma::remote_memory`): grants used with one-sided operations,
+//! keys that reach exactly the granted range, requests under the owner's policy, revocation,
+//! leases and their renewal, and a peer that goes away: checked on the device, with the
+//! process's registrations counted before and after.
+
+// The lock below orders the tests of this binary (each holds it across its awaits), not
+// tasks.
+#![allow(clippy::await_holding_lock)]
+
+mod support;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyrdma::msg::{Messenger, MessengerOptions};
+use anyrdma::remote_memory::{
+    GrantPolicy, GrantProblem, MemorySession, RefuseReason, RevokeReason, Rights, SessionOptions,
+};
+use anyrdma::{registered_regions, Access, Error, LocalBuf, WcStatus};
+use support::{within, Pair, Rt};
+
+/// The registration count is the process's: the tests of this binary run one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A session on each side of a loopback pair, each serving in a task of its own: (pair,
+/// owner, holder, the owner's serve task, the holder's serve task).
+struct Sessions {
+    pair: Pair,
+    owner: MemorySession,
+    holder: MemorySession,
+    owner_serve: std::pin::Pin<Box<dyn std::future::Future<Output = anyrdma::Result<()>> + Send>>,
+    holder_serve: std::pin::Pin<Box<dyn std::future::Future<Output = anyrdma::Result<()>> + Send>>,
+}
+
+fn sessions(rt: Rt, policy: GrantPolicy) -> Sessions {
+    let pair = Pair::new();
+    let options = MessengerOptions {
+        depth: 16,
+        ..MessengerOptions::default()
+    };
+    let a = Messenger::new(&pair.a, options).expect("messenger a");
+    let b = Messenger::new(&pair.b, options).expect("messenger b");
+    let owner = MemorySession::new(
+        a,
+        SessionOptions {
+            policy,
+            answer_timeout: Duration::from_secs(10),
+        },
+    );
+    let holder = MemorySession::new(b, SessionOptions::default());
+    let owner_serve = {
+        let owner = owner.clone();
+        rt.spawn(async move { owner.serve().await })
+    };
+    let holder_serve = {
+        let holder = holder.clone();
+        rt.spawn(async move { holder.serve().await })
+    };
+    Sessions {
+        pair,
+        owner,
+        holder,
+        owner_serve,
+        holder_serve,
+    }
+}
+
+impl Sessions {
+    /// Closes both sides and waits for their serve loops, which end cleanly unless the
+    /// connection failed first; then nothing they registered may be left.
+    async fn close(self, before: usize) {
+        self.owner.close();
+        self.holder.close();
+        let owner = within(10, "the owner's serve", self.owner_serve).await;
+        let holder = within(10, "the holder's serve", self.holder_serve).await;
+        for (side, end) in [("owner", owner), ("holder", holder)] {
+            if let Err(err) = end {
+                assert!(
+                    matches!(err, Error::SessionEnded { cause: Some(_) }),
+                    "{side}: {err}"
+                );
+            }
+        }
+        assert_eq!(self.owner.granted(), 0, "the owner's grants end with it");
+        drop((self.owner, self.holder, self.pair));
+        assert_eq!(registered_regions(), before, "registrations left behind");
+    }
+}
+
+fn buf(pair: &Pair, bytes: &[u8]) -> LocalBuf {
+    let mut buf = pair.pd.alloc(bytes.len(), Access::LOCAL).expect("alloc");
+    buf.copy_from_slice(bytes);
+    buf
+}
+
+/// Waits until `done` holds (state that the serve loops update), for up to 10 s.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        anyrdma::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+fn check_problem(err: &Error, expected: GrantProblem) {
+    match err {
+        Error::GrantCheck { problem, .. } => assert_eq!(*problem, expected, "{err}"),
+        other => panic!("expected a grant check ({expected:?}), got {other}"),
+    }
+}
+
+/// A grant of a range in the middle of a region: the holder writes, reads and runs both
+/// atomics on it, and the owner sees the bytes; local checks refuse what falls outside
+/// before posting; the key does not reach the bytes next to the range; releasing it
+/// deregisters its key.
+async fn grant_read_write_atomics_release(rt: Rt) {
+    if !support::device_present("grant_read_write_atomics_release") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let s = sessions(rt, GrantPolicy::default());
+    let region = s.pair.pd.alloc_shared(8192, Access::LOCAL).expect("region");
+    let grant = within(
+        10,
+        "the grant",
+        s.owner.grant(
+            &region,
+            4096..4096 + 256,
+            Rights::READ | Rights::WRITE | Rights::ATOMIC,
+            Some(Duration::from_secs(60)),
+        ),
+    )
+    .await
+    .expect("grant");
+    assert_eq!(grant.region().len, 256);
+    let held = within(10, "the grant to arrive", s.holder.next_grant())
+        .await
+        .expect("next grant");
+    assert_eq!(held.region(), grant.region());
+    assert_eq!(held.rights(), Rights::READ | Rights::WRITE | Rights::ATOMIC);
+    assert!(held.expires().is_some());
+
+    let data: Vec<u8> = (0..128u8).map(|i| i.wrapping_mul(7) ^ 0x5a).collect();
+    let (result, _) = held.write(buf(&s.pair, &data), 0).await;
+    result.expect("write into the grant");
+    let mut seen = vec![0; 128];
+    region.read_at(4096, &mut seen).expect("owner reads");
+    assert_eq!(seen, data, "the owner sees the holder's write");
+    let mut outside = vec![0xffu8; 64];
+    region
+        .read_at(4096 - 64, &mut outside)
+        .expect("owner reads");
+    assert!(
+        outside.iter().all(|&b| b == 0),
+        "nothing before the range was written"
+    );
+
+    let (result, back) = held
+        .read(s.pair.pd.alloc(128, Access::LOCAL).unwrap(), 0)
+        .await;
+    result.expect("read from the grant");
+    assert_eq!(&back[..], &data[..]);
+    drop(back);
+
+    region.store_u64(4096 + 128, 41).expect("store");
+    let (previous, _) = held
+        .fetch_and_add(s.pair.pd.alloc(8, Access::LOCAL).unwrap(), 128, 1)
+        .await;
+    assert_eq!(previous.expect("fetch and add"), 41);
+    let (previous, _) = held
+        .compare_and_swap(s.pair.pd.alloc(8, Access::LOCAL).unwrap(), 128, 42, 7)
+        .await;
+    assert_eq!(previous.expect("compare and swap"), 42);
+    assert_eq!(region.load_u64(4096 + 128).unwrap(), 7);
+
+    // Local checks: nothing is posted, the error names the problem.
+    let (result, _) = held.write(buf(&s.pair, &[1; 2]), 255).await;
+    check_problem(&result.unwrap_err(), GrantProblem::OutOfRange);
+    let (result, _) = held
+        .fetch_and_add(s.pair.pd.alloc(8, Access::LOCAL).unwrap(), 132, 1)
+        .await;
+    check_problem(&result.unwrap_err(), GrantProblem::Misaligned);
+    let whole = held
+        .check(0, 256, Rights::READ)
+        .expect("all of the grant, read");
+    assert_eq!(whole, held.region());
+    let err = held.check(0, 8, Rights::READ | Rights::ATOMIC);
+    assert!(err.is_ok(), "{err:?}");
+
+    // The key reaches the granted range only: a write just before it, posted directly,
+    // fails at the owner's device.
+    let mut before_range = held.region();
+    before_range.addr -= 64;
+    let (result, _) = s
+        .holder
+        .queue_pair()
+        .write(buf(&s.pair, &[9; 64]), before_range)
+        .await;
+    let err = result.expect_err("a write outside the granted range");
+    assert_eq!(err.wc_status(), Some(WcStatus::REM_ACCESS_ERR), "{err}");
+    region
+        .read_at(4096 - 64, &mut outside)
+        .expect("owner reads");
+    assert!(
+        outside.iter().all(|&b| b == 0),
+        "the neighbouring bytes are untouched"
+    );
+
+    // That error failed the holder's queue pair; the sessions end, and what they
+    // registered goes with them.
+    drop((held, grant, region));
+    s.close(before).await;
+}
+
+/// A grant released by the holder is forgotten by the owner (its key deregistered), and a
+/// grant of the session's memory whose handle is dropped by the owner ends at the holder.
+async fn release_and_revoke(rt: Rt) {
+    if !support::device_present("release_and_revoke") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let s = sessions(rt, GrantPolicy::default());
+    let region = s.pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+
+    // A first grant and release, so that both messengers have sent (their pools register
+    // memory on first use) before registrations are counted.
+    let warm_up = s
+        .owner
+        .grant(&region, ..1024, Rights::READ, None)
+        .await
+        .expect("grant 0");
+    s.holder
+        .next_grant()
+        .await
+        .expect("grant 0 arrives")
+        .release();
+    until("the owner takes in the release", || !warm_up.is_live()).await;
+    let base = registered_regions();
+
+    // Released by the holder.
+    let kept = s
+        .owner
+        .grant(&region, ..1024, Rights::READ, None)
+        .await
+        .expect("grant 1");
+    let held = s.holder.next_grant().await.expect("grant 1 arrives");
+    assert_eq!(registered_regions(), base + 1, "one key per grant");
+    held.release();
+    until("the owner takes in the release", || !kept.is_live()).await;
+    assert_eq!(
+        registered_regions(),
+        base,
+        "the released key is deregistered"
+    );
+    drop(kept);
+
+    // Revoked by the owner: the key stops working at once, then the holder is told.
+    let grant = s
+        .owner
+        .grant(&region, 1024..2048, Rights::WRITE, None)
+        .await
+        .expect("grant 2");
+    let held = s.holder.next_grant().await.expect("grant 2 arrives");
+    assert_eq!(registered_regions(), base + 1, "one key per grant");
+    let (result, _) = held.write(buf(&s.pair, &[3; 16]), 0).await;
+    result.expect("write before the revocation");
+    grant.revoke();
+    assert_eq!(
+        registered_regions(),
+        base,
+        "revoked: deregistered before revoke returns"
+    );
+    until("the holder hears of the revocation", || {
+        held.ended().is_some()
+    })
+    .await;
+    assert_eq!(
+        held.ended(),
+        Some(GrantProblem::Revoked(RevokeReason::Revoked))
+    );
+    let (result, _) = held.write(buf(&s.pair, &[4; 16]), 0).await;
+    check_problem(
+        &result.unwrap_err(),
+        GrantProblem::Revoked(RevokeReason::Revoked),
+    );
+    // Posted anyway, with the old key: the owner's device refuses it.
+    let (result, _) = s
+        .holder
+        .queue_pair()
+        .write(buf(&s.pair, &[4; 16]), held.region())
+        .await;
+    let err = result.expect_err("a write with a revoked key");
+    assert_eq!(err.wc_status(), Some(WcStatus::REM_ACCESS_ERR), "{err}");
+    let mut seen = [0u8; 16];
+    region.read_at(1024, &mut seen).unwrap();
+    assert_eq!(seen, [3; 16], "the write after the revocation did not land");
+    drop((held, region));
+    s.close(before).await;
+}
+
+/// Requests within the owner's policy are granted, the others refused with the reason that
+/// names the limit; the memory of a granted request is usable and goes when released.
+async fn requests_accepted_and_refused(rt: Rt) {
+    if !support::device_present("requests_accepted_and_refused") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let policy = GrantPolicy {
+        max_bytes: 64 * 1024,
+        max_regions: 2,
+        rights: Rights::READ | Rights::WRITE,
+        max_lease: Some(Duration::from_secs(60)),
+        decide: Some(std::sync::Arc::new(|request| request.len != 777)),
+    };
+    let s = sessions(rt, policy);
+    let lease = Some(Duration::from_secs(30));
+    let first = s
+        .holder
+        .request_region(4096, Rights::READ | Rights::WRITE, lease)
+        .await
+        .expect("a request within the policy");
+    assert_eq!(first.len(), 4096);
+    let (result, _) = first.write(buf(&s.pair, &[0xab; 4096]), 0).await;
+    result.expect("write into requested memory");
+    let (result, back) = first
+        .read(s.pair.pd.alloc(4096, Access::LOCAL).unwrap(), 0)
+        .await;
+    result.expect("read it back");
+    assert!(back.iter().all(|&b| b == 0xab));
+    drop(back);
+
+    let refused = |result: anyrdma::Result<anyrdma::remote_memory::RemoteGrant>| match result {
+        Err(Error::RegionRefused { reason }) => reason,
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(grant) => panic!("expected a refusal, got {grant:?}"),
+    };
+    let r = s.holder.request_region(4096, Rights::ATOMIC, lease).await;
+    assert_eq!(refused(r), RefuseReason::AccessNotAllowed);
+    let r = s.holder.request_region(1 << 20, Rights::READ, lease).await;
+    assert_eq!(refused(r), RefuseReason::TooManyBytes);
+    let r = s
+        .holder
+        .request_region(4096, Rights::READ, Some(Duration::from_secs(3600)))
+        .await;
+    assert_eq!(refused(r), RefuseReason::LeaseTooLong);
+    let r = s.holder.request_region(4096, Rights::READ, None).await;
+    assert_eq!(
+        refused(r),
+        RefuseReason::LeaseTooLong,
+        "no lease is longer than 60 s"
+    );
+    let r = s.holder.request_region(777, Rights::READ, lease).await;
+    assert_eq!(refused(r), RefuseReason::Declined);
+    let second = s
+        .holder
+        .request_region(8192, Rights::READ, lease)
+        .await
+        .expect("a second region");
+    let r = s.holder.request_region(16, Rights::READ, lease).await;
+    assert_eq!(refused(r), RefuseReason::TooManyRegions);
+    assert_eq!(s.owner.granted(), 2);
+
+    // Released: the owner frees the memory, and the room is there again.
+    drop(first);
+    until("the owner takes in the release", || s.owner.granted() == 1).await;
+    let third = s
+        .holder
+        .request_region(16, Rights::READ, lease)
+        .await
+        .expect("room again after a release");
+    drop((second, third));
+    until("both released", || s.owner.granted() == 0).await;
+    s.close(before).await;
+}
+
+/// A lease ends: the holder's checks refuse the grant, the owner revokes it (the key stops
+/// working); a lease renewed before its end goes on.
+async fn leases_expire_and_renew(rt: Rt) {
+    if !support::device_present("leases_expire_and_renew") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let policy = GrantPolicy {
+        max_lease: Some(Duration::from_secs(10)),
+        ..GrantPolicy::default()
+    };
+    let s = sessions(rt, policy);
+    let region = s.pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    let short = s
+        .owner
+        .grant(
+            &region,
+            ..512,
+            Rights::WRITE,
+            Some(Duration::from_millis(300)),
+        )
+        .await
+        .expect("short grant");
+    let renewed = s
+        .owner
+        .grant(
+            &region,
+            512..1024,
+            Rights::WRITE,
+            Some(Duration::from_millis(300)),
+        )
+        .await
+        .expect("grant to renew");
+    let held_short = s.holder.next_grant().await.expect("short arrives");
+    let held_renewed = s.holder.next_grant().await.expect("second arrives");
+    let until_end = held_renewed
+        .renew(Duration::from_secs(5))
+        .await
+        .expect("renewal within the policy");
+    assert!(until_end.is_some());
+    let too_long = held_renewed.renew(Duration::from_secs(20)).await;
+    assert!(
+        matches!(
+            too_long,
+            Err(Error::RegionRefused {
+                reason: RefuseReason::LeaseTooLong
+            })
+        ),
+        "{too_long:?}"
+    );
+
+    anyrdma::sleep(Duration::from_millis(600)).await;
+    let (result, _) = held_short.write(buf(&s.pair, &[1; 8]), 0).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::GrantCheck {
+                problem: GrantProblem::Expired | GrantProblem::Revoked(RevokeReason::LeaseExpired),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    until("the owner revokes the expired grant", || !short.is_live()).await;
+    until("the holder hears of it", || {
+        held_short.ended() == Some(GrantProblem::Revoked(RevokeReason::LeaseExpired))
+            || held_short.ended() == Some(GrantProblem::Expired)
+    })
+    .await;
+    assert!(renewed.is_live(), "the renewed grant goes on");
+    let (result, _) = held_renewed.write(buf(&s.pair, &[2; 8]), 0).await;
+    result.expect("write to the renewed grant");
+    // The expired key no longer works at the device either.
+    let (result, _) = s
+        .holder
+        .queue_pair()
+        .write(buf(&s.pair, &[1; 8]), held_short.region())
+        .await;
+    let err = result.expect_err("a write with an expired key");
+    assert_eq!(err.wc_status(), Some(WcStatus::REM_ACCESS_ERR), "{err}");
+    drop((held_short, held_renewed, short, renewed, region));
+    s.close(before).await;
+}
+
+/// The holder's connection goes away (its queue pair is shut down) while it holds requested
+/// regions and a grant: the owner's serve ends with the failure, and everything the owner
+/// registered for the peer is deregistered.
+async fn peer_gone_releases_everything(rt: Rt) {
+    if !support::device_present("peer_gone_releases_everything") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let policy = GrantPolicy {
+        max_bytes: 1 << 20,
+        max_regions: 8,
+        rights: Rights::READ | Rights::WRITE,
+        ..GrantPolicy::default()
+    };
+    let s = sessions(rt, policy);
+    let region = s.pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    let lease = Some(Duration::from_secs(30));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            s.holder
+                .request_region(4096, Rights::READ | Rights::WRITE, lease)
+                .await
+                .expect("request"),
+        );
+    }
+    let grant = s
+        .owner
+        .grant(&region, .., Rights::READ, None)
+        .await
+        .expect("grant");
+    held.push(s.holder.next_grant().await.expect("grant arrives"));
+    assert_eq!(s.owner.granted(), 4);
+    // The holder goes away without a word: its queue pair fails, the owner's messages to it
+    // fail in turn.
+    s.pair
+        .b
+        .shutdown()
+        .expect("shut the holder's queue pair down");
+    // The owner notices on its next message to the peer.
+    let _ = s.owner.grant(&region, ..16, Rights::READ, None).await;
+    let end = within(30, "the owner's serve to end", s.owner_serve).await;
+    let err = end.expect_err("the owner's serve ends with the failure");
+    assert!(
+        matches!(err, Error::SessionEnded { cause: Some(_) }),
+        "{err}"
+    );
+    assert_eq!(s.owner.granted(), 0, "every grant revoked");
+    assert!(!grant.is_live());
+    let _ = within(10, "the holder's serve", s.holder_serve).await;
+    for held in &held {
+        assert!(held.ended().is_some());
+    }
+    drop((held, grant, s.owner, s.holder, s.pair, region));
+    assert_eq!(registered_regions(), before, "registrations left behind");
+}
+
+runtime_tests!(
+    grant_read_write_atomics_release,
+    release_and_revoke,
+    requests_accepted_and_refused,
+    leases_expire_and_renew,
+    peer_gone_releases_everything,
+);
