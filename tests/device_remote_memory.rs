@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use anyrdma::msg::{Messenger, MessengerOptions};
 use anyrdma::remote_memory::{
-    GrantPolicy, GrantProblem, MemorySession, RefuseReason, RevokeReason, Rights, SessionOptions,
+    Control, ControlProblem, GrantPolicy, GrantProblem, MemorySession, RefuseReason, RevokeReason,
+    Rights, SessionOptions,
 };
 use anyrdma::{registered_regions, Access, Error, LocalBuf, WcStatus};
 use support::{within, Pair, Rt};
@@ -526,7 +527,181 @@ async fn peer_gone_releases_everything(rt: Rt) {
     assert_eq!(registered_regions(), before, "registrations left behind");
 }
 
+/// A peer that breaks the protocol: every kind of bad control message ends the owner's
+/// session with the matching problem, its grants are revoked and nothing stays registered;
+/// a flood of requests beyond the policy is refused one by one, allocating nothing.
+async fn hostile_peer_is_cut_off(rt: Rt) {
+    if !support::device_present("hostile_peer_is_cut_off") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let grant_for = |request| Control::Grant {
+        grant: 1,
+        request,
+        addr: 4096,
+        len: 64,
+        rkey: 1,
+        access: Rights::READ,
+        lease_ms: 0,
+    };
+    let cases: Vec<(&str, Vec<Vec<u8>>, fn(&ControlProblem) -> bool)> = vec![
+        ("truncated", vec![vec![0x41]], |p| {
+            matches!(p, ControlProblem::Truncated { .. })
+        }),
+        ("not a control message", vec![b"hello".to_vec()], |p| {
+            matches!(p, ControlProblem::Kind(_))
+        }),
+        (
+            "another version",
+            vec![{
+                let mut bytes = Control::Release { grant: 1 }.encode();
+                bytes[1] = 9;
+                bytes
+            }],
+            |p| matches!(p, ControlProblem::Version(9)),
+        ),
+        (
+            "padded",
+            vec![{
+                let mut bytes = Control::Release { grant: 1 }.encode();
+                bytes.push(0);
+                bytes
+            }],
+            |p| matches!(p, ControlProblem::Length { .. }),
+        ),
+        (
+            "a grant for a request never made",
+            vec![grant_for(5).encode()],
+            |p| matches!(p, ControlProblem::UnexpectedGrant { request: 5 }),
+        ),
+        (
+            "the same grant twice",
+            vec![grant_for(0).encode(), grant_for(0).encode()],
+            |p| matches!(p, ControlProblem::DuplicateGrant { grant: 1 }),
+        ),
+        (
+            "a release of a grant never made",
+            vec![Control::Release { grant: 99 }.encode()],
+            |p| matches!(p, ControlProblem::UnknownGrant { grant: 99 }),
+        ),
+        (
+            "a revocation of a grant never received",
+            vec![Control::Revoke {
+                grant: 3,
+                reason: RevokeReason::Revoked,
+            }
+            .encode()],
+            |p| matches!(p, ControlProblem::UnknownGrant { grant: 3 }),
+        ),
+        (
+            "an answer to a request never made",
+            vec![Control::Refuse {
+                request: 4,
+                reason: RefuseReason::Declined,
+            }
+            .encode()],
+            |p| matches!(p, ControlProblem::UnknownRequest { request: 4 }),
+        ),
+    ];
+    for (what, messages, expected) in cases {
+        let pair = Pair::new();
+        let options = MessengerOptions {
+            depth: 16,
+            ..MessengerOptions::default()
+        };
+        let a = Messenger::new(&pair.a, options).expect("messenger a");
+        let peer = Messenger::new(&pair.b, options).expect("the peer's messenger");
+        let owner = MemorySession::new(a, SessionOptions::default());
+        let serving = {
+            let owner = owner.clone();
+            rt.spawn(async move { owner.serve().await })
+        };
+        let region = pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+        let grant = owner
+            .grant(&region, ..64, Rights::READ, None)
+            .await
+            .expect("a grant made before the peer turns hostile");
+        let granted = within(10, "the grant", peer.recv()).await.expect("grant");
+        assert!(matches!(
+            Control::decode(&granted.data),
+            Ok(Control::Grant { grant: 1, .. })
+        ));
+        drop(granted);
+        for message in &messages {
+            peer.send(message).await.expect("the peer sends");
+        }
+        let end = within(10, what, serving).await;
+        match end {
+            Err(Error::SessionEnded { cause: Some(cause) }) => match &*cause {
+                Error::BadControlMessage { problem } => {
+                    assert!(expected(problem), "{what}: {problem:?}")
+                }
+                other => panic!("{what}: ended by {other}"),
+            },
+            other => panic!("{what}: serve ended with {other:?}"),
+        }
+        assert!(!grant.is_live(), "{what}: the grant made before is revoked");
+        assert_eq!(owner.granted(), 0);
+        // Its queue pair was shut down, so the peer's next message fails (over a connection
+        // made by address, the peer is also told at once).
+        assert!(
+            pair.a.failure().is_some(),
+            "{what}: the queue pair is shut down"
+        );
+        drop((grant, region, owner, peer, pair));
+    }
+    assert_eq!(registered_regions(), before, "registrations left behind");
+
+    // A flood of requests the policy refuses: each gets its refusal, nothing is allocated,
+    // and the session goes on.
+    let pair = Pair::new();
+    let options = MessengerOptions {
+        depth: 16,
+        ..MessengerOptions::default()
+    };
+    let a = Messenger::new(&pair.a, options).expect("messenger a");
+    let peer = Messenger::new(&pair.b, options).expect("the peer's messenger");
+    let owner = MemorySession::new(a, SessionOptions::default());
+    let serving = {
+        let owner = owner.clone();
+        rt.spawn(async move { owner.serve().await })
+    };
+    const FLOOD: u64 = 2_000;
+    let sender = {
+        let peer = peer.clone();
+        rt.spawn(async move {
+            for request in 1..=FLOOD {
+                let asked = Control::Request {
+                    request,
+                    len: 1 << 30,
+                    access: Rights::READ,
+                    lease_ms: 1000,
+                };
+                peer.send(&asked.encode()).await.expect("the peer sends");
+            }
+        })
+    };
+    for request in 1..=FLOOD {
+        let answer = within(30, "a refusal", peer.recv()).await.expect("answer");
+        match Control::decode(&answer.data) {
+            Ok(Control::Refuse {
+                request: answered,
+                reason: RefuseReason::TooManyRegions,
+            }) => assert_eq!(answered, request),
+            other => panic!("request {request}: {other:?}"),
+        }
+    }
+    within(30, "the flood", sender).await;
+    assert_eq!(owner.granted(), 0);
+    owner.close();
+    within(10, "serve", serving).await.expect("closed cleanly");
+    drop((owner, peer, pair));
+    assert_eq!(registered_regions(), before, "registrations left behind");
+}
+
 runtime_tests!(
+    hostile_peer_is_cut_off,
     grant_read_write_atomics_release,
     release_and_revoke,
     requests_accepted_and_refused,

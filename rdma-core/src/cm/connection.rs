@@ -268,6 +268,15 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Ends the connection at once, without waiting for the peer's confirmation: the queue
+    /// pair is shut down and the peer is told (for a peer that broke a protocol).
+    pub(crate) fn cut_off(&self) {
+        let _ = self.qp.shared.shut_down(QpShutdownReason::Closed);
+        self.id.disconnect();
+    }
+}
+
 impl Deref for Connection {
     type Target = QueuePair;
 

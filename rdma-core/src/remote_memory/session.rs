@@ -308,7 +308,12 @@ impl MemorySession {
             Ok(()) => Ok(()),
             Err(err) => {
                 if matches!(err, Error::BadControlMessage { .. }) {
-                    let _ = self.inner.qp.shutdown();
+                    match self.inner.messenger.connection() {
+                        Some(connection) => connection.cut_off(),
+                        None => {
+                            let _ = self.inner.qp.shutdown();
+                        }
+                    }
                 }
                 let cause = Arc::new(err);
                 self.inner.end(Some(cause.clone()));
