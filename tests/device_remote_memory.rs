@@ -128,18 +128,15 @@ async fn grant_read_write_atomics_release(rt: Rt) {
     let before = registered_regions();
     let s = sessions(rt, GrantPolicy::default());
     let region = s.pair.pd.alloc_shared(8192, Access::LOCAL).expect("region");
-    let grant = within(
-        10,
-        "the grant",
-        s.owner.grant(
+    let grant = s
+        .owner
+        .grant(
             &region,
             4096..4096 + 256,
             Rights::READ | Rights::WRITE | Rights::ATOMIC,
             Some(Duration::from_secs(60)),
-        ),
-    )
-    .await
-    .expect("grant");
+        )
+        .expect("grant");
     assert_eq!(grant.region().len, 256);
     let held = within(10, "the grant to arrive", s.holder.next_grant())
         .await
@@ -236,7 +233,6 @@ async fn release_and_revoke(rt: Rt) {
     let warm_up = s
         .owner
         .grant(&region, ..1024, Rights::READ, None)
-        .await
         .expect("grant 0");
     s.holder
         .next_grant()
@@ -250,7 +246,6 @@ async fn release_and_revoke(rt: Rt) {
     let kept = s
         .owner
         .grant(&region, ..1024, Rights::READ, None)
-        .await
         .expect("grant 1");
     let held = s.holder.next_grant().await.expect("grant 1 arrives");
     assert_eq!(registered_regions(), base + 1, "one key per grant");
@@ -267,7 +262,6 @@ async fn release_and_revoke(rt: Rt) {
     let grant = s
         .owner
         .grant(&region, 1024..2048, Rights::WRITE, None)
-        .await
         .expect("grant 2");
     let held = s.holder.next_grant().await.expect("grant 2 arrives");
     assert_eq!(registered_regions(), base + 1, "one key per grant");
@@ -405,7 +399,6 @@ async fn leases_expire_and_renew(rt: Rt) {
             Rights::WRITE,
             Some(Duration::from_millis(300)),
         )
-        .await
         .expect("short grant");
     let renewed = s
         .owner
@@ -415,7 +408,6 @@ async fn leases_expire_and_renew(rt: Rt) {
             Rights::WRITE,
             Some(Duration::from_millis(300)),
         )
-        .await
         .expect("grant to renew");
     let held_short = s.holder.next_grant().await.expect("short arrives");
     let held_renewed = s.holder.next_grant().await.expect("second arrives");
@@ -499,7 +491,6 @@ async fn peer_gone_releases_everything(rt: Rt) {
     let grant = s
         .owner
         .grant(&region, .., Rights::READ, None)
-        .await
         .expect("grant");
     held.push(s.holder.next_grant().await.expect("grant arrives"));
     assert_eq!(s.owner.granted(), 4);
@@ -510,7 +501,7 @@ async fn peer_gone_releases_everything(rt: Rt) {
         .shutdown()
         .expect("shut the holder's queue pair down");
     // The owner notices on its next message to the peer.
-    let _ = s.owner.grant(&region, ..16, Rights::READ, None).await;
+    let _ = s.owner.grant(&region, ..16, Rights::READ, None);
     let end = within(30, "the owner's serve to end", s.owner_serve).await;
     let err = end.expect_err("the owner's serve ends with the failure");
     assert!(
@@ -545,7 +536,8 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
         access: Rights::READ,
         lease_ms: 0,
     };
-    let cases: Vec<(&str, Vec<Vec<u8>>, fn(&ControlProblem) -> bool)> = vec![
+    type Case = (&'static str, Vec<Vec<u8>>, fn(&ControlProblem) -> bool);
+    let cases: Vec<Case> = vec![
         ("truncated", vec![vec![0x41]], |p| {
             matches!(p, ControlProblem::Truncated { .. })
         }),
@@ -620,7 +612,6 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
         let region = pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
         let grant = owner
             .grant(&region, ..64, Rights::READ, None)
-            .await
             .expect("a grant made before the peer turns hostile");
         let granted = within(10, "the grant", peer.recv()).await.expect("grant");
         assert!(matches!(
@@ -700,8 +691,146 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
     assert_eq!(registered_regions(), before, "registrations left behind");
 }
 
+/// The environment variable that makes this test binary the holder process of
+/// `killed_holder_leaves_nothing_registered`, and the address it connects to.
+const HOLDER_ENV: &str = "ANYRDMA_TEST_RMEM_HOLDER";
+
+/// rxe0's address in the guest (rdma_cm cannot route 127.0.0.1).
+fn ip() -> std::net::IpAddr {
+    std::env::var("ANYRDMA_TEST_CM_ADDR")
+        .ok()
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+            169, 254, 77, 1,
+        )))
+}
+
+/// The holder, a process of its own connected by address, asks for three regions and takes
+/// a grant, then is killed (SIGKILL): the owner's serve ends with the disconnect, and every
+/// registration the owner made for it is gone.
+async fn killed_holder_leaves_nothing_registered(rt: Rt) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    if !support::device_present("killed_holder_leaves_nothing_registered") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let listener = anyrdma::cm::Listener::bind(std::net::SocketAddr::new(ip(), 0)).expect("listen");
+    let test = format!("{}::holder_process", rt.module());
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(HOLDER_ENV, listener.local_addr().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the holder process");
+    let incoming = within(30, "the holder's connect request", listener.incoming())
+        .await
+        .expect("incoming");
+    let messenger = Messenger::accept(
+        incoming,
+        anyrdma::cm::ConnectionOptions::default(),
+        MessengerOptions::default(),
+    )
+    .await
+    .expect("accept");
+    let policy = GrantPolicy {
+        max_bytes: 1 << 20,
+        max_regions: 3,
+        rights: Rights::READ | Rights::WRITE,
+        ..GrantPolicy::default()
+    };
+    let owner = MemorySession::new(
+        messenger,
+        SessionOptions {
+            policy,
+            ..SessionOptions::default()
+        },
+    );
+    let serving = {
+        let owner = owner.clone();
+        rt.spawn(async move { owner.serve().await })
+    };
+    let region = owner
+        .queue_pair()
+        .pd()
+        .alloc_shared(4096, Access::LOCAL)
+        .expect("region");
+    let grant = owner
+        .grant(&region, .., Rights::READ | Rights::WRITE, None)
+        .expect("grant");
+    let stdout = child.stdout.take().expect("the holder's stdout");
+    let holding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let holding = holding.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("HOLDING") {
+                    holding.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+        })
+    };
+    until("the holder says it holds four grants", || {
+        holding.load(std::sync::atomic::Ordering::Acquire)
+    })
+    .await;
+    assert_eq!(owner.granted(), 4);
+    let with_grants = registered_regions();
+    child.kill().expect("kill the holder");
+    let _ = child.wait();
+    let _ = reader.join();
+    let end = within(30, "the owner's serve to end", serving).await;
+    let err = end.expect_err("the owner's serve ends with the disconnect");
+    assert!(err.is_disconnect(), "{err}");
+    assert_eq!(owner.granted(), 0, "every grant revoked");
+    assert!(!grant.is_live());
+    assert!(
+        registered_regions() <= with_grants - 4,
+        "the four keys and the three requested regions go at once"
+    );
+    drop((grant, region, owner, listener));
+    assert_eq!(registered_regions(), before, "registrations left behind");
+}
+
+/// The holder process of `killed_holder_leaves_nothing_registered` (does nothing in a normal
+/// run).
+async fn holder_process(rt: Rt) {
+    let Ok(addr) = std::env::var(HOLDER_ENV) else {
+        return;
+    };
+    let addr = addr.parse().expect("the owner's address");
+    let messenger = Messenger::connect(
+        addr,
+        anyrdma::cm::ConnectionOptions::default(),
+        MessengerOptions::default(),
+    )
+    .await
+    .expect("connect");
+    let holder = MemorySession::new(messenger, SessionOptions::default());
+    let serving = {
+        let holder = holder.clone();
+        rt.spawn(async move { holder.serve().await })
+    };
+    let mut held = vec![holder.next_grant().await.expect("the owner's grant")];
+    for _ in 0..3 {
+        let lease = Some(Duration::from_secs(30));
+        held.push(
+            holder
+                .request_region(4096, Rights::READ | Rights::WRITE, lease)
+                .await
+                .expect("request"),
+        );
+    }
+    println!("HOLDING {}", held.len());
+    let _ = within(60, "being killed", serving).await;
+}
+
 runtime_tests!(
     hostile_peer_is_cut_off,
+    killed_holder_leaves_nothing_registered,
+    holder_process,
     grant_read_write_atomics_release,
     release_and_revoke,
     requests_accepted_and_refused,

@@ -299,13 +299,15 @@ impl Grant {
             .is_some_and(|session| session.is_granted(self.id))
     }
 
-    /// Extends the lease to `lease` from now (`None`: no expiry) and tells the peer.
+    /// Extends the lease to `lease` from now (`None`: no expiry); the peer is told by the
+    /// session's [`serve`](super::MemorySession::serve).
     ///
     /// # Errors
-    /// [`Error::SessionEnded`] when the grant ended already.
-    pub async fn renew(&self, lease: Option<Duration>) -> Result<()> {
+    /// [`Error::SessionEnded`] when the grant ended already, [`Error::InvalidArgument`] for
+    /// a lease over 30 days.
+    pub fn renew(&self, lease: Option<Duration>) -> Result<()> {
         match self.session.upgrade() {
-            Some(session) => session.extend(self.id, lease).await,
+            Some(session) => session.extend(self.id, lease),
             None => Err(Error::SessionEnded { cause: None }),
         }
     }

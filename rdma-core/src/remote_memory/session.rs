@@ -58,9 +58,7 @@ impl Default for SessionOptions {
 /// use anyrdma_core::remote_memory::{MemorySession, Rights, SessionOptions};
 /// let session = MemorySession::new(messenger, SessionOptions::default());
 /// let serving = session.clone();
-/// let grant = session
-///     .grant(&table, .., Rights::READ | Rights::WRITE, Some(Duration::from_secs(30)))
-///     .await?;
+/// let grant = session.grant(&table, .., Rights::READ | Rights::WRITE, Some(Duration::from_secs(30)))?;
 /// serving.serve().await?; // until the connection ends
 /// # drop(grant); Ok(()) }
 /// ```
@@ -181,15 +179,17 @@ impl MemorySession {
     }
 
     /// Grants the peer `rights` to exactly `range` of `region`, for `lease` (`None`: until
-    /// revoked), and tells it. The key the peer gets reaches those bytes and no others
-    /// (a registration of its own), and the region's memory stays allocated while it works.
-    /// Dropping the returned [`Grant`] revokes it.
+    /// revoked). The key the peer gets reaches those bytes and no others (a registration of
+    /// its own), and the region's memory stays allocated while it works. The grant goes to
+    /// the peer with [`serve`](MemorySession::serve), which sends every control message in
+    /// the order they were made. Dropping the returned [`Grant`] revokes it.
     ///
     /// # Errors
     /// [`Error::SharedOutOfRange`] for a range outside the region or empty,
-    /// [`Error::InvalidArgument`] for no rights or a lease over 30 days, the registration's
-    /// error, [`Error::SessionEnded`], or the messenger's error sending it.
-    pub async fn grant(
+    /// [`Error::InvalidArgument`] for no rights, a lease over 30 days or a region of another
+    /// protection domain than the session's queue pair, the registration's error,
+    /// [`Error::SessionEnded`].
+    pub fn grant(
         &self,
         region: &SharedRegion,
         range: impl RangeBounds<usize>,
@@ -233,7 +233,6 @@ impl MemorySession {
                 session: Arc::downgrade(&self.inner),
             }
         };
-        self.inner.flush().await?;
         Ok(grant)
     }
 
@@ -389,7 +388,9 @@ impl Inner {
         }
     }
 
-    /// Sends what is queued, in order.
+    /// Sends what is queued, in order. Only the serve loop sends, so that the peer gets the
+    /// messages in the order they were made (two tasks sending at once could swap them, and
+    /// a grant must never arrive after its revocation, nor grant 2 before grant 1).
     async fn flush(&self) -> Result<()> {
         loop {
             let Some(message) = self.state().outbox.pop_front() else {
@@ -421,7 +422,6 @@ impl Inner {
             }
         }
         let _forget = Forget(self, id);
-        self.flush().await?;
         let wait = poll_fn(|cx| {
             let mut state = self.state();
             match state.answers.get_mut(&id) {
@@ -461,7 +461,7 @@ impl Inner {
     }
 
     /// Owner: extends grant `id` to `lease` from now and tells the peer.
-    pub(crate) async fn extend(&self, id: u64, lease: Option<Duration>) -> Result<()> {
+    pub(crate) fn extend(&self, id: u64, lease: Option<Duration>) -> Result<()> {
         let ms = lease_ms(lease)?;
         {
             let mut state = self.state();
@@ -476,7 +476,7 @@ impl Inner {
                 lease_ms: ms,
             });
         }
-        self.flush().await
+        Ok(())
     }
 
     pub(crate) fn is_granted(&self, id: u64) -> bool {
