@@ -4,6 +4,26 @@
 //! The side whose memory is exposed is the *owner*; the side it is exposed to is the
 //! *holder*. Both sides of a connection may be both at once: each direction is independent.
 //!
+//! # Use
+//!
+//! A [`MemorySession`] takes over a [`Messenger`](crate::msg::Messenger) of the connection,
+//! and each side runs [`MemorySession::serve`] while it uses the session.
+//!
+//! - **Grant** ([`MemorySession::grant`]): exactly a byte range of a
+//!   [`SharedRegion`](crate::SharedRegion) (memory the owner itself reaches only atomically),
+//!   with exactly the rights given, for a lease. Each grant is a registration of its own over
+//!   its range, so its key reaches nothing around it. The [`Grant`] handle renews it; dropping
+//!   it revokes it.
+//! - **Use** ([`MemorySession::next_grant`]): the holder gets a [`RemoteGrant`], whose
+//!   one-sided operations are checked before anything is posted ([`GrantProblem`]). Dropping it
+//!   releases the grant; [`RemoteGrant::renew`] asks for a longer lease.
+//! - **Request** ([`MemorySession::request_region`]): the holder asks the owner to allocate
+//!   memory for it; the owner's [`GrantPolicy`] grants it or refuses with a [`RefuseReason`].
+//! - **End**: a grant ends when it is released, revoked, or its lease runs out (the owner
+//!   revokes it then). When the session ends (its connection failed, the peer broke the
+//!   protocol, or [`MemorySession::close`]), every grant ends with it and everything
+//!   registered for the peer is deregistered.
+//!
 //! # Messages
 //!
 //! Each control message travels alone, as one message of the messaging layer
