@@ -27,24 +27,37 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A session on each side of a loopback pair, each serving in a task of its own: (pair,
-/// owner, holder, the owner's serve task, the holder's serve task).
-struct Sessions {
-    pair: Pair,
-    owner: MemorySession,
-    holder: MemorySession,
-    owner_serve: std::pin::Pin<Box<dyn std::future::Future<Output = anyrdma::Result<()>> + Send>>,
-    holder_serve: std::pin::Pin<Box<dyn std::future::Future<Output = anyrdma::Result<()>> + Send>>,
+/// A session's serve loop, running in a task of its own.
+type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = anyrdma::Result<()>> + Send>>;
+
+fn serve(rt: Rt, session: &MemorySession) -> Serving {
+    let session = session.clone();
+    rt.spawn(async move { session.serve().await })
 }
 
-fn sessions(rt: Rt, policy: GrantPolicy) -> Sessions {
-    let pair = Pair::new();
+/// A messenger on each queue pair of `pair`.
+fn messengers(pair: &Pair) -> (Messenger, Messenger) {
     let options = MessengerOptions {
         depth: 16,
         ..MessengerOptions::default()
     };
     let a = Messenger::new(&pair.a, options).expect("messenger a");
     let b = Messenger::new(&pair.b, options).expect("messenger b");
+    (a, b)
+}
+
+/// A session on each side of a loopback pair, each serving in a task of its own.
+struct Sessions {
+    pair: Pair,
+    owner: MemorySession,
+    holder: MemorySession,
+    owner_serve: Serving,
+    holder_serve: Serving,
+}
+
+fn sessions(rt: Rt, policy: GrantPolicy) -> Sessions {
+    let pair = Pair::new();
+    let (a, b) = messengers(&pair);
     let owner = MemorySession::new(
         a,
         SessionOptions {
@@ -53,20 +66,12 @@ fn sessions(rt: Rt, policy: GrantPolicy) -> Sessions {
         },
     );
     let holder = MemorySession::new(b, SessionOptions::default());
-    let owner_serve = {
-        let owner = owner.clone();
-        rt.spawn(async move { owner.serve().await })
-    };
-    let holder_serve = {
-        let holder = holder.clone();
-        rt.spawn(async move { holder.serve().await })
-    };
     Sessions {
+        owner_serve: serve(rt, &owner),
+        holder_serve: serve(rt, &holder),
         pair,
         owner,
         holder,
-        owner_serve,
-        holder_serve,
     }
 }
 
@@ -598,17 +603,9 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
     ];
     for (what, messages, expected) in cases {
         let pair = Pair::new();
-        let options = MessengerOptions {
-            depth: 16,
-            ..MessengerOptions::default()
-        };
-        let a = Messenger::new(&pair.a, options).expect("messenger a");
-        let peer = Messenger::new(&pair.b, options).expect("the peer's messenger");
+        let (a, peer) = messengers(&pair);
         let owner = MemorySession::new(a, SessionOptions::default());
-        let serving = {
-            let owner = owner.clone();
-            rt.spawn(async move { owner.serve().await })
-        };
+        let serving = serve(rt, &owner);
         let region = pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
         let grant = owner
             .grant(&region, ..64, Rights::READ, None)
@@ -647,17 +644,9 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
     // A flood of requests the policy refuses: each gets its refusal, nothing is allocated,
     // and the session goes on.
     let pair = Pair::new();
-    let options = MessengerOptions {
-        depth: 16,
-        ..MessengerOptions::default()
-    };
-    let a = Messenger::new(&pair.a, options).expect("messenger a");
-    let peer = Messenger::new(&pair.b, options).expect("the peer's messenger");
+    let (a, peer) = messengers(&pair);
     let owner = MemorySession::new(a, SessionOptions::default());
-    let serving = {
-        let owner = owner.clone();
-        rt.spawn(async move { owner.serve().await })
-    };
+    let serving = serve(rt, &owner);
     const FLOOD: u64 = 2_000;
     let sender = {
         let peer = peer.clone();
@@ -748,10 +737,7 @@ async fn killed_holder_leaves_nothing_registered(rt: Rt) {
             ..SessionOptions::default()
         },
     );
-    let serving = {
-        let owner = owner.clone();
-        rt.spawn(async move { owner.serve().await })
-    };
+    let serving = serve(rt, &owner);
     let region = owner
         .queue_pair()
         .pd()
@@ -809,10 +795,7 @@ async fn holder_process(rt: Rt) {
     .await
     .expect("connect");
     let holder = MemorySession::new(messenger, SessionOptions::default());
-    let serving = {
-        let holder = holder.clone();
-        rt.spawn(async move { holder.serve().await })
-    };
+    let serving = serve(rt, &holder);
     let mut held = vec![holder.next_grant().await.expect("the owner's grant")];
     for _ in 0..3 {
         let lease = Some(Duration::from_secs(30));

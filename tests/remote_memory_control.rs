@@ -5,6 +5,8 @@
 //! The inputs come from a seeded xorshift generator, so a failure names the seed and the
 //! input's index and reproduces exactly. No device is needed.
 
+mod seeded;
+
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -12,6 +14,7 @@ use anyrdma::remote_memory::{
     Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS,
 };
 use anyrdma::Error;
+use seeded::Rng;
 
 /// Inputs in all.
 const INPUTS: usize = 200_000;
@@ -48,36 +51,17 @@ const DECODER_PROBLEMS: [&str; 11] = [
     "ZeroLength",
 ];
 
-/// xorshift64* (Vigna): small, fast, and the same sequence on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // The state must not be zero.
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-
+/// Field values for control messages.
+trait Fields {
     /// A value at or next to one of the edges of a field, or anywhere.
+    fn edgy(&mut self, edges: &[u64]) -> u64;
+    /// An id: mostly valid, sometimes 0.
+    fn id(&mut self) -> u64;
+    fn lease(&mut self) -> u64;
+    fn rights(&mut self) -> Rights;
+}
+
+impl Fields for Rng {
     fn edgy(&mut self, edges: &[u64]) -> u64 {
         match self.below(4) {
             0 => self.next(),
@@ -89,7 +73,6 @@ impl Rng {
         }
     }
 
-    /// An id: mostly valid, sometimes 0.
     fn id(&mut self) -> u64 {
         self.edgy(&[1, 2, 1 << 32, u64::MAX])
     }

@@ -5,11 +5,14 @@
 //! The inputs come from a seeded xorshift generator, so a failure names the seed and the
 //! input's index and reproduces exactly.
 
+mod seeded;
+
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use anyrdma::{Endpoint, Error, Gid, RemoteRegion, WireProblem};
+use seeded::Rng;
 
 /// Inputs per format.
 const INPUTS: usize = 100_000;
@@ -17,32 +20,13 @@ const INPUTS: usize = 100_000;
 /// The generator's seed; change it to explore, keep it to reproduce.
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// xorshift64* (Vigna): small, fast, and the same sequence on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // The state must not be zero.
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-
+/// Values near the edges of a field.
+trait Edges {
     /// A value near one of the edges of a field, or anywhere.
+    fn edgy(&mut self, edges: &[u64]) -> u64;
+}
+
+impl Edges for Rng {
     fn edgy(&mut self, edges: &[u64]) -> u64 {
         match self.below(3) {
             0 => self.next(),
