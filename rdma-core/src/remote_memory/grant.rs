@@ -292,7 +292,7 @@ impl Grant {
     }
 
     /// Whether the peer can still use it: not released, revoked or expired, and the session
-    /// has not ended.
+    /// has not ended. Once it is false, the key no longer works.
     pub fn is_live(&self) -> bool {
         self.session
             .upgrade()

@@ -486,22 +486,24 @@ impl Inner {
     /// Owner: ends grant `id` (its key stops working now) and tells the peer.
     pub(crate) fn revoke(&self, id: u64, reason: RevokeReason) {
         let mut state = self.state();
-        if let Some(granted) = Self::forget_grant(&mut state, id) {
-            if state.ended.is_none() {
-                state.send_later(Control::Revoke { grant: id, reason });
-            }
-            drop(state);
-            drop(granted); // deregisters
+        if Self::end_grant(&mut state, id) && state.ended.is_none() {
+            state.send_later(Control::Revoke { grant: id, reason });
         }
     }
 
-    fn forget_grant(state: &mut State, id: u64) -> Option<Granted> {
-        let granted = state.granted.remove(&id)?;
+    /// Removes grant `id` and deregisters its key (and the memory lent for a request), under
+    /// the lock: once a grant is gone from the table its key no longer works. False if it
+    /// was gone already.
+    fn end_grant(state: &mut State, id: u64) -> bool {
+        let Some(granted) = state.granted.remove(&id) else {
+            return false;
+        };
         if let Some((_, len)) = &granted.requested {
             state.requested_bytes -= len;
             state.requested_regions -= 1;
         }
-        Some(granted)
+        drop(granted); // deregisters
+        true
     }
 
     /// Holder: this side dropped its handle of grant `id`.
@@ -519,7 +521,7 @@ impl Inner {
         if state.ended.is_none() {
             state.ended = Some(cause);
         }
-        let granted: Vec<Granted> = state.granted.drain().map(|(_, granted)| granted).collect();
+        state.granted.clear(); // deregisters every key
         state.requested_bytes = 0;
         state.requested_regions = 0;
         for held in state.held.values() {
@@ -536,8 +538,7 @@ impl Inner {
         }
         let arrived = std::mem::take(&mut state.arrived);
         drop(state);
-        drop(granted); // deregisters every key
-        drop(arrived);
+        drop(arrived); // outside the lock: a dropped grant releases, which locks
         for waker in wakers {
             waker.wake();
         }
@@ -597,9 +598,8 @@ impl Inner {
             .filter(|(_, granted)| granted.deadline.is_some_and(|at| at <= now))
             .map(|(&id, _)| id)
             .collect();
-        let mut keys = Vec::with_capacity(ended.len());
         for id in ended {
-            keys.extend(Self::forget_grant(&mut state, id));
+            Self::end_grant(&mut state, id);
             state.send_later(Control::Revoke {
                 grant: id,
                 reason: RevokeReason::LeaseExpired,
@@ -610,8 +610,6 @@ impl Inner {
             .values()
             .filter_map(|granted| granted.deadline)
             .min();
-        drop(state);
-        drop(keys); // deregisters
         next
     }
 
@@ -717,9 +715,7 @@ impl Inner {
                     return Err(broken(ControlProblem::UnknownGrant { grant }));
                 }
                 // A release of a grant that already ended crossed its revocation: nothing to do.
-                let granted = Self::forget_grant(&mut state, grant);
-                drop(state);
-                drop(granted); // deregisters
+                Self::end_grant(&mut state, grant);
             }
             Control::Revoke { grant, reason } => {
                 if grant > state.last_received {
