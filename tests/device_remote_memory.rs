@@ -329,6 +329,12 @@ async fn requests_accepted_and_refused(rt: Rt) {
         .await
         .expect("a request within the policy");
     assert_eq!(first.len(), 4096);
+    // The owner's serve answered: it runs, and a second one is refused.
+    let second_serve = s.owner.serve().await;
+    assert!(
+        matches!(second_serve, Err(Error::InvalidArgument(_))),
+        "one serve loop at a time: {second_serve:?}"
+    );
     let (result, _) = first.write(buf(&s.pair, &[0xab; 4096]), 0).await;
     result.expect("write into requested memory");
     let (result, back) = first
@@ -810,7 +816,73 @@ async fn holder_process(rt: Rt) {
     let _ = within(60, "being killed", serving).await;
 }
 
+/// Closing tells the peer: a holder that drops a grant and closes at once still sends the
+/// release, and an owner that closes revokes each of its grants at the peer.
+async fn close_tells_the_peer(rt: Rt) {
+    if !support::device_present("close_tells_the_peer") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let s = sessions(rt, GrantPolicy::default());
+    let region = s.pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    let first = s
+        .owner
+        .grant(&region, ..64, Rights::READ, None)
+        .expect("grant 1");
+    let second = s
+        .owner
+        .grant(&region, 64..128, Rights::READ, None)
+        .expect("grant 2");
+    let first_held = s.holder.next_grant().await.expect("grant 1 arrives");
+    let second_held = s.holder.next_grant().await.expect("grant 2 arrives");
+
+    // The owner closes: the holder hears of every grant it still holds.
+    drop(second_held);
+    until("the owner takes in the release", || !second.is_live()).await;
+    s.owner.close();
+    assert!(!first.is_live(), "closed: the key stopped working");
+    within(10, "the owner's serve", s.owner_serve)
+        .await
+        .expect("a closed session's serve ends cleanly");
+    until("the holder hears of the revocation", || {
+        first_held.ended() == Some(GrantProblem::Revoked(RevokeReason::Closing))
+    })
+    .await;
+    drop((first, second, first_held, region));
+    s.holder.close();
+    within(10, "the holder's serve", s.holder_serve)
+        .await
+        .expect("closed cleanly");
+    drop((s.owner, s.holder, s.pair));
+    assert_eq!(registered_regions(), before, "registrations left behind");
+
+    // The other way: the holder drops its grant and closes at once; the release still goes.
+    let before = registered_regions();
+    let s = sessions(rt, GrantPolicy::default());
+    let region = s.pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    let grant = s
+        .owner
+        .grant(&region, .., Rights::READ, None)
+        .expect("grant");
+    let held = s.holder.next_grant().await.expect("grant arrives");
+    drop(held);
+    s.holder.close();
+    within(10, "the holder's serve", s.holder_serve)
+        .await
+        .expect("closed cleanly");
+    until("the owner takes in the release", || !grant.is_live()).await;
+    drop((grant, region));
+    s.owner.close();
+    within(10, "the owner's serve", s.owner_serve)
+        .await
+        .expect("closed cleanly");
+    drop((s.owner, s.holder, s.pair));
+    assert_eq!(registered_regions(), before, "registrations left behind");
+}
+
 runtime_tests!(
+    close_tells_the_peer,
     hostile_peer_is_cut_off,
     killed_holder_leaves_nothing_registered,
     holder_process,

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::msg::Messenger;
 use crate::qp::QueuePair;
 use crate::remote::RemoteRegion;
-use crate::runtime::{default_runtime, timeout, RuntimeHandle, Sleep};
+use crate::runtime::{default_runtime, with_sleep, RuntimeHandle, Sleep};
 use crate::shared::SharedRegion;
 use crate::wake::lock;
 
@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) qp: QueuePair,
     options: SessionOptions,
     state: Mutex<State>,
+    /// Whether a serve loop runs (one at most: it alone receives and sends).
+    serving: std::sync::atomic::AtomicBool,
 }
 
 /// A grant this side made.
@@ -169,6 +171,7 @@ impl MemorySession {
                 messenger,
                 options,
                 state: Mutex::new(State::default()),
+                serving: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -296,13 +299,29 @@ impl MemorySession {
     /// whose lease ends. Returns when the session ends; then every grant made is revoked and
     /// every waiting call ends with [`Error::SessionEnded`].
     ///
-    /// Returns `Ok` when the session was [closed](MemorySession::close) on this side.
+    /// Returns `Ok` when the session was [closed](MemorySession::close) on this side. One task
+    /// serves at a time (a second call fails with [`Error::InvalidArgument`]); a serve whose
+    /// future is dropped can be started again.
     ///
     /// # Errors
     /// [`Error::SessionEnded`] whose cause is why it ended: the connection's failure (a
     /// disconnect), or [`Error::BadControlMessage`] when the peer broke the protocol (the
     /// queue pair is then shut down, so the peer sees the connection end too).
     pub async fn serve(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.inner.serving.swap(true, Ordering::AcqRel) {
+            return Err(Error::InvalidArgument(
+                "this memory session is already served by another task: run serve once".into(),
+            ));
+        }
+        // Another task may serve once this one ends or is dropped.
+        struct Served<'a>(&'a Inner);
+        impl Drop for Served<'_> {
+            fn drop(&mut self) {
+                self.0.serving.store(false, Ordering::Release);
+            }
+        }
+        let _served = Served(&self.inner);
         match self.inner.serve().await {
             Ok(()) => Ok(()),
             Err(err) => {
@@ -321,8 +340,10 @@ impl MemorySession {
         }
     }
 
-    /// Ends the session now: revokes every grant made and ends every grant held (a running
-    /// [`serve`](MemorySession::serve) returns).
+    /// Ends the session now: revokes every grant made (their keys stop working before this
+    /// returns) and ends every grant held. A running [`serve`](MemorySession::serve) then
+    /// sends what was queued (releases of grants dropped before) and a revocation of each
+    /// grant made, and returns.
     pub fn close(&self) {
         self.inner.end(None);
     }
@@ -435,7 +456,7 @@ impl Inner {
             }
         });
         let after = self.options.answer_timeout;
-        match timeout(after, wait).await {
+        match with_sleep(after, wait, self.runtime()?.sleep(after)).await {
             Ok(answer) => answer,
             Err(_) => Err(Error::NoAnswer { what, after }),
         }
@@ -516,10 +537,28 @@ impl Inner {
 
     /// Ends the session: every grant made is revoked, every grant held ends, and every
     /// waiting call and the serve loop are woken.
+    ///
+    /// Closed on this side (no `cause`), the peer is told: a revocation of each grant made,
+    /// after what was queued before (releases of grants dropped, say), sent by the serve loop
+    /// as it returns.
     fn end(&self, cause: Option<Arc<Error>>) {
         let mut state = self.state();
-        if state.ended.is_none() {
-            state.ended = Some(cause);
+        if state.ended.is_some() {
+            return;
+        }
+        let closing = cause.is_none();
+        state.ended = Some(cause);
+        if closing {
+            let mut ids: Vec<u64> = state.granted.keys().copied().collect();
+            ids.sort_unstable();
+            for grant in ids {
+                state.outbox.push_back(Control::Revoke {
+                    grant,
+                    reason: RevokeReason::Closing,
+                });
+            }
+        } else {
+            state.outbox.clear();
         }
         state.granted.clear(); // deregisters every key
         state.requested_bytes = 0;
@@ -528,7 +567,6 @@ impl Inner {
             lock(held).ended.get_or_insert(GrantProblem::SessionEnded);
         }
         state.held.clear();
-        state.outbox.clear();
         let mut wakers: Vec<Waker> = state.serve_waker.take().into_iter().collect();
         wakers.extend(state.arrived_waker.take());
         for answer in state.answers.values_mut() {
@@ -548,8 +586,12 @@ impl Inner {
         let runtime = self.runtime()?;
         let mut timer: Option<(Instant, Sleep)> = None;
         loop {
-            if self.state().ended.is_some() {
-                return Ok(()); // closed on this side
+            if matches!(self.state().ended, Some(None)) {
+                // Closed on this side: what is queued goes out, within the answer timeout
+                // (a peer that takes nothing in must not hold this up).
+                let after = self.options.answer_timeout;
+                let _ = with_sleep(after, self.flush(), runtime.sleep(after)).await;
+                return Ok(());
             }
             self.flush().await?;
             let next = self.expire(Instant::now());

@@ -52,6 +52,7 @@ use std::time::Duration;
 
 pub use default::{default_runtime, set_default_provider, set_default_runtime, DefaultProvider};
 pub(crate) use lazy_watch::LazyWatch;
+pub(crate) use timeout::with_sleep;
 pub use timeout::{sleep, timeout, Elapsed};
 
 /// A boxed timer future, as [`Runtime::sleep`] returns it.

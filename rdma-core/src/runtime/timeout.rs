@@ -63,7 +63,7 @@ fn default_sleep(duration: Duration) -> Sleep {
 /// The deadline is also checked against the clock at every poll: a runtime's timer may stay
 /// pending past its deadline when the task's cooperative budget is spent (Tokio's does, and
 /// the future, by spending it, can cause that), while the task keeps being polled.
-pub(super) async fn with_sleep<F: Future>(
+pub(crate) async fn with_sleep<F: Future>(
     duration: Duration,
     future: F,
     sleep: Sleep,
