@@ -60,16 +60,14 @@
 mod common;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyrdma::cm::{ConnectionOptions, ConnectionResources, Incoming, Listener};
 use anyrdma::msg::{Messenger, MessengerOptions};
 use anyrdma::remote_memory::{MemorySession, RemoteGrant, Rights, SessionOptions};
-use anyrdma::{
-    Access, CompletionQueue, Context, CqOptions, DeviceSpec, LocalBuf, PortSelection, SharedRegion,
-};
+use anyrdma::{Access, CompletionQueue, Context, CqOptions, LocalBuf, PortSelection, SharedRegion};
 
 const PROGRAM: &str = "remote-kv";
 const USAGE: &str = "usage: remote-kv serve --listen ADDR[:PORT] [--slots N]\n       remote-kv check --connect ADDR[:PORT] [--clients C] [--ops N]\n\nserve: grants a table of N slots (default 1024) to every client, until killed.\ncheck: C clients (default 4) each make N increments (default 1000) under slot locks,\n       then the counters must have grown by exactly C×N. The default port is 7472.";
@@ -100,7 +98,7 @@ async fn serve(listen: &str, slots: usize) -> Outcome {
     let addr = anyrdma::cm::parse_addr(listen, DEFAULT_PORT)?;
     // Bound first: an address that belongs to no RDMA device fails here, with a hint.
     let listener = Listener::bind(addr)?;
-    let (port, resources) = resources_for(addr.ip())?;
+    let (port, resources) = resources_for(&listener)?;
     // Registered for local access only: peers reach it through each grant's own key.
     let table = Arc::new(
         resources
@@ -124,10 +122,14 @@ async fn serve(listen: &str, slots: usize) -> Outcome {
     }
 }
 
-/// A protection domain and a completion queue on the device port that holds `ip`, for every
-/// connection of the server (see the module documentation), and that port.
-fn resources_for(ip: IpAddr) -> Outcome<(PortSelection, ConnectionResources)> {
-    let port = port_holding(ip)?;
+/// A protection domain and a completion queue on the device port `listener` is bound to
+/// (the default port for an unspecified address), for every connection of the server (see
+/// the module documentation), and that port.
+fn resources_for(listener: &Listener) -> Outcome<(PortSelection, ConnectionResources)> {
+    let port = match listener.port()? {
+        Some(port) => port,
+        None => anyrdma::default_port()?,
+    };
     let ctx = Context::open_port(&port)?;
     let pd = ctx.alloc_pd()?;
     let cq = CompletionQueue::new(
@@ -143,30 +145,6 @@ fn resources_for(ip: IpAddr) -> Outcome<(PortSelection, ConnectionResources)> {
         recv_cq: cq,
     };
     Ok((port, resources))
-}
-
-/// The active device port whose GID table holds `ip` (RoCE and Soft-RoCE put the
-/// interface's addresses there). For an unspecified address, or on InfiniBand (whose GIDs
-/// hold no IP address), the default port (`ANYRDMA_DEVICE` chooses another).
-fn port_holding(ip: IpAddr) -> Outcome<PortSelection> {
-    let holds = |gid: &anyrdma::Gid| match ip {
-        IpAddr::V4(v4) => gid.to_ipv4() == Some(v4),
-        IpAddr::V6(v6) => gid.to_ipv6() == v6,
-    };
-    if !ip.is_unspecified() {
-        for device in anyrdma::devices()? {
-            for port in device.active_ports() {
-                if port.gids.iter().any(|entry| holds(&entry.gid)) {
-                    return Ok(PortSelection::for_spec(&DeviceSpec {
-                        name: device.name.clone(),
-                        port: Some(port.number),
-                        gid_index: None,
-                    })?);
-                }
-            }
-        }
-    }
-    Ok(anyrdma::default_port()?)
 }
 
 /// Accepts one client, grants it the table and answers its memory session until it leaves.

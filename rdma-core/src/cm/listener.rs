@@ -89,6 +89,26 @@ impl Listener {
         self.local
     }
 
+    /// The device port the listener is bound to, when its address belongs to one device
+    /// (`None` for an unspecified address, which listens on every device): open it with
+    /// [`Context::open_port`](crate::Context::open_port) to allocate memory and queues for
+    /// the connections it accepts ([`ConnectionOptions::resources`](super::ConnectionOptions::resources)).
+    ///
+    /// # Errors
+    /// As [`PortSelection::for_spec`](crate::PortSelection::for_spec), when the device
+    /// cannot be listed.
+    pub fn port(&self) -> Result<Option<crate::PortSelection>> {
+        let Some((name, port)) = self.id.device() else {
+            return Ok(None);
+        };
+        crate::PortSelection::for_spec(&crate::DeviceSpec {
+            name,
+            port: Some(port),
+            gid_index: None,
+        })
+        .map(Some)
+    }
+
     /// The next connect request, to accept or reject after looking at it.
     ///
     /// # Errors
