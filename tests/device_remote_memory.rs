@@ -647,6 +647,56 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
     }
     assert_eq!(registered_regions(), before, "registrations left behind");
 
+    // An answer of the wrong kind: a renewal in answer to a request for memory (whose caller
+    // would otherwise be handed something it did not ask for).
+    let pair = Pair::new();
+    let (a, peer) = messengers(&pair);
+    let holder = MemorySession::new(a, SessionOptions::default());
+    let serving = serve(rt, &holder);
+    peer.send(&grant_for(0).encode())
+        .await
+        .expect("an unsolicited grant");
+    let held = within(10, "the grant", holder.next_grant())
+        .await
+        .expect("grant");
+    let asking = {
+        let holder = holder.clone();
+        rt.spawn(async move { holder.request_region(4096, Rights::READ, None).await })
+    };
+    let request = within(10, "the request", peer.recv())
+        .await
+        .expect("request");
+    assert!(matches!(
+        Control::decode(&request.data),
+        Ok(Control::Request { request: 1, .. })
+    ));
+    let wrong = Control::Renewed {
+        request: 1,
+        grant: 1,
+        lease_ms: 1000,
+    };
+    peer.send(&wrong.encode()).await.expect("the peer sends");
+    match within(10, "serve", serving).await {
+        Err(Error::SessionEnded { cause: Some(cause) }) => assert!(
+            matches!(
+                &*cause,
+                Error::BadControlMessage {
+                    problem: ControlProblem::UnknownRequest { request: 1 }
+                }
+            ),
+            "{cause}"
+        ),
+        other => panic!("serve ended with {other:?}"),
+    }
+    let asked = within(10, "the request's end", asking).await;
+    assert!(
+        matches!(asked, Err(Error::SessionEnded { .. })),
+        "{asked:?}"
+    );
+    assert_eq!(held.ended(), Some(GrantProblem::SessionEnded));
+    drop((held, request, holder, peer, pair));
+    assert_eq!(registered_regions(), before, "registrations left behind");
+
     // A flood of requests the policy refuses: each gets its refusal, nothing is allocated,
     // and the session goes on.
     let pair = Pair::new();

@@ -85,12 +85,26 @@ struct Granted {
     requested: Option<(SharedRegion, u64)>,
 }
 
+/// What a request of this side's asked for: the answers it may get differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// Memory: a grant or a refusal.
+    Region,
+    /// A longer lease of this grant: a renewal of it or a refusal.
+    Renewal(u64),
+}
+
 /// A request or renewal of this side's, waiting for its answer.
 enum Answer {
-    Waiting(Option<Waker>),
+    Waiting { waker: Option<Waker>, asked: Asked },
     Granted(RemoteGrant),
     Renewed(Option<Instant>),
     Refused(RefuseReason),
+}
+
+/// An answer that does not fit what was asked: `take_in` lets none through.
+fn mismatched() -> Error {
+    Error::SessionEnded { cause: None }
 }
 
 #[derive(Default)]
@@ -278,19 +292,19 @@ impl MemorySession {
         let lease_ms = lease_ms(lease)?;
         let answer = self
             .inner
-            .ask("request for memory", |request| Control::Request {
-                request,
-                len,
-                access: rights,
-                lease_ms,
+            .ask("request for memory", Asked::Region, |request| {
+                Control::Request {
+                    request,
+                    len,
+                    access: rights,
+                    lease_ms,
+                }
             })
             .await?;
         match answer {
             Answer::Granted(grant) => Ok(grant),
             Answer::Refused(reason) => Err(Error::RegionRefused { reason }),
-            Answer::Renewed(_) | Answer::Waiting(_) => {
-                unreachable!("a request is answered by a grant or a refusal")
-            }
+            Answer::Renewed(_) | Answer::Waiting { .. } => Err(mismatched()),
         }
     }
 
@@ -422,13 +436,20 @@ impl Inner {
     }
 
     /// Sends the request `make(id)` and waits for its answer.
-    async fn ask(&self, what: &'static str, make: impl FnOnce(u64) -> Control) -> Result<Answer> {
+    async fn ask(
+        &self,
+        what: &'static str,
+        asked: Asked,
+        make: impl FnOnce(u64) -> Control,
+    ) -> Result<Answer> {
         let id = {
             let mut state = self.state();
             state.check_open()?;
             state.last_request += 1;
             let id = state.last_request;
-            state.answers.insert(id, Answer::Waiting(None));
+            state
+                .answers
+                .insert(id, Answer::Waiting { waker: None, asked });
             state.send_later(make(id));
             id
         };
@@ -446,7 +467,7 @@ impl Inner {
         let wait = poll_fn(|cx| {
             let mut state = self.state();
             match state.answers.get_mut(&id) {
-                Some(Answer::Waiting(waker)) => {
+                Some(Answer::Waiting { waker, .. }) => {
                     *waker = Some(cx.waker().clone());
                     state.check_open()?;
                     Poll::Pending
@@ -466,7 +487,7 @@ impl Inner {
     pub(crate) async fn renew(&self, grant: u64, lease: Duration) -> Result<Option<Instant>> {
         let lease_ms = lease_ms(Some(lease))?;
         match self
-            .ask("renewal", |request| Control::Renew {
+            .ask("renewal", Asked::Renewal(grant), |request| Control::Renew {
                 request,
                 grant,
                 lease_ms,
@@ -475,9 +496,7 @@ impl Inner {
         {
             Answer::Renewed(expires) => Ok(expires),
             Answer::Refused(reason) => Err(Error::RegionRefused { reason }),
-            Answer::Granted(_) | Answer::Waiting(_) => {
-                unreachable!("a renewal is answered by a renewal or a refusal")
-            }
+            Answer::Granted(_) | Answer::Waiting { .. } => Err(mismatched()),
         }
     }
 
@@ -570,7 +589,7 @@ impl Inner {
         let mut wakers: Vec<Waker> = state.serve_waker.take().into_iter().collect();
         wakers.extend(state.arrived_waker.take());
         for answer in state.answers.values_mut() {
-            if let Answer::Waiting(waker) = answer {
+            if let Answer::Waiting { waker, .. } = answer {
                 wakers.extend(waker.take());
             }
         }
@@ -671,13 +690,18 @@ impl Inner {
                 if grant <= state.last_received {
                     return Err(broken(ControlProblem::DuplicateGrant { grant }));
                 }
-                let answering = match request {
-                    0 => None,
-                    request => match state.answers.get(&request) {
-                        Some(Answer::Waiting(_)) => Some(request),
-                        _ if request <= state.last_request => None, // the request was given up
-                        _ => return Err(broken(ControlProblem::UnexpectedGrant { request })),
-                    },
+                let answering = match (request, Self::waiting(&state, request)) {
+                    (0, _) => None,
+                    (_, Some(Asked::Region)) => Some(request),
+                    // Given up by this side (a late answer crosses): released below.
+                    (_, None)
+                        if request <= state.last_request
+                            && !state.answers.contains_key(&request) =>
+                    {
+                        None
+                    }
+                    // Never asked, answered already, or a renewal answered by a grant.
+                    _ => return Err(broken(ControlProblem::UnexpectedGrant { request })),
                 };
                 if request != 0 && answering.is_none() {
                     // Nobody waits for it: release it at once.
@@ -747,10 +771,14 @@ impl Inner {
                 state.send_later(reply);
             }
             Control::Refuse { request, reason } => {
-                if request > state.last_request {
-                    return Err(broken(ControlProblem::UnknownRequest { request }));
+                match Self::waiting(&state, request) {
+                    Some(_) => Self::answer(&mut state, request, Answer::Refused(reason)),
+                    // Given up by this side: nothing to do.
+                    None if request <= state.last_request
+                        && !state.answers.contains_key(&request) => {}
+                    // Never asked, or answered already.
+                    None => return Err(broken(ControlProblem::UnknownRequest { request })),
                 }
-                Self::answer(&mut state, request, Answer::Refused(reason));
             }
             Control::Release { grant } => {
                 if grant > state.last_grant {
@@ -803,14 +831,24 @@ impl Inner {
                 if grant > state.last_received {
                     return Err(broken(ControlProblem::UnknownGrant { grant }));
                 }
-                if request > state.last_request {
-                    return Err(broken(ControlProblem::UnknownRequest { request }));
-                }
+                let answering = match (request, Self::waiting(&state, request)) {
+                    (0, _) => false,
+                    (_, Some(Asked::Renewal(asked))) if asked == grant => true,
+                    // Given up by this side: the new lease still holds.
+                    (_, None)
+                        if request <= state.last_request
+                            && !state.answers.contains_key(&request) =>
+                    {
+                        false
+                    }
+                    // Never asked, answered already, a request for memory, another grant's.
+                    _ => return Err(broken(ControlProblem::UnknownRequest { request })),
+                };
                 let expires = deadline(Instant::now(), lease_of(lease_ms));
                 if let Some(held) = state.held.get(&grant) {
                     lock(held).expires = expires;
                 }
-                if request != 0 {
+                if answering {
                     Self::answer(&mut state, request, Answer::Renewed(expires));
                 }
             }
@@ -834,10 +872,21 @@ impl Inner {
         Ok((region, key))
     }
 
+    /// What request `id` asked for, if it waits for its answer.
+    fn waiting(state: &State, id: u64) -> Option<Asked> {
+        match state.answers.get(&id) {
+            Some(Answer::Waiting { asked, .. }) => Some(*asked),
+            _ => None,
+        }
+    }
+
     /// Files `answer` for request `id`, if it is still waited for.
     fn answer(state: &mut State, id: u64, answer: Answer) {
         if let Some(slot) = state.answers.get_mut(&id) {
-            if let Answer::Waiting(Some(waker)) = std::mem::replace(slot, answer) {
+            if let Answer::Waiting {
+                waker: Some(waker), ..
+            } = std::mem::replace(slot, answer)
+            {
                 waker.wake();
             }
         }
