@@ -143,6 +143,17 @@ async fn grant_read_write_atomics_release(rt: Rt) {
         )
         .expect("grant");
     assert_eq!(grant.region().len, 256);
+    let exposed = s
+        .pair
+        .pd
+        .alloc_shared(4096, Access::LOCAL | Access::REMOTE_WRITE)
+        .expect("a region with a key of its own");
+    let refused = s.owner.grant(&exposed, .., Rights::READ, None);
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "a region whose own key reaches all of it is not granted: {refused:?}"
+    );
+    drop(exposed);
     let held = within(10, "the grant to arrive", s.holder.next_grant())
         .await
         .expect("next grant");
@@ -695,6 +706,97 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
     );
     assert_eq!(held.ended(), Some(GrantProblem::SessionEnded));
     drop((held, request, holder, peer, pair));
+    assert_eq!(registered_regions(), before, "registrations left behind");
+
+    // A grant that answers a request with less than was asked: refused as a grant for a
+    // range never asked about.
+    let pair = Pair::new();
+    let (a, peer) = messengers(&pair);
+    let holder = MemorySession::new(a, SessionOptions::default());
+    let serving = serve(rt, &holder);
+    let asking = {
+        let holder = holder.clone();
+        rt.spawn(async move { holder.request_region(4096, Rights::READ, None).await })
+    };
+    let request = within(10, "the request", peer.recv())
+        .await
+        .expect("request");
+    drop(request);
+    let short = Control::Grant {
+        grant: 1,
+        request: 1,
+        addr: 4096,
+        len: 1,
+        rkey: 1,
+        access: Rights::READ,
+        lease_ms: 0,
+    };
+    peer.send(&short.encode()).await.expect("the peer sends");
+    match within(10, "serve", serving).await {
+        Err(Error::SessionEnded { cause: Some(cause) }) => assert!(
+            matches!(
+                &*cause,
+                Error::BadControlMessage {
+                    problem: ControlProblem::UnexpectedGrant { request: 1 }
+                }
+            ),
+            "{cause}"
+        ),
+        other => panic!("serve ended with {other:?}"),
+    }
+    let asked = within(10, "the request's end", asking).await;
+    assert!(
+        matches!(asked, Err(Error::SessionEnded { .. })),
+        "{asked:?}"
+    );
+    drop((holder, peer, pair));
+    assert_eq!(registered_regions(), before, "registrations left behind");
+
+    // A peer that sends and never reads: this side's answers cannot go out, yet it still
+    // revokes what expires and closes in bounded time.
+    let pair = Pair::new();
+    let (a, peer) = messengers(&pair);
+    let owner = MemorySession::new(
+        a,
+        SessionOptions {
+            answer_timeout: Duration::from_secs(2),
+            ..SessionOptions::default()
+        },
+    );
+    let serving = serve(rt, &owner);
+    let region = pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    let short = owner
+        .grant(&region, .., Rights::READ, Some(Duration::from_millis(300)))
+        .expect("grant");
+    let flooding = {
+        let peer = peer.clone();
+        rt.spawn(async move {
+            for request in 1..=200 {
+                let asked = Control::Request {
+                    request,
+                    len: 4096,
+                    access: Rights::READ,
+                    lease_ms: 1000,
+                };
+                if peer.send(&asked.encode()).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    anyrdma::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !short.is_live(),
+        "the lease ended while the peer took nothing in: revoked all the same"
+    );
+    owner.close();
+    within(10, "serve to end after close", serving)
+        .await
+        .expect("closed cleanly");
+    drop((short, region, owner));
+    pair.b.shutdown().expect("stop the peer");
+    within(30, "the flood to stop", flooding).await;
+    drop((peer, pair));
     assert_eq!(registered_regions(), before, "registrations left behind");
 
     // A flood of requests the policy refuses: each gets its refusal, nothing is allocated,

@@ -78,7 +78,9 @@ impl fmt::Debug for GrantPolicy {
 }
 
 impl GrantPolicy {
-    /// Whether a request fits, given what the peer already holds: `Err` names the limit.
+    /// Whether a request fits the limits, given what the peer already holds: `Err` names
+    /// the limit. ([`decide`](GrantPolicy::decide) is asked separately, without the
+    /// session's lock, since it may call the session.)
     pub(crate) fn admit(
         &self,
         request: &RegionRequest,
@@ -94,7 +96,11 @@ impl GrantPolicy {
         if held_bytes.saturating_add(request.len) > self.max_bytes {
             return Err(RefuseReason::TooManyBytes);
         }
-        self.lease(request.lease)?;
+        self.lease(request.lease)
+    }
+
+    /// The application's say on a request within the limits.
+    pub(crate) fn decide(&self, request: &RegionRequest) -> Result<(), RefuseReason> {
         match &self.decide {
             Some(decide) if !decide(request) => Err(RefuseReason::Declined),
             _ => Ok(()),

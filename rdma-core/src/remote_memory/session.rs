@@ -9,6 +9,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::mr::Access;
 use crate::msg::Messenger;
 use crate::qp::QueuePair;
 use crate::remote::RemoteRegion;
@@ -18,7 +19,7 @@ use crate::wake::lock;
 
 use super::control::{Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS};
 use super::grant::{Grant, GrantProblem, HeldState, RemoteGrant};
-use super::key::{access, RangeKey};
+use super::key::RangeKey;
 use super::policy::{GrantPolicy, RegionRequest};
 
 /// Options of a [`MemorySession`].
@@ -88,15 +89,21 @@ struct Granted {
 /// What a request of this side's asked for: the answers it may get differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Asked {
-    /// Memory: a grant or a refusal.
-    Region,
+    /// Memory: a grant of exactly this length, with at most these rights, or a refusal.
+    Region { len: u64, rights: Rights },
     /// A longer lease of this grant: a renewal of it or a refusal.
     Renewal(u64),
 }
 
 /// A request or renewal of this side's, waiting for its answer.
 enum Answer {
-    Waiting { waker: Option<Waker>, asked: Asked },
+    Waiting {
+        waker: Option<Waker>,
+        asked: Asked,
+        /// When it was asked: the lease of the answer counts from here, not from its
+        /// arrival, so that this side never believes in a lease longer than the owner's.
+        since: Instant,
+    },
     Granted(RemoteGrant),
     Renewed(Option<Instant>),
     Refused(RefuseReason),
@@ -106,6 +113,13 @@ enum Answer {
 fn mismatched() -> Error {
     Error::SessionEnded { cause: None }
 }
+
+/// Answers and revocations this side may have queued for the peer before it stops taking
+/// the peer's messages in (a peer that sends and never reads would make it grow without end).
+const OUTBOX_LIMIT: usize = 256;
+/// Grants the peer made on its own initiative that this side has not taken yet; beyond it,
+/// new ones are released at once.
+const ARRIVED_LIMIT: usize = 1024;
 
 #[derive(Default)]
 struct State {
@@ -124,7 +138,7 @@ struct State {
     held: HashMap<u64, Arc<Mutex<HeldState>>>,
     /// Grants made on the peer's own initiative, for `next_grant`.
     arrived: VecDeque<RemoteGrant>,
-    arrived_waker: Option<Waker>,
+    arrived_wakers: Vec<Waker>,
     /// Messages to send, from code that cannot wait (drops, the serve loop's answers).
     outbox: VecDeque<Control>,
     serve_waker: Option<Waker>,
@@ -220,6 +234,14 @@ impl MemorySession {
             ));
         }
         let ms = lease_ms(lease)?;
+        if region.access().is_remote() {
+            return Err(Error::InvalidArgument(
+                "the region is registered with remote rights of its own, whose key reaches all \
+                 of it for as long as it lives: allocate it with Access::LOCAL and let each \
+                 grant's own key give access; nothing was granted"
+                    .into(),
+            ));
+        }
         if region.piece().pd_raw() != self.inner.qp.pd().raw() {
             return Err(Error::InvalidArgument(
                 "the region is registered in another protection domain than the session's \
@@ -265,7 +287,9 @@ impl MemorySession {
                 return Poll::Ready(Ok(grant));
             }
             state.check_open()?;
-            state.arrived_waker = Some(cx.waker().clone());
+            if !state.arrived_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                state.arrived_wakers.push(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await
@@ -292,14 +316,16 @@ impl MemorySession {
         let lease_ms = lease_ms(lease)?;
         let answer = self
             .inner
-            .ask("request for memory", Asked::Region, |request| {
-                Control::Request {
+            .ask(
+                "request for memory",
+                Asked::Region { len, rights },
+                |request| Control::Request {
                     request,
                     len,
                     access: rights,
                     lease_ms,
-                }
-            })
+                },
+            )
             .await?;
         match answer {
             Answer::Granted(grant) => Ok(grant),
@@ -408,8 +434,14 @@ fn grant_message(id: u64, request: u64, remote: RemoteRegion, rights: Rights, ms
 /// What the serve loop was woken by.
 enum Woken {
     Message(Result<crate::msg::Message>),
+    /// Sending failed.
+    Failed(Error),
     Other,
 }
+
+/// A control message being sent, resolving to it once posted.
+type Sending<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Control>> + Send + 'a>>;
 
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
@@ -420,18 +452,6 @@ impl Inner {
         match self.qp.pd().context().runtime() {
             Some(runtime) => Ok(runtime.clone()),
             None => default_runtime(),
-        }
-    }
-
-    /// Sends what is queued, in order. Only the serve loop sends, so that the peer gets the
-    /// messages in the order they were made (two tasks sending at once could swap them, and
-    /// a grant must never arrive after its revocation, nor grant 2 before grant 1).
-    async fn flush(&self) -> Result<()> {
-        loop {
-            let Some(message) = self.state().outbox.pop_front() else {
-                return Ok(());
-            };
-            self.messenger.send(&message.encode()).await?;
         }
     }
 
@@ -447,19 +467,32 @@ impl Inner {
             state.check_open()?;
             state.last_request += 1;
             let id = state.last_request;
-            state
-                .answers
-                .insert(id, Answer::Waiting { waker: None, asked });
+            let waiting = Answer::Waiting {
+                waker: None,
+                asked,
+                since: Instant::now(),
+            };
+            state.answers.insert(id, waiting);
             state.send_later(make(id));
             id
         };
         // Forgets the request if this call is dropped or fails (a late answer is then
-        // ignored, as one that crossed).
+        // ignored, as one that crossed), and takes it back if it was not sent yet.
         struct Forget<'a>(&'a Inner, u64);
         impl Drop for Forget<'_> {
             fn drop(&mut self) {
+                let id = self.1;
+                let answer = {
+                    let mut state = self.0.state();
+                    state.outbox.retain(|message| match message {
+                        Control::Request { request, .. } | Control::Renew { request, .. } => {
+                            *request != id
+                        }
+                        _ => true,
+                    });
+                    state.answers.remove(&id)
+                };
                 // Dropped after the lock: an answer may hold a grant, whose drop locks.
-                let answer = self.0.state().answers.remove(&self.1);
                 drop(answer);
             }
         }
@@ -568,13 +601,23 @@ impl Inner {
         let closing = cause.is_none();
         state.ended = Some(cause);
         if closing {
-            let mut ids: Vec<u64> = state.granted.keys().copied().collect();
-            ids.sort_unstable();
-            for grant in ids {
+            // Questions whose answers nobody will read are not asked; the peer hears that
+            // every grant, either way, has ended.
+            state.outbox.retain(|message| {
+                !matches!(message, Control::Request { .. } | Control::Renew { .. })
+            });
+            let mut made: Vec<u64> = state.granted.keys().copied().collect();
+            made.sort_unstable();
+            for grant in made {
                 state.outbox.push_back(Control::Revoke {
                     grant,
                     reason: RevokeReason::Closing,
                 });
+            }
+            let mut held: Vec<u64> = state.held.keys().copied().collect();
+            held.sort_unstable();
+            for grant in held {
+                state.outbox.push_back(Control::Release { grant });
             }
         } else {
             state.outbox.clear();
@@ -587,7 +630,7 @@ impl Inner {
         }
         state.held.clear();
         let mut wakers: Vec<Waker> = state.serve_waker.take().into_iter().collect();
-        wakers.extend(state.arrived_waker.take());
+        wakers.append(&mut state.arrived_wakers);
         for answer in state.answers.values_mut() {
             if let Answer::Waiting { waker, .. } = answer {
                 wakers.extend(waker.take());
@@ -604,15 +647,20 @@ impl Inner {
     async fn serve(self: &Arc<Self>) -> Result<()> {
         let runtime = self.runtime()?;
         let mut timer: Option<(Instant, Sleep)> = None;
+        // The message being sent: the front of the outbox, taken off once posted. It is
+        // driven together with receiving, so that a peer that takes nothing in cannot keep
+        // this side from taking its messages in, revoking expired grants, or closing.
+        let mut sending: Option<Sending<'_>> = None;
         loop {
-            if matches!(self.state().ended, Some(None)) {
-                // Closed on this side: what is queued goes out, within the answer timeout
-                // (a peer that takes nothing in must not hold this up).
-                let after = self.options.answer_timeout;
-                let _ = with_sleep(after, self.flush(), runtime.sleep(after)).await;
-                return Ok(());
+            match &self.state().ended {
+                Some(None) => break,
+                Some(Some(cause)) => {
+                    return Err(Error::SessionEnded {
+                        cause: Some(cause.clone()),
+                    })
+                }
+                None => {}
             }
-            self.flush().await?;
             let next = self.expire(Instant::now());
             if timer.as_ref().map(|(at, _)| *at) != next {
                 timer = next.map(|at| {
@@ -623,13 +671,22 @@ impl Inner {
                 });
             }
             let woke = poll_fn(|cx| {
-                if let Poll::Ready(message) = self.messenger.poll_recv(cx) {
-                    return Poll::Ready(Woken::Message(message));
+                if let Err(err) = self.send_queued(&mut sending, cx) {
+                    return Poll::Ready(Woken::Failed(err));
+                }
+                if self.state().ended.is_some() {
+                    return Poll::Ready(Woken::Other);
+                }
+                // The peer's messages, unless this side's answers pile up unsent.
+                if self.state().outbox.len() < OUTBOX_LIMIT {
+                    if let Poll::Ready(message) = self.messenger.poll_recv(cx) {
+                        return Poll::Ready(Woken::Message(message));
+                    }
                 }
                 {
                     let mut state = self.state();
-                    if !state.outbox.is_empty() || state.ended.is_some() {
-                        return Poll::Ready(Woken::Other);
+                    if sending.is_none() && !state.outbox.is_empty() {
+                        return Poll::Ready(Woken::Other); // queued meanwhile
                     }
                     state.serve_waker = Some(cx.waker().clone());
                 }
@@ -642,10 +699,61 @@ impl Inner {
                 Poll::Pending
             })
             .await;
-            if let Woken::Message(message) = woke {
-                let message = message?;
-                let control = Control::decode(&message.data).map_err(broken)?;
-                self.take_in(control)?;
+            match woke {
+                Woken::Message(message) => {
+                    let message = message?;
+                    let control = Control::decode(&message.data).map_err(broken)?;
+                    self.take_in(control)?;
+                }
+                Woken::Failed(err) => return Err(err),
+                Woken::Other => {}
+            }
+        }
+        // Closed on this side: what is queued goes out, within the answer timeout (a peer
+        // that takes nothing in must not hold this up).
+        let after = self.options.answer_timeout;
+        let rest = poll_fn(|cx| match self.send_queued(&mut sending, cx) {
+            Err(err) => Poll::Ready(Err(err)),
+            Ok(()) if sending.is_none() => Poll::Ready(Ok(())),
+            Ok(()) => Poll::Pending,
+        });
+        let _ = with_sleep(after, rest, runtime.sleep(after)).await;
+        Ok(())
+    }
+
+    /// Sends the outbox in order, as far as the messenger takes it now: `sending` is the
+    /// message in progress, kept across calls.
+    fn send_queued<'a>(
+        &'a self,
+        sending: &mut Option<Sending<'a>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Result<()> {
+        loop {
+            if sending.is_none() {
+                let Some(message) = self.state().outbox.front().copied() else {
+                    return Ok(());
+                };
+                let send = async move {
+                    self.messenger.send(&message.encode()).await?;
+                    Ok(message)
+                };
+                *sending = Some(Box::pin(send));
+            }
+            let Some(send) = sending.as_mut() else {
+                return Ok(());
+            };
+            match send.as_mut().poll(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(result) => {
+                    *sending = None;
+                    let sent = result?;
+                    // Taken off only if still there: a question whose asker gave up may have
+                    // been taken back meanwhile.
+                    let mut state = self.state();
+                    if state.outbox.front() == Some(&sent) {
+                        state.outbox.pop_front();
+                    }
+                }
             }
         }
     }
@@ -677,6 +785,10 @@ impl Inner {
     /// Applies one control message from the peer; `Err` when it breaks the protocol.
     fn take_in(self: &Arc<Self>, control: Control) -> Result<()> {
         let mut state = self.state();
+        if state.ended.is_some() {
+            // Closed meanwhile: nothing more is granted, held or answered.
+            return Ok(());
+        }
         match control {
             Control::Grant {
                 grant,
@@ -692,7 +804,12 @@ impl Inner {
                 }
                 let answering = match (request, Self::waiting(&state, request)) {
                     (0, _) => None,
-                    (_, Some(Asked::Region)) => Some(request),
+                    // Exactly the length asked for, and no rights beyond those asked.
+                    (_, Some((Asked::Region { len: asked, rights }, since)))
+                        if asked == len && rights.contains(access) =>
+                    {
+                        Some((request, since))
+                    }
                     // Given up by this side (a late answer crosses): released below.
                     (_, None)
                         if request <= state.last_request
@@ -703,15 +820,18 @@ impl Inner {
                     // Never asked, answered already, or a renewal answered by a grant.
                     _ => return Err(broken(ControlProblem::UnexpectedGrant { request })),
                 };
-                if request != 0 && answering.is_none() {
-                    // Nobody waits for it: release it at once.
+                let unclaimed = request == 0 && state.arrived.len() >= ARRIVED_LIMIT;
+                if (request != 0 && answering.is_none()) || unclaimed {
+                    // Nobody waits for it, or too many wait to be taken: released at once.
                     state.last_received = grant;
                     state.send_later(Control::Release { grant });
                     return Ok(());
                 }
                 state.last_received = grant;
+                // An answer's lease counts from the question, an unsolicited grant's from now.
+                let from = answering.map_or_else(Instant::now, |(_, since)| since);
                 let held = Arc::new(Mutex::new(HeldState {
-                    expires: deadline(Instant::now(), lease_of(lease_ms)),
+                    expires: deadline(from, lease_of(lease_ms)),
                     ended: None,
                 }));
                 state.held.insert(grant, held.clone());
@@ -724,10 +844,12 @@ impl Inner {
                     session: Arc::downgrade(self),
                 };
                 match answering {
-                    Some(request) => Self::answer(&mut state, request, Answer::Granted(remote)),
+                    Some((request, _)) => {
+                        Self::answer(&mut state, request, Answer::Granted(remote))
+                    }
                     None => {
                         state.arrived.push_back(remote);
-                        if let Some(waker) = state.arrived_waker.take() {
+                        for waker in state.arrived_wakers.drain(..) {
                             waker.wake();
                         }
                     }
@@ -744,19 +866,25 @@ impl Inner {
                     rights,
                     lease: lease_of(lease_ms),
                 };
-                let admitted = self.options.policy.admit(
-                    &asked,
-                    state.requested_bytes,
-                    state.requested_regions,
-                );
-                let reply = match admitted.and_then(|()| self.lend(&asked)) {
-                    Err(reason) => Control::Refuse { request, reason },
-                    Ok((region, key)) => {
+                let policy = &self.options.policy;
+                if let Err(reason) =
+                    policy.admit(&asked, state.requested_bytes, state.requested_regions)
+                {
+                    state.send_later(Control::Refuse { request, reason });
+                    return Ok(());
+                }
+                // Reserved, then decided and allocated without the lock (the application's
+                // callback may call the session; allocating and registering take time).
+                state.requested_bytes += len;
+                state.requested_regions += 1;
+                drop(state);
+                let lent = policy.decide(&asked).and_then(|()| self.lend(&asked));
+                let mut state = self.state();
+                let reply = match lent {
+                    Ok((region, key)) if state.ended.is_none() => {
                         state.last_grant += 1;
                         let id = state.last_grant;
                         let remote = key.remote();
-                        state.requested_bytes += len;
-                        state.requested_regions += 1;
                         state.granted.insert(
                             id,
                             Granted {
@@ -766,6 +894,16 @@ impl Inner {
                             },
                         );
                         grant_message(id, request, remote, rights, lease_ms)
+                    }
+                    // Closed meanwhile: the reservation went with everything else.
+                    Ok(_) => return Ok(()),
+                    Err(reason) => {
+                        if state.ended.is_some() {
+                            return Ok(());
+                        }
+                        state.requested_bytes -= len;
+                        state.requested_regions -= 1;
+                        Control::Refuse { request, reason }
                     }
                 };
                 state.send_later(reply);
@@ -806,12 +944,12 @@ impl Inner {
                 let lease = lease_of(lease_ms);
                 let reply = match self.options.policy.lease(lease) {
                     Err(reason) => Control::Refuse { request, reason },
+                    // A renewal that arrives after the lease ended (before it was revoked) is
+                    // too late, as one after the revocation is.
                     Ok(()) => match state.granted.get_mut(&grant) {
-                        None => Control::Refuse {
-                            request,
-                            reason: RefuseReason::UnknownGrant,
-                        },
-                        Some(granted) => {
+                        Some(granted)
+                            if granted.deadline.map_or(true, |at| at > Instant::now()) =>
+                        {
                             granted.deadline = deadline(Instant::now(), lease);
                             Control::Renewed {
                                 request,
@@ -819,6 +957,10 @@ impl Inner {
                                 lease_ms,
                             }
                         }
+                        _ => Control::Refuse {
+                            request,
+                            reason: RefuseReason::UnknownGrant,
+                        },
                     },
                 };
                 state.send_later(reply);
@@ -832,23 +974,25 @@ impl Inner {
                     return Err(broken(ControlProblem::UnknownGrant { grant }));
                 }
                 let answering = match (request, Self::waiting(&state, request)) {
-                    (0, _) => false,
-                    (_, Some(Asked::Renewal(asked))) if asked == grant => true,
+                    (0, _) => None,
+                    (_, Some((Asked::Renewal(asked), since))) if asked == grant => Some(since),
                     // Given up by this side: the new lease still holds.
                     (_, None)
                         if request <= state.last_request
                             && !state.answers.contains_key(&request) =>
                     {
-                        false
+                        None
                     }
                     // Never asked, answered already, a request for memory, another grant's.
                     _ => return Err(broken(ControlProblem::UnknownRequest { request })),
                 };
-                let expires = deadline(Instant::now(), lease_of(lease_ms));
+                // An answer's lease counts from the question, an unsolicited one's from now.
+                let from = answering.unwrap_or_else(Instant::now);
+                let expires = deadline(from, lease_of(lease_ms));
                 if let Some(held) = state.held.get(&grant) {
                     lock(held).expires = expires;
                 }
-                if answering {
+                if answering.is_some() {
                     Self::answer(&mut state, request, Answer::Renewed(expires));
                 }
             }
@@ -865,7 +1009,8 @@ impl Inner {
         let region = self
             .qp
             .pd()
-            .alloc_shared(len, access(asked.rights))
+            // Local access only: the peer reaches it through the grant's key alone.
+            .alloc_shared(len, Access::LOCAL)
             .map_err(|_| RefuseReason::OutOfMemory)?;
         let key = RangeKey::register(&region, 0, len, asked.rights)
             .map_err(|_| RefuseReason::OutOfMemory)?;
@@ -873,9 +1018,9 @@ impl Inner {
     }
 
     /// What request `id` asked for, if it waits for its answer.
-    fn waiting(state: &State, id: u64) -> Option<Asked> {
+    fn waiting(state: &State, id: u64) -> Option<(Asked, Instant)> {
         match state.answers.get(&id) {
-            Some(Answer::Waiting { asked, .. }) => Some(*asked),
+            Some(Answer::Waiting { asked, since, .. }) => Some((*asked, *since)),
             _ => None,
         }
     }

@@ -68,14 +68,15 @@ pub(crate) async fn with_sleep<F: Future>(
     future: F,
     sleep: Sleep,
 ) -> Result<F::Output, Elapsed> {
-    let deadline = Instant::now() + duration;
+    // A duration past the clock's range has no deadline: only `sleep` ends the wait.
+    let deadline = Instant::now().checked_add(duration);
     let mut future = pin!(future);
     let mut sleep = sleep;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(output) = future.as_mut().poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return Poll::Ready(Err(Elapsed(duration)));
         }
         match sleep.as_mut().poll(cx) {
