@@ -56,6 +56,13 @@
 //! with time to spare. When a lease ends, the owner revokes the grant
 //! ([`RevokeReason::LeaseExpired`]).
 //!
+//! **Who can use a key.** A grant's key reaches exactly its range, but, as every memory
+//! registration's key, from any queue pair of the protection domain it was made in, not only
+//! from this connection's. Connections that share a protection domain (those a listener
+//! accepts do by default) can reach each other's grants if one learns the other's key and
+//! address. Give peers that do not trust each other a protection domain each
+//! ([`ConnectionOptions::resources`](crate::cm::ConnectionOptions::resources)).
+//!
 //! **Order of teardown.** The owner makes the key stop working before it sends `Revoke`, and
 //! frees or reuses the memory only after that, so memory is never reachable by a peer once
 //! it may hold something else. The holder sends `Release` once its last access has
