@@ -660,70 +660,19 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
 
     // An answer of the wrong kind: a renewal in answer to a request for memory (whose caller
     // would otherwise be handed something it did not ask for).
-    let pair = Pair::new();
-    let (a, peer) = messengers(&pair);
-    let holder = MemorySession::new(a, SessionOptions::default());
-    let serving = serve(rt, &holder);
-    peer.send(&grant_for(0).encode())
-        .await
-        .expect("an unsolicited grant");
-    let held = within(10, "the grant", holder.next_grant())
-        .await
-        .expect("grant");
-    let asking = {
-        let holder = holder.clone();
-        rt.spawn(async move { holder.request_region(4096, Rights::READ, None).await })
-    };
-    let request = within(10, "the request", peer.recv())
-        .await
-        .expect("request");
-    assert!(matches!(
-        Control::decode(&request.data),
-        Ok(Control::Request { request: 1, .. })
-    ));
-    let wrong = Control::Renewed {
+    let renewal = Control::Renewed {
         request: 1,
         grant: 1,
         lease_ms: 1000,
     };
-    peer.send(&wrong.encode()).await.expect("the peer sends");
-    match within(10, "serve", serving).await {
-        Err(Error::SessionEnded { cause: Some(cause) }) => assert!(
-            matches!(
-                &*cause,
-                Error::BadControlMessage {
-                    problem: ControlProblem::UnknownRequest { request: 1 }
-                }
-            ),
-            "{cause}"
-        ),
-        other => panic!("serve ended with {other:?}"),
-    }
-    let asked = within(10, "the request's end", asking).await;
-    assert!(
-        matches!(asked, Err(Error::SessionEnded { .. })),
-        "{asked:?}"
-    );
-    assert_eq!(held.ended(), Some(GrantProblem::SessionEnded));
-    drop((held, request, holder, peer, pair));
-    assert_eq!(registered_regions(), before, "registrations left behind");
-
+    answer_cut_off(rt, renewal, |p| {
+        matches!(p, ControlProblem::UnknownRequest { request: 1 })
+    })
+    .await;
     // A grant that answers a request with less than was asked: refused as a grant for a
     // range never asked about.
-    let pair = Pair::new();
-    let (a, peer) = messengers(&pair);
-    let holder = MemorySession::new(a, SessionOptions::default());
-    let serving = serve(rt, &holder);
-    let asking = {
-        let holder = holder.clone();
-        rt.spawn(async move { holder.request_region(4096, Rights::READ, None).await })
-    };
-    let request = within(10, "the request", peer.recv())
-        .await
-        .expect("request");
-    drop(request);
     let short = Control::Grant {
-        grant: 1,
+        grant: 2,
         request: 1,
         addr: 4096,
         len: 1,
@@ -731,25 +680,10 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
         access: Rights::READ,
         lease_ms: 0,
     };
-    peer.send(&short.encode()).await.expect("the peer sends");
-    match within(10, "serve", serving).await {
-        Err(Error::SessionEnded { cause: Some(cause) }) => assert!(
-            matches!(
-                &*cause,
-                Error::BadControlMessage {
-                    problem: ControlProblem::UnexpectedGrant { request: 1 }
-                }
-            ),
-            "{cause}"
-        ),
-        other => panic!("serve ended with {other:?}"),
-    }
-    let asked = within(10, "the request's end", asking).await;
-    assert!(
-        matches!(asked, Err(Error::SessionEnded { .. })),
-        "{asked:?}"
-    );
-    drop((holder, peer, pair));
+    answer_cut_off(rt, short, |p| {
+        matches!(p, ControlProblem::UnexpectedGrant { request: 1 })
+    })
+    .await;
     assert_eq!(registered_regions(), before, "registrations left behind");
 
     // A peer that sends and never reads: this side's answers cannot go out, yet it still
@@ -836,6 +770,57 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
     within(10, "serve", serving).await.expect("closed cleanly");
     drop((owner, peer, pair));
     assert_eq!(registered_regions(), before, "registrations left behind");
+}
+
+/// A holder that took a grant asks for memory, and the peer answers with `answer`: the
+/// holder's session ends with the problem `expected` accepts, the request ends with it, and
+/// the grant held ends.
+async fn answer_cut_off(rt: Rt, answer: Control, expected: fn(&ControlProblem) -> bool) {
+    let pair = Pair::new();
+    let (a, peer) = messengers(&pair);
+    let holder = MemorySession::new(a, SessionOptions::default());
+    let serving = serve(rt, &holder);
+    let granted = Control::Grant {
+        grant: 1,
+        request: 0,
+        addr: 4096,
+        len: 64,
+        rkey: 1,
+        access: Rights::READ,
+        lease_ms: 0,
+    };
+    peer.send(&granted.encode())
+        .await
+        .expect("an unsolicited grant");
+    let held = within(10, "the grant", holder.next_grant())
+        .await
+        .expect("grant");
+    let asking = {
+        let holder = holder.clone();
+        rt.spawn(async move { holder.request_region(4096, Rights::READ, None).await })
+    };
+    let request = within(10, "the request", peer.recv())
+        .await
+        .expect("request");
+    assert!(matches!(
+        Control::decode(&request.data),
+        Ok(Control::Request { request: 1, .. })
+    ));
+    drop(request);
+    peer.send(&answer.encode()).await.expect("the peer sends");
+    match within(10, "serve", serving).await {
+        Err(Error::SessionEnded { cause: Some(cause) }) => match &*cause {
+            Error::BadControlMessage { problem } => assert!(expected(problem), "{problem:?}"),
+            other => panic!("ended by {other}"),
+        },
+        other => panic!("serve ended with {other:?}"),
+    }
+    let asked = within(10, "the request's end", asking).await;
+    assert!(
+        matches!(asked, Err(Error::SessionEnded { .. })),
+        "{asked:?}"
+    );
+    assert_eq!(held.ended(), Some(GrantProblem::SessionEnded));
 }
 
 /// The environment variable that makes this test binary the holder process of
