@@ -585,109 +585,80 @@ impl fmt::Debug for Rights {
     }
 }
 
-/// Why an owner refused a [`Request`](Control::Request) or a [`Renew`](Control::Renew).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RefuseReason {
-    /// Granting it would put the connection above the owner's limit of bytes granted.
-    TooManyBytes,
-    /// Granting it would put the connection above the owner's limit of regions granted.
-    TooManyRegions,
-    /// The owner's policy does not give these rights.
-    AccessNotAllowed,
-    /// The lease asked for is longer than the owner's policy gives.
-    LeaseTooLong,
-    /// The owner's application declined it.
-    Declined,
-    /// The owner could not allocate or register the memory.
-    OutOfMemory,
-    /// A renewal of a grant that does not exist (any more) on the owner's side.
-    UnknownGrant,
-}
-
-impl RefuseReason {
-    const ALL: [RefuseReason; 7] = [
-        RefuseReason::TooManyBytes,
-        RefuseReason::TooManyRegions,
-        RefuseReason::AccessNotAllowed,
-        RefuseReason::LeaseTooLong,
-        RefuseReason::Declined,
-        RefuseReason::OutOfMemory,
-        RefuseReason::UnknownGrant,
-    ];
-
-    /// The reason's code on the wire.
-    pub(crate) fn code(self) -> u8 {
-        match self {
-            RefuseReason::TooManyBytes => 1,
-            RefuseReason::TooManyRegions => 2,
-            RefuseReason::AccessNotAllowed => 3,
-            RefuseReason::LeaseTooLong => 4,
-            RefuseReason::Declined => 5,
-            RefuseReason::OutOfMemory => 6,
-            RefuseReason::UnknownGrant => 7,
+/// Defines a reason carried on the wire as one byte: the enum, its codes (from 1: 0 is
+/// never valid), the table of all of them and their Display texts, from one list.
+macro_rules! wire_reason {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$variant_meta:meta])* $variant:ident = $code:literal => $text:literal, )+
         }
-    }
-
-    pub(crate) fn from_code(code: u8) -> Option<RefuseReason> {
-        Self::ALL.into_iter().find(|reason| reason.code() == code)
-    }
-}
-
-impl fmt::Display for RefuseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RefuseReason::TooManyBytes => "it would exceed the bytes the owner grants a peer",
-            RefuseReason::TooManyRegions => "it would exceed the regions the owner grants a peer",
-            RefuseReason::AccessNotAllowed => "the owner does not grant these rights",
-            RefuseReason::LeaseTooLong => "the owner does not grant a lease this long",
-            RefuseReason::Declined => "the owner's application declined it",
-            RefuseReason::OutOfMemory => "the owner could not allocate or register the memory",
-            RefuseReason::UnknownGrant => "the owner has no such grant (any more)",
-        })
-    }
-}
-
-/// Why an owner revoked a grant ([`Revoke`](Control::Revoke)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RevokeReason {
-    /// The owner's application revoked it.
-    Revoked,
-    /// Its lease ended without a renewal.
-    LeaseExpired,
-    /// The owner is closing the connection.
-    Closing,
-}
-
-impl RevokeReason {
-    const ALL: [RevokeReason; 3] = [
-        RevokeReason::Revoked,
-        RevokeReason::LeaseExpired,
-        RevokeReason::Closing,
-    ];
-
-    /// The reason's code on the wire.
-    pub(crate) fn code(self) -> u8 {
-        match self {
-            RevokeReason::Revoked => 1,
-            RevokeReason::LeaseExpired => 2,
-            RevokeReason::Closing => 3,
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        $vis enum $name {
+            $( $(#[$variant_meta])* $variant, )+
         }
-    }
 
-    pub(crate) fn from_code(code: u8) -> Option<RevokeReason> {
-        Self::ALL.into_iter().find(|reason| reason.code() == code)
+        impl $name {
+            #[cfg(test)]
+            const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The reason's code on the wire.
+            pub(crate) fn code(self) -> u8 {
+                match self {
+                    $($name::$variant => $code,)+
+                }
+            }
+
+            pub(crate) fn from_code(code: u8) -> Option<$name> {
+                match code {
+                    $($code => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self {
+                    $($name::$variant => $text,)+
+                })
+            }
+        }
+    };
+}
+
+wire_reason! {
+    /// Why an owner refused a [`Request`](Control::Request) or a [`Renew`](Control::Renew).
+    pub enum RefuseReason {
+        /// Granting it would put the connection above the owner's limit of bytes granted.
+        TooManyBytes = 1 => "it would exceed the bytes the owner grants a peer",
+        /// Granting it would put the connection above the owner's limit of regions granted.
+        TooManyRegions = 2 => "it would exceed the regions the owner grants a peer",
+        /// The owner's policy does not give these rights.
+        AccessNotAllowed = 3 => "the owner does not grant these rights",
+        /// The lease asked for is longer than the owner's policy gives.
+        LeaseTooLong = 4 => "the owner does not grant a lease this long",
+        /// The owner's application declined it.
+        Declined = 5 => "the owner's application declined it",
+        /// The owner could not allocate or register the memory.
+        OutOfMemory = 6 => "the owner could not allocate or register the memory",
+        /// A renewal of a grant that does not exist (any more) on the owner's side.
+        UnknownGrant = 7 => "the owner has no such grant (any more)",
     }
 }
 
-impl fmt::Display for RevokeReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RevokeReason::Revoked => "the owner revoked it",
-            RevokeReason::LeaseExpired => "its lease expired",
-            RevokeReason::Closing => "the owner is closing the connection",
-        })
+wire_reason! {
+    /// Why an owner revoked a grant ([`Revoke`](Control::Revoke)).
+    pub enum RevokeReason {
+        /// The owner's application revoked it.
+        Revoked = 1 => "the owner revoked it",
+        /// Its lease ended without a renewal.
+        LeaseExpired = 2 => "its lease expired",
+        /// The owner is closing the connection.
+        Closing = 3 => "the owner is closing the connection",
     }
 }
 
@@ -969,13 +940,13 @@ mod tests {
                     lease_ms,
                 });
             }
-            for reason in RefuseReason::ALL {
+            for &reason in RefuseReason::ALL {
                 round_trip(Control::Refuse {
                     request: id,
                     reason,
                 });
             }
-            for reason in RevokeReason::ALL {
+            for &reason in RevokeReason::ALL {
                 round_trip(Control::Revoke { grant: id, reason });
             }
             round_trip(Control::Release { grant: id });
