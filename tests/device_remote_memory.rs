@@ -341,7 +341,7 @@ async fn requests_accepted_and_refused(rt: Rt) {
         .expect("a request within the policy");
     assert_eq!(first.len(), 4096);
     // The owner's serve answered: it runs, and a second one is refused.
-    let second_serve = s.owner.serve().await;
+    let second_serve = within(10, "a second serve", s.owner.serve()).await;
     assert!(
         matches!(second_serve, Err(Error::InvalidArgument(_))),
         "one serve loop at a time: {second_serve:?}"
@@ -681,6 +681,20 @@ async fn hostile_peer_is_cut_off(rt: Rt) {
         lease_ms: 0,
     };
     answer_cut_off(rt, short, |p| {
+        matches!(p, ControlProblem::UnexpectedGrant { request: 1 })
+    })
+    .await;
+    // ... or with more rights than were asked (write, to a request for reading).
+    let wider = Control::Grant {
+        grant: 2,
+        request: 1,
+        addr: 4096,
+        len: 4096,
+        rkey: 1,
+        access: Rights::READ | Rights::WRITE,
+        lease_ms: 0,
+    };
+    answer_cut_off(rt, wider, |p| {
         matches!(p, ControlProblem::UnexpectedGrant { request: 1 })
     })
     .await;
