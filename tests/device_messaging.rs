@@ -8,7 +8,7 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::net::SocketAddr;
@@ -756,14 +756,19 @@ async fn sixteen_connections_at_once(rt: Rt) {
         eager_limit: 2048,
         ..MessengerOptions::default()
     };
+    // The server's messengers, to show their state if a client waits too long.
+    let accepted = Arc::new(Mutex::new(Vec::<Messenger>::new()));
+    let server_side = accepted.clone();
     let server = rt.spawn(async move {
         let mut connections = Vec::new();
         for _ in 0..CONNECTIONS {
             let incoming = listener.incoming().await.expect("incoming");
+            let accepted = server_side.clone();
             connections.push(rt.spawn(async move {
                 let messenger = Messenger::accept(incoming, ConnectionOptions::default(), options)
                     .await
                     .expect("accept");
+                accepted.lock().unwrap().push(messenger.clone());
                 let mut echoed = 0u64;
                 while let Ok(message) = messenger.recv().await {
                     let imm = message.imm.expect("an immediate");
@@ -784,13 +789,16 @@ async fn sixteen_connections_at_once(rt: Rt) {
     let size = |i: u64| [1usize, 2048, 2049, 50_000][(i % 4) as usize];
     let mut clients = Vec::new();
     for client in 0..CONNECTIONS {
+        let accepted = accepted.clone();
         clients.push(rt.spawn(async move {
             let messenger = Messenger::connect(addr, ConnectionOptions::default(), options)
                 .await
                 .unwrap_or_else(|err| panic!("client {client}: {err}"));
             let mut senders = Vec::new();
+            let sent = Arc::new(AtomicUsize::new(0));
             for sender in 0..SENDERS {
                 let messenger = messenger.clone();
+                let sent = sent.clone();
                 senders.push(rt.spawn(async move {
                     for i in 0..EACH {
                         let n = sender * EACH + i;
@@ -798,12 +806,24 @@ async fn sixteen_connections_at_once(rt: Rt) {
                             .send_with_imm(&message(n, size(n)), n as u32)
                             .await
                             .expect("send");
+                        sent.fetch_add(1, Ordering::Relaxed);
                     }
                 }));
             }
             let mut seen = vec![false; (SENDERS * EACH) as usize];
-            for _ in 0..SENDERS * EACH {
-                let reply = within(60, "an echo", messenger.recv()).await.expect("echo");
+            for echoes in 0..SENDERS * EACH {
+                let reply = match anyrdma::timeout(Duration::from_secs(60), messenger.recv()).await
+                {
+                    Ok(reply) => reply.expect("echo"),
+                    Err(_) => panic!(
+                        "client {client}: echo {} of {} not within 60 s, {} sent\n\
+                         client {messenger:?}\nserver side: {:#?}",
+                        echoes + 1,
+                        SENDERS * EACH,
+                        sent.load(Ordering::Relaxed),
+                        accepted.lock().unwrap(),
+                    ),
+                };
                 let n = u64::from(reply.imm.expect("an immediate"));
                 assert_eq!(&reply.data[..], &message(n, size(n))[..], "echo {n}");
                 assert!(!seen[n as usize], "echo {n} twice");
@@ -821,7 +841,90 @@ async fn sixteen_connections_at_once(rt: Rt) {
     assert_eq!(total, CONNECTIONS as u64 * SENDERS * EACH, "{}", rt.name());
 }
 
+/// Counts its wake-ups, and wakes nothing else: stands for a task polling by hand.
+struct CountingWaker(AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Polls `future` once with `waker` (called from a task of the runtime).
+fn poll_once<F: std::future::Future + Unpin>(
+    future: &mut F,
+    waker: &std::task::Waker,
+) -> std::task::Poll<F::Output> {
+    let mut cx = std::task::Context::from_waker(waker);
+    std::pin::Pin::new(future).poll(&mut cx)
+}
+
+/// Two messengers on one completion queue (event mode). A send of the first that waits for
+/// credits polls its receives, so its task is the one the queue wakes; the send is then
+/// dropped. A receive of the second messenger, waiting after it, must still be woken when
+/// its message arrives, and get it: the dropped call handed its turn on. (Before, the
+/// arrival woke only the task of the dropped send, and the receive waited for ever.)
+async fn a_dropped_call_hands_its_turn_on(rt: Rt) {
+    if !support::device_present("a_dropped_call_hands_its_turn_on") {
+        return;
+    }
+    let _beside = beside_others();
+    let _ = rt;
+    let options = MessengerOptions {
+        depth: 2,
+        ..MessengerOptions::default()
+    };
+    let ctx = anyrdma::Context::open_default().expect("open the default RDMA device");
+    let pd = ctx.alloc_pd().expect("alloc PD");
+    let shared = anyrdma::CompletionQueue::new(&ctx, anyrdma::CqOptions::default()).expect("CQ");
+    let peers = anyrdma::CompletionQueue::new(&ctx, anyrdma::CqOptions::default()).expect("CQ");
+    let qp = |cq: &anyrdma::CompletionQueue| {
+        anyrdma::QueuePair::new(&pd, cq, cq, QpOptions::default()).expect("QP")
+    };
+    let (a1, a2, b1, b2) = (qp(&shared), qp(&shared), qp(&peers), qp(&peers));
+    for (one, other) in [(&a1, &b1), (&b1, &a1), (&a2, &b2), (&b2, &a2)] {
+        one.connect(&other.endpoint(), anyrdma::ConnectOptions::default())
+            .expect("connect");
+    }
+    let first = Messenger::new(&a1, options).expect("messenger");
+    let second = Messenger::new(&a2, options).expect("messenger");
+    let _first_peer = Messenger::new(&b1, options).expect("messenger");
+    let second_peer = Messenger::new(&b2, options).expect("messenger");
+
+    // The first messenger spends a credit; its peer never receives, so none comes back,
+    // and a second send must wait, polling the first messenger's receives.
+    first.send(b"one").await.expect("a send with credits");
+    let gone = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let mut waiting_send = Box::pin(first.send(b"two"));
+    let polled = poll_once(&mut waiting_send, &gone.clone().into());
+    assert!(polled.is_pending(), "the second send has no credit to go");
+    drop(waiting_send);
+
+    let receiver = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let receiver_waker: std::task::Waker = receiver.clone().into();
+    let mut receive = Box::pin(second.recv());
+    assert!(poll_once(&mut receive, &receiver_waker).is_pending());
+    second_peer.send(b"hello").await.expect("the peer sends");
+    let mut waited = Duration::ZERO;
+    while receiver.0.load(Ordering::SeqCst) == 0 {
+        assert!(
+            waited < Duration::from_secs(10),
+            "the receive was never woken (the arrival woke the dropped send's task {} time(s))",
+            gone.0.load(Ordering::SeqCst)
+        );
+        anyrdma::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    match poll_once(&mut receive, &receiver_waker) {
+        std::task::Poll::Ready(message) => {
+            assert_eq!(&message.expect("the message").data[..], b"hello")
+        }
+        std::task::Poll::Pending => panic!("woken, but the message is not there"),
+    }
+}
+
 runtime_tests!(
+    a_dropped_call_hands_its_turn_on,
     messengers_by_address,
     sixteen_connections_at_once,
     slow_receiver_holds_sender_back,

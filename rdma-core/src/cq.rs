@@ -33,7 +33,7 @@ use rdma_sys::*;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runtime::{default_runtime, set_nonblocking, ReadinessFd, RuntimeHandle};
-use crate::slots::{QpStatus, SlotId, SlotInfo, SlotResult, SlotTable, WcInfo};
+use crate::slots::{QpStatus, SlotId, SlotInfo, SlotResult, SlotTable};
 use crate::wake::{lock, ChannelTarget, WakeList, POLL_BATCH};
 
 /// Polls of an empty CQ in busy mode before yielding to the executor: a yield costs more
@@ -47,6 +47,12 @@ const ACK_BATCH: u32 = 64;
 pub enum PollMode {
     /// Poll the CQ up to `spin` more times, then arm it and sleep until the completion
     /// channel signals. Uses no CPU while idle.
+    ///
+    /// One waiting task at a time sleeps on the channel and polls the CQ for all of them
+    /// (the others are woken when their completion is found, or to take over when that task
+    /// stops waiting). So a task that keeps an operation's future without polling it again
+    /// after being woken can hold up the other operations of its CQ: poll an operation you
+    /// keep, or drop it (dropping never loses the buffers).
     Event {
         /// Extra polls of an empty CQ before sleeping (0: sleep at once).
         spin: u32,
@@ -310,15 +316,31 @@ impl CqShared {
     /// The outcome of slot `id` if a poll of the CQ already delivered it; never polls the
     /// CQ itself, registers no waker and never waits (for owners that collect many finished
     /// operations at once, while other operations drive the CQ).
-    pub(crate) fn take_if_done(&self, id: SlotId) -> Option<Result<WcInfo>> {
+    pub(crate) fn take_if_done(&self, id: SlotId) -> Option<SlotResult> {
         let mut state = lock(&self.state);
         let result = state.table.take_done(id)?;
+        self.stopped_waiting(state, id);
+        Some(result)
+    }
+
+    /// The task of `id` stops waiting (its result was taken, its future dropped, or it no
+    /// longer polls): unlocks, and hands the poller role on if `id` had it.
+    #[inline]
+    fn stopped_waiting(&self, mut state: MutexGuard<'_, CqState>, id: SlotId) {
         let successor = self.leave(&mut state, id);
         drop(state);
         if let Some(successor) = successor {
             successor.wake();
         }
-        Some(result.map_err(|err| *err))
+    }
+
+    /// The task of `waker` stops waiting for `id`: the slot forgets it, and if `id` held the
+    /// polling role, the task that has waited longest takes it over.
+    pub(crate) fn stop_waiting(&self, id: SlotId, waker: &Waker) {
+        let mut state = lock(&self.state);
+        if state.table.forget_waker(id, waker) {
+            self.stopped_waiting(state, id);
+        }
     }
 
     /// Gives back a slot whose work requests were never posted.
@@ -330,11 +352,7 @@ impl CqShared {
     pub(crate) fn abandon(&self, id: SlotId, buffers: Box<dyn Any + Send>) {
         let mut state = lock(&self.state);
         let done_already = state.table.abandon(id, buffers);
-        let successor = self.leave(&mut state, id);
-        drop(state);
-        if let Some(successor) = successor {
-            successor.wake();
-        }
+        self.stopped_waiting(state, id);
         drop(done_already); // outside the lock: dropping buffers may deregister memory
     }
 
@@ -380,30 +398,33 @@ impl CqShared {
 
     /// Polls for the completion of slot `id`, driving the CQ as described in the module docs.
     #[inline]
-    pub(crate) fn poll_slot(&self, id: SlotId, cx: &mut TaskContext<'_>) -> Poll<Result<WcInfo>> {
+    /// The result stays boxed on error: the caller unboxes it once, into its own output.
+    pub(crate) fn poll_slot(&self, id: SlotId, cx: &mut TaskContext<'_>) -> Poll<SlotResult> {
         // A task whose operations are always complete when polled must still let others run.
         if let Some(runtime) = self.runtime.get() {
             if runtime.poll_budget(cx).is_pending() {
                 return Poll::Pending;
             }
         }
-        let ready = |result: SlotResult| Poll::Ready(result.map_err(|err| *err));
+        let mut state = lock(&self.state);
+        if let Some(result) = state.table.take_done(id) {
+            // Already dispatched by another task's poll: no wake list, no CQ poll.
+            self.stopped_waiting(state, id);
+            return Poll::Ready(result);
+        }
+        let mut first = Some(state);
         let mut spins = 0u32;
         let mut wake = WakeList::new();
         loop {
-            let mut state = lock(&self.state);
+            let mut state = first.take().unwrap_or_else(|| lock(&self.state));
             let (found, own) = match state.table.take_done(id) {
                 Some(result) => (0, Some(result)),
                 None => self.poll_cq(&mut state, &mut wake, Some(id)),
             };
             if let Some(result) = own {
-                let successor = self.leave(&mut state, id);
-                drop(state);
+                self.stopped_waiting(state, id);
                 wake.run();
-                if let Some(successor) = successor {
-                    successor.wake();
-                }
-                return ready(result);
+                return Poll::Ready(result);
             }
             if found > 0 {
                 drop(state);

@@ -17,7 +17,7 @@ use crate::cq::CqShared;
 use crate::error::{Error, Result};
 use crate::qp::QpShared;
 use crate::queue::PostedSlot;
-use crate::slots::{SlotId, WcInfo};
+use crate::slots::{SlotId, SlotResult, WcInfo};
 use crate::srq::SrqShared;
 
 /// What a receive reports.
@@ -133,33 +133,42 @@ pub struct Op<B: Buffers, O: Outcome> {
 impl<B: Buffers, O: Outcome> Op<B, O> {
     #[inline]
     pub(crate) fn new(owner: Owner, posted: Result<SlotId>, buffers: B) -> Self {
-        let (slot, early) = match posted {
-            Ok(slot) => (Some(slot), None),
-            Err(err) => (None, Some(Box::new(err))),
-        };
-        Op {
-            owner,
-            slot,
-            early,
-            buffers: Some(buffers),
-            unsignaled_seq: None,
-            _outcome: PhantomData,
+        match posted {
+            Ok(id) => Self::with(owner, Some(id), None, None, buffers),
+            Err(err) => Self::with(owner, None, Some(Box::new(err)), None, buffers),
         }
     }
 
     /// The operation of a send-queue post: an unsignaled one remembers its place.
     #[inline]
     pub(crate) fn posted(owner: Owner, posted: Result<PostedSlot>, buffers: B) -> Self {
-        let unsignaled_seq = match &posted {
-            Ok(PostedSlot {
-                placement: Some(placement),
-                ..
-            }) if !placement.signaled => Some(placement.seq),
-            _ => None,
-        };
-        let mut op = Self::new(owner, posted.map(|posted| posted.id), buffers);
-        op.unsignaled_seq = unsignaled_seq;
-        op
+        match posted {
+            Ok(PostedSlot { id, placement }) => {
+                let unsignaled_seq = placement
+                    .filter(|placement| !placement.signaled)
+                    .map(|placement| placement.seq);
+                Self::with(owner, Some(id), None, unsignaled_seq, buffers)
+            }
+            Err(err) => Self::new(owner, Err(err), buffers),
+        }
+    }
+
+    #[inline]
+    fn with(
+        owner: Owner,
+        slot: Option<SlotId>,
+        early: Option<Box<Error>>,
+        unsignaled_seq: Option<u64>,
+        buffers: B,
+    ) -> Self {
+        Op {
+            owner,
+            slot,
+            early,
+            buffers: Some(buffers),
+            unsignaled_seq,
+            _outcome: PhantomData,
+        }
     }
 
     /// The error that kept the operation from being posted, if one did (the `Op` is then
@@ -176,9 +185,29 @@ impl<B: Buffers, O: Outcome> Op<B, O> {
             return Some((Err(*err), self.buffers.take()?));
         }
         let result = self.owner.cq().take_if_done(self.slot?)?;
+        self.finished(result)
+    }
+
+    /// The task of `waker` no longer polls this operation: if the operation would wake it,
+    /// it forgets it, and hands on the completion queue's polling role if it held it (see
+    /// [`Engine::leave`](crate::msg::engine::Engine::leave)). The operation goes on; whoever
+    /// polls it next registers anew.
+    pub(crate) fn stop_waiting(&self, waker: &std::task::Waker) {
+        if let Some(id) = self.slot {
+            self.owner.cq().stop_waiting(id, waker);
+        }
+    }
+
+    /// The slot's result is taken: the operation's output and its buffers (`None` only if
+    /// they were already handed out).
+    #[inline]
+    fn finished(&mut self, result: SlotResult) -> Option<(Result<O::Output>, B)> {
         self.slot = None;
         let buffers = self.buffers.take()?;
-        let output = result.map(|info| O::output(received(info), &buffers));
+        let output = match result {
+            Ok(info) => Ok(O::output(received(info), &buffers)),
+            Err(err) => Err(*err),
+        };
         Some((output, buffers))
     }
 }
@@ -209,12 +238,10 @@ impl<B: Buffers, O: Outcome> Future for Op<B, O> {
             }
         }
         match this.owner.cq().poll_slot(id, cx) {
-            Poll::Ready(result) => {
-                this.slot = None;
-                let buffers = this.buffers.take().expect("buffers stay until completion");
-                let output = result.map(|info| O::output(received(info), &buffers));
-                Poll::Ready((output, buffers))
-            }
+            Poll::Ready(result) => Poll::Ready(
+                this.finished(result)
+                    .expect("buffers stay until completion"),
+            ),
             Poll::Pending => {
                 if fence_refused {
                     cx.waker().wake_by_ref();

@@ -9,6 +9,7 @@ use std::task::{Context as TaskContext, Poll, Waker};
 
 use super::handshake::PeerSizes;
 use super::header::{Header, HeaderProblem, Kind, Rendezvous, DONE_LEN, HEADER_LEN};
+use super::waiting::Waiters;
 use super::Message;
 use crate::cm::Connection;
 use crate::error::{Error, QpShutdownReason, Result};
@@ -85,8 +86,8 @@ pub(crate) struct State {
     pub(crate) next_token: u32,
     /// Why the messenger stopped, once it did.
     pub(crate) failure: Option<Arc<Error>>,
-    /// Tasks waiting in `send` or `recv`.
-    pub(crate) waiters: Vec<Waker>,
+    /// Tasks waiting in `send`, `recv` or `flush`, and the one the operations will wake.
+    pub(crate) waiters: Waiters,
 }
 
 impl State {
@@ -102,19 +103,7 @@ impl State {
             exposed: HashMap::new(),
             next_token: 0,
             failure: None,
-            waiters: Vec::new(),
-        }
-    }
-
-    pub(crate) fn wait(&mut self, waker: &Waker) {
-        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
-            self.waiters.push(waker.clone());
-        }
-    }
-
-    fn wake_all(&mut self) {
-        for waker in self.waiters.drain(..) {
-            waker.wake();
+            waiters: Waiters::default(),
         }
     }
 
@@ -147,6 +136,7 @@ impl Engine {
     pub(crate) fn pump(&self, state: &mut State, cx: &mut TaskContext<'_>) -> bool {
         let mut progressed = self.take_delivered(state);
         if !progressed && state.failure.is_none() {
+            state.waiters.register(cx.waker());
             if let Some(front) = state.posted.front_mut() {
                 if let Poll::Ready((result, buf)) = Pin::new(front).poll(cx) {
                     state.posted.pop_front();
@@ -170,9 +160,25 @@ impl Engine {
         // runs out of credits while this side waits for that word.
         self.return_credits(state);
         if progressed {
-            state.wake_all();
+            state.waiters.wake_all();
         }
         progressed
+    }
+
+    /// The operations forget the task of `waker`, which handed its place on: whoever polls
+    /// them next registers anew (see [`super::waiting`]).
+    pub(crate) fn forget(&self, state: &State, waker: &Waker) {
+        if let Some(front) = state.posted.front() {
+            front.stop_waiting(waker);
+        }
+        for arrival in &state.arrived {
+            if let Arrival::Reading { op, .. } = arrival {
+                op.stop_waiting(waker);
+            }
+        }
+        if let Some(front) = state.sending.front() {
+            front.stop_waiting(waker);
+        }
     }
 
     /// Takes the receives and reads whose completions a poll of the CQ delivered already,
@@ -402,6 +408,7 @@ impl Engine {
     ) -> Poll<()> {
         self.collect_sends(state);
         while state.sending.len() > keep && state.failure.is_none() {
+            state.waiters.register(cx.waker());
             let Some(front) = state.sending.front_mut() else {
                 break;
             };

@@ -10,6 +10,7 @@ use std::task::{Context as TaskContext, Poll};
 use super::engine::{Engine, State, READS_IN_FLIGHT};
 use super::handshake::{self, PeerSizes};
 use super::header::{Kind, Rendezvous, HEADER_LEN, REQUEST_LEN};
+use super::waiting::{Place, Waiting};
 use super::MessengerOptions;
 use crate::cm::{Connection, ConnectionOptions, Incoming};
 use crate::error::{Error, Result};
@@ -314,45 +315,59 @@ impl Messenger {
     ) -> Result<()> {
         let engine = &*self.inner;
         let mut parts = Some((message, prepare));
+        let mut waiting = Waiting::new(engine);
         poll_fn(|cx| {
             let mut state = lock(&engine.state);
-            // A large message takes in the peer's "read it" words first, so that the copies
-            // it has read are unregistered now, not when the sender next has to wait.
-            if kind == Kind::Request && !state.exposed.is_empty() {
-                engine.pump(&mut state, cx);
-            }
-            loop {
-                if let Some(failure) = &state.failure {
-                    return Poll::Ready(Err(engine.failed(failure)));
-                }
-                // One credit and one place in the send queue stay for control messages, so
-                // that both sides can always return credits and say a large message was read.
-                let room = state.sending.len() + 2 <= engine.send_limit;
-                let exposable = kind != Kind::Request || state.exposed.len() < engine.peer.depth;
-                if state.credits >= 2 && room && exposable {
-                    break;
-                }
-                // Waiting: take in what the peer sent (credits, done messages) and make room.
-                let mut progressed = engine.pump(&mut state, cx);
-                if !room {
-                    let before = state.sending.len();
-                    let _ = engine.poll_sends_down_to(&mut state, engine.send_limit - 2, cx);
-                    progressed |= state.sending.len() < before;
-                }
-                if !progressed {
-                    state.wait(cx.waker());
-                    return Poll::Pending;
-                }
-            }
-            let Some((mut message, prepare)) = parts.take() else {
-                return Poll::Ready(Err(Error::InvalidArgument("polled after it ended".into())));
-            };
-            prepare(&mut state, &mut message);
-            // Posted under the lock: the credits it returns and the order of messages are
-            // those of this moment.
-            Poll::Ready(engine.post(&mut state, kind, imm, message))
+            let poll = Self::poll_post(engine, &mut state, cx, kind, imm, &mut parts);
+            waiting.after(&mut state, cx, poll)
         })
         .await
+    }
+
+    /// A poll of [`post_with`](Messenger::post_with), with the state locked.
+    fn poll_post(
+        engine: &Engine,
+        state: &mut State,
+        cx: &mut TaskContext<'_>,
+        kind: Kind,
+        imm: Option<u32>,
+        parts: &mut Option<(LocalBuf, impl FnOnce(&mut State, &mut LocalBuf))>,
+    ) -> Poll<Result<()>> {
+        // A large message takes in the peer's "read it" words first, so that the copies it
+        // has read are unregistered now, not when the sender next has to wait.
+        if kind == Kind::Request && !state.exposed.is_empty() {
+            engine.pump(state, cx);
+        }
+        loop {
+            if let Some(failure) = &state.failure {
+                return Poll::Ready(Err(engine.failed(failure)));
+            }
+            // One credit and one place in the send queue stay for control messages, so that
+            // both sides can always return credits and say a large message was read.
+            let room = state.sending.len() + 2 <= engine.send_limit;
+            let exposable = kind != Kind::Request || state.exposed.len() < engine.peer.depth;
+            if state.credits >= 2 && room && exposable {
+                break;
+            }
+            // Waiting: take in what the peer sent (credits, done messages) and make room.
+            let mut progressed = engine.pump(state, cx);
+            if !room {
+                let before = state.sending.len();
+                let _ = engine.poll_sends_down_to(state, engine.send_limit - 2, cx);
+                progressed |= state.sending.len() < before;
+            }
+            if !progressed {
+                state.waiters.wait(cx.waker());
+                return Poll::Pending;
+            }
+        }
+        let Some((mut message, prepare)) = parts.take() else {
+            return Poll::Ready(Err(Error::InvalidArgument("polled after it ended".into())));
+        };
+        prepare(state, &mut message);
+        // Posted under the lock: the credits it returns and the order of messages are those
+        // of this moment.
+        Poll::Ready(engine.post(state, kind, imm, message))
     }
 
     /// Waits until the peer has every message sent so far: the device is done with each
@@ -363,26 +378,37 @@ impl Messenger {
     /// The messenger's failure, as [`Messenger::send`]'s.
     pub async fn flush(&self) -> Result<()> {
         let engine = &*self.inner;
+        let mut waiting = Waiting::new(engine);
         poll_fn(|cx| {
             let mut state = lock(&engine.state);
-            loop {
-                let before = state.sending.len();
-                let mut progressed = engine.pump(&mut state, cx);
-                let sent = engine.poll_sends_down_to(&mut state, 0, cx);
-                progressed |= state.sending.len() < before;
-                if let Some(failure) = &state.failure {
-                    return Poll::Ready(Err(engine.failed(failure)));
-                }
-                if sent.is_ready() && state.exposed.is_empty() {
-                    return Poll::Ready(Ok(()));
-                }
-                if !progressed {
-                    state.wait(cx.waker());
-                    return Poll::Pending;
-                }
-            }
+            let poll = Self::poll_flush(engine, &mut state, cx);
+            waiting.after(&mut state, cx, poll)
         })
         .await
+    }
+
+    /// A poll of [`flush`](Messenger::flush), with the state locked.
+    fn poll_flush(
+        engine: &Engine,
+        state: &mut State,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<()>> {
+        loop {
+            let before = state.sending.len();
+            let mut progressed = engine.pump(state, cx);
+            let sent = engine.poll_sends_down_to(state, 0, cx);
+            progressed |= state.sending.len() < before;
+            if let Some(failure) = &state.failure {
+                return Poll::Ready(Err(engine.failed(failure)));
+            }
+            if sent.is_ready() && state.exposed.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            if !progressed {
+                state.waiters.wait(cx.waker());
+                return Poll::Pending;
+            }
+        }
     }
 
     /// The next message, in the order they arrived. Dropping the future never loses a
@@ -393,23 +419,50 @@ impl Messenger {
     /// taken): [`Error::QpInError`] with its cause, e.g. [`Error::Disconnected`] or
     /// [`Error::BadMessage`].
     pub async fn recv(&self) -> Result<Message> {
-        poll_fn(|cx| self.poll_recv(cx)).await
+        let engine = &*self.inner;
+        let mut waiting = Waiting::new(engine);
+        poll_fn(|cx| {
+            let mut state = lock(&engine.state);
+            let poll = Self::poll_next_message(engine, &mut state, cx);
+            waiting.after(&mut state, cx, poll)
+        })
+        .await
     }
 
     /// Polls for the next message (what [`recv`](Messenger::recv) awaits; a `Stream` can be
-    /// built on it).
+    /// built on it, as [`messages`](Messenger::messages) does).
+    ///
+    /// Keep polling until it is ready: a task that gives up while it is pending may hold the
+    /// turn of the other tasks waiting on this messenger, and of other connections sharing
+    /// its completion queue, until it polls again or this messenger is used or dropped.
+    /// [`recv`](Messenger::recv) and [`Messages`] give their turn up when dropped.
     pub fn poll_recv(&self, cx: &mut TaskContext<'_>) -> Poll<Result<Message>> {
         let engine = &*self.inner;
         let mut state = lock(&engine.state);
+        let poll = Self::poll_next_message(engine, &mut state, cx);
+        if poll.is_ready() {
+            if let Some(left) = Place::default().after(&mut state.waiters, cx, &poll) {
+                engine.forget(&state, &left);
+            }
+        }
+        poll
+    }
+
+    /// A poll for the next message, with the state locked.
+    fn poll_next_message(
+        engine: &Engine,
+        state: &mut State,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<Message>> {
         loop {
-            if let Some(message) = engine.take_message(&mut state) {
+            if let Some(message) = engine.take_message(state) {
                 return Poll::Ready(Ok(message));
             }
             if let Some(failure) = &state.failure {
                 return Poll::Ready(Err(engine.failed(failure)));
             }
-            if !engine.pump(&mut state, cx) {
-                state.wait(cx.waker());
+            if !engine.pump(state, cx) {
+                state.waiters.wait(cx.waker());
                 return Poll::Pending;
             }
         }
@@ -434,10 +487,32 @@ impl Messenger {
 /// }
 /// # }
 /// ```
-#[derive(Debug, Clone)]
 pub struct Messages {
     messenger: Messenger,
     ended: bool,
+    /// Its place among the messenger's waiters while a poll is pending.
+    place: Place,
+}
+
+impl Clone for Messages {
+    /// Another stream of the same messages (each message goes to one of them), with no
+    /// poll pending.
+    fn clone(&self) -> Self {
+        Messages {
+            messenger: self.messenger.clone(),
+            ended: self.ended,
+            place: Place::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messages")
+            .field("messenger", &self.messenger)
+            .field("ended", &self.ended)
+            .finish()
+    }
 }
 
 impl Messenger {
@@ -446,6 +521,7 @@ impl Messenger {
         Messages {
             messenger: self.clone(),
             ended: false,
+            place: Place::default(),
         }
     }
 }
@@ -458,7 +534,14 @@ impl futures_core::Stream for Messages {
         if this.ended {
             return Poll::Ready(None);
         }
-        match this.messenger.poll_recv(cx) {
+        let engine = &*this.messenger.inner;
+        let mut state = lock(&engine.state);
+        let poll = Messenger::poll_next_message(engine, &mut state, cx);
+        if let Some(left) = this.place.after(&mut state.waiters, cx, &poll) {
+            engine.forget(&state, &left);
+        }
+        drop(state);
+        match poll {
             Poll::Ready(Ok(message)) => Poll::Ready(Some(Ok(message))),
             Poll::Ready(Err(err)) => {
                 this.ended = true;
@@ -466,6 +549,12 @@ impl futures_core::Stream for Messages {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl Drop for Messages {
+    fn drop(&mut self) {
+        self.place.abandon(&self.messenger.inner);
     }
 }
 
@@ -477,11 +566,20 @@ impl futures_core::FusedStream for Messages {
 
 impl std::fmt::Debug for Messenger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // What explains a messenger that waits: its credits and what it owes the peer, and
+        // what is posted, arrived, in flight and exposed.
         let state = lock(&self.inner.state);
         f.debug_struct("Messenger")
             .field("qpn", &self.inner.qp.qpn())
             .field("credits", &state.credits)
+            .field("owed", &state.owed)
+            .field("receives_posted", &state.posted.len())
             .field("arrived", &state.arrived.len())
+            .field("sending", &state.sending.len())
+            .field("exposed", &state.exposed.len())
+            .field("done_to_send", &state.done_to_send.len())
+            .field("waiters", &state.waiters.len())
+            .field("failure", &state.failure)
             .finish()
     }
 }

@@ -56,6 +56,7 @@ mod engine;
 mod handshake;
 mod header;
 mod messenger;
+mod waiting;
 
 pub use header::HeaderProblem;
 pub use messenger::{Message, Messages, Messenger};
