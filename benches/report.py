@@ -185,21 +185,52 @@ md.append(f"Device `{device}`, {meta.get('device_info', '')} kernel {meta.get('k
 md.append("")
 
 
+LAT_TESTS = [("write_lat", "busy"), ("write_imm_lat", "busy"), ("send_lat", "busy"), ("read_lat", "busy"),
+             ("write_imm_lat", "event"), ("send_lat", "event"), ("read_lat", "event")]
+
+
+def lat_sizes():
+    return sorted({r["size"] for r in rows if r["test"].endswith("_lat")})
+
+
+def ref_row(test, mode, size):
+    """What a latency row is compared with: perftest, or for `write_imm_lat` the raw verbs loop."""
+    if test == "write_imm_lat":
+        return find("raw", test, mode, size)
+    return find("perftest", test, mode, size)
+
+
+def lat_ratios(mode, rts, max_size=None):
+    """(anyrdma median / reference median, label) of every latency row of `mode`."""
+    out = []
+    for test, m in LAT_TESTS:
+        if m != mode:
+            continue
+        for size in lat_sizes():
+            if max_size is not None and size > max_size:
+                continue
+            ref = ref_row(test, mode, size)
+            for rt in rts:
+                r = find("anyrdma", test, mode, size, rt)
+                if ref and r:
+                    out.append((ratio(r["median_us"], ref["median_us"]), f"{rt} {test} {size} B"))
+    return out
+
+
+def worst(pairs):
+    pairs = [p for p in pairs if p[0] is not None]
+    return max(pairs, key=lambda p: p[0]) if pairs else (None, "")
+
+
 def full_run_tables():
     """Latency, message rate and the goals of issue 5 (a callgrind-only run has none of these)."""
     md.append("Ratios are against perftest in the same boot (`write_imm_lat`: against the raw verbs loop, as "
               "perftest has no such test). Latency: one-way (half the round trip; reads: the whole read), µs.")
     md.append("")
 
-    lat_tests = [("write_lat", "busy"), ("write_imm_lat", "busy"), ("send_lat", "busy"), ("read_lat", "busy"),
-                 ("write_imm_lat", "event"), ("send_lat", "event"), ("read_lat", "event")]
-    sizes = sorted({r["size"] for r in rows if r["test"].endswith("_lat")})
+    lat_tests = LAT_TESTS
+    sizes = lat_sizes()
     impls = [("raw", "raw")] + [("anyrdma", rt) for rt in RUNTIMES] + [("async-rdma", "tokio-mt")]
-
-    def ref_row(test, mode, size):
-        if test == "write_imm_lat":
-            return find("raw", test, mode, size)
-        return find("perftest", test, mode, size)
 
     for metric, title in (("median_us", "median"), ("p99_us", "99th percentile")):
         md.append(f"### Latency, {title} (µs)")
@@ -245,23 +276,6 @@ def full_run_tables():
 
     # ---- Goals -----------------------------------------------------------------------------------
     goals = []
-
-    def worst(pairs):
-        pairs = [p for p in pairs if p[0] is not None]
-        return max(pairs, key=lambda p: p[0]) if pairs else (None, "")
-
-    def lat_ratios(mode, rts):
-        out = []
-        for test, m in lat_tests:
-            if m != mode:
-                continue
-            for size in sizes:
-                ref = ref_row(test, mode, size)
-                for rt in rts:
-                    r = find("anyrdma", test, mode, size, rt)
-                    if ref and r:
-                        out.append((ratio(r["median_us"], ref["median_us"]), f"{rt} {test} {size} B"))
-        return out
 
     for mode, limit in (("busy", 1.05), ("event", 1.3)):
         rs = lat_ratios(mode, RUNTIMES)
@@ -351,13 +365,69 @@ def full_run_tables():
     elif run_mode:
         goals.append(("faster than async-rdma on every row", False, "no async-rdma rows (see notes)"))
 
-    md.append("### Goals (issue 5)")
+    goals_table("Goals (issue 5)", goals)
+
+
+def goals_table(title, goals):
+    md.append(f"### {title}")
     md.append("")
     md.append("| goal | holds | detail |")
     md.append("|---|---|---|")
     for name, ok, detail in goals:
         md.append(f"| {name} | {'yes' if ok else '**no**'} | {detail} |")
     md.append("")
+
+
+def bound_goal(name, pairs, limit, at_least=False):
+    """A goal over (value, label) rows: every value at most (or at least) `limit`."""
+    pairs = [p for p in pairs if p[0] is not None]
+    if not pairs:
+        return (name, False, "no rows in this run")
+    held = [p for p in pairs if (p[0] >= limit if at_least else p[0] <= limit)]
+    missed = sorted((p for p in pairs if p not in held), key=lambda p: p[0], reverse=not at_least)
+    detail = f"{len(held)}/{len(pairs)} rows hold"
+    if missed:
+        detail += "; missed: " + ", ".join(f"{label} {value:.2f}x" for value, label in missed[:6])
+        if len(missed) > 6:
+            detail += f" and {len(missed) - 6} more"
+    else:
+        edge = min(pairs) if at_least else max(pairs)
+        detail += f"; {'lowest' if at_least else 'highest'} {edge[0]:.2f}x ({edge[1]})"
+    return (name, not missed, detail)
+
+
+def fast_path_goals():
+    """The goals of issue 12, from this run's rows: instructions per round trip against raw verbs,
+    the spread between runtimes, unbatched message rate and latency against perftest."""
+    goals = []
+    for mode, limit in (("busy", 1.3), ("event", 2.0)):
+        raw = cpu.get(("current", "raw", mode))
+        pairs = []
+        for rt in RUNTIMES:
+            c = cpu.get(("current", rt, mode))
+            if c and raw:
+                pairs.append((c["ir_per_round_trip"] / raw["ir_per_round_trip"], f"{rt}"))
+        goals.append(bound_goal(f"Ir per 8 B write-with-imm round trip, {mode}: <= {limit}x raw verbs",
+                                pairs, limit))
+    for mode in ("busy", "event"):
+        counts = {rt: cpu[("current", rt, mode)]["ir_per_round_trip"]
+                  for rt in RUNTIMES if ("current", rt, mode) in cpu}
+        pairs = [(v / min(counts.values()), rt) for rt, v in counts.items()] if counts else []
+        goals.append(bound_goal(f"Ir per round trip, {mode}: every runtime within 1.25x of the best", pairs, 1.25))
+    for qps, limit in ((1, 1.0), (4, 0.95), (16, 0.95)):
+        pairs = []
+        for test in ("send_rate", "write_rate"):
+            p = find("perftest", test, "busy", 64, qps=qps)
+            for rt in RUNTIMES:
+                r = find("anyrdma", test, "busy", 64, rt, qps, 1)
+                if p and r:
+                    pairs.append((ratio(r["mmsg_s"], p["mmsg_s"]), f"{rt} {test}"))
+        goals.append(bound_goal(f"message rate 64 B, busy, unbatched, {qps} QP{'s' if qps > 1 else ''}: "
+                                f">= {limit}x perftest", pairs, limit, at_least=True))
+    for mode, limit in (("busy", 1.1), ("event", 1.2)):
+        goals.append(bound_goal(f"{mode} latency 8 B to 4 KiB (median): <= {limit}x perftest",
+                                lat_ratios(mode, RUNTIMES, max_size=4096), limit))
+    goals_table("Goals (issue 12: the fast path)", goals)
 
 
 CG_LIMIT = 1.02  # the baseline goal: no row more than 2% above the baseline
@@ -651,6 +721,8 @@ if run_mode != "callgrind":
     wakeups_section()
     pool_section()
 callgrind_section()
+if run_mode == "full":
+    fast_path_goals()
 
 if perftest_notes:
     md.append("### Notes from the run")
