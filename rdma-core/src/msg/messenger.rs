@@ -1,7 +1,6 @@
 //! The messenger: receives kept posted, messages taken in order, and credits.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -10,7 +9,7 @@ use std::task::{Context as TaskContext, Poll};
 use super::engine::{Engine, State, READS_IN_FLIGHT};
 use super::handshake::{self, PeerSizes};
 use super::header::{Kind, Rendezvous, HEADER_LEN, REQUEST_LEN};
-use super::waiting::{Place, Waiting};
+use super::waiting::{self, Place};
 use super::MessengerOptions;
 use crate::cm::{Connection, ConnectionOptions, Incoming};
 use crate::error::{Error, Result};
@@ -315,11 +314,8 @@ impl Messenger {
     ) -> Result<()> {
         let engine = &*self.inner;
         let mut parts = Some((message, prepare));
-        let mut waiting = Waiting::new(engine);
-        poll_fn(|cx| {
-            let mut state = lock(&engine.state);
-            let poll = Self::poll_post(engine, &mut state, cx, kind, imm, &mut parts);
-            waiting.after(&mut state, cx, poll)
+        waiting::call(engine, |state, cx| {
+            Self::poll_post(engine, state, cx, kind, imm, &mut parts)
         })
         .await
     }
@@ -378,13 +374,7 @@ impl Messenger {
     /// The messenger's failure, as [`Messenger::send`]'s.
     pub async fn flush(&self) -> Result<()> {
         let engine = &*self.inner;
-        let mut waiting = Waiting::new(engine);
-        poll_fn(|cx| {
-            let mut state = lock(&engine.state);
-            let poll = Self::poll_flush(engine, &mut state, cx);
-            waiting.after(&mut state, cx, poll)
-        })
-        .await
+        waiting::call(engine, |state, cx| Self::poll_flush(engine, state, cx)).await
     }
 
     /// A poll of [`flush`](Messenger::flush), with the state locked.
@@ -420,11 +410,8 @@ impl Messenger {
     /// [`Error::BadMessage`].
     pub async fn recv(&self) -> Result<Message> {
         let engine = &*self.inner;
-        let mut waiting = Waiting::new(engine);
-        poll_fn(|cx| {
-            let mut state = lock(&engine.state);
-            let poll = Self::poll_next_message(engine, &mut state, cx);
-            waiting.after(&mut state, cx, poll)
+        waiting::call(engine, |state, cx| {
+            Self::poll_next_message(engine, state, cx)
         })
         .await
     }

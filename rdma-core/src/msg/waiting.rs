@@ -10,9 +10,10 @@
 //! poll in its stead) or, with none left, has the operations forget it, which hands the
 //! polling role on ([`Engine::leave`](super::engine::Engine::leave)).
 
+use std::future::poll_fn;
 use std::task::{Context as TaskContext, Poll, Waker};
 
-use super::engine::Engine;
+use super::engine::{Engine, State};
 use crate::wake::lock;
 
 /// The tasks waiting on a messenger (kept in its state, under its lock).
@@ -147,14 +148,30 @@ impl Place {
     }
 }
 
-/// A [`Place`] that leaves when dropped: what the messenger's async calls hold.
-pub(crate) struct Waiting<'a> {
+/// Runs one messenger call: `step` polls it, with the state locked, until it is ready. The
+/// call counts among the waiters while it is pending, and leaves them when it ends,
+/// returning or dropped.
+pub(crate) async fn call<T>(
+    engine: &Engine,
+    mut step: impl FnMut(&mut State, &mut TaskContext<'_>) -> Poll<T>,
+) -> T {
+    let mut waiting = Waiting::new(engine);
+    poll_fn(|cx| {
+        let mut state = lock(&engine.state);
+        let poll = step(&mut state, cx);
+        waiting.after(&mut state, cx, poll)
+    })
+    .await
+}
+
+/// A [`Place`] that leaves when dropped: what a messenger call holds.
+struct Waiting<'a> {
     engine: &'a Engine,
     place: Place,
 }
 
 impl<'a> Waiting<'a> {
-    pub(crate) fn new(engine: &'a Engine) -> Self {
+    fn new(engine: &'a Engine) -> Self {
         Waiting {
             engine,
             place: Place::default(),
@@ -162,12 +179,7 @@ impl<'a> Waiting<'a> {
     }
 
     /// Ends a poll of the call, with the state locked: see [`Place::after`].
-    pub(crate) fn after<T>(
-        &mut self,
-        state: &mut super::engine::State,
-        cx: &TaskContext<'_>,
-        poll: Poll<T>,
-    ) -> Poll<T> {
+    fn after<T>(&mut self, state: &mut State, cx: &TaskContext<'_>, poll: Poll<T>) -> Poll<T> {
         if let Some(left) = self.place.after(&mut state.waiters, cx, &poll) {
             self.engine.forget(state, &left);
         }
