@@ -397,8 +397,8 @@ impl CqShared {
     }
 
     /// Polls for the completion of slot `id`, driving the CQ as described in the module docs.
-    #[inline]
     /// The result stays boxed on error: the caller unboxes it once, into its own output.
+    #[inline]
     pub(crate) fn poll_slot(&self, id: SlotId, cx: &mut TaskContext<'_>) -> Poll<SlotResult> {
         // A task whose operations are always complete when polled must still let others run.
         if let Some(runtime) = self.runtime.get() {

@@ -56,7 +56,7 @@ impl Access {
     }
 
     /// Whether a peer may change the memory (remote write or atomic rights): such memory is a
-    /// [`SharedRegion`](crate::SharedRegion), never a [`LocalBuf`].
+    /// [`SharedRegion`], never a [`LocalBuf`].
     pub fn is_peer_writable(self) -> bool {
         self.0 & (Self::REMOTE_WRITE.0 | Self::REMOTE_ATOMIC.0) != 0
     }
@@ -452,7 +452,7 @@ fn registration_error(len: usize) -> Error {
 /// [`unsplit`](LocalBuf::unsplit).
 ///
 /// Its registration never grants remote write or atomic rights: memory a peer can change is
-/// a [`SharedRegion`](crate::SharedRegion), whose bytes Rust code reaches only through
+/// a [`SharedRegion`], whose bytes Rust code reaches only through
 /// methods that are sound while the peer writes. A `LocalBuf` may grant remote *read*
 /// rights ([`remote`](LocalBuf::remote)): a peer may then read its bytes at any time, also
 /// while local code writes them, and may see some bytes old and some new; say in the

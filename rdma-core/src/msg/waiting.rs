@@ -8,7 +8,7 @@
 //! as pending from its first pending poll until it returns or its future is dropped, and the
 //! last task to poll the operations, when it leaves, either wakes the tasks still waiting (to
 //! poll in its stead) or, with none left, has the operations forget it, which hands the
-//! polling role on ([`Engine::leave`](super::engine::Engine::leave)).
+//! polling role on ([`Engine::forget`](super::engine::Engine::forget)).
 
 use std::future::poll_fn;
 use std::task::{Context as TaskContext, Poll, Waker};

@@ -15,7 +15,7 @@ static PROVIDER: OnceLock<DefaultProvider> = OnceLock::new();
 
 /// The runtime that objects use when none was given to them (a [`Context`](crate::Context)
 /// opened without [`with_runtime`](crate::Context::with_runtime), the free
-/// [`timeout`](super::timeout) and [`sleep`](super::sleep)).
+/// [`timeout`](fn@super::timeout) and [`sleep`](super::sleep)).
 ///
 /// In order: the runtime set with [`set_default_runtime`]; else the pick of the `anyrdma`
 /// crate's runtime features, made for the calling thread: Tokio when the `tokio` feature is
