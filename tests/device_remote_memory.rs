@@ -9,7 +9,8 @@
 
 mod support;
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyrdma::msg::{Messenger, MessengerOptions};
@@ -1032,7 +1033,81 @@ async fn close_tells_the_peer(rt: Rt) {
     assert_eq!(registered_regions(), before, "registrations left behind");
 }
 
+/// Counts its wake-ups, and wakes nothing else: stands for a task polling by hand.
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A session served on a messenger that shares its completion queue (event mode) with
+/// another messenger. Once the session is closed and `serve` has returned, the other
+/// messenger's receive must still be woken by its message: the task that served no longer
+/// holds the queue's turn. (Before, its last poll of the session's messenger left its waker
+/// there, and the arrival woke only that finished task.)
+async fn a_finished_serve_hands_its_turn_on(rt: Rt) {
+    if !support::device_present("a_finished_serve_hands_its_turn_on") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let options = MessengerOptions {
+        depth: 16,
+        ..MessengerOptions::default()
+    };
+    let ctx = anyrdma::Context::open_default().expect("open the default RDMA device");
+    let pd = ctx.alloc_pd().expect("alloc PD");
+    let shared = anyrdma::CompletionQueue::new(&ctx, anyrdma::CqOptions::default()).expect("CQ");
+    let peers = anyrdma::CompletionQueue::new(&ctx, anyrdma::CqOptions::default()).expect("CQ");
+    let qp = |cq: &anyrdma::CompletionQueue| {
+        anyrdma::QueuePair::new(&pd, cq, cq, anyrdma::QpOptions::default()).expect("QP")
+    };
+    let (a1, a2, b1, b2) = (qp(&shared), qp(&shared), qp(&peers), qp(&peers));
+    for (one, other) in [(&a1, &b1), (&b1, &a1), (&a2, &b2), (&b2, &a2)] {
+        one.connect(&other.endpoint(), anyrdma::ConnectOptions::default())
+            .expect("connect");
+    }
+    let session = MemorySession::new(
+        Messenger::new(&a1, options).expect("messenger"),
+        SessionOptions::default(),
+    );
+    let _session_peer = Messenger::new(&b1, options).expect("messenger");
+    let other = Messenger::new(&a2, options).expect("messenger");
+    let other_peer = Messenger::new(&b2, options).expect("messenger");
+
+    let serving = serve(rt, &session);
+    anyrdma::sleep(Duration::from_millis(200)).await; // serve now waits for the peer
+    session.close();
+    within(10, "serve after close", serving)
+        .await
+        .expect("serve ends cleanly");
+
+    let receiver = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+    let waker: std::task::Waker = receiver.clone().into();
+    let mut receive = Box::pin(other.recv());
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(receive.as_mut().poll(&mut cx).is_pending());
+    other_peer.send(b"hello").await.expect("the peer sends");
+    let mut waited = Duration::ZERO;
+    while receiver.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            waited < Duration::from_secs(10),
+            "the receive was never woken: the finished serve still held the queue's turn"
+        );
+        anyrdma::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    match receive.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(message) => {
+            assert_eq!(&message.expect("the message").data[..], b"hello")
+        }
+        std::task::Poll::Pending => panic!("woken, but the message is not there"),
+    }
+}
+
 runtime_tests!(
+    a_finished_serve_hands_its_turn_on,
     close_tells_the_peer,
     hostile_peer_is_cut_off,
     killed_holder_leaves_nothing_registered,

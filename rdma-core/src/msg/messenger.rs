@@ -435,6 +435,16 @@ impl Messenger {
         poll
     }
 
+    /// The task of `waker` gave up a pending [`poll_recv`](Messenger::poll_recv): it leaves
+    /// the waiters, as a dropped [`recv`](Messenger::recv) future does.
+    pub(crate) fn leave(&self, waker: &std::task::Waker) {
+        let engine = &*self.inner;
+        let mut state = lock(&engine.state);
+        if state.waiters.leave(waker) {
+            engine.forget(&state, waker);
+        }
+    }
+
     /// A poll for the next message, with the state locked.
     fn poll_next_message(
         engine: &Engine,

@@ -354,15 +354,39 @@ impl MemorySession {
                 "this memory session is already served by another task: run serve once".into(),
             ));
         }
-        // Another task may serve once this one ends or is dropped.
-        struct Served<'a>(&'a Inner);
+        // Another task may serve once this one ends or is dropped. And the messenger's
+        // operations, which serve polls through `poll_recv`, must not keep waking a task that
+        // no longer serves: it leaves the messenger's waiters.
+        struct Served<'a> {
+            inner: &'a Inner,
+            waker: Option<std::task::Waker>,
+        }
         impl Drop for Served<'_> {
             fn drop(&mut self) {
-                self.0.serving.store(false, Ordering::Release);
+                if let Some(waker) = self.waker.take() {
+                    self.inner.messenger.leave(&waker);
+                }
+                self.inner.serving.store(false, Ordering::Release);
             }
         }
-        let _served = Served(&self.inner);
-        match self.inner.serve().await {
+        let mut served = Served {
+            inner: &self.inner,
+            waker: None,
+        };
+        let mut serving = std::pin::pin!(self.inner.serve());
+        let result = poll_fn(|cx| {
+            if !served
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                served.waker = Some(cx.waker().clone());
+            }
+            std::future::Future::poll(serving.as_mut(), cx)
+        })
+        .await;
+        drop(served);
+        match result {
             Ok(()) => Ok(()),
             Err(err) => {
                 if matches!(err, Error::BadControlMessage { .. }) {
