@@ -17,7 +17,7 @@ use anyrdma::cm::{Connection, ConnectionOptions, Listener};
 use anyrdma::msg::{HeaderProblem, Messenger, MessengerOptions};
 use anyrdma::{Error, QpOptions};
 use futures_core::Stream;
-use support::{within, Pair, Rt};
+use support::{within, HandPolled, Pair, Rt, SharedCqPairs};
 
 /// The two heaviest tests (a hundred thousand hostile messages; sixteen connections with
 /// their own timeouts) run alone: on the 2-vCPU guest, beside other tests, they can miss
@@ -855,24 +855,6 @@ async fn sixteen_connections_at_once(rt: Rt) {
     assert_eq!(total, CONNECTIONS as u64 * SENDERS * EACH, "{}", rt.name());
 }
 
-/// Counts its wake-ups, and wakes nothing else: stands for a task polling by hand.
-struct CountingWaker(AtomicUsize);
-
-impl std::task::Wake for CountingWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// Polls `future` once with `waker` (called from a task of the runtime).
-fn poll_once<F: std::future::Future + Unpin>(
-    future: &mut F,
-    waker: &std::task::Waker,
-) -> std::task::Poll<F::Output> {
-    let mut cx = std::task::Context::from_waker(waker);
-    std::pin::Pin::new(future).poll(&mut cx)
-}
-
 /// Two messengers on one completion queue (event mode). A send of the first that waits for
 /// credits polls its receives, so its task is the one the queue wakes; the send is then
 /// dropped. A receive of the second messenger, waiting after it, must still be woken when
@@ -888,48 +870,35 @@ async fn a_dropped_call_hands_its_turn_on(rt: Rt) {
         depth: 2,
         ..MessengerOptions::default()
     };
-    let ctx = anyrdma::Context::open_default().expect("open the default RDMA device");
-    let pd = ctx.alloc_pd().expect("alloc PD");
-    let shared = anyrdma::CompletionQueue::new(&ctx, anyrdma::CqOptions::default()).expect("CQ");
-    let peers = anyrdma::CompletionQueue::new(&ctx, anyrdma::CqOptions::default()).expect("CQ");
-    let qp = |cq: &anyrdma::CompletionQueue| {
-        anyrdma::QueuePair::new(&pd, cq, cq, QpOptions::default()).expect("QP")
-    };
-    let (a1, a2, b1, b2) = (qp(&shared), qp(&shared), qp(&peers), qp(&peers));
-    for (one, other) in [(&a1, &b1), (&b1, &a1), (&a2, &b2), (&b2, &a2)] {
-        one.connect(&other.endpoint(), anyrdma::ConnectOptions::default())
-            .expect("connect");
-    }
-    let first = Messenger::new(&a1, options).expect("messenger");
-    let second = Messenger::new(&a2, options).expect("messenger");
-    let _first_peer = Messenger::new(&b1, options).expect("messenger");
-    let second_peer = Messenger::new(&b2, options).expect("messenger");
+    let pairs = SharedCqPairs::new();
+    let first = Messenger::new(&pairs.a[0], options).expect("messenger");
+    let second = Messenger::new(&pairs.a[1], options).expect("messenger");
+    let _first_peer = Messenger::new(&pairs.b[0], options).expect("messenger");
+    let second_peer = Messenger::new(&pairs.b[1], options).expect("messenger");
 
     // The first messenger spends a credit; its peer never receives, so none comes back,
     // and a second send must wait, polling the first messenger's receives.
     first.send(b"one").await.expect("a send with credits");
-    let gone = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    let mut waiting_send = Box::pin(first.send(b"two"));
-    let polled = poll_once(&mut waiting_send, &gone.clone().into());
-    assert!(polled.is_pending(), "the second send has no credit to go");
-    drop(waiting_send);
+    let mut waiting_send = HandPolled::new(first.send(b"two"));
+    assert!(
+        waiting_send.poll().is_pending(),
+        "the second send has no credit to go"
+    );
+    waiting_send.drop_future();
 
-    let receiver = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    let receiver_waker: std::task::Waker = receiver.clone().into();
-    let mut receive = Box::pin(second.recv());
-    assert!(poll_once(&mut receive, &receiver_waker).is_pending());
+    let mut receive = HandPolled::new(second.recv());
+    assert!(receive.poll().is_pending());
     second_peer.send(b"hello").await.expect("the peer sends");
-    let mut waited = Duration::ZERO;
-    while receiver.0.load(Ordering::SeqCst) == 0 {
-        assert!(
-            waited < Duration::from_secs(10),
-            "the receive was never woken (the arrival woke the dropped send's task {} time(s))",
-            gone.0.load(Ordering::SeqCst)
-        );
-        anyrdma::sleep(Duration::from_millis(20)).await;
-        waited += Duration::from_millis(20);
-    }
-    match poll_once(&mut receive, &receiver_waker) {
+    receive
+        .until_woken(|| {
+            format!(
+                "the receive was never woken (the arrival woke the dropped send's task {} \
+                 time(s))",
+                waiting_send.woken()
+            )
+        })
+        .await;
+    match receive.poll() {
         std::task::Poll::Ready(message) => {
             assert_eq!(&message.expect("the message").data[..], b"hello")
         }

@@ -9,8 +9,7 @@
 
 mod support;
 
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyrdma::msg::{Messenger, MessengerOptions};
@@ -19,7 +18,7 @@ use anyrdma::remote_memory::{
     Rights, SessionOptions,
 };
 use anyrdma::{registered_regions, Access, Error, LocalBuf, WcStatus};
-use support::{within, Pair, Rt};
+use support::{within, HandPolled, Pair, Rt, SharedCqPairs};
 
 /// The registration count is the process's: the tests of this binary run one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -1033,15 +1032,6 @@ async fn close_tells_the_peer(rt: Rt) {
     assert_eq!(registered_regions(), before, "registrations left behind");
 }
 
-/// Counts its wake-ups, and wakes nothing else: stands for a task polling by hand.
-struct CountingWaker(std::sync::atomic::AtomicUsize);
-
-impl std::task::Wake for CountingWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// A session served on a messenger that shares its completion queue (event mode) with
 /// another messenger. Once the session is closed and `serve` has returned, the other
 /// messenger's receive must still be woken by its message: the task that served no longer
@@ -1056,25 +1046,14 @@ async fn a_finished_serve_hands_its_turn_on(rt: Rt) {
         depth: 16,
         ..MessengerOptions::default()
     };
-    let ctx = anyrdma::Context::open_default().expect("open the default RDMA device");
-    let pd = ctx.alloc_pd().expect("alloc PD");
-    let shared = anyrdma::CompletionQueue::new(&ctx, anyrdma::CqOptions::default()).expect("CQ");
-    let peers = anyrdma::CompletionQueue::new(&ctx, anyrdma::CqOptions::default()).expect("CQ");
-    let qp = |cq: &anyrdma::CompletionQueue| {
-        anyrdma::QueuePair::new(&pd, cq, cq, anyrdma::QpOptions::default()).expect("QP")
-    };
-    let (a1, a2, b1, b2) = (qp(&shared), qp(&shared), qp(&peers), qp(&peers));
-    for (one, other) in [(&a1, &b1), (&b1, &a1), (&a2, &b2), (&b2, &a2)] {
-        one.connect(&other.endpoint(), anyrdma::ConnectOptions::default())
-            .expect("connect");
-    }
+    let pairs = SharedCqPairs::new();
     let session = MemorySession::new(
-        Messenger::new(&a1, options).expect("messenger"),
+        Messenger::new(&pairs.a[0], options).expect("messenger"),
         SessionOptions::default(),
     );
-    let _session_peer = Messenger::new(&b1, options).expect("messenger");
-    let other = Messenger::new(&a2, options).expect("messenger");
-    let other_peer = Messenger::new(&b2, options).expect("messenger");
+    let _session_peer = Messenger::new(&pairs.b[0], options).expect("messenger");
+    let other = Messenger::new(&pairs.a[1], options).expect("messenger");
+    let other_peer = Messenger::new(&pairs.b[1], options).expect("messenger");
 
     let serving = serve(rt, &session);
     anyrdma::sleep(Duration::from_millis(200)).await; // serve now waits for the peer
@@ -1083,22 +1062,15 @@ async fn a_finished_serve_hands_its_turn_on(rt: Rt) {
         .await
         .expect("serve ends cleanly");
 
-    let receiver = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
-    let waker: std::task::Waker = receiver.clone().into();
-    let mut receive = Box::pin(other.recv());
-    let mut cx = std::task::Context::from_waker(&waker);
-    assert!(receive.as_mut().poll(&mut cx).is_pending());
+    let mut receive = HandPolled::new(other.recv());
+    assert!(receive.poll().is_pending());
     other_peer.send(b"hello").await.expect("the peer sends");
-    let mut waited = Duration::ZERO;
-    while receiver.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            waited < Duration::from_secs(10),
-            "the receive was never woken: the finished serve still held the queue's turn"
-        );
-        anyrdma::sleep(Duration::from_millis(20)).await;
-        waited += Duration::from_millis(20);
-    }
-    match receive.as_mut().poll(&mut cx) {
+    receive
+        .until_woken(|| {
+            "the receive was never woken: the finished serve still held the queue's turn".into()
+        })
+        .await;
+    match receive.poll() {
         std::task::Poll::Ready(message) => {
             assert_eq!(&message.expect("the message").data[..], b"hello")
         }

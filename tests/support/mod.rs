@@ -276,3 +276,100 @@ pub async fn drain(cq: &anyrdma::CompletionQueue, what: &str) {
         anyrdma::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
+
+/// Two connected pairs of queue pairs: `a[0]` and `a[1]` share one completion queue (event
+/// mode), and their peers `b[0]`, `b[1]` share another.
+pub struct SharedCqPairs {
+    pub ctx: anyrdma::Context,
+    pub pd: anyrdma::ProtectionDomain,
+    pub shared: anyrdma::CompletionQueue,
+    pub peers: anyrdma::CompletionQueue,
+    pub a: [anyrdma::QueuePair; 2],
+    pub b: [anyrdma::QueuePair; 2],
+}
+
+impl SharedCqPairs {
+    pub fn new() -> SharedCqPairs {
+        let ctx = anyrdma::Context::open_default().expect("open the default RDMA device");
+        let pd = ctx.alloc_pd().expect("alloc PD");
+        let cq = || anyrdma::CompletionQueue::new(&ctx, anyrdma::CqOptions::default()).expect("CQ");
+        let (shared, peers) = (cq(), cq());
+        let qp = |cq: &anyrdma::CompletionQueue| {
+            anyrdma::QueuePair::new(&pd, cq, cq, anyrdma::QpOptions::default()).expect("QP")
+        };
+        let a = [qp(&shared), qp(&shared)];
+        let b = [qp(&peers), qp(&peers)];
+        for (one, other) in a.iter().zip(&b) {
+            one.connect(&other.endpoint(), anyrdma::ConnectOptions::default())
+                .expect("connect");
+            other
+                .connect(&one.endpoint(), anyrdma::ConnectOptions::default())
+                .expect("connect");
+        }
+        SharedCqPairs {
+            ctx,
+            pd,
+            shared,
+            peers,
+            a,
+            b,
+        }
+    }
+}
+
+/// Counts wake-ups, and wakes nothing else.
+pub struct WakeCount(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for WakeCount {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A future polled by hand with a waker of its own that counts its wake-ups: stands for a
+/// task, to see whether the library wakes it. Poll it from a task of the runtime.
+pub struct HandPolled<F: Future> {
+    /// `None` once dropped: the count stays readable.
+    future: Option<Pin<Box<F>>>,
+    count: std::sync::Arc<WakeCount>,
+    waker: std::task::Waker,
+}
+
+impl<F: Future> HandPolled<F> {
+    pub fn new(future: F) -> Self {
+        let count = std::sync::Arc::new(WakeCount(std::sync::atomic::AtomicUsize::new(0)));
+        HandPolled {
+            future: Some(Box::pin(future)),
+            waker: count.clone().into(),
+            count,
+        }
+    }
+
+    pub fn poll(&mut self) -> std::task::Poll<F::Output> {
+        let mut cx = std::task::Context::from_waker(&self.waker);
+        let future = self.future.as_mut().expect("polled after it was dropped");
+        future.as_mut().poll(&mut cx)
+    }
+
+    /// Drops the future (as a task that gives it up), keeping the count.
+    pub fn drop_future(&mut self) {
+        self.future = None;
+    }
+
+    /// How often it was woken.
+    pub fn woken(&self) -> usize {
+        self.count.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits up to 10 s (on the runtime's clock) for its first wake-up; else panics with
+    /// `never` (called then, so that it can say what happened instead).
+    pub async fn until_woken(&self, never: impl Fn() -> String) {
+        let step = std::time::Duration::from_millis(20);
+        let mut waited = std::time::Duration::ZERO;
+        while self.woken() == 0 {
+            assert!(waited < std::time::Duration::from_secs(10), "{}", never());
+            anyrdma::sleep(step).await;
+            waited += step;
+        }
+    }
+}
