@@ -91,6 +91,13 @@ where
     }
 }
 
+/// A waker that does nothing: the first poll of the joined writes is by hand.
+struct Unwoken;
+
+impl std::task::Wake for Unwoken {
+    fn wake(self: Arc<Self>) {}
+}
+
 /// 64 writes posted back to back and joined in one task: polled once, then the thread
 /// sleeps so that their completions pile up, then awaited together. Each resolves with its
 /// own bytes in place. 20 rounds, event and busy mode.
@@ -119,8 +126,8 @@ async fn sixty_four_writes_joined_in_one_task(rt: Rt) {
             let mut joined = JoinAll::new(writes);
             // One poll posts nothing more (they are posted already) but registers every
             // waker; then completions pile up while this thread does not poll.
-            let waker = std::task::Waker::noop();
-            let results = match Pin::new(&mut joined).poll(&mut Context::from_waker(waker)) {
+            let waker = std::task::Waker::from(Arc::new(Unwoken));
+            let results = match Pin::new(&mut joined).poll(&mut Context::from_waker(&waker)) {
                 Poll::Ready(results) => results,
                 Poll::Pending => {
                     std::thread::sleep(std::time::Duration::from_millis(100));
