@@ -331,6 +331,7 @@ async fn requests_accepted_and_refused(rt: Rt) {
         rights: Rights::READ | Rights::WRITE,
         max_lease: Some(Duration::from_secs(60)),
         decide: Some(std::sync::Arc::new(|request| request.len != 777)),
+        renew: None,
     };
     let s = sessions(rt, policy);
     let lease = Some(Duration::from_secs(30));
@@ -400,15 +401,24 @@ async fn requests_accepted_and_refused(rt: Rt) {
 }
 
 /// A lease ends: the holder's checks refuse the grant, the owner revokes it (the key stops
-/// working); a lease renewed before its end goes on.
+/// working); a lease renewed before its end goes on. The owner decides each renewal: one
+/// longer than the grant's own lease or the policy's is refused, and the policy's callback
+/// sees the others.
 async fn leases_expire_and_renew(rt: Rt) {
     if !support::device_present("leases_expire_and_renew") {
         return;
     }
     let _serial = one_at_a_time();
     let before = registered_regions();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = asked.clone();
     let policy = GrantPolicy {
         max_lease: Some(Duration::from_secs(10)),
+        // One renewal per grant.
+        renew: Some(std::sync::Arc::new(move |request| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            request.renewals == 0
+        })),
         ..GrantPolicy::default()
     };
     let s = sessions(rt, policy);
@@ -428,26 +438,42 @@ async fn leases_expire_and_renew(rt: Rt) {
             &region,
             512..1024,
             Rights::WRITE,
-            Some(Duration::from_millis(300)),
+            Some(Duration::from_secs(5)),
         )
         .expect("grant to renew");
     let held_short = s.holder.next_grant().await.expect("short arrives");
     let held_renewed = s.holder.next_grant().await.expect("second arrives");
+    // Longer than the policy allows, or than the grant's own lease: refused unasked.
+    for (lease, what) in [(20, "the policy's"), (6, "the grant's")] {
+        let too_long = held_renewed.renew(Duration::from_secs(lease)).await;
+        assert!(
+            matches!(
+                too_long,
+                Err(Error::RegionRefused {
+                    reason: RefuseReason::LeaseTooLong
+                })
+            ),
+            "a renewal beyond {what} longest lease: {too_long:?}"
+        );
+    }
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 0);
     let until_end = held_renewed
         .renew(Duration::from_secs(5))
         .await
-        .expect("renewal within the policy");
+        .expect("renewal within the terms");
     assert!(until_end.is_some());
-    let too_long = held_renewed.renew(Duration::from_secs(20)).await;
+    // The policy's say: no second renewal.
+    let again = held_renewed.renew(Duration::from_secs(5)).await;
     assert!(
         matches!(
-            too_long,
+            again,
             Err(Error::RegionRefused {
-                reason: RefuseReason::LeaseTooLong
+                reason: RefuseReason::Declined
             })
         ),
-        "{too_long:?}"
+        "{again:?}"
     );
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 2);
 
     anyrdma::sleep(Duration::from_millis(600)).await;
     let (result, _) = held_short.write(buf(&s.pair, &[1; 8]), 0).await;
@@ -481,6 +507,114 @@ async fn leases_expire_and_renew(rt: Rt) {
     assert_eq!(err.wc_status(), Some(WcStatus::REM_ACCESS_ERR), "{err}");
     drop((held_short, held_renewed, short, renewed, region));
     s.close(before).await;
+}
+
+/// A hostile holder keeps writing through a grant's key after its lease ended, with no
+/// control traffic at all (nobody renews, nobody sends): at the lease's end the owner no
+/// longer counts the grant live, the key stops working at the device (the writes fail with
+/// a remote access error) and the owner's bytes stay as they were.
+async fn an_expired_lease_stops_a_hostile_holder(rt: Rt) {
+    if !support::device_present("an_expired_lease_stops_a_hostile_holder") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let s = sessions(rt, GrantPolicy::default());
+    let region = s.pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    // Long enough for the first write to land within it in a loaded, emulated guest.
+    let lease = Duration::from_secs(1);
+    // Both serve loops are running and idle when the grant is made.
+    anyrdma::sleep(Duration::from_millis(200)).await;
+    let grant = s
+        .owner
+        .grant(&region, 1024..2048, Rights::WRITE, Some(lease))
+        .expect("grant");
+    let granted_at = std::time::Instant::now();
+    let held = s.holder.next_grant().await.expect("the grant arrives");
+    // Within the lease the key works.
+    let (result, _) = s
+        .holder
+        .queue_pair()
+        .write(buf(&s.pair, &[0xAA; 8]), held.region())
+        .await;
+    if let Err(err) = result {
+        panic!(
+            "a write {:?} after the grant was made: {err}",
+            granted_at.elapsed()
+        );
+    }
+    assert_eq!(region.to_vec(1024..1032).unwrap(), [0xAA; 8]);
+
+    // No control message from here on: the holder neither renews nor releases.
+    anyrdma::sleep(lease + Duration::from_millis(1200)).await;
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        // Straight on the queue pair, past the holder's own checks, as a hostile peer would.
+        let (result, _) = s
+            .holder
+            .queue_pair()
+            .write(buf(&s.pair, &[0xBB; 8]), held.region())
+            .await;
+        match result {
+            Ok(()) => failures.push(format!(
+                "a write through the key {:?} after the grant was made (a lease of 1 s) was accepted",
+                granted_at.elapsed()
+            )),
+            Err(err) => {
+                if failures.is_empty() {
+                    assert_eq!(err.wc_status(), Some(WcStatus::REM_ACCESS_ERR), "{err}");
+                }
+                break;
+            }
+        }
+        anyrdma::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        region.to_vec(1024..1032).unwrap(),
+        [0xAA; 8],
+        "the owner's bytes changed after the lease ended: {failures:?}"
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        !grant.is_live(),
+        "the owner counts the grant live 1.2 s after its lease ended"
+    );
+    assert_eq!(s.owner.granted(), 0, "the expired grant is still counted");
+    drop((held, grant, region));
+    // The failed write broke the connection: the sessions end with it.
+    s.close(before).await;
+}
+
+/// A lease ends on time with no task serving the session and no traffic at all: the grant
+/// is no longer live and its key is deregistered.
+async fn a_lease_ends_without_serve(rt: Rt) {
+    if !support::device_present("a_lease_ends_without_serve") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let _ = rt;
+    let pair = Pair::new();
+    let (a, _b) = messengers(&pair);
+    let owner = MemorySession::new(a, SessionOptions::default());
+    let region = pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    let before = registered_regions();
+    let grant = owner
+        .grant(&region, .., Rights::READ, Some(Duration::from_millis(300)))
+        .expect("grant");
+    assert!(grant.is_live());
+    assert_eq!(registered_regions(), before + 1, "the grant's key");
+    anyrdma::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !grant.is_live(),
+        "the grant is live 1.2 s after its 300 ms lease ended"
+    );
+    assert_eq!(owner.granted(), 0);
+    assert_eq!(
+        registered_regions(),
+        before,
+        "the expired grant's key is still registered"
+    );
+    drop((grant, owner, region, pair));
 }
 
 /// The holder's connection goes away (its queue pair is shut down) while it holds requested
@@ -1088,5 +1222,7 @@ runtime_tests!(
     release_and_revoke,
     requests_accepted_and_refused,
     leases_expire_and_renew,
+    an_expired_lease_stops_a_hostile_holder,
+    a_lease_ends_without_serve,
     peer_gone_releases_everything,
 );

@@ -52,9 +52,22 @@
 //!
 //! **Leases.** A lease is a number of milliseconds from when the owner sends the grant or the
 //! renewal, at most [`MAX_LEASE_MS`] (30 days); 0 means that the grant lasts until it is
-//! revoked or released. The holder counts from when the message arrives, later, so it renews
-//! with time to spare. When a lease ends, the owner revokes the grant
-//! ([`RevokeReason::LeaseExpired`]).
+//! revoked or released, which only the owner chooses: a grant made without a lease, or a
+//! request for none under a policy whose [`max_lease`](GrantPolicy::max_lease) is `None`.
+//! The holder counts from when its question was sent, earlier, so it never believes in a
+//! lease longer than the owner's, and renews with time to spare.
+//!
+//! The owner decides each renewal: one that arrives after the lease ended, or asks for more
+//! than the grant's own lease (the lease it was made with, or last extended to by the
+//! owner) or the policy's longest, is refused; the others go to the policy's
+//! [`renew`](GrantPolicy::renew) callback, which refuses all by default. No lease (0)
+//! counts as longer than any finite one: a renewal never makes a grant permanent.
+//!
+//! A lease ends on time whether or not a task serves the session or the peer sends
+//! anything: a thread of the process ends grants at their deadlines (their keys are
+//! deregistered, so the peer's accesses fail with a remote access error), and
+//! [`Grant::is_live`] is false from the deadline on. The revocation
+//! ([`RevokeReason::LeaseExpired`]) is sent by the next run of `serve`.
 //!
 //! **Who can use a key.** A grant's key reaches exactly its range, but, as every memory
 //! registration's key, from any queue pair of the protection domain it was made in, not only
@@ -99,12 +112,14 @@
 //! [`Error::BadControlMessage`](crate::Error::BadControlMessage) and nothing of it is used.
 
 mod control;
+mod expiry;
 mod grant;
 mod key;
+mod lease;
 mod policy;
 mod session;
 
 pub use control::{Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS};
 pub use grant::{Grant, GrantProblem, RemoteGrant};
-pub use policy::{Decide, GrantPolicy, RegionRequest};
+pub use policy::{Decide, DecideRenewal, GrantPolicy, RegionRequest, RenewalRequest};
 pub use session::{MemorySession, SessionOptions};
