@@ -617,6 +617,71 @@ async fn a_lease_ends_without_serve(rt: Rt) {
     drop((grant, owner, region, pair));
 }
 
+/// The owner's policy takes its time over a request (its callback blocks, as allocating
+/// and registering a large region does): meanwhile the owner's session goes on (it takes
+/// in a release) and its executor runs other tasks; then the request is granted.
+async fn a_slow_policy_does_not_stop_the_session(rt: Rt) {
+    if !support::device_present("a_slow_policy_does_not_stop_the_session") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    let entered = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let entered_at = entered.clone();
+    let policy = GrantPolicy {
+        max_bytes: 1 << 20,
+        max_regions: 4,
+        rights: Rights::READ | Rights::WRITE,
+        decide: Some(std::sync::Arc::new(move |_| {
+            *entered_at.lock().unwrap() = Some(std::time::Instant::now());
+            // Blocks until the test lets it go, or 5 s.
+            let _ = wait.lock().unwrap().recv_timeout(Duration::from_secs(5));
+            true
+        })),
+        ..GrantPolicy::default()
+    };
+    let s = sessions(rt, policy);
+    let region = s.pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    let grant = s
+        .owner
+        .grant(&region, ..64, Rights::READ, None)
+        .expect("grant");
+    let held = s.holder.next_grant().await.expect("the grant arrives");
+    let holder = s.holder.clone();
+    let requesting = rt.spawn(async move {
+        holder
+            .request_region(
+                4096,
+                Rights::READ | Rights::WRITE,
+                Some(Duration::from_secs(30)),
+            )
+            .await
+    });
+    until("the owner's policy is asked", || {
+        entered.lock().unwrap().is_some()
+    })
+    .await;
+    let asked_at = entered.lock().unwrap().expect("entered");
+    drop(held); // released while the owner's policy decides
+    until("the owner takes in the release", || !grant.is_live()).await;
+    let took = asked_at.elapsed();
+    go.send(()).expect("the policy waits");
+    assert!(
+        took < Duration::from_secs(3),
+        "the owner's session stood still for {took:?} while its policy decided a request"
+    );
+    let lent = within(10, "the request", requesting)
+        .await
+        .expect("granted once the policy says yes");
+    let (result, _) = lent.write(buf(&s.pair, &[7; 16]), 0).await;
+    result.expect("a write to the lent region");
+    drop((lent, grant, region));
+    until("the owner takes in the release", || s.owner.granted() == 0).await;
+    s.close(before).await;
+}
+
 /// The holder's connection goes away (its queue pair is shut down) while it holds requested
 /// regions and a grant: the owner's serve ends with the failure, and everything the owner
 /// registered for the peer is deregistered.
@@ -1224,5 +1289,6 @@ runtime_tests!(
     leases_expire_and_renew,
     an_expired_lease_stops_a_hostile_holder,
     a_lease_ends_without_serve,
+    a_slow_policy_does_not_stop_the_session,
     peer_gone_releases_everything,
 );

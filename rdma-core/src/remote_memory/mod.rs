@@ -24,6 +24,27 @@
 //!   protocol, or [`MemorySession::close`]), every grant ends with it and everything
 //!   registered for the peer is deregistered.
 //!
+//! # What blocks, and where
+//!
+//! Registering memory (`ibv_reg_mr`) pins its pages and deregistering unpins them: system
+//! calls whose cost grows with the size, from microseconds for a page to hundreds of
+//! milliseconds for gigabytes. The session keeps them off its lock (no other call waits
+//! for them) and, where it can, off the executor's threads:
+//!
+//! - [`MemorySession::grant`] registers the range on the calling thread, and dropping or
+//!   revoking a [`Grant`] deregisters it there (the key must stop working before the call
+//!   returns). For large ranges, call them where blocking is fine.
+//! - A peer's request ([`MemorySession::request_region`]) is decided by the policy's
+//!   [`decide`](GrantPolicy::decide), then zeroed, allocated and registered (up to the
+//!   policy's [`max_bytes`](GrantPolicy::max_bytes)) on one thread of the process that
+//!   lends for every session, one request at a time; `serve` goes on meanwhile. The core
+//!   names no runtime and so has no `spawn_blocking` to use: a `std` thread works under
+//!   every executor, without a hook in the [`Runtime`](crate::runtime::Runtime) trait.
+//! - A lease's end deregisters the key on the thread that ends leases (see above).
+//! - Releases from the peer, and the end of the session, deregister on the task that
+//!   serves (or closes) it, after the lock, for the grants they end.
+//! - The policy's [`renew`](GrantPolicy::renew) runs on the serving task: keep it short.
+//!
 //! # Messages
 //!
 //! Each control message travels alone, as one message of the messaging layer
@@ -116,6 +137,7 @@ mod expiry;
 mod grant;
 mod key;
 mod lease;
+mod lender;
 mod policy;
 mod session;
 

@@ -81,13 +81,17 @@ pub struct GrantPolicy {
     /// granted as such, a grant that lasts until it is released or revoked. A renewal never
     /// turns a grant with a lease into one without.
     pub max_lease: Option<Duration>,
-    /// Asked last, for requests within the limits (`None`: grant them).
+    /// Asked last, for requests within the limits (`None`: grant them). It runs on the
+    /// process's lending thread (with the allocation and registration that follow), not on
+    /// the task that serves the session, so it may take its time; requests are decided one
+    /// at a time, so a slow callback delays the next. A callback that panics declines.
     pub decide: Option<Decide>,
     /// Asked for each renewal a holder sends, of any grant this side made (those of
     /// [`MemorySession::grant`](super::MemorySession::grant) too), once it is within the
     /// grant's terms ([`RenewalRequest`]). `None`, the default: every renewal is refused
     /// ([`RefuseReason::Declined`]), so a grant ends when its lease says, unless the owner
-    /// opts in. It runs on the task that serves the session, without its lock.
+    /// opts in. It runs on the task that serves the session, without its lock: keep it
+    /// short (no blocking calls), as the session takes nothing else in meanwhile.
     pub renew: Option<DecideRenewal>,
 }
 
@@ -140,7 +144,7 @@ impl GrantPolicy {
     }
 
     /// The application's say on a request within the limits.
-    pub(crate) fn decide(&self, request: &RegionRequest) -> Result<(), RefuseReason> {
+    pub(crate) fn decide_request(&self, request: &RegionRequest) -> Result<(), RefuseReason> {
         match &self.decide {
             Some(decide) if !decide(request) => Err(RefuseReason::Declined),
             _ => Ok(()),

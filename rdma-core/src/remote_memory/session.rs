@@ -22,6 +22,7 @@ use super::expiry;
 use super::grant::{Grant, GrantProblem, HeldState, RemoteGrant};
 use super::key::RangeKey;
 use super::lease::Leases;
+use super::lender;
 use super::policy::{GrantPolicy, RegionRequest};
 
 /// Options of a [`MemorySession`].
@@ -357,8 +358,8 @@ impl MemorySession {
 
     /// Runs the session: answers the peer's requests with the policy, takes in its grants,
     /// releases, revocations and renewals, and sends what other calls queued (among them
-    /// the revocations of grants whose lease ended). Returns when the session ends; then every grant made is revoked and
-    /// every waiting call ends with [`Error::SessionEnded`].
+    /// the revocations of grants whose lease ended). Returns when the session ends; then
+    /// every grant made is revoked and every waiting call ends with [`Error::SessionEnded`].
     ///
     /// Returns `Ok` when the session was [closed](MemorySession::close) on this side. One task
     /// serves at a time (a second call fails with [`Error::InvalidArgument`]); a serve whose
@@ -913,52 +914,18 @@ impl Inner {
                     state.send_later(Control::Refuse { request, reason });
                     return Ok(());
                 }
-                // Reserved, then decided and allocated without the lock (the application's
-                // callback may call the session; allocating and registering take time).
+                // Reserved, then decided, allocated and registered on the lending thread,
+                // without the lock (the application's callback may call the session) and off
+                // this task (registering takes longer the larger the request); the answer
+                // is queued from there.
                 state.requested_bytes += len;
                 state.requested_regions += 1;
                 drop(state);
-                let lent = policy.decide(&asked).and_then(|()| self.lend(&asked));
-                let mut state = self.state();
-                let reply = match lent {
-                    Ok((region, key)) if state.ended.is_none() => {
-                        state.last_grant += 1;
-                        let id = state.last_grant;
-                        let remote = key.remote();
-                        let ends = state
-                            .leases
-                            .grant(id, len, rights, asked.lease, Instant::now());
-                        state.granted.insert(
-                            id,
-                            Granted {
-                                _key: key,
-                                requested: Some((region, len)),
-                            },
-                        );
-                        if let Some(at) = ends {
-                            // Under the session's lock, safely: the expiry thread never
-                            // holds its queue's lock while it takes a session's.
-                            expiry::schedule(at, self.weak());
-                        }
-                        grant_message(id, request, remote, rights, lease_ms)
-                    }
-                    // Closed meanwhile: the reservation went with everything else; the key
-                    // and memory are deregistered after the lock.
-                    Ok((region, key)) => {
-                        drop(state);
-                        drop((key, region));
-                        return Ok(());
-                    }
-                    Err(reason) => {
-                        if state.ended.is_some() {
-                            return Ok(());
-                        }
-                        state.requested_bytes -= len;
-                        state.requested_regions -= 1;
-                        Control::Refuse { request, reason }
-                    }
-                };
-                state.send_later(reply);
+                let session = Arc::clone(self);
+                let lend = move || session.lend_and_answer(request, asked, lease_ms);
+                if lender::run(Box::new(lend)).is_err() {
+                    self.answer_lent(request, asked, lease_ms, Err(RefuseReason::OutOfMemory));
+                }
             }
             Control::Refuse { request, reason } => {
                 match Self::waiting(&state, request) {
@@ -1070,12 +1037,84 @@ impl Inner {
         Ok(())
     }
 
-    /// Allocates and registers memory for an admitted request.
+    /// On the lending thread: the policy's say on an admitted request `request` (its bytes
+    /// reserved), then its memory and key, then the answer, queued for the peer.
+    fn lend_and_answer(self: &Arc<Self>, request: u64, asked: RegionRequest, lease_ms: u64) {
+        if self.state().ended.is_some() {
+            return; // the reservation went with everything else
+        }
+        let policy = &self.options.policy;
+        // A panicking callback declines: it must not take the lending thread with it.
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            policy.decide_request(&asked)
+        }))
+        .unwrap_or(Err(RefuseReason::Declined));
+        let lent = decided.and_then(|()| self.lend(&asked));
+        self.answer_lent(request, asked, lease_ms, lent);
+    }
+
+    /// Files the outcome of lending for `request`: a grant of the memory, or a refusal that
+    /// gives the reservation back.
+    fn answer_lent(
+        self: &Arc<Self>,
+        request: u64,
+        asked: RegionRequest,
+        lease_ms: u64,
+        lent: std::result::Result<(SharedRegion, RangeKey), RefuseReason>,
+    ) {
+        let mut state = self.state();
+        let reply = match lent {
+            Ok((region, key)) if state.ended.is_none() => {
+                state.last_grant += 1;
+                let id = state.last_grant;
+                let remote = key.remote();
+                let ends =
+                    state
+                        .leases
+                        .grant(id, asked.len, asked.rights, asked.lease, Instant::now());
+                state.granted.insert(
+                    id,
+                    Granted {
+                        _key: key,
+                        requested: Some((region, asked.len)),
+                    },
+                );
+                if let Some(at) = ends {
+                    // Under the session's lock, safely: the expiry thread never holds its
+                    // queue's lock while it takes a session's.
+                    expiry::schedule(at, self.weak());
+                }
+                grant_message(id, request, remote, asked.rights, lease_ms)
+            }
+            // Closed meanwhile: the reservation went with everything else; the key and the
+            // memory are deregistered after the lock.
+            Ok((region, key)) => {
+                drop(state);
+                drop((key, region));
+                return;
+            }
+            Err(reason) => {
+                if state.ended.is_some() {
+                    return;
+                }
+                state.requested_bytes -= asked.len;
+                state.requested_regions -= 1;
+                Control::Refuse { request, reason }
+            }
+        };
+        state.send_later(reply);
+    }
+
+    /// Allocates and registers memory for an admitted request (on the lending thread: this
+    /// zeroes and pins `asked.len` bytes, which takes longer the larger they are).
     fn lend(
         &self,
         asked: &RegionRequest,
     ) -> std::result::Result<(SharedRegion, RangeKey), RefuseReason> {
         let len = usize::try_from(asked.len).map_err(|_| RefuseReason::OutOfMemory)?;
+        if asked.lease.is_some() {
+            expiry::start().map_err(|_| RefuseReason::OutOfMemory)?;
+        }
         let region = self
             .qp
             .pd()
