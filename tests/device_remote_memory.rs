@@ -586,7 +586,8 @@ async fn an_expired_lease_stops_a_hostile_holder(rt: Rt) {
 }
 
 /// A lease ends on time with no task serving the session and no traffic at all: the grant
-/// is no longer live and its key is deregistered.
+/// is no longer live and its key is deregistered; so does one the owner extended, at its
+/// new end.
 async fn a_lease_ends_without_serve(rt: Rt) {
     if !support::device_present("a_lease_ends_without_serve") {
         return;
@@ -601,12 +602,24 @@ async fn a_lease_ends_without_serve(rt: Rt) {
     let grant = owner
         .grant(&region, .., Rights::READ, Some(Duration::from_millis(300)))
         .expect("grant");
+    let extended = owner
+        .grant(&region, .., Rights::READ, Some(Duration::from_millis(300)))
+        .expect("grant");
+    extended
+        .renew(Some(Duration::from_millis(700)))
+        .expect("the owner extends its grant");
     assert!(grant.is_live());
-    assert_eq!(registered_regions(), before + 1, "the grant's key");
-    anyrdma::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(registered_regions(), before + 2, "the grants' keys");
+    anyrdma::sleep(Duration::from_millis(500)).await;
+    assert!(extended.is_live(), "the extended grant goes on past 300 ms");
+    anyrdma::sleep(Duration::from_millis(1000)).await;
     assert!(
         !grant.is_live(),
         "the grant is live 1.2 s after its 300 ms lease ended"
+    );
+    assert!(
+        !extended.is_live(),
+        "the extended grant is live 0.8 s after its lease ended"
     );
     assert_eq!(owner.granted(), 0);
     assert_eq!(
@@ -614,7 +627,7 @@ async fn a_lease_ends_without_serve(rt: Rt) {
         before,
         "the expired grant's key is still registered"
     );
-    drop((grant, owner, region, pair));
+    drop((grant, extended, owner, region, pair));
 }
 
 /// The owner's policy takes its time over a request (its callback blocks, as allocating

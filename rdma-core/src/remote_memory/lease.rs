@@ -100,8 +100,7 @@ impl Leases {
         ended
     }
 
-    /// The earliest deadline of a live grant.
-    #[cfg(test)]
+    /// The earliest deadline of a grant not yet expired.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.leases
             .values()

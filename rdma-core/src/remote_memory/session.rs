@@ -138,6 +138,8 @@ struct State {
     granted: HashMap<u64, Granted>,
     /// The leases of the grants in `granted`: the same ids.
     leases: Leases,
+    /// The earliest time the expiry thread will call this session (`None`: not at all).
+    expiry_armed: Option<Instant>,
     requested_bytes: u64,
     requested_regions: usize,
     /// Holder: the last request or renewal id issued, and those waiting for an answer.
@@ -285,10 +287,10 @@ impl MemorySession {
             },
         );
         state.send_later(grant_message(id, 0, remote, rights, ms));
-        drop(state);
         if let Some(at) = ends {
-            expiry::schedule(at, self.inner.weak());
+            self.inner.arm(&mut state, at);
         }
+        drop(state);
         Ok(Grant {
             id,
             region: remote,
@@ -585,28 +587,31 @@ impl Inner {
         if lease.is_some() {
             expiry::start()?;
         }
-        let ends = {
-            let mut state = self.state();
-            state.check_open()?;
-            let Some(ends) = state.leases.extend(id, lease, Instant::now()) else {
-                return Err(Error::SessionEnded { cause: None });
-            };
-            state.send_later(Control::Renewed {
-                request: 0,
-                grant: id,
-                lease_ms: ms,
-            });
-            ends
+        let mut state = self.state();
+        state.check_open()?;
+        let Some(ends) = state.leases.extend(id, lease, Instant::now()) else {
+            return Err(Error::SessionEnded { cause: None });
         };
+        state.send_later(Control::Renewed {
+            request: 0,
+            grant: id,
+            lease_ms: ms,
+        });
         if let Some(at) = ends {
-            expiry::schedule(at, self.weak());
+            self.arm(&mut state, at);
         }
         Ok(())
     }
 
-    /// A weak reference to this session, for what must not keep it.
-    fn weak(&self) -> std::sync::Weak<Inner> {
-        self.me.clone()
+    /// Has the expiry thread call [`expire`](Inner::expire) at `at`, a grant's deadline,
+    /// unless it will come earlier already: the queue holds about one entry per session
+    /// (the next deadline), however many grants it has. Under the session's lock, safely:
+    /// the expiry thread never holds its queue's lock while it takes a session's.
+    fn arm(&self, state: &mut State, at: Instant) {
+        if state.expiry_armed.map_or(true, |armed| at < armed) {
+            state.expiry_armed = Some(at);
+            expiry::schedule(at, self.me.clone());
+        }
     }
 
     /// Owner: whether grant `id` may be used now (false from its lease's end on, even
@@ -631,6 +636,9 @@ impl Inner {
     /// thread at their deadlines): their keys stop working, and the peer is told.
     pub(crate) fn expire(&self, now: Instant) {
         let mut state = self.state();
+        if state.expiry_armed.is_some_and(|armed| armed <= now) {
+            state.expiry_armed = None;
+        }
         let mut ended = Vec::new();
         for id in state.leases.expire(now) {
             ended.extend(Self::end_grant(&mut state, id));
@@ -640,6 +648,10 @@ impl Inner {
                     reason: RevokeReason::LeaseExpired,
                 });
             }
+        }
+        // The next deadline (a renewal may have moved the one this call was armed for).
+        if let Some(next) = state.leases.next_deadline() {
+            self.arm(&mut state, next);
         }
         drop(state);
         drop(ended); // deregisters, outside the lock
@@ -988,7 +1000,7 @@ impl Inner {
                         {
                             Ok(ends) => {
                                 if let Some(at) = ends {
-                                    expiry::schedule(at, self.weak());
+                                    self.arm(&mut state, at);
                                 }
                                 Control::Renewed {
                                     request,
@@ -1080,9 +1092,7 @@ impl Inner {
                     },
                 );
                 if let Some(at) = ends {
-                    // Under the session's lock, safely: the expiry thread never holds its
-                    // queue's lock while it takes a session's.
-                    expiry::schedule(at, self.weak());
+                    self.arm(&mut state, at);
                 }
                 grant_message(id, request, remote, asked.rights, lease_ms)
             }
