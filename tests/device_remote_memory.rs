@@ -331,6 +331,7 @@ async fn requests_accepted_and_refused(rt: Rt) {
         rights: Rights::READ | Rights::WRITE,
         max_lease: Some(Duration::from_secs(60)),
         decide: Some(std::sync::Arc::new(|request| request.len != 777)),
+        renew: None,
     };
     let s = sessions(rt, policy);
     let lease = Some(Duration::from_secs(30));
@@ -400,15 +401,24 @@ async fn requests_accepted_and_refused(rt: Rt) {
 }
 
 /// A lease ends: the holder's checks refuse the grant, the owner revokes it (the key stops
-/// working); a lease renewed before its end goes on.
+/// working); a lease renewed before its end goes on. The owner decides each renewal: one
+/// longer than the grant's own lease or the policy's is refused, and the policy's callback
+/// sees the others.
 async fn leases_expire_and_renew(rt: Rt) {
     if !support::device_present("leases_expire_and_renew") {
         return;
     }
     let _serial = one_at_a_time();
     let before = registered_regions();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = asked.clone();
     let policy = GrantPolicy {
         max_lease: Some(Duration::from_secs(10)),
+        // One renewal per grant.
+        renew: Some(std::sync::Arc::new(move |request| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            request.renewals == 0
+        })),
         ..GrantPolicy::default()
     };
     let s = sessions(rt, policy);
@@ -428,26 +438,42 @@ async fn leases_expire_and_renew(rt: Rt) {
             &region,
             512..1024,
             Rights::WRITE,
-            Some(Duration::from_millis(300)),
+            Some(Duration::from_secs(5)),
         )
         .expect("grant to renew");
     let held_short = s.holder.next_grant().await.expect("short arrives");
     let held_renewed = s.holder.next_grant().await.expect("second arrives");
+    // Longer than the policy allows, or than the grant's own lease: refused unasked.
+    for (lease, what) in [(20, "the policy's"), (6, "the grant's")] {
+        let too_long = held_renewed.renew(Duration::from_secs(lease)).await;
+        assert!(
+            matches!(
+                too_long,
+                Err(Error::RegionRefused {
+                    reason: RefuseReason::LeaseTooLong
+                })
+            ),
+            "a renewal beyond {what} longest lease: {too_long:?}"
+        );
+    }
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 0);
     let until_end = held_renewed
         .renew(Duration::from_secs(5))
         .await
-        .expect("renewal within the policy");
+        .expect("renewal within the terms");
     assert!(until_end.is_some());
-    let too_long = held_renewed.renew(Duration::from_secs(20)).await;
+    // The policy's say: no second renewal.
+    let again = held_renewed.renew(Duration::from_secs(5)).await;
     assert!(
         matches!(
-            too_long,
+            again,
             Err(Error::RegionRefused {
-                reason: RefuseReason::LeaseTooLong
+                reason: RefuseReason::Declined
             })
         ),
-        "{too_long:?}"
+        "{again:?}"
     );
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 2);
 
     anyrdma::sleep(Duration::from_millis(600)).await;
     let (result, _) = held_short.write(buf(&s.pair, &[1; 8]), 0).await;
@@ -480,6 +506,192 @@ async fn leases_expire_and_renew(rt: Rt) {
     let err = result.expect_err("a write with an expired key");
     assert_eq!(err.wc_status(), Some(WcStatus::REM_ACCESS_ERR), "{err}");
     drop((held_short, held_renewed, short, renewed, region));
+    s.close(before).await;
+}
+
+/// A hostile holder keeps writing through a grant's key after its lease ended, with no
+/// control traffic at all (nobody renews, nobody sends): at the lease's end the owner no
+/// longer counts the grant live, the key stops working at the device (the writes fail with
+/// a remote access error) and the owner's bytes stay as they were.
+async fn an_expired_lease_stops_a_hostile_holder(rt: Rt) {
+    if !support::device_present("an_expired_lease_stops_a_hostile_holder") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let s = sessions(rt, GrantPolicy::default());
+    let region = s.pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    // Long enough for the first write to land within it in a loaded, emulated guest.
+    let lease = Duration::from_secs(1);
+    // Both serve loops are running and idle when the grant is made.
+    anyrdma::sleep(Duration::from_millis(200)).await;
+    let grant = s
+        .owner
+        .grant(&region, 1024..2048, Rights::WRITE, Some(lease))
+        .expect("grant");
+    let granted_at = std::time::Instant::now();
+    let held = s.holder.next_grant().await.expect("the grant arrives");
+    // Within the lease the key works.
+    let (result, _) = s
+        .holder
+        .queue_pair()
+        .write(buf(&s.pair, &[0xAA; 8]), held.region())
+        .await;
+    if let Err(err) = result {
+        panic!(
+            "a write {:?} after the grant was made: {err}",
+            granted_at.elapsed()
+        );
+    }
+    assert_eq!(region.to_vec(1024..1032).unwrap(), [0xAA; 8]);
+
+    // No control message from here on: the holder neither renews nor releases.
+    anyrdma::sleep(lease + Duration::from_millis(1200)).await;
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        // Straight on the queue pair, past the holder's own checks, as a hostile peer would.
+        let (result, _) = s
+            .holder
+            .queue_pair()
+            .write(buf(&s.pair, &[0xBB; 8]), held.region())
+            .await;
+        match result {
+            Ok(()) => failures.push(format!(
+                "a write through the key {:?} after the grant was made (a lease of 1 s) was accepted",
+                granted_at.elapsed()
+            )),
+            Err(err) => {
+                if failures.is_empty() {
+                    assert_eq!(err.wc_status(), Some(WcStatus::REM_ACCESS_ERR), "{err}");
+                }
+                break;
+            }
+        }
+        anyrdma::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        region.to_vec(1024..1032).unwrap(),
+        [0xAA; 8],
+        "the owner's bytes changed after the lease ended: {failures:?}"
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        !grant.is_live(),
+        "the owner counts the grant live 1.2 s after its lease ended"
+    );
+    assert_eq!(s.owner.granted(), 0, "the expired grant is still counted");
+    drop((held, grant, region));
+    // The failed write broke the connection: the sessions end with it.
+    s.close(before).await;
+}
+
+/// A lease ends on time with no task serving the session and no traffic at all: the grant
+/// is no longer live and its key is deregistered; so does one the owner extended, at its
+/// new end.
+async fn a_lease_ends_without_serve(rt: Rt) {
+    if !support::device_present("a_lease_ends_without_serve") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let _ = rt;
+    let pair = Pair::new();
+    let (a, _b) = messengers(&pair);
+    let owner = MemorySession::new(a, SessionOptions::default());
+    let region = pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    let before = registered_regions();
+    let grant = owner
+        .grant(&region, .., Rights::READ, Some(Duration::from_millis(300)))
+        .expect("grant");
+    let extended = owner
+        .grant(&region, .., Rights::READ, Some(Duration::from_millis(300)))
+        .expect("grant");
+    extended
+        .renew(Some(Duration::from_millis(700)))
+        .expect("the owner extends its grant");
+    assert!(grant.is_live());
+    assert_eq!(registered_regions(), before + 2, "the grants' keys");
+    anyrdma::sleep(Duration::from_millis(500)).await;
+    assert!(extended.is_live(), "the extended grant goes on past 300 ms");
+    anyrdma::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !grant.is_live(),
+        "the grant is live 1.2 s after its 300 ms lease ended"
+    );
+    assert!(
+        !extended.is_live(),
+        "the extended grant is live 0.8 s after its lease ended"
+    );
+    assert_eq!(owner.granted(), 0);
+    assert_eq!(
+        registered_regions(),
+        before,
+        "the expired grant's key is still registered"
+    );
+    drop((grant, extended, owner, region, pair));
+}
+
+/// The owner's policy takes its time over a request (its callback blocks, as allocating
+/// and registering a large region does): meanwhile the owner's session goes on (it takes
+/// in a release) and its executor runs other tasks; then the request is granted.
+async fn a_slow_policy_does_not_stop_the_session(rt: Rt) {
+    if !support::device_present("a_slow_policy_does_not_stop_the_session") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let before = registered_regions();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    let entered = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let entered_at = entered.clone();
+    let policy = GrantPolicy {
+        max_bytes: 1 << 20,
+        max_regions: 4,
+        rights: Rights::READ | Rights::WRITE,
+        decide: Some(std::sync::Arc::new(move |_| {
+            *entered_at.lock().unwrap() = Some(std::time::Instant::now());
+            // Blocks until the test lets it go, or 5 s.
+            let _ = wait.lock().unwrap().recv_timeout(Duration::from_secs(5));
+            true
+        })),
+        ..GrantPolicy::default()
+    };
+    let s = sessions(rt, policy);
+    let region = s.pair.pd.alloc_shared(4096, Access::LOCAL).expect("region");
+    let grant = s
+        .owner
+        .grant(&region, ..64, Rights::READ, None)
+        .expect("grant");
+    let held = s.holder.next_grant().await.expect("the grant arrives");
+    let holder = s.holder.clone();
+    let requesting = rt.spawn(async move {
+        holder
+            .request_region(
+                4096,
+                Rights::READ | Rights::WRITE,
+                Some(Duration::from_secs(30)),
+            )
+            .await
+    });
+    until("the owner's policy is asked", || {
+        entered.lock().unwrap().is_some()
+    })
+    .await;
+    let asked_at = entered.lock().unwrap().expect("entered");
+    drop(held); // released while the owner's policy decides
+    until("the owner takes in the release", || !grant.is_live()).await;
+    let took = asked_at.elapsed();
+    go.send(()).expect("the policy waits");
+    assert!(
+        took < Duration::from_secs(3),
+        "the owner's session stood still for {took:?} while its policy decided a request"
+    );
+    let lent = within(10, "the request", requesting)
+        .await
+        .expect("granted once the policy says yes");
+    let (result, _) = lent.write(buf(&s.pair, &[7; 16]), 0).await;
+    result.expect("a write to the lent region");
+    drop((lent, grant, region));
+    until("the owner takes in the release", || s.owner.granted() == 0).await;
     s.close(before).await;
 }
 
@@ -1088,5 +1300,8 @@ runtime_tests!(
     release_and_revoke,
     requests_accepted_and_refused,
     leases_expire_and_renew,
+    an_expired_lease_stops_a_hostile_holder,
+    a_lease_ends_without_serve,
+    a_slow_policy_does_not_stop_the_session,
     peer_gone_releases_everything,
 );

@@ -4,12 +4,19 @@
 //! Rust's knowledge. A `&[u8]` into them would be a data race: the compiler may assume the
 //! bytes do not change while the reference lives (a loop waiting for a flag may never see it;
 //! a header checked and then read again may differ). So a [`SharedRegion`] never hands out a
-//! reference into its bytes: it copies in and out with atomic byte accesses, loads and stores
+//! reference into its bytes: it copies in and out with atomic accesses, loads and stores
 //! aligned `u64` words atomically, and waits for a word to change by loading it again each
 //! time.
+//!
+//! It is `Sync`, so two threads may copy and run word operations on the same bytes at once.
+//! Atomics of different sizes racing on the same bytes are undefined in Rust's memory model,
+//! so each byte is only ever reached at one size: the [`copy`] module's rule (the aligned
+//! words inside a piece as whole words, the few bytes at its ends as bytes).
+
+mod copy;
 
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,18 +118,21 @@ impl SharedRegion {
 
     /// Copies `into.len()` bytes starting at `offset` out of the region.
     ///
-    /// Each byte is read atomically; a peer writing meanwhile may leave some bytes old and
-    /// some new, as with any memory shared without a lock: the protocol says when a range is
-    /// complete (for example, a flag word set after the data, read with
-    /// [`load_u64`](SharedRegion::load_u64) first).
+    /// Each aligned 8-byte word is read atomically as a whole (the bytes at the piece's
+    /// ends, outside whole words, one by one); a peer or another thread writing meanwhile
+    /// may leave some words old and some new, as with any memory shared without a lock: the
+    /// protocol says when a range is complete (for example, a flag word set after the data,
+    /// read with [`load_u64`](SharedRegion::load_u64) first).
     ///
     /// # Errors
     /// [`Error::SharedOutOfRange`] when the range does not fit; nothing was read.
     pub fn read_at(&self, offset: usize, into: &mut [u8]) -> Result<()> {
         self.check_range(offset, into.len())?;
-        for (i, byte) in into.iter_mut().enumerate() {
-            *byte = self.byte(offset + i).load(Ordering::Relaxed);
-        }
+        // SAFETY: the range lies inside this piece (checked above), whose bytes the span's
+        // registration keeps allocated while `self` is borrowed; Rust code reaches them
+        // only through `copy`'s rule (this type has no other access), and the device's
+        // accesses are outside the Rust memory model, as another process's would be.
+        unsafe { copy::copy_out(&copy::Direct, self.start(), self.span.len, offset, into) };
         // Whatever the peer wrote before a flag that an acquire load saw is visible now.
         fence(Ordering::Acquire);
         Ok(())
@@ -130,14 +140,17 @@ impl SharedRegion {
 
     /// Copies `bytes` into the region at `offset`.
     ///
+    /// Aligned 8-byte words that `bytes` covers whole are stored whole; a word it covers in
+    /// part is changed with a compare-and-swap loop, so another thread's concurrent change
+    /// of the word's other bytes is kept.
+    ///
     /// # Errors
     /// [`Error::SharedOutOfRange`] when the range does not fit; nothing was written.
     pub fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<()> {
         self.check_range(offset, bytes.len())?;
         fence(Ordering::Release);
-        for (i, &byte) in bytes.iter().enumerate() {
-            self.byte(offset + i).store(byte, Ordering::Relaxed);
-        }
+        // SAFETY: as in `read_at`.
+        unsafe { copy::copy_in(&copy::Direct, self.start(), self.span.len, offset, bytes) };
         Ok(())
     }
 
@@ -291,17 +304,13 @@ impl SharedRegion {
         }
     }
 
-    /// Byte `offset` of this piece (checked by the caller), as an atomic.
-    fn byte(&self, offset: usize) -> &AtomicU8 {
-        // SAFETY: the byte lies inside the allocation, which the span's registration keeps
-        // alive as long as the borrow of `self`; AtomicU8 has the size and alignment of u8.
-        // Rust code reaches these bytes only atomically (this type has no other access), and
-        // the device's accesses are outside the Rust memory model, as another process's
-        // would be.
-        unsafe { AtomicU8::from_ptr(self.span.mr.byte(self.span.offset + offset)) }
+    /// The first byte of this piece.
+    fn start(&self) -> *mut u8 {
+        self.span.mr.byte(self.span.offset)
     }
 
-    /// The aligned 64-bit word at `offset`, as an atomic.
+    /// The aligned 64-bit word at `offset`, as an atomic: a word inside this piece, which
+    /// `copy`'s rule reaches as a whole word too.
     fn word(&self, offset: usize) -> Result<&AtomicU64> {
         self.check_range(offset, 8)?;
         let ptr = self.span.mr.byte(self.span.offset + offset);
@@ -309,8 +318,9 @@ impl SharedRegion {
             return Err(Error::SharedMisaligned { offset });
         }
         // SAFETY: the 8 bytes lie inside the allocation (checked above), which the span's
-        // registration keeps alive as long as the borrow of `self`, at an 8-aligned address (checked
-        // above); Rust code reaches them only atomically (see `byte`).
+        // registration keeps alive as long as the borrow of `self`, at an 8-aligned address
+        // (checked above); Rust code reaches them only atomically, and as this one word
+        // (`copy`'s rule: an aligned word inside the piece), never byte by byte.
         Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) })
     }
 

@@ -210,10 +210,18 @@ impl RemoteGrant {
     }
 
     /// Asks the owner to extend the lease to `lease` from now; resolves to the new end.
+    /// The owner renews only within the grant's terms (no longer than the lease the grant
+    /// was made with) and when its policy agrees.
     ///
     /// # Errors
-    /// [`Error::RegionRefused`] when the owner refuses (its policy's longest lease, or the
-    /// grant already ended there), [`Error::NoAnswer`], [`Error::SessionEnded`].
+    /// [`Error::RegionRefused`] when the owner refuses: [`LeaseTooLong`] beyond the grant's
+    /// own lease or the policy's longest, [`Declined`] by the owner's policy,
+    /// [`UnknownGrant`] when the grant already ended there; [`Error::NoAnswer`],
+    /// [`Error::SessionEnded`].
+    ///
+    /// [`LeaseTooLong`]: super::RefuseReason::LeaseTooLong
+    /// [`Declined`]: super::RefuseReason::Declined
+    /// [`UnknownGrant`]: super::RefuseReason::UnknownGrant
     pub async fn renew(&self, lease: Duration) -> Result<Option<Instant>> {
         if let Some(problem) = self.ended() {
             return Err(Error::GrantCheck {
@@ -292,7 +300,9 @@ impl Grant {
     }
 
     /// Whether the peer can still use it: not released, revoked or expired, and the session
-    /// has not ended. Once it is false, the key no longer works.
+    /// has not ended. It is false from the lease's end on, whether or not the session is
+    /// served; the key stops working then too (the expiry thread deregisters it within
+    /// its wake-up latency, typically well under a millisecond).
     pub fn is_live(&self) -> bool {
         self.session
             .upgrade()
@@ -300,7 +310,8 @@ impl Grant {
     }
 
     /// Extends the lease to `lease` from now (`None`: no expiry); the peer is told by the
-    /// session's [`serve`](super::MemorySession::serve).
+    /// session's [`serve`](super::MemorySession::serve). This becomes the grant's term: the
+    /// longest lease a renewal by the holder may ask for from then on.
     ///
     /// # Errors
     /// [`Error::SessionEnded`] when the grant ended already, [`Error::InvalidArgument`] for

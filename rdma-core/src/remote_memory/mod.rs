@@ -24,6 +24,27 @@
 //!   protocol, or [`MemorySession::close`]), every grant ends with it and everything
 //!   registered for the peer is deregistered.
 //!
+//! # What blocks, and where
+//!
+//! Registering memory (`ibv_reg_mr`) pins its pages and deregistering unpins them: system
+//! calls whose cost grows with the size, from microseconds for a page to hundreds of
+//! milliseconds for gigabytes. The session keeps them off its lock (no other call waits
+//! for them) and, where it can, off the executor's threads:
+//!
+//! - [`MemorySession::grant`] registers the range on the calling thread, and dropping or
+//!   revoking a [`Grant`] deregisters it there (the key must stop working before the call
+//!   returns). For large ranges, call them where blocking is fine.
+//! - A peer's request ([`MemorySession::request_region`]) is decided by the policy's
+//!   [`decide`](GrantPolicy::decide), then zeroed, allocated and registered (up to the
+//!   policy's [`max_bytes`](GrantPolicy::max_bytes)) on one thread of the process that
+//!   lends for every session, one request at a time; `serve` goes on meanwhile. The core
+//!   names no runtime and so has no `spawn_blocking` to use: a `std` thread works under
+//!   every executor, without a hook in the [`Runtime`](crate::runtime::Runtime) trait.
+//! - A lease's end deregisters the key on the thread that ends leases (see above).
+//! - Releases from the peer, and the end of the session, deregister on the task that
+//!   serves (or closes) it, after the lock, for the grants they end.
+//! - The policy's [`renew`](GrantPolicy::renew) runs on the serving task: keep it short.
+//!
 //! # Messages
 //!
 //! Each control message travels alone, as one message of the messaging layer
@@ -52,9 +73,22 @@
 //!
 //! **Leases.** A lease is a number of milliseconds from when the owner sends the grant or the
 //! renewal, at most [`MAX_LEASE_MS`] (30 days); 0 means that the grant lasts until it is
-//! revoked or released. The holder counts from when the message arrives, later, so it renews
-//! with time to spare. When a lease ends, the owner revokes the grant
-//! ([`RevokeReason::LeaseExpired`]).
+//! revoked or released, which only the owner chooses: a grant made without a lease, or a
+//! request for none under a policy whose [`max_lease`](GrantPolicy::max_lease) is `None`.
+//! The holder counts from when its question was sent, earlier, so it never believes in a
+//! lease longer than the owner's, and renews with time to spare.
+//!
+//! The owner decides each renewal: one that arrives after the lease ended, or asks for more
+//! than the grant's own lease (the lease it was made with, or last extended to by the
+//! owner) or the policy's longest, is refused; the others go to the policy's
+//! [`renew`](GrantPolicy::renew) callback, which refuses all by default. No lease (0)
+//! counts as longer than any finite one: a renewal never makes a grant permanent.
+//!
+//! A lease ends on time whether or not a task serves the session or the peer sends
+//! anything: a thread of the process ends grants at their deadlines (their keys are
+//! deregistered, so the peer's accesses fail with a remote access error), and
+//! [`Grant::is_live`] is false from the deadline on. The revocation
+//! ([`RevokeReason::LeaseExpired`]) is sent by the next run of `serve`.
 //!
 //! **Who can use a key.** A grant's key reaches exactly its range, but, as every memory
 //! registration's key, from any queue pair of the protection domain it was made in, not only
@@ -99,12 +133,15 @@
 //! [`Error::BadControlMessage`](crate::Error::BadControlMessage) and nothing of it is used.
 
 mod control;
+mod expiry;
 mod grant;
 mod key;
+mod lease;
+mod lender;
 mod policy;
 mod session;
 
 pub use control::{Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS};
 pub use grant::{Grant, GrantProblem, RemoteGrant};
-pub use policy::{Decide, GrantPolicy, RegionRequest};
+pub use policy::{Decide, DecideRenewal, GrantPolicy, RegionRequest, RenewalRequest};
 pub use session::{MemorySession, SessionOptions};

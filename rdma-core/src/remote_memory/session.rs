@@ -13,13 +13,16 @@ use crate::mr::Access;
 use crate::msg::Messenger;
 use crate::qp::QueuePair;
 use crate::remote::RemoteRegion;
-use crate::runtime::{default_runtime, with_sleep, RuntimeHandle, Sleep};
+use crate::runtime::{default_runtime, with_sleep, RuntimeHandle};
 use crate::shared::SharedRegion;
 use crate::wake::lock;
 
 use super::control::{Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS};
+use super::expiry;
 use super::grant::{Grant, GrantProblem, HeldState, RemoteGrant};
 use super::key::RangeKey;
+use super::lease::Leases;
+use super::lender;
 use super::policy::{GrantPolicy, RegionRequest};
 
 /// Options of a [`MemorySession`].
@@ -50,7 +53,8 @@ impl Default for SessionOptions {
 ///
 /// One task must run [`serve`](MemorySession::serve) on each side for as long as the
 /// session is used: it answers the peer's requests, takes in its grants and releases, and
-/// revokes what expires. When it ends (the connection failed, or the peer broke the
+/// tells the peer of what expired (leases end on time without it: see the [module
+/// documentation](super)). When it ends (the connection failed, or the peer broke the
 /// protocol), every grant made is revoked and every grant held ends.
 ///
 /// ```no_run
@@ -75,13 +79,17 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// Whether a serve loop runs (one at most: it alone receives and sends).
     serving: std::sync::atomic::AtomicBool,
+    /// This session, for the expiry thread (which must not keep it alive).
+    me: std::sync::Weak<Inner>,
 }
 
-/// A grant this side made.
+/// What a grant this side made holds registered (its lease is in [`Leases`]).
+///
+/// Dropped to revoke: the key stops working (`ibv_dereg_mr`, a system call whose cost
+/// grows with the grant's size), so it is dropped outside the session's lock.
 struct Granted {
-    /// Dropped to revoke: the key stops working. (Read only for its range, when made.)
+    /// The grant's key. (Read only for its range, when made.)
     _key: RangeKey,
-    deadline: Option<Instant>,
     /// For a grant made for the peer's request: the memory, and its length for the policy.
     requested: Option<(SharedRegion, u64)>,
 }
@@ -128,6 +136,10 @@ struct State {
     /// Owner: the last grant id issued, and the grants live.
     last_grant: u64,
     granted: HashMap<u64, Granted>,
+    /// The leases of the grants in `granted`: the same ids.
+    leases: Leases,
+    /// The earliest time the expiry thread will call this session (`None`: not at all).
+    expiry_armed: Option<Instant>,
     requested_bytes: u64,
     requested_regions: usize,
     /// Holder: the last request or renewal id issued, and those waiting for an answer.
@@ -194,12 +206,13 @@ impl MemorySession {
     /// control message.
     pub fn new(messenger: Messenger, options: SessionOptions) -> MemorySession {
         MemorySession {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 qp: messenger.queue_pair().clone(),
                 messenger,
                 options,
                 state: Mutex::new(State::default()),
                 serving: std::sync::atomic::AtomicBool::new(false),
+                me: me.clone(),
             }),
         }
     }
@@ -249,30 +262,41 @@ impl MemorySession {
                     .into(),
             ));
         }
+        if lease.is_some() {
+            expiry::start()?;
+        }
+        // Registered before the lock is taken: it pins the range's pages, which takes longer
+        // the larger the range.
         let key = RangeKey::register(region, offset, len, rights)?;
         let remote = key.remote();
-        let grant = {
-            let mut state = lock(&self.inner.state);
-            state.check_open()?;
-            state.last_grant += 1;
-            let id = state.last_grant;
-            state.granted.insert(
-                id,
-                Granted {
-                    _key: key,
-                    deadline: deadline(Instant::now(), lease),
-                    requested: None,
-                },
-            );
-            state.send_later(grant_message(id, 0, remote, rights, ms));
-            Grant {
-                id,
-                region: remote,
-                rights,
-                session: Arc::downgrade(&self.inner),
-            }
-        };
-        Ok(grant)
+        let mut state = lock(&self.inner.state);
+        if let Err(err) = state.check_open() {
+            drop(state);
+            drop(key); // deregistered outside the lock
+            return Err(err);
+        }
+        state.last_grant += 1;
+        let id = state.last_grant;
+        let now = Instant::now();
+        let ends = state.leases.grant(id, remote.len, rights, lease, now);
+        state.granted.insert(
+            id,
+            Granted {
+                _key: key,
+                requested: None,
+            },
+        );
+        state.send_later(grant_message(id, 0, remote, rights, ms));
+        if let Some(at) = ends {
+            self.inner.arm(&mut state, at);
+        }
+        drop(state);
+        Ok(Grant {
+            id,
+            region: remote,
+            rights,
+            session: Arc::downgrade(&self.inner),
+        })
     }
 
     /// The next grant the peer made on its own initiative (grants that answer
@@ -335,9 +359,9 @@ impl MemorySession {
     }
 
     /// Runs the session: answers the peer's requests with the policy, takes in its grants,
-    /// releases, revocations and renewals, sends what other calls queued, and revokes grants
-    /// whose lease ends. Returns when the session ends; then every grant made is revoked and
-    /// every waiting call ends with [`Error::SessionEnded`].
+    /// releases, revocations and renewals, and sends what other calls queued (among them
+    /// the revocations of grants whose lease ended). Returns when the session ends; then
+    /// every grant made is revoked and every waiting call ends with [`Error::SessionEnded`].
     ///
     /// Returns `Ok` when the session was [closed](MemorySession::close) on this side. One task
     /// serves at a time (a second call fails with [`Error::InvalidArgument`]); a serve whose
@@ -414,7 +438,7 @@ impl MemorySession {
 
     /// Grants made that are still live (not released, revoked or expired).
     pub fn granted(&self) -> usize {
-        lock(&self.inner.state).granted.len()
+        lock(&self.inner.state).leases.live(Instant::now())
     }
 }
 
@@ -560,47 +584,90 @@ impl Inner {
     /// Owner: extends grant `id` to `lease` from now and tells the peer.
     pub(crate) fn extend(&self, id: u64, lease: Option<Duration>) -> Result<()> {
         let ms = lease_ms(lease)?;
-        {
-            let mut state = self.state();
-            state.check_open()?;
-            let Some(granted) = state.granted.get_mut(&id) else {
-                return Err(Error::SessionEnded { cause: None });
-            };
-            granted.deadline = deadline(Instant::now(), lease);
-            state.send_later(Control::Renewed {
-                request: 0,
-                grant: id,
-                lease_ms: ms,
-            });
+        if lease.is_some() {
+            expiry::start()?;
+        }
+        let mut state = self.state();
+        state.check_open()?;
+        let Some(ends) = state.leases.extend(id, lease, Instant::now()) else {
+            return Err(Error::SessionEnded { cause: None });
+        };
+        state.send_later(Control::Renewed {
+            request: 0,
+            grant: id,
+            lease_ms: ms,
+        });
+        if let Some(at) = ends {
+            self.arm(&mut state, at);
         }
         Ok(())
     }
 
-    pub(crate) fn is_granted(&self, id: u64) -> bool {
-        self.state().granted.contains_key(&id)
-    }
-
-    /// Owner: ends grant `id` (its key stops working now) and tells the peer.
-    pub(crate) fn revoke(&self, id: u64, reason: RevokeReason) {
-        let mut state = self.state();
-        if Self::end_grant(&mut state, id) && state.ended.is_none() {
-            state.send_later(Control::Revoke { grant: id, reason });
+    /// Has the expiry thread call [`expire`](Inner::expire) at `at`, a grant's deadline,
+    /// unless it will come earlier already: the queue holds about one entry per session
+    /// (the next deadline), however many grants it has. Under the session's lock, safely:
+    /// the expiry thread never holds its queue's lock while it takes a session's.
+    fn arm(&self, state: &mut State, at: Instant) {
+        if state.expiry_armed.map_or(true, |armed| at < armed) {
+            state.expiry_armed = Some(at);
+            expiry::schedule(at, self.me.clone());
         }
     }
 
-    /// Removes grant `id` and deregisters its key (and the memory lent for a request), under
-    /// the lock: once a grant is gone from the table its key no longer works. False if it
-    /// was gone already.
-    fn end_grant(state: &mut State, id: u64) -> bool {
-        let Some(granted) = state.granted.remove(&id) else {
-            return false;
-        };
+    /// Owner: whether grant `id` may be used now (false from its lease's end on, even
+    /// before the expiry thread has revoked it).
+    pub(crate) fn is_granted(&self, id: u64) -> bool {
+        self.state().leases.is_live(id, Instant::now())
+    }
+
+    /// Owner: ends grant `id` (its key stops working before this returns) and tells the
+    /// peer.
+    pub(crate) fn revoke(&self, id: u64, reason: RevokeReason) {
+        let mut state = self.state();
+        let ended = Self::end_grant(&mut state, id);
+        if ended.is_some() && state.ended.is_none() {
+            state.send_later(Control::Revoke { grant: id, reason });
+        }
+        drop(state);
+        drop(ended); // deregisters, outside the lock
+    }
+
+    /// Owner: ends the grants whose lease has run out by `now` (called by the expiry
+    /// thread at their deadlines): their keys stop working, and the peer is told.
+    pub(crate) fn expire(&self, now: Instant) {
+        let mut state = self.state();
+        if state.expiry_armed.is_some_and(|armed| armed <= now) {
+            state.expiry_armed = None;
+        }
+        let mut ended = Vec::new();
+        for id in state.leases.expire(now) {
+            ended.extend(Self::end_grant(&mut state, id));
+            if state.ended.is_none() {
+                state.send_later(Control::Revoke {
+                    grant: id,
+                    reason: RevokeReason::LeaseExpired,
+                });
+            }
+        }
+        // The next deadline (a renewal may have moved the one this call was armed for).
+        if let Some(next) = state.leases.next_deadline() {
+            self.arm(&mut state, next);
+        }
+        drop(state);
+        drop(ended); // deregisters, outside the lock
+    }
+
+    /// Takes grant `id` out of the tables (and the memory lent for a request out of the
+    /// policy's count): the caller drops what it returns, after the lock, which deregisters
+    /// the key. `None` if it was gone already.
+    fn end_grant(state: &mut State, id: u64) -> Option<Granted> {
+        state.leases.end(id);
+        let granted = state.granted.remove(&id)?;
         if let Some((_, len)) = &granted.requested {
             state.requested_bytes -= len;
             state.requested_regions -= 1;
         }
-        drop(granted); // deregisters
-        true
+        Some(granted)
     }
 
     /// Holder: this side dropped its handle of grant `id`.
@@ -646,7 +713,8 @@ impl Inner {
         } else {
             state.outbox.clear();
         }
-        state.granted.clear(); // deregisters every key
+        let made = std::mem::take(&mut state.granted); // deregistered after the lock
+        state.leases = Leases::default();
         state.requested_bytes = 0;
         state.requested_regions = 0;
         for held in state.held.values() {
@@ -663,6 +731,7 @@ impl Inner {
         let arrived = std::mem::take(&mut state.arrived);
         drop(state);
         drop(arrived); // outside the lock: a dropped grant releases, which locks
+        drop(made); // every key deregistered
         for waker in wakers {
             waker.wake();
         }
@@ -670,7 +739,6 @@ impl Inner {
 
     async fn serve(self: &Arc<Self>) -> Result<()> {
         let runtime = self.runtime()?;
-        let mut timer: Option<(Instant, Sleep)> = None;
         // The message being sent: the front of the outbox, taken off once posted. It is
         // driven together with receiving, so that a peer that takes nothing in cannot keep
         // this side from taking its messages in, revoking expired grants, or closing.
@@ -684,15 +752,6 @@ impl Inner {
                     })
                 }
                 None => {}
-            }
-            let next = self.expire(Instant::now());
-            if timer.as_ref().map(|(at, _)| *at) != next {
-                timer = next.map(|at| {
-                    (
-                        at,
-                        runtime.sleep(at.saturating_duration_since(Instant::now())),
-                    )
-                });
             }
             let woke = poll_fn(|cx| {
                 if let Err(err) = self.send_queued(&mut sending, cx) {
@@ -713,12 +772,6 @@ impl Inner {
                         return Poll::Ready(Woken::Other); // queued meanwhile
                     }
                     state.serve_waker = Some(cx.waker().clone());
-                }
-                if let Some((_, sleep)) = &mut timer {
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        timer = None;
-                        return Poll::Ready(Woken::Other);
-                    }
                 }
                 Poll::Pending
             })
@@ -780,30 +833,6 @@ impl Inner {
                 }
             }
         }
-    }
-
-    /// Revokes the grants whose lease ended by `now`; the next deadline.
-    fn expire(&self, now: Instant) -> Option<Instant> {
-        let mut state = self.state();
-        let ended: Vec<u64> = state
-            .granted
-            .iter()
-            .filter(|(_, granted)| granted.deadline.is_some_and(|at| at <= now))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in ended {
-            Self::end_grant(&mut state, id);
-            state.send_later(Control::Revoke {
-                grant: id,
-                reason: RevokeReason::LeaseExpired,
-            });
-        }
-        let next = state
-            .granted
-            .values()
-            .filter_map(|granted| granted.deadline)
-            .min();
-        next
     }
 
     /// Applies one control message from the peer; `Err` when it breaks the protocol.
@@ -897,40 +926,18 @@ impl Inner {
                     state.send_later(Control::Refuse { request, reason });
                     return Ok(());
                 }
-                // Reserved, then decided and allocated without the lock (the application's
-                // callback may call the session; allocating and registering take time).
+                // Reserved, then decided, allocated and registered on the lending thread,
+                // without the lock (the application's callback may call the session) and off
+                // this task (registering takes longer the larger the request); the answer
+                // is queued from there.
                 state.requested_bytes += len;
                 state.requested_regions += 1;
                 drop(state);
-                let lent = policy.decide(&asked).and_then(|()| self.lend(&asked));
-                let mut state = self.state();
-                let reply = match lent {
-                    Ok((region, key)) if state.ended.is_none() => {
-                        state.last_grant += 1;
-                        let id = state.last_grant;
-                        let remote = key.remote();
-                        state.granted.insert(
-                            id,
-                            Granted {
-                                _key: key,
-                                deadline: deadline(Instant::now(), asked.lease),
-                                requested: Some((region, len)),
-                            },
-                        );
-                        grant_message(id, request, remote, rights, lease_ms)
-                    }
-                    // Closed meanwhile: the reservation went with everything else.
-                    Ok(_) => return Ok(()),
-                    Err(reason) => {
-                        if state.ended.is_some() {
-                            return Ok(());
-                        }
-                        state.requested_bytes -= len;
-                        state.requested_regions -= 1;
-                        Control::Refuse { request, reason }
-                    }
-                };
-                state.send_later(reply);
+                let session = Arc::clone(self);
+                let lend = move || session.lend_and_answer(request, asked, lease_ms);
+                if lender::run(Box::new(lend)).is_err() {
+                    self.answer_lent(request, asked, lease_ms, Err(RefuseReason::OutOfMemory));
+                }
             }
             Control::Refuse { request, reason } => {
                 match Self::waiting(&state, request) {
@@ -947,7 +954,10 @@ impl Inner {
                     return Err(broken(ControlProblem::UnknownGrant { grant }));
                 }
                 // A release of a grant that already ended crossed its revocation: nothing to do.
-                Self::end_grant(&mut state, grant);
+                let ended = Self::end_grant(&mut state, grant);
+                drop(state);
+                drop(ended); // deregisters, outside the lock
+                return Ok(());
             }
             Control::Revoke { grant, reason } => {
                 if grant > state.last_received {
@@ -965,27 +975,42 @@ impl Inner {
                 if grant > state.last_grant {
                     return Err(broken(ControlProblem::UnknownGrant { grant }));
                 }
+                // The grant's terms first (live, a lease no longer than its own and the
+                // policy's: a renewal that arrives after the lease ended, before it was
+                // revoked, is as late as one after), then the owner's policy decides,
+                // without the lock (it may call the session).
                 let lease = lease_of(lease_ms);
-                let reply = match self.options.policy.lease(lease) {
+                let policy = &self.options.policy;
+                let asked = state
+                    .leases
+                    .renewal(grant, lease, policy.max_lease, Instant::now());
+                let reply = match asked {
                     Err(reason) => Control::Refuse { request, reason },
-                    // A renewal that arrives after the lease ended (before it was revoked) is
-                    // too late, as one after the revocation is.
-                    Ok(()) => match state.granted.get_mut(&grant) {
-                        Some(granted)
-                            if granted.deadline.map_or(true, |at| at > Instant::now()) =>
-                        {
-                            granted.deadline = deadline(Instant::now(), lease);
-                            Control::Renewed {
-                                request,
-                                grant,
-                                lease_ms,
-                            }
+                    Ok(asked) => {
+                        drop(state);
+                        let decided = policy.decide_renewal(&asked);
+                        state = self.state();
+                        if state.ended.is_some() {
+                            return Ok(());
                         }
-                        _ => Control::Refuse {
-                            request,
-                            reason: RefuseReason::UnknownGrant,
-                        },
-                    },
+                        // Checked again at the time of the answer: the lease may have
+                        // ended while the policy was asked.
+                        match decided
+                            .and_then(|()| state.leases.renew(grant, lease, Instant::now()))
+                        {
+                            Ok(ends) => {
+                                if let Some(at) = ends {
+                                    self.arm(&mut state, at);
+                                }
+                                Control::Renewed {
+                                    request,
+                                    grant,
+                                    lease_ms,
+                                }
+                            }
+                            Err(reason) => Control::Refuse { request, reason },
+                        }
+                    }
                 };
                 state.send_later(reply);
             }
@@ -1024,12 +1049,82 @@ impl Inner {
         Ok(())
     }
 
-    /// Allocates and registers memory for an admitted request.
+    /// On the lending thread: the policy's say on an admitted request `request` (its bytes
+    /// reserved), then its memory and key, then the answer, queued for the peer.
+    fn lend_and_answer(self: &Arc<Self>, request: u64, asked: RegionRequest, lease_ms: u64) {
+        if self.state().ended.is_some() {
+            return; // the reservation went with everything else
+        }
+        let policy = &self.options.policy;
+        // A panicking callback declines: it must not take the lending thread with it.
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            policy.decide_request(&asked)
+        }))
+        .unwrap_or(Err(RefuseReason::Declined));
+        let lent = decided.and_then(|()| self.lend(&asked));
+        self.answer_lent(request, asked, lease_ms, lent);
+    }
+
+    /// Files the outcome of lending for `request`: a grant of the memory, or a refusal that
+    /// gives the reservation back.
+    fn answer_lent(
+        self: &Arc<Self>,
+        request: u64,
+        asked: RegionRequest,
+        lease_ms: u64,
+        lent: std::result::Result<(SharedRegion, RangeKey), RefuseReason>,
+    ) {
+        let mut state = self.state();
+        let reply = match lent {
+            Ok((region, key)) if state.ended.is_none() => {
+                state.last_grant += 1;
+                let id = state.last_grant;
+                let remote = key.remote();
+                let ends =
+                    state
+                        .leases
+                        .grant(id, asked.len, asked.rights, asked.lease, Instant::now());
+                state.granted.insert(
+                    id,
+                    Granted {
+                        _key: key,
+                        requested: Some((region, asked.len)),
+                    },
+                );
+                if let Some(at) = ends {
+                    self.arm(&mut state, at);
+                }
+                grant_message(id, request, remote, asked.rights, lease_ms)
+            }
+            // Closed meanwhile: the reservation went with everything else; the key and the
+            // memory are deregistered after the lock.
+            Ok((region, key)) => {
+                drop(state);
+                drop((key, region));
+                return;
+            }
+            Err(reason) => {
+                if state.ended.is_some() {
+                    return;
+                }
+                state.requested_bytes -= asked.len;
+                state.requested_regions -= 1;
+                Control::Refuse { request, reason }
+            }
+        };
+        state.send_later(reply);
+    }
+
+    /// Allocates and registers memory for an admitted request (on the lending thread: this
+    /// zeroes and pins `asked.len` bytes, which takes longer the larger they are).
     fn lend(
         &self,
         asked: &RegionRequest,
     ) -> std::result::Result<(SharedRegion, RangeKey), RefuseReason> {
         let len = usize::try_from(asked.len).map_err(|_| RefuseReason::OutOfMemory)?;
+        if asked.lease.is_some() {
+            expiry::start().map_err(|_| RefuseReason::OutOfMemory)?;
+        }
         let region = self
             .qp
             .pd()
