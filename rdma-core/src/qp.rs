@@ -424,9 +424,13 @@ impl QueuePair {
         }
     }
 
-    /// The failure that put the queue pair in the error state, if it is there.
+    /// The failure that put the queue pair in the error state, if it is there; or, when the
+    /// connection ended after a failed completion, that end ([`Error::Disconnected`]): a peer
+    /// that dies shows first as a failed operation (a retry error, or a remote access error
+    /// once its memory is gone), and the disconnect that follows is what that failure meant.
+    /// The operation that failed first keeps its own error.
     pub fn failure(&self) -> Option<Arc<Error>> {
-        self.shared.status.failure.get().cloned()
+        self.shared.status.cause()
     }
 
     /// The protection domain.
@@ -511,10 +515,10 @@ impl QpShared {
 
     #[inline]
     fn check_failure(&self) -> Result<()> {
-        match self.status.failure.get() {
+        match self.status.cause() {
             Some(cause) => Err(Error::QpInError {
                 qpn: self.status.qpn,
-                cause: cause.clone(),
+                cause,
             }),
             None => Ok(()),
         }
@@ -598,9 +602,21 @@ impl QpShared {
     /// pair is then failed as by [`fail_now`](QpShared::fail_now).
     pub(crate) fn connection_ended(&self, cause: &Arc<Error>) {
         crate::trace::event!(info, qpn = self.status.qpn, %cause, "connection ended");
-        let _ = self.status.failure.set(cause.clone());
+        self.record_disconnect(cause);
         if self.to_error().is_err() {
             self.fail_now(cause);
+        }
+    }
+
+    /// Records the end of the connection, `cause`, as why the queue pair failed: as its first
+    /// failure, or in place of an earlier failed completion, which the disconnect explains.
+    /// A deliberate shutdown or a device failure that came first stays the cause.
+    fn record_disconnect(&self, cause: &Arc<Error>) {
+        if let Err(cause) = self.status.failure.set(cause.clone()) {
+            let earlier = self.status.failure.get();
+            if earlier.is_some_and(|earlier| matches!(**earlier, Error::WorkCompletion { .. })) {
+                let _ = self.status.disconnect.set(cause);
+            }
         }
     }
 
@@ -614,7 +630,11 @@ impl QpShared {
     /// wait for their flush completions instead, and their buffers are not released before.
     pub(crate) fn fail_now(&self, cause: &Arc<Error>) {
         crate::trace::event!(warn, qpn = self.status.qpn, %cause, "failing queue pair");
-        let _ = self.status.failure.set(cause.clone());
+        if cause.is_disconnect() {
+            self.record_disconnect(cause);
+        } else {
+            let _ = self.status.failure.set(cause.clone());
+        }
         let _ = self.to_error();
         self.send_cq.shared.reap();
         if !Arc::ptr_eq(&self.send_cq.shared, &self.recv_cq.shared) {
