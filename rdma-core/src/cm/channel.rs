@@ -173,7 +173,15 @@ impl EventChannel {
         };
         let watch = match lazy.get(runtime) {
             Ok(watch) => watch,
-            Err(_) => return Err(lazy.error(runtime).unwrap_or(Error::NoRuntime)),
+            Err(_) => {
+                // No way to sleep on it here: still read and file what is there, so that a
+                // connection's end acts for whoever polls.
+                let _reading = lock(&self.reading);
+                let mut read = Vec::new();
+                while self.read_one(&mut read).is_ok() {}
+                self.file_all(read);
+                return Err(lazy.error(runtime).unwrap_or(Error::NoRuntime));
+            }
         };
         if let Some(waiter) = waiter {
             self.watchers.add(waiter);

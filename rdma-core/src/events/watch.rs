@@ -187,14 +187,24 @@ impl DeviceEvents {
     ///
     /// The descriptor is watched with the runtime of the first caller; a caller on another
     /// runtime still reads what is there, and is woken through that first runtime.
+    ///
+    /// When `runtime` cannot watch it (it does not run on this thread, or its reactor refused),
+    /// what is there is read all the same, so that events still act (a queue pair's error, a
+    /// connection's end) for a caller that polls instead of sleeping; nothing wakes `waiter`
+    /// then, and the generation is moved on so that the next poll reads again.
     pub(crate) fn poll(
         &self,
         ctx: &ContextInner,
         runtime: &RuntimeHandle,
         waiter: Option<&Waker>,
     ) -> usize {
-        let Ok(watch) = self.watch.get(runtime) else {
-            return 0;
+        let watch = match self.watch.get(runtime) {
+            Ok(watch) => watch,
+            Err(_) => {
+                let applied = self.read_now(ctx) + self.poll_sources(runtime);
+                self.watchers_waker.wake_by_ref();
+                return applied;
+            }
         };
         if let Some(waiter) = waiter {
             self.watchers.add(waiter);
@@ -440,11 +450,14 @@ impl Future for NextEvent<'_> {
 mod tests {
     use super::*;
 
+    /// The list of queue pairs, as `DeviceEvents::qps` keeps it.
+    type Registry = Mutex<Vec<(usize, Weak<Registered>)>>;
+
     /// Stands for a queue pair: dropping its last handle takes it out of the list, as
     /// `QpShared`'s Drop unregisters it.
     struct Registered {
         address: usize,
-        list: Arc<Mutex<Vec<(usize, Weak<Registered>)>>>,
+        list: Arc<Registry>,
     }
 
     impl Drop for Registered {
@@ -458,7 +471,7 @@ mod tests {
     /// last, and dropping it must not happen with the list locked (its Drop locks it).
     #[test]
     fn a_queue_pair_dropped_during_a_search_does_not_deadlock_it() {
-        let list = Arc::new(Mutex::new(Vec::new()));
+        let list: Arc<Registry> = Arc::new(Mutex::new(Vec::new()));
         let (done, finished) = std::sync::mpsc::channel();
         let search = {
             let list = list.clone();
