@@ -179,3 +179,138 @@ fn runtime_shut_down_is_reported_and_operations_still_complete() {
         .expect("the CQ must say that its runtime is gone");
     assert!(why.to_string().contains("tokio"), "{why}");
 }
+
+/// A context bound to Tokio, awaited from a smol thread (no Tokio runtime there): a wait
+/// that needs the context's timer, and the device's events, end with a typed error naming
+/// Tokio rather than a panic inside Tokio, and the thread can go on. Awaited on Tokio
+/// afterwards, the same context waits for its events normally: the failed registration was
+/// the smol thread's, and is not kept.
+#[test]
+fn a_timer_of_a_runtime_not_running_here_is_a_typed_error() {
+    if !support::device_present("a_timer_of_a_runtime_not_running_here_is_a_typed_error") {
+        return;
+    }
+    let ctx = Context::open_default()
+        .unwrap()
+        .with_runtime(anyrdma_tokio::Tokio);
+    let pd = ctx.alloc_pd().unwrap();
+    let region = pd
+        .alloc_shared(64, anyrdma::Access::LOCAL | anyrdma::Access::REMOTE_WRITE)
+        .unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        smol::block_on(async {
+            // Nobody writes the word: the wait must sleep, on the context's runtime.
+            let waited = smol::future::or(async { Some(region.wait_u64(0, 0).await) }, async {
+                smol::Timer::after(Duration::from_secs(20)).await;
+                None
+            })
+            .await;
+            let next = smol::future::or(async { Some(ctx.next_event().await) }, async {
+                smol::Timer::after(Duration::from_millis(200)).await;
+                None
+            })
+            .await;
+            (waited, next)
+        })
+    }));
+    let (waited, next) = outcome.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        panic!("a Tokio-bound context awaited on smol panicked: {why}")
+    });
+    match waited {
+        Some(Err(err @ anyrdma::Error::Runtime { .. })) => {
+            assert!(err.to_string().contains("tokio"), "{err}");
+        }
+        other => panic!("the wait on a smol thread: {other:?}"),
+    }
+    match next {
+        Some(Err(err @ anyrdma::Error::Runtime { .. })) => {
+            assert!(err.to_string().contains("tokio"), "{err}");
+        }
+        other => panic!("next_event on a smol thread: {other:?}"),
+    }
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let on_tokio = tokio.block_on(async {
+        tokio::time::timeout(Duration::from_millis(300), ctx.next_event()).await
+    });
+    assert!(
+        on_tokio.is_err(),
+        "on Tokio, next_event must wait for an event (none comes): {on_tokio:?}"
+    );
+}
+
+/// A connection whose completion queue belongs to a context bound to Tokio, awaited on smol:
+/// neither the CQ's channel nor the device's events can be watched there, so its operations
+/// poll; the peer's disconnect must still be read by them, and end the pending receive.
+#[test]
+fn a_poller_that_cannot_sleep_still_reads_the_connection_end() {
+    if !support::device_present("a_poller_that_cannot_sleep_still_reads_the_connection_end") {
+        return;
+    }
+    use anyrdma::cm::{
+        Connection, ConnectionOptions, ConnectionResources, Listener, ListenerOptions,
+    };
+    let ip = std::env::var("ANYRDMA_TEST_CM_ADDR")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(std::net::IpAddr::from([169, 254, 77, 1]));
+    let smol_handle = RuntimeHandle::from(anyrdma_smol::Smol);
+    let on_smol = ConnectionOptions {
+        runtime: Some(smol_handle.clone()),
+        ..ConnectionOptions::default()
+    };
+    let listener = Listener::bind_with(
+        std::net::SocketAddr::new(ip, 0),
+        ListenerOptions {
+            connection: on_smol.clone(),
+            ..ListenerOptions::default()
+        },
+    )
+    .expect("bind");
+    let addr = listener.local_addr();
+    let tokio_bound = Context::open_default()
+        .unwrap()
+        .with_runtime(anyrdma_tokio::Tokio);
+    let pd = tokio_bound.alloc_pd().unwrap();
+    let cq = anyrdma::CompletionQueue::new(&tokio_bound, CqOptions::default()).unwrap();
+    let client_options = ConnectionOptions {
+        resources: Some(ConnectionResources {
+            pd: pd.clone(),
+            send_cq: cq.clone(),
+            recv_cq: cq.clone(),
+        }),
+        ..on_smol
+    };
+    smol::block_on(smol_handle.timeout(Duration::from_secs(60), async {
+        let (server, client) = smol::future::zip(listener.accept(), async {
+            Connection::connect(addr, client_options).await
+        })
+        .await;
+        let (server, client) = (server.expect("accept"), client.expect("connect"));
+        let pending = client.recv(pd.alloc(64, anyrdma::Access::LOCAL).unwrap());
+        server.close().await.expect("close");
+        let ended = smol::future::or(async { Some(pending.await) }, async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            None
+        })
+        .await;
+        let (result, _) = ended.expect(
+            "the receive pending when the peer disconnected never ended: nobody read the \
+             disconnect",
+        );
+        let err = result.expect_err("nothing was sent");
+        assert!(err.is_disconnect(), "the receive ended with {err}");
+        assert!(
+            cq.wait_error().is_some(),
+            "the CQ could not have slept on Tokio from a smol thread"
+        );
+    }))
+    .expect("within 60 s");
+}

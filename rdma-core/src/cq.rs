@@ -691,6 +691,36 @@ impl CqShared {
         }
         (n, own)
     }
+
+    /// Test emulation of what libmlx5 (and mlx4, hns) do when a queue pair enters RESET or
+    /// is destroyed: the completions of queue pair `qpn` still in the CQ are removed, never
+    /// to be polled (those of other queue pairs are dispatched). Used only under
+    /// [`QueuePair::emulate_cq_clean_on_reset`](crate::QueuePair::emulate_cq_clean_on_reset).
+    pub(crate) fn clean_emulated(&self, qpn: u32) {
+        loop {
+            let mut wake = WakeList::new();
+            let mut state = lock(&self.state);
+            if state.broken {
+                return;
+            }
+            let mut wcs: [MaybeUninit<ibv_wc>; POLL_BATCH] =
+                [const { MaybeUninit::uninit() }; POLL_BATCH];
+            // SAFETY: the CQ is valid; `wcs` has room for POLL_BATCH entries.
+            let n = unsafe { ibv_poll_cq(self.raw(), POLL_BATCH as i32, wcs.as_mut_ptr().cast()) };
+            let Ok(n @ 1..) = usize::try_from(n) else {
+                return;
+            };
+            for wc in &wcs[..n] {
+                // SAFETY: ibv_poll_cq initialised the first `n` entries.
+                let wc = unsafe { wc.assume_init_ref() };
+                if wc.qp_num != qpn {
+                    state.table.dispatch(wc, &mut wake, None);
+                }
+            }
+            drop(state);
+            wake.run();
+        }
+    }
 }
 
 impl Drop for CqShared {

@@ -2,7 +2,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use rdma_sys::*;
@@ -141,6 +141,10 @@ impl ConnectOptions {
         Ok(())
     }
 }
+
+/// Whether RESET and destroy drop the queue pair's completions still in its CQs, as libmlx5
+/// does (see [`QueuePair::emulate_cq_clean_on_reset`]).
+static EMULATE_CQ_CLEAN: AtomicBool = AtomicBool::new(false);
 
 /// Where a queue pair is in its life.
 const STATE_INIT: u8 = 0;
@@ -420,9 +424,13 @@ impl QueuePair {
         }
     }
 
-    /// The failure that put the queue pair in the error state, if it is there.
+    /// The failure that put the queue pair in the error state, if it is there; or, when the
+    /// connection ended after a failed completion, that end ([`Error::Disconnected`]): a peer
+    /// that dies shows first as a failed operation (a retry error, or a remote access error
+    /// once its memory is gone), and the disconnect that follows is what that failure meant.
+    /// The operation that failed first keeps its own error.
     pub fn failure(&self) -> Option<Arc<Error>> {
-        self.shared.status.failure.get().cloned()
+        self.shared.status.cause()
     }
 
     /// The protection domain.
@@ -438,6 +446,31 @@ impl QueuePair {
     pub fn shutdown(&self) -> Result<()> {
         self.shared.fail(QpShutdownReason::Application);
         self.shared.to_error()
+    }
+
+    /// For tests only, process-wide: from now on (`true`), every queue pair that enters
+    /// RESET or is destroyed loses its completions still in its completion queues, as on
+    /// mlx5 (libmlx5's `mlx5_modify_qp` to RESET and `mlx5_destroy_qp` call
+    /// `__mlx5_cq_clean`, which removes them; for a receive of a shared receive queue it
+    /// gives the receive back to the SRQ without a completion). Soft-RoCE leaves them in the
+    /// CQ, so a test on it cannot see an order of teardown that loses them; under this
+    /// emulation it can. It costs one atomic load per reset or destroy and does nothing
+    /// else; applications never call it.
+    #[doc(hidden)]
+    pub fn emulate_cq_clean_on_reset(on: bool) {
+        EMULATE_CQ_CLEAN.store(on, Ordering::Relaxed);
+    }
+}
+
+/// Under [`QueuePair::emulate_cq_clean_on_reset`], removes the completions of queue pair
+/// `qpn` from `send_cq` and `recv_cq`, as libmlx5 does when it enters RESET.
+fn emulate_cq_clean(qpn: u32, send_cq: &CompletionQueue, recv_cq: &CompletionQueue) {
+    if !EMULATE_CQ_CLEAN.load(Ordering::Relaxed) {
+        return;
+    }
+    recv_cq.shared.clean_emulated(qpn);
+    if !Arc::ptr_eq(&send_cq.shared, &recv_cq.shared) {
+        send_cq.shared.clean_emulated(qpn);
     }
 }
 
@@ -482,10 +515,10 @@ impl QpShared {
 
     #[inline]
     fn check_failure(&self) -> Result<()> {
-        match self.status.failure.get() {
+        match self.status.cause() {
             Some(cause) => Err(Error::QpInError {
                 qpn: self.status.qpn,
-                cause: cause.clone(),
+                cause,
             }),
             None => Ok(()),
         }
@@ -521,6 +554,9 @@ impl QpShared {
             result = rc,
             "queue pair state change"
         );
+        if rc == 0 && to == "RESET" {
+            emulate_cq_clean(self.status.qpn, &self.send_cq, &self.recv_cq);
+        }
         if rc != 0 {
             let hint = match to {
                 "INIT" => "check the port number and that the port is active",
@@ -552,16 +588,58 @@ impl QpShared {
         self.to_error()
     }
 
+    /// The connection of this queue pair ended (the peer disconnected), for `cause`: new
+    /// posts fail with it, and the queue pair goes to the error state, where the device
+    /// completes every pending work request with a flush error, after those it completed
+    /// before (the verbs specification: all outstanding requests complete, flushed, once a
+    /// queue pair is in ERR).
+    ///
+    /// It is not reset: what the completion queues hold for it (messages that arrived before
+    /// the disconnect, requests that completed) stays there for its operations to take. A
+    /// reset would lose it on mlx5, whose library removes a queue pair's completions from its
+    /// CQs when it enters RESET, and a receive it took from a shared receive queue would then
+    /// never complete. If the device refuses the error state, no flush would come: the queue
+    /// pair is then failed as by [`fail_now`](QpShared::fail_now).
+    pub(crate) fn connection_ended(&self, cause: &Arc<Error>) {
+        crate::trace::event!(info, qpn = self.status.qpn, %cause, "connection ended");
+        self.record_disconnect(cause);
+        if self.to_error().is_err() {
+            self.fail_now(cause);
+        }
+    }
+
+    /// Records the end of the connection, `cause`, as why the queue pair failed: as its first
+    /// failure, or in place of an earlier failed completion, which the disconnect explains.
+    /// A deliberate shutdown or a device failure that came first stays the cause.
+    fn record_disconnect(&self, cause: &Arc<Error>) {
+        if let Err(cause) = self.status.failure.set(cause.clone()) {
+            let earlier = self.status.failure.get();
+            if earlier.is_some_and(|earlier| matches!(**earlier, Error::WorkCompletion { .. })) {
+                let _ = self.status.disconnect.set(cause);
+            }
+        }
+    }
+
     /// Fails the queue pair now for `cause`, when its completions may never come (its
     /// completion queue failed, or the device failed or is going away): new posts fail, and
     /// once the device has let go of the work (the queue pair is reset, which removes every
     /// work request it holds), every pending operation ends with [`Error::Flushed`] and gets
-    /// its buffers back. If the device refuses the reset, the operations wait for their
-    /// flush completions instead, and their buffers are not released before.
+    /// its buffers back. What its completion queues hold is taken before the reset (mlx5
+    /// removes a queue pair's completions when it enters RESET), so an operation that
+    /// completed ends with its own result. If the device refuses the reset, the operations
+    /// wait for their flush completions instead, and their buffers are not released before.
     pub(crate) fn fail_now(&self, cause: &Arc<Error>) {
         crate::trace::event!(warn, qpn = self.status.qpn, %cause, "failing queue pair");
-        let _ = self.status.failure.set(cause.clone());
+        if cause.is_disconnect() {
+            self.record_disconnect(cause);
+        } else {
+            let _ = self.status.failure.set(cause.clone());
+        }
         let _ = self.to_error();
+        self.send_cq.shared.reap();
+        if !Arc::ptr_eq(&self.send_cq.shared, &self.recv_cq.shared) {
+            self.recv_cq.shared.reap();
+        }
         // SAFETY: ibv_qp_attr is plain C data.
         let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
         attr.qp_state = ibv_qp_state::IBV_QPS_RESET;
@@ -662,6 +740,9 @@ impl DyingQp {
         // SAFETY: no QueuePair clone and no pending future is left (both hold the QpShared
         // this came from), and the QP is destroyed only here, once.
         let rc = unsafe { ibv_destroy_qp(self.raw.as_ptr()) };
+        if rc == 0 {
+            emulate_cq_clean(self.status.qpn, &self.send_cq, &self.recv_cq);
+        }
         if rc != 0 {
             crate::trace::event!(
                 error,

@@ -211,7 +211,8 @@ impl SharedRegion {
     ///
     /// # Errors
     /// As [`load_u64`](SharedRegion::load_u64), and [`Error::NoRuntime`] when a wait has to
-    /// sleep and no runtime is known.
+    /// sleep and no runtime is known; [`Error::Runtime`] when the context's runtime cannot
+    /// make a timer on the waiting thread (a context bound to Tokio, awaited elsewhere).
     pub async fn wait_u64(&self, offset: usize, current: u64) -> Result<u64> {
         const SPINS: u32 = 64;
         const YIELDS: u32 = 256;
@@ -235,7 +236,7 @@ impl SharedRegion {
                     Some(runtime) => runtime,
                     None => runtime.insert(self.runtime()?),
                 };
-                runtime.sleep(pause).await;
+                runtime.try_sleep(pause)?.await;
                 pause = (pause * 2).min(MAX_PAUSE);
             }
         }

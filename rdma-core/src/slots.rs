@@ -52,6 +52,9 @@ pub(crate) struct QpStatus {
     attached: Option<Mutex<AttachedQps>>,
     /// The failure that put the QP in the error state, first one wins.
     pub(crate) failure: std::sync::OnceLock<Arc<Error>>,
+    /// The end of the connection, when it came after a failed completion that it explains
+    /// (see [`QpStatus::cause`]).
+    pub(crate) disconnect: std::sync::OnceLock<Arc<Error>>,
     pub(crate) sq_used: std::sync::atomic::AtomicU32,
     pub(crate) rq_used: std::sync::atomic::AtomicU32,
     /// Which of its send-queue requests are signaled, and those that are not, in flight.
@@ -74,10 +77,18 @@ impl QpStatus {
             qpn,
             attached,
             failure: std::sync::OnceLock::new(),
+            disconnect: std::sync::OnceLock::new(),
             sq_used: std::sync::atomic::AtomicU32::new(0),
             rq_used: std::sync::atomic::AtomicU32::new(0),
             signaling: Signaling::new(signal_every),
         })
+    }
+
+    /// Why the queue pair is in error, as its operations report it: the first failure, or
+    /// the end of the connection that came after it and explains it (a peer that died shows
+    /// first as a failed read or a retry error, then as a disconnect).
+    pub(crate) fn cause(&self) -> Option<Arc<Error>> {
+        self.disconnect.get().or(self.failure.get()).cloned()
     }
 
     /// Records that queue pair `qp` takes its receives from this shared receive queue.
@@ -638,7 +649,7 @@ fn completion_error(wc: &ibv_wc, info: &SlotInfo) -> Error {
         return Error::Flushed {
             kind: info.kind,
             qpn: wc.qp_num,
-            cause: info.qp.failure.get().cloned(),
+            cause: info.qp.cause(),
         };
     }
     let describe = || Error::WorkCompletion {

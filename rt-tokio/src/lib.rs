@@ -53,12 +53,7 @@ impl Runtime for Tokio {
 
     unsafe fn register_fd(&self, fd: RawFd) -> io::Result<Box<dyn ReadinessFd>> {
         // AsyncFd::new panics outside a runtime; turn that into an error the user can read.
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            io::Error::other(
-                "no Tokio runtime is running on this thread; await anyrdma operations from \
-                 Tokio tasks (e.g. within #[tokio::main])",
-            )
-        })?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| no_runtime_here())?;
         let _entered = handle.enter();
         // SAFETY: the caller keeps `fd` open and unchanged until the TokioFd is dropped.
         let watched =
@@ -70,11 +65,25 @@ impl Runtime for Tokio {
         Box::pin(tokio::time::sleep(duration))
     }
 
+    /// `tokio::time::sleep` panics outside a runtime; this says so instead.
+    fn try_sleep(&self, duration: Duration) -> io::Result<Sleep> {
+        tokio::runtime::Handle::try_current().map_err(|_| no_runtime_here())?;
+        Ok(self.sleep(duration))
+    }
+
     /// Tokio's cooperative budget: one unit per operation poll, charged whether or not the
     /// poll completes (as Tokio's own resources do once they made progress).
     fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {
         tokio::task::coop::poll_proceed(cx).map(|guard| guard.made_progress())
     }
+}
+
+/// Why Tokio cannot watch a descriptor or make a timer on the calling thread.
+fn no_runtime_here() -> io::Error {
+    io::Error::other(
+        "no Tokio runtime is running on this thread; await anyrdma operations from Tokio \
+         tasks (e.g. within #[tokio::main])",
+    )
 }
 
 impl ReadinessFd for TokioFd {

@@ -8,9 +8,11 @@
 //! waits for an acknowledgement), and files it in the mailbox of the id it names. There is
 //! no thread and no timer.
 //!
-//! Events that end a connection act at once, whoever reads them: a disconnect or a device
-//! removal fails the connection's queue pair, so that its pending operations end with
-//! [`Error::Disconnected`] instead of waiting for completions that will never come.
+//! Events that end a connection act at once, whoever reads them: a disconnect moves the
+//! connection's queue pair to the error state, so that its pending operations end, flushed,
+//! with [`Error::Disconnected`] as the cause, after everything that completed before (a
+//! message that arrived before the disconnect is still delivered); a device removal fails it
+//! at once, as its completions may never come.
 
 use std::collections::{HashMap, VecDeque};
 use std::ptr::NonNull;
@@ -171,7 +173,15 @@ impl EventChannel {
         };
         let watch = match lazy.get(runtime) {
             Ok(watch) => watch,
-            Err(_) => return Err(lazy.error(runtime).unwrap_or(Error::NoRuntime)),
+            Err(_) => {
+                // No way to sleep on it here: still read and file what is there, so that a
+                // connection's end acts for whoever polls.
+                let _reading = lock(&self.reading);
+                let mut read = Vec::new();
+                while self.read_one(&mut read).is_ok() {}
+                self.file_all(read);
+                return Err(lazy.error(runtime).unwrap_or(Error::NoRuntime));
+            }
         };
         if let Some(waiter) = waiter {
             self.watchers.add(waiter);
@@ -329,18 +339,14 @@ impl IdMailbox {
         self.ended.store(true, Ordering::Release);
         let qp = lock(&self.qp).as_ref().and_then(Weak::upgrade);
         if let Some(qp) = qp {
-            let cause = if event.kind == rdma_cm_event_type::RDMA_CM_EVENT_DEVICE_REMOVAL {
-                Error::Disconnected {
-                    qpn: qp.status.qpn,
-                    why: "the RDMA device was removed",
-                }
+            let qpn = qp.status.qpn;
+            if event.kind == rdma_cm_event_type::RDMA_CM_EVENT_DEVICE_REMOVAL {
+                let why = "the RDMA device was removed";
+                qp.fail_now(&Arc::new(Error::Disconnected { qpn, why }));
             } else {
-                Error::Disconnected {
-                    qpn: qp.status.qpn,
-                    why: "the peer disconnected",
-                }
-            };
-            qp.fail_now(&Arc::new(cause));
+                let why = "the peer disconnected";
+                qp.connection_ended(&Arc::new(Error::Disconnected { qpn, why }));
+            }
         }
     }
 }

@@ -172,11 +172,7 @@ impl DeviceEvents {
 
     /// The live queue pairs for which `select` holds.
     fn qps_where(&self, select: impl Fn(&QpShared) -> bool) -> Vec<Arc<QpShared>> {
-        lock(&self.qps)
-            .iter()
-            .filter_map(|(_, weak)| weak.upgrade())
-            .filter(|qp| select(qp))
-            .collect()
+        live_where(&self.qps, select)
     }
 
     /// How many times the descriptor has signalled readiness: while it stays the same, no
@@ -191,14 +187,24 @@ impl DeviceEvents {
     ///
     /// The descriptor is watched with the runtime of the first caller; a caller on another
     /// runtime still reads what is there, and is woken through that first runtime.
+    ///
+    /// When `runtime` cannot watch it (it does not run on this thread, or its reactor refused),
+    /// what is there is read all the same, so that events still act (a queue pair's error, a
+    /// connection's end) for a caller that polls instead of sleeping; nothing wakes `waiter`
+    /// then, and the generation is moved on so that the next poll reads again.
     pub(crate) fn poll(
         &self,
         ctx: &ContextInner,
         runtime: &RuntimeHandle,
         waiter: Option<&Waker>,
     ) -> usize {
-        let Ok(watch) = self.watch.get(runtime) else {
-            return 0;
+        let watch = match self.watch.get(runtime) {
+            Ok(watch) => watch,
+            Err(_) => {
+                let applied = self.read_now(ctx) + self.poll_sources(runtime);
+                self.watchers_waker.wake_by_ref();
+                return applied;
+            }
         };
         if let Some(waiter) = waiter {
             self.watchers.add(waiter);
@@ -398,6 +404,19 @@ impl DeviceEvents {
     }
 }
 
+/// The live entries of `list` for which `select` holds.
+///
+/// Every live entry is taken out under the lock, and the selection runs after it: a handle
+/// taken here may be the last one (its owner dropped the others meanwhile), and dropping a
+/// queue pair's last handle unregisters it, which locks `list` again.
+fn live_where<T>(list: &Mutex<Vec<(usize, Weak<T>)>>, select: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+    let live: Vec<Arc<T>> = lock(list)
+        .iter()
+        .filter_map(|(_, weak)| weak.upgrade())
+        .collect();
+    live.into_iter().filter(|item| select(item)).collect()
+}
+
 /// The future of [`Context::next_event`].
 #[must_use = "futures do nothing unless awaited"]
 pub struct NextEvent<'a> {
@@ -424,5 +443,70 @@ impl Future for NextEvent<'_> {
             return Poll::Ready(Err(err));
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list of queue pairs, as `DeviceEvents::qps` keeps it.
+    type Registry = Mutex<Vec<(usize, Weak<Registered>)>>;
+
+    /// Stands for a queue pair: dropping its last handle takes it out of the list, as
+    /// `QpShared`'s Drop unregisters it.
+    struct Registered {
+        address: usize,
+        list: Arc<Registry>,
+    }
+
+    impl Drop for Registered {
+        fn drop(&mut self) {
+            lock(&self.list).retain(|(address, _)| *address != self.address);
+        }
+    }
+
+    /// The application drops its last handle of a queue pair while an event (a CQ or SRQ
+    /// error) looks for the queue pairs it concerns: the handle the search took is then the
+    /// last, and dropping it must not happen with the list locked (its Drop locks it).
+    #[test]
+    fn a_queue_pair_dropped_during_a_search_does_not_deadlock_it() {
+        let list: Arc<Registry> = Arc::new(Mutex::new(Vec::new()));
+        let (done, finished) = std::sync::mpsc::channel();
+        let search = {
+            let list = list.clone();
+            std::thread::spawn(move || {
+                let users: Vec<_> = (0..3)
+                    .map(|address| {
+                        let qp = Arc::new(Registered {
+                            address,
+                            list: list.clone(),
+                        });
+                        lock(&list).push((address, Arc::downgrade(&qp)));
+                        Mutex::new(Some(qp))
+                    })
+                    .collect();
+                // The selection runs while the search holds the queue pair; the application's
+                // handle goes then (on its own thread in real life: the same moment).
+                let found = live_where(&list, |qp| {
+                    drop(users[qp.address].lock().unwrap().take());
+                    qp.address == 1
+                });
+                let addresses: Vec<_> = found.iter().map(|qp| qp.address).collect();
+                drop(found);
+                let _ = done.send((addresses, lock(&list).len()));
+            })
+        };
+        match finished.recv_timeout(Duration::from_secs(10)) {
+            Ok((addresses, left)) => {
+                assert_eq!(addresses, [1], "the queue pair the event concerns");
+                assert_eq!(left, 0, "every dropped queue pair left the list");
+                search.join().unwrap();
+            }
+            Err(_) => panic!(
+                "the search deadlocked: a queue pair's last handle was dropped with the list \
+                 locked, and its Drop locked the list again"
+            ),
+        }
     }
 }

@@ -82,7 +82,22 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     unsafe fn register_fd(&self, fd: RawFd) -> io::Result<Box<dyn ReadinessFd>>;
 
     /// A future that completes after `duration`.
+    ///
+    /// May panic when the runtime cannot make a timer on the calling thread (Tokio's, outside
+    /// a Tokio runtime): the core calls [`try_sleep`](Runtime::try_sleep).
     fn sleep(&self, duration: Duration) -> Sleep;
+
+    /// A future that completes after `duration`, or why this runtime cannot make one on the
+    /// calling thread (a runtime that needs to be running on it, as Tokio does). The core
+    /// makes its timers with this, so that a context bound to one runtime and awaited from
+    /// another fails with an error instead of a panic. The default calls
+    /// [`sleep`](Runtime::sleep).
+    ///
+    /// # Errors
+    /// When the runtime cannot make a timer here.
+    fn try_sleep(&self, duration: Duration) -> io::Result<Sleep> {
+        Ok(self.sleep(duration))
+    }
 
     /// Asks whether the polling task may go on, before an operation's future does its work.
     /// `Pending` (the task woken at once) makes the future yield, so that a task whose
@@ -154,14 +169,36 @@ impl RuntimeHandle {
     }
 
     /// Sleeps for `duration` on this runtime.
+    ///
+    /// # Panics
+    /// When the runtime cannot make a timer on the calling thread (Tokio's, outside a Tokio
+    /// runtime); [`try_sleep`](RuntimeHandle::try_sleep) returns an error instead.
     pub fn sleep(&self, duration: Duration) -> Sleep {
         self.0.sleep(duration)
+    }
+
+    /// Sleeps for `duration` on this runtime, if it can make a timer on the calling thread.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`](crate::Error::Runtime) naming the runtime, when it cannot (Tokio's,
+    /// awaited from a thread that runs no Tokio runtime).
+    pub fn try_sleep(&self, duration: Duration) -> crate::Result<Sleep> {
+        self.0
+            .try_sleep(duration)
+            .map_err(|source| crate::Error::Runtime {
+                runtime: self.name(),
+                what: "a timer",
+                source,
+            })
     }
 
     /// Runs `future` for at most `duration`, with this runtime's timer.
     ///
     /// # Errors
     /// [`Elapsed`] when the deadline passes first; `future` is dropped then.
+    ///
+    /// # Panics
+    /// As [`sleep`](RuntimeHandle::sleep).
     pub async fn timeout<F: Future>(
         &self,
         duration: Duration,
