@@ -5,7 +5,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use rdma_sys::*;
@@ -84,19 +84,26 @@ impl CmId {
 
     /// The next event of this id, reading the channel with `runtime`.
     pub(crate) async fn next_event(&self, runtime: &RuntimeHandle) -> Result<CmEvent> {
-        poll_fn(|cx| {
-            if let Some(event) = self.mailbox.pop() {
-                return Poll::Ready(Ok(event));
-            }
-            if let Err(err) = self.channel.poll(runtime, Some(cx.waker())) {
-                return Poll::Ready(Err(err));
-            }
-            match self.mailbox.pop() {
-                Some(event) => Poll::Ready(Ok(event)),
-                None => Poll::Pending,
-            }
-        })
-        .await
+        poll_fn(|cx| self.poll_event(runtime, cx)).await
+    }
+
+    /// This id's next event if one is there (reading the channel with `runtime`); else
+    /// `Pending`, with the task of `cx` woken when the channel has news.
+    pub(crate) fn poll_event(
+        &self,
+        runtime: &RuntimeHandle,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<CmEvent>> {
+        if let Some(event) = self.mailbox.pop() {
+            return Poll::Ready(Ok(event));
+        }
+        if let Err(err) = self.channel.poll(runtime, Some(cx.waker())) {
+            return Poll::Ready(Err(err));
+        }
+        match self.mailbox.pop() {
+            Some(event) => Poll::Ready(Ok(event)),
+            None => Poll::Pending,
+        }
     }
 
     /// [`next_event`](CmId::next_event), failing with `on_timeout` after `timeout`.

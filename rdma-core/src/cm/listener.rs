@@ -1,18 +1,29 @@
 //! Listening for connections by address: `Listener`, and a connect request not yet answered
 //! (`Incoming`).
+//!
+//! [`Listener::accept`] carries several handshakes on at once, in the listener itself (the
+//! core spawns no task): whichever task is in `accept` polls all of them, so a client that
+//! never confirms holds one of [`ListenerOptions::max_handshakes`] places until its connect
+//! timeout, not the whole listener.
 
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Waker};
 
 use rdma_sys::*;
 
-use super::channel::EventChannel;
+use super::channel::{CmEvent, EventChannel};
 use super::connection::{self, ConnParam, Connection, Step};
 use super::id::{CmId, MAX_ACCEPT_DATA};
 use super::options::{ConnectionOptions, ListenerOptions};
 use super::sockaddr;
 use crate::error::{Error, Result};
 use crate::runtime::{default_runtime, RuntimeHandle};
+use crate::wake::{lock, WakerSet};
 
 /// Listens for connections at an address.
 ///
@@ -30,12 +41,55 @@ use crate::runtime::{default_runtime, RuntimeHandle};
 ///
 /// Connect requests wait in a bounded backlog ([`ListenerOptions::backlog`]) until taken
 /// with [`accept`](Listener::accept) or [`incoming`](Listener::incoming); requests beyond it
-/// are turned away. Dropping the listener rejects the requests still waiting; connections it
-/// accepted live on.
+/// are turned away. `accept` answers up to [`ListenerOptions::max_handshakes`] requests at
+/// once and returns the connections in the order their peers confirm, so a slow or silent
+/// client does not hold up the others. Dropping the listener rejects the requests still
+/// waiting and ends the handshakes `accept` has begun (those peers see the connection end);
+/// connections it returned live on.
 pub struct Listener {
+    /// Declared before `id`: handshakes in progress end before the listening id does.
+    handshakes: Mutex<Handshakes>,
+    /// The tasks waiting in `accept`, all woken by any progress of a handshake or of the
+    /// channel: whichever of them polls next carries every handshake on.
+    accepters: Arc<WakerSet>,
+    accepters_waker: Waker,
     id: CmId,
     local: SocketAddr,
     options: ListenerOptions,
+}
+
+/// A handshake `accept` began: the peer's address, and the acceptance to carry on.
+type Handshake = Pin<Box<dyn Future<Output = (SocketAddr, Result<Connection>)> + Send>>;
+
+/// The handshakes of [`Listener::accept`]: answered requests waiting for their peer's
+/// confirmation, and connections confirmed but not returned yet.
+#[derive(Default)]
+struct Handshakes {
+    running: Vec<Handshake>,
+    done: VecDeque<Connection>,
+}
+
+impl Handshakes {
+    /// Polls every running handshake once with `cx`; the confirmed ones join `done`, failed
+    /// ones (the client gave up, say) are dropped.
+    fn advance(&mut self, cx: &mut TaskContext<'_>) {
+        let mut index = 0;
+        while index < self.running.len() {
+            let Poll::Ready((peer, result)) = self.running[index].as_mut().poll(cx) else {
+                index += 1;
+                continue;
+            };
+            drop(self.running.swap_remove(index));
+            match result {
+                Ok(connection) => self.done.push_back(connection),
+                Err(err) => {
+                    crate::trace::event!(warn, %peer, %err, "accepting a connection failed");
+                    // Read only by the event above, which is nothing without `tracing`.
+                    let _ = (peer, err);
+                }
+            }
+        }
+    }
 }
 
 impl Listener {
@@ -81,7 +135,15 @@ impl Listener {
             return Err(Error::last_os("rdma_listen"));
         }
         let local = id.local_addr().unwrap_or(addr);
-        Ok(Listener { id, local, options })
+        let accepters = Arc::new(WakerSet::default());
+        Ok(Listener {
+            handshakes: Mutex::new(Handshakes::default()),
+            accepters_waker: Waker::from(accepters.clone()),
+            accepters,
+            id,
+            local,
+            options,
+        })
     }
 
     /// The address listened at, with the port chosen when 0 was asked.
@@ -118,40 +180,79 @@ impl Listener {
         let runtime = self.runtime()?;
         loop {
             let event = self.id.next_event(&runtime).await?;
-            if event.kind != rdma_cm_event_type::RDMA_CM_EVENT_CONNECT_REQUEST {
-                continue;
+            if let Some(incoming) = self.request(event, &runtime) {
+                return Ok(incoming);
             }
-            let Some(id) = event.child else { continue };
-            let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-            return Ok(Incoming {
-                peer: id.peer_addr().unwrap_or(unspecified),
-                id: Some(id),
-                private_data: event.private_data,
-                peer_responder_resources: event.responder_resources,
-                peer_initiator_depth: event.initiator_depth,
-                options: self.options.connection.clone(),
-                runtime,
-            });
         }
     }
 
-    /// The next connection, accepted with the listener's options. A request whose
-    /// acceptance fails (the client gave up, say) is skipped: only errors of the listener
-    /// itself end this.
+    /// The connect request `event` carries, if it is one.
+    fn request(&self, event: CmEvent, runtime: &RuntimeHandle) -> Option<Incoming> {
+        if event.kind != rdma_cm_event_type::RDMA_CM_EVENT_CONNECT_REQUEST {
+            return None;
+        }
+        let id = event.child?;
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Some(Incoming {
+            peer: id.peer_addr().unwrap_or(unspecified),
+            id: Some(id),
+            private_data: event.private_data,
+            peer_responder_resources: event.responder_resources,
+            peer_initiator_depth: event.initiator_depth,
+            options: self.options.connection.clone(),
+            runtime: runtime.clone(),
+        })
+    }
+
+    /// The next connection, accepted with the listener's options.
+    ///
+    /// Requests are answered as they come, up to [`ListenerOptions::max_handshakes`] at
+    /// once, and connections are returned as their peers confirm: a client that never
+    /// confirms holds one place until the connect timeout, while the others go on. Beyond
+    /// that many, requests wait in the backlog. A request whose acceptance fails (the
+    /// client gave up, say) is skipped: only errors of the listener itself end this.
+    /// Handshakes progress while some task is in `accept` (any number of tasks may be);
+    /// dropping an `accept` leaves them to the next one.
     ///
     /// # Errors
     /// As [`Listener::incoming`].
     pub async fn accept(&self) -> Result<Connection> {
+        let runtime = self.runtime()?;
+        poll_fn(|cx| self.poll_accept(&runtime, cx)).await
+    }
+
+    fn poll_accept(
+        &self,
+        runtime: &RuntimeHandle,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<Connection>> {
+        // Before anything is polled, so that progress made meanwhile wakes this task.
+        self.accepters.add(cx.waker());
+        // Everything is polled with the listener's own waker, which wakes every task in
+        // `accept`: a handshake's progress then reaches whoever is waiting, not only the
+        // task that polled it last (which may have left with a connection).
+        let mut shared_cx = TaskContext::from_waker(&self.accepters_waker);
+        let mut handshakes = lock(&self.handshakes);
         loop {
-            let incoming = self.incoming().await?;
-            let peer = incoming.peer_addr();
-            match incoming.accept().await {
-                Ok(connection) => return Ok(connection),
-                Err(err) => {
-                    crate::trace::event!(warn, %peer, %err, "accepting a connection failed");
-                    // Read only by the event above, which is nothing without `tracing`.
-                    let _ = (peer, err);
-                }
+            handshakes.advance(&mut shared_cx);
+            if let Some(connection) = handshakes.done.pop_front() {
+                return Poll::Ready(Ok(connection));
+            }
+            if handshakes.running.len() >= self.options.max_handshakes.max(1) {
+                // Full: new requests wait in the backlog until a handshake ends.
+                return Poll::Pending;
+            }
+            let event = match self.id.poll_event(runtime, &mut shared_cx) {
+                Poll::Ready(Ok(event)) => event,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            };
+            if let Some(incoming) = self.request(event, runtime) {
+                let peer = incoming.peer_addr();
+                // Polled at the top of the loop: it answers the request at once.
+                handshakes
+                    .running
+                    .push(Box::pin(async move { (peer, incoming.accept().await) }));
             }
         }
     }

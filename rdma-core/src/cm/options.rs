@@ -101,6 +101,13 @@ pub struct ListenerOptions {
     /// rejected at once, and the client sees [`Error::ConnectRejected`](crate::Error)).
     /// Default 128.
     pub backlog: usize,
+    /// Handshakes [`Listener::accept`](super::Listener::accept) carries on at once: requests
+    /// it answered whose peers have not confirmed yet. A peer that never confirms holds its
+    /// place until [`ConnectionOptions::connect_timeout`] (then its handshake fails and is
+    /// dropped); while all places are held, further requests wait in the backlog (and beyond
+    /// it are turned away, as above), so that clients that stall their handshakes cost the
+    /// server a bounded number of queue pairs. Default 64; 0 counts as 1.
+    pub max_handshakes: usize,
     /// Options of the connections it accepts (`private_data` is sent with each accept).
     pub connection: ConnectionOptions,
 }
@@ -109,6 +116,7 @@ impl Default for ListenerOptions {
     fn default() -> Self {
         ListenerOptions {
             backlog: 128,
+            max_handshakes: 64,
             connection: ConnectionOptions::default(),
         }
     }

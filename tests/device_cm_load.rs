@@ -1,0 +1,179 @@
+//! Connections under load: a client that stalls its handshake beside twenty that do not.
+//!
+//! Runs on rxe0's address in the guest, 169.254.77.1 (`ANYRDMA_TEST_CM_ADDR` overrides it).
+
+// SERIAL orders the tests of this file (each on its own runtime and thread), not tasks.
+#![allow(clippy::await_holding_lock)]
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyrdma::cm::{Connection, ConnectionOptions, Listener, ListenerOptions};
+use support::{within, Rt};
+
+/// The tests load the guest: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ip() -> IpAddr {
+    std::env::var("ANYRDMA_TEST_CM_ADDR")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
+}
+
+/// A client written against librdmacm directly that sends a connect request and then
+/// never answers the server's reply: no `rdma_establish`, no event read. Its request holds
+/// the server's handshake until the server gives up; dropping it destroys the id.
+struct SilentClient {
+    channel: *mut rdma_sys::rdma_event_channel,
+    id: *mut rdma_sys::rdma_cm_id,
+}
+
+// SAFETY: librdmacm's ids and channels may be used from any thread; the client only
+// destroys them, once.
+unsafe impl Send for SilentClient {}
+
+impl SilentClient {
+    /// Resolves `addr` and sends the connect request (blocking calls: run it off the
+    /// runtime's threads).
+    fn connect(addr: SocketAddr) -> SilentClient {
+        use rdma_sys::*;
+        let SocketAddr::V4(v4) = addr else {
+            panic!("the silent client speaks IPv4 only: {addr}")
+        };
+        // SAFETY: plain librdmacm calls on objects created here; every out pointer is
+        // valid for the call; events are acknowledged once, after they were read.
+        unsafe {
+            let channel = rdma_create_event_channel();
+            assert!(!channel.is_null(), "rdma_create_event_channel");
+            let mut id = std::ptr::null_mut();
+            assert_eq!(
+                rdma_create_id(
+                    channel,
+                    &mut id,
+                    std::ptr::null_mut(),
+                    rdma_port_space::RDMA_PS_TCP
+                ),
+                0,
+                "rdma_create_id"
+            );
+            let client = SilentClient { channel, id };
+            let mut dst: libc::sockaddr_in = std::mem::zeroed();
+            dst.sin_family = libc::AF_INET as libc::sa_family_t;
+            dst.sin_port = v4.port().to_be();
+            dst.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            assert_eq!(
+                rdma_resolve_addr(
+                    id,
+                    std::ptr::null_mut(),
+                    std::ptr::addr_of_mut!(dst).cast(),
+                    2000
+                ),
+                0,
+                "rdma_resolve_addr"
+            );
+            client.expect(rdma_cm_event_type::RDMA_CM_EVENT_ADDR_RESOLVED);
+            assert_eq!(rdma_resolve_route(id, 2000), 0, "rdma_resolve_route");
+            client.expect(rdma_cm_event_type::RDMA_CM_EVENT_ROUTE_RESOLVED);
+            let mut param: rdma_conn_param = std::mem::zeroed();
+            // No queue pair: the request names a made-up one, which the server never
+            // reaches, as the handshake never completes.
+            param.qp_num = 0x00ab_cdef;
+            param.responder_resources = 1;
+            param.initiator_depth = 1;
+            param.retry_count = 7;
+            param.rnr_retry_count = 7;
+            assert_eq!(rdma_connect(id, &mut param), 0, "rdma_connect");
+            client
+        }
+    }
+
+    /// Reads the next event (blocking) and checks its kind.
+    fn expect(&self, kind: u32) {
+        use rdma_sys::*;
+        let mut event = std::ptr::null_mut();
+        // SAFETY: the channel is valid; the event is read and acknowledged once.
+        unsafe {
+            assert_eq!(rdma_get_cm_event(self.channel, &mut event), 0);
+            let got = std::ptr::addr_of!((*event).event).cast::<u32>().read();
+            rdma_ack_cm_event(event);
+            assert_eq!(got, kind, "the silent client's setup");
+        }
+    }
+}
+
+impl Drop for SilentClient {
+    fn drop(&mut self) {
+        // SAFETY: created in `connect`, destroyed once; no event is held unacknowledged.
+        unsafe {
+            rdma_sys::rdma_destroy_id(self.id);
+            rdma_sys::rdma_destroy_event_channel(self.channel);
+        }
+    }
+}
+
+/// One client that sends its connect request and never confirms the server's answer, then
+/// twenty ordinary clients, all with the default 10 s connect timeout, while the server
+/// waits up to 30 s for a confirmation: `accept` returns all twenty, none of them times out
+/// waiting for the silent one's handshake to end.
+async fn a_silent_handshake_does_not_stall_accept(rt: Rt) {
+    if !support::device_present("a_silent_handshake_does_not_stall_accept") {
+        return;
+    }
+    let _serial = serial();
+    const GOOD: usize = 20;
+    // The server waits longer for a confirmation than the clients wait for an answer, so
+    // that a listener that waits on one handshake at a time cannot get through the silent
+    // one before the others give up.
+    let mut options = ListenerOptions::default();
+    options.connection.connect_timeout = Duration::from_secs(30);
+    let listener = Listener::bind_with(SocketAddr::new(ip(), 0), options).expect("bind");
+    let addr = listener.local_addr();
+    let server = rt.spawn(async move {
+        let mut accepted = Vec::new();
+        while accepted.len() < GOOD {
+            accepted.push(listener.accept().await.expect("accept"));
+        }
+        (listener, accepted)
+    });
+    // Its request is on the way before any other.
+    let silent = std::thread::spawn(move || SilentClient::connect(addr))
+        .join()
+        .expect("the silent client's setup");
+    anyrdma::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let clients: Vec<_> = (0..GOOD)
+        .map(|_| rt.spawn(Connection::connect(addr, ConnectionOptions::default())))
+        .collect();
+    let mut failed = Vec::new();
+    let mut connected = Vec::new();
+    for client in clients {
+        match within(30, "a client", client).await {
+            Ok(conn) => connected.push(conn),
+            Err(err) => failed.push(err.to_string()),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{}: {} of {GOOD} clients failed beside a silent handshake: {failed:?}",
+        rt.name(),
+        failed.len()
+    );
+    let (_listener, accepted) = within(30, "the server", server).await;
+    assert_eq!(accepted.len(), GOOD);
+    println!(
+        "{}: {GOOD} clients accepted beside a silent handshake in {:?}",
+        rt.name(),
+        started.elapsed()
+    );
+    drop(silent);
+}
+
+runtime_tests!(a_silent_handshake_does_not_stall_accept);
