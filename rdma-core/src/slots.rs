@@ -654,3 +654,6 @@ fn completion_error(wc: &ibv_wc, info: &SlotInfo) -> Error {
     }
     describe()
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,8 +5,8 @@ use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Wake, Waker};
 
-/// How many work completions one `ibv_poll_cq` call takes, and so how many tasks one poll
-/// can have to wake.
+/// How many work completions one `ibv_poll_cq` call takes (one poll can have more tasks
+/// than that to wake: see [`WakeList`]).
 pub(crate) const POLL_BATCH: usize = 32;
 
 /// Locks `mutex`. Nothing done under these locks panics on any input; should something
@@ -87,10 +87,15 @@ impl Wake for WakerSet {
 }
 
 /// Wakers gathered under the lock and woken after it is released. Built on every poll, so
-/// it costs nothing until used: no initialised array, no allocation.
+/// it costs nothing until used: no initialised array, and no allocation for the first
+/// `POLL_BATCH` wakers. One signaled completion can complete many unsignaled requests (up
+/// to `signal_every - 1` before it), each with a task to wake, so a poll may gather more:
+/// those spill into a vector.
 pub(crate) struct WakeList {
     wakers: [MaybeUninit<Waker>; POLL_BATCH],
     len: usize,
+    /// Wakers past the first `POLL_BATCH`.
+    spilled: Vec<Waker>,
     /// Buffers of dropped operations, freed outside the lock.
     pub(crate) released: Vec<Box<dyn Any + Send>>,
 }
@@ -100,20 +105,25 @@ impl WakeList {
         WakeList {
             wakers: [const { MaybeUninit::uninit() }; POLL_BATCH],
             len: 0,
+            spilled: Vec::new(),
             released: Vec::new(),
         }
     }
 
-    /// Adds a waker; at most one per completion of one `ibv_poll_cq` batch is ever added
-    /// between two runs.
+    /// Adds a waker, to be woken by the next [`WakeList::run`].
+    #[inline]
     pub(crate) fn push(&mut self, waker: Waker) {
-        self.wakers[self.len].write(waker);
-        self.len += 1;
+        if self.len < POLL_BATCH {
+            self.wakers[self.len].write(waker);
+            self.len += 1;
+        } else {
+            self.spilled.push(waker);
+        }
     }
 
     #[inline]
     pub(crate) fn run(&mut self) {
-        if self.len != 0 || !self.released.is_empty() {
+        if self.len != 0 || !self.spilled.is_empty() || !self.released.is_empty() {
             self.wake_and_release();
         }
     }
@@ -125,6 +135,9 @@ impl WakeList {
             // SAFETY: the first `len` entries were written by push and are read once: `len`
             // is reset first, so neither run nor drop reads them again.
             unsafe { waker.assume_init_read() }.wake();
+        }
+        for waker in self.spilled.drain(..) {
+            waker.wake();
         }
         self.released.clear();
     }
