@@ -127,7 +127,7 @@ fn assert_nothing_held(table: &SlotTable, qp: &QpStatus) {
 
 /// 32 signaled completions in one poll, each covering `signal_every - 1` waiting writes:
 /// 512 tasks to wake from one `ibv_poll_cq` batch (a fast NIC that completed 513 writes of
-/// many tasks while the poller slept). Every task is woken once and gets its result; the
+/// many tasks while no task polled). Every task is woken once and gets its result; the
 /// polling task gets its own directly.
 #[test]
 fn a_burst_of_signaled_completions_wakes_every_covered_task_once() {
