@@ -1,32 +1,41 @@
 //! Completion queues and the completion engine.
 //!
 //! Each in-flight work request owns a slot in its completion queue's slab; its `wr_id` is
-//! the slot index plus a generation. Whoever polls an operation's future polls the CQ in
-//! batches and dispatches every completion to its slot, waking the task that waits there:
-//! there is no background thread and no timer. When the CQ is empty, the future arms the
-//! CQ (`ibv_req_notify_cq`), polls once more to close the race with completions that
-//! arrived meanwhile, and sleeps on the completion channel's fd through the context's
-//! runtime. The fd is registered with that runtime on the first such sleep (never in busy
-//! mode), from inside the waiting task.
+//! the slot index plus a generation. Polling the CQ dispatches every completion found to its
+//! slot and wakes the task that waits there (only that one): there is no background thread
+//! and no timer.
 //!
-//! One task at a time sleeps on the channel: the poller. Every other waiting task sleeps on
-//! its own slot, whose waker the dispatch of its completion wakes; a channel event wakes
-//! only the poller, which polls the CQ for everyone. When the poller's operation completes
-//! or its future is dropped, the task that has waited longest is woken to take over. So a
-//! completion costs at most about two wake-ups, however many tasks wait on the CQ.
+//! A task whose operation is polled takes its result from its slot if a poll already
+//! delivered it; otherwise it polls the CQ itself, once (the fast path: no wake-up between a
+//! completion and its task when the completion is already there). If its own completion is
+//! not there yet, it leaves its waker in its slot and sleeps: no task ever waits on another
+//! task's polling, so a future that is polled and then kept aside unpolled holds up nothing
+//! but itself.
 //!
-//! The price: a future that has been polled must be polled again when its task is woken,
-//! or dropped. One kept aside unpolled (for example the losing branch of a `select!` that
-//! is kept for later) may be the poller, and the other operations of its CQ then wait
-//! until it is polled or dropped.
+//! In event mode, the completion channel is watched by the CQ's own driver: the waker the
+//! reactor holds for the channel's fd is not a task's but the CQ's. When the channel
+//! signals, the reactor's wake-up itself takes the channel events, polls the CQ and
+//! dispatches what it finds (waking exactly the tasks whose completions came), re-arms the
+//! CQ (`ibv_req_notify_cq`) and polls once more to close the race with completions that
+//! arrived meanwhile, then registers the channel with the reactor again. A waiting task only
+//! makes sure this is so before it sleeps: when the driver does not watch (the first wait,
+//! or the channel's round is under way) it runs a round itself, and a round already under
+//! way on another thread is asked to run once more instead. The fd is registered with the
+//! context's runtime on the first such round (never in busy mode), from inside the waiting
+//! task. So a completion costs about one wake-up, of its own task, however many tasks wait
+//! on the CQ. The driver holds the CQ weakly: a CQ dropped while the reactor still holds its
+//! waker is simply not driven.
+//!
+//! In busy mode the tasks poll the CQ themselves until their completion comes, yielding
+//! to the executor between rounds of polls; the channel is never watched. A CQ whose
+//! channel fails (or whose runtime cannot watch it) falls back to that.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
 use rdma_sys::*;
 
@@ -34,7 +43,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runtime::{default_runtime, set_nonblocking, ReadinessFd, RuntimeHandle};
 use crate::slots::{QpStatus, SlotId, SlotInfo, SlotResult, SlotTable};
-use crate::wake::{lock, ChannelTarget, WakeList, POLL_BATCH};
+use crate::wake::{lock, DriveState, WakeList, POLL_BATCH};
 
 /// Polls of an empty CQ in busy mode before yielding to the executor: a yield costs more
 /// than a poll.
@@ -45,14 +54,13 @@ const ACK_BATCH: u32 = 64;
 /// How a task waits for completions when the CQ is empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PollMode {
-    /// Poll the CQ up to `spin` more times, then arm it and sleep until the completion
-    /// channel signals. Uses no CPU while idle.
+    /// Poll the CQ up to `spin` more times, then sleep until the completion comes. Uses no
+    /// CPU while idle.
     ///
-    /// One waiting task at a time sleeps on the channel and polls the CQ for all of them
-    /// (the others are woken when their completion is found, or to take over when that task
-    /// stops waiting). So a task that keeps an operation's future without polling it again
-    /// after being woken can hold up the other operations of its CQ: poll an operation you
-    /// keep, or drop it (dropping never loses the buffers).
+    /// The CQ's completion channel wakes the CQ itself, not a task: the runtime's reactor
+    /// then polls the CQ and wakes exactly the tasks whose completions it found. No task
+    /// polls for another, so an operation's future kept aside unpolled (the losing branch of
+    /// a `select!` kept for later, say) holds up no other operation of its CQ.
     Event {
         /// Extra polls of an empty CQ before sleeping (0: sleep at once).
         spin: u32,
@@ -115,9 +123,9 @@ pub(crate) struct CqShared {
     /// The channel's fd registered with the runtime, on the first sleep. Dropped before the
     /// channel is destroyed.
     watch: OnceLock<Box<dyn ReadinessFd>>,
-    /// Whom the channel's waker wakes: the poller, set under `state` by the poller only.
-    channel_target: Arc<ChannelTarget>,
-    /// The waker the reactor holds for the channel: wakes the `channel_target`.
+    /// Who drives the channel now, and whether the reactor watches it.
+    driving: DriveState,
+    /// The waker the reactor holds for the channel: the CQ's own driver ([`ChannelWaker`]).
     channel_waker: Waker,
     /// The device events' generation (plus one) when this CQ last polled them.
     events_seen: AtomicU64,
@@ -145,11 +153,23 @@ struct CqState {
     broken: bool,
     /// The failure of `ibv_poll_cq`, until the task that takes it fails the CQ's queue pairs.
     poll_error: Option<Arc<Error>>,
-    /// The slot whose task sleeps on the channel for every waiting task (event mode).
-    poller: Option<SlotId>,
-    /// Slots whose tasks wait for their completion and may take over as the poller, oldest
-    /// first. Entries of slots that completed meanwhile are skipped, and pruned now and then.
-    standby: VecDeque<SlotId>,
+}
+
+/// The waker the reactor holds for a CQ's completion channel: a wake-up drives the CQ (see
+/// the module docs). It holds the CQ weakly, so a CQ that is gone is not driven and is not
+/// kept alive by a reactor that has not dropped its registration yet.
+struct ChannelWaker(Weak<CqShared>);
+
+impl Wake for ChannelWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(cq) = self.0.upgrade() {
+            cq.channel_signalled();
+        }
+    }
 }
 
 impl CompletionQueue {
@@ -188,9 +208,8 @@ impl CompletionQueue {
         };
         // SAFETY: `raw` is the CQ just created; ibv_create_cq may round the size up.
         let entries = unsafe { (*raw.as_ptr()).cqe }.max(1) as u32;
-        let channel_target = Arc::new(ChannelTarget::default());
         Ok(CompletionQueue {
-            shared: Arc::new(CqShared {
+            shared: Arc::new_cyclic(|weak| CqShared {
                 raw,
                 channel,
                 fd,
@@ -208,12 +227,10 @@ impl CompletionQueue {
                     watch_error: None,
                     broken: false,
                     poll_error: None,
-                    poller: None,
-                    standby: VecDeque::new(),
                 }),
-                channel_waker: Waker::from(channel_target.clone()),
+                driving: DriveState::default(),
+                channel_waker: Waker::from(Arc::new(ChannelWaker(weak.clone()))),
                 events_seen: AtomicU64::new(0),
-                channel_target,
                 entries,
                 mode: options.poll_mode,
                 ctx: ctx.clone(),
@@ -317,30 +334,13 @@ impl CqShared {
     /// CQ itself, registers no waker and never waits (for owners that collect many finished
     /// operations at once, while other operations drive the CQ).
     pub(crate) fn take_if_done(&self, id: SlotId) -> Option<SlotResult> {
-        let mut state = lock(&self.state);
-        let result = state.table.take_done(id)?;
-        self.stopped_waiting(state, id);
-        Some(result)
+        lock(&self.state).table.take_done(id)
     }
 
-    /// The task of `id` stops waiting (its result was taken, its future dropped, or it no
-    /// longer polls): unlocks, and hands the poller role on if `id` had it.
-    #[inline]
-    fn stopped_waiting(&self, mut state: MutexGuard<'_, CqState>, id: SlotId) {
-        let successor = self.leave(&mut state, id);
-        drop(state);
-        if let Some(successor) = successor {
-            successor.wake();
-        }
-    }
-
-    /// The task of `waker` stops waiting for `id`: the slot forgets it, and if `id` held the
-    /// polling role, the task that has waited longest takes it over.
+    /// The task of `waker` stops waiting for `id`: the slot forgets it (whoever polls the
+    /// operation next registers anew). Nothing else depends on it: no task waits on another.
     pub(crate) fn stop_waiting(&self, id: SlotId, waker: &Waker) {
-        let mut state = lock(&self.state);
-        if state.table.forget_waker(id, waker) {
-            self.stopped_waiting(state, id);
-        }
+        lock(&self.state).table.forget_waker(id, waker);
     }
 
     /// Gives back a slot whose work requests were never posted.
@@ -350,9 +350,7 @@ impl CqShared {
 
     /// Marks the future of `id` as gone: its buffers wait in the slot for the completion.
     pub(crate) fn abandon(&self, id: SlotId, buffers: Box<dyn Any + Send>) {
-        let mut state = lock(&self.state);
-        let done_already = state.table.abandon(id, buffers);
-        self.stopped_waiting(state, id);
+        let done_already = lock(&self.state).table.abandon(id, buffers);
         drop(done_already); // outside the lock: dropping buffers may deregister memory
     }
 
@@ -396,11 +394,13 @@ impl CqShared {
         applied > 0
     }
 
-    /// Polls for the completion of slot `id`, driving the CQ as described in the module docs.
-    /// The result stays boxed on error: the caller unboxes it once, into its own output.
+    /// Polls for the completion of slot `id`, as described in the module docs. The result
+    /// stays boxed on error: the caller unboxes it once, into its own output.
     #[inline]
     pub(crate) fn poll_slot(&self, id: SlotId, cx: &mut TaskContext<'_>) -> Poll<SlotResult> {
         // A task whose operations are always complete when polled must still let others run.
+        // (Refused here, the task is woken by the runtime to poll again; until then its slot
+        // keeps whatever waker it had, and no other operation depends on it.)
         if let Some(runtime) = self.runtime.get() {
             if runtime.poll_budget(cx).is_pending() {
                 return Poll::Pending;
@@ -408,8 +408,7 @@ impl CqShared {
         }
         let mut state = lock(&self.state);
         if let Some(result) = state.table.take_done(id) {
-            // Already dispatched by another task's poll: no wake list, no CQ poll.
-            self.stopped_waiting(state, id);
+            // Already dispatched by another poll: no wake list, no CQ poll.
             return Poll::Ready(result);
         }
         let mut first = Some(state);
@@ -422,7 +421,7 @@ impl CqShared {
                 None => self.poll_cq(&mut state, &mut wake, Some(id)),
             };
             if let Some(result) = own {
-                self.stopped_waiting(state, id);
+                drop(state);
                 wake.run();
                 return Poll::Ready(result);
             }
@@ -459,39 +458,24 @@ impl CqShared {
                 }
                 PollMode::Event { .. } => {
                     state.table.set_waker(id, cx.waker());
-                    if !Self::claim_poller(&mut state, id) {
-                        // The poller wakes this task with its completion, or to take over.
-                        if state.table.mark_standby(id) {
-                            Self::queue_standby(&mut state, id);
-                        }
+                    if state.armed && self.driving.is_watched() {
+                        // The CQ was armed before the driver's last poll and the reactor
+                        // watches the channel: our completion wakes the driver, which wakes us.
                         drop(state);
                         wake.run();
                         return Poll::Pending;
                     }
-                    if !state.armed {
-                        // Arm, then poll again: a completion that arrived before the arm
-                        // raises no event.
-                        if let Err(err) = self.arm(&mut state) {
-                            self.fail_channel(&mut state, err);
-                        }
-                        drop(state);
-                        wake.run();
-                        continue;
-                    }
-                    let Some(watch) = self.watch_channel(&mut state) else {
-                        drop(state);
-                        wake.run();
-                        continue; // no way to sleep: poll instead (channel_failed is set)
-                    };
-                    self.channel_target.set(cx.waker());
                     drop(state);
-                    if self.poll_device_events(Some(&self.channel_waker)) {
+                    wake.run();
+                    if let Some(result) = self.drive(Some(id)) {
+                        return Poll::Ready(result);
+                    }
+                    let state = lock(&self.state);
+                    if state.channel_failed {
+                        first = Some(state); // no way to sleep: poll instead
                         continue;
                     }
-                    match self.wait_channel(watch) {
-                        Poll::Ready(()) => continue,
-                        Poll::Pending => return Poll::Pending,
-                    }
+                    return Poll::Pending;
                 }
             }
             spins += 1;
@@ -500,66 +484,119 @@ impl CqShared {
         }
     }
 
-    /// Makes the task of `id` the poller, unless another task is (the poller's slot stays
-    /// taken until its task collects the result, and it hands the role over then).
-    fn claim_poller(state: &mut CqState, id: SlotId) -> bool {
-        match state.poller {
-            Some(poller) if poller != id && state.table.is_live(poller) => false,
-            _ => {
-                state.poller = Some(id);
-                true
-            }
-        }
+    /// The reactor's wake-up of the completion channel's waker (or of the device's events,
+    /// which it watches too): drives the CQ. Never called with the state locked by this
+    /// thread: the reactors call wakers outside the registrations' locks, and this module
+    /// never wakes the channel's waker itself.
+    fn channel_signalled(&self) {
+        self.driving.clear_watched();
+        let none = self.drive(None);
+        debug_assert!(none.is_none(), "no slot is handed back to the reactor");
     }
 
-    /// Queues `id` to take over as the poller, pruning entries of slots that completed.
-    fn queue_standby(state: &mut CqState, id: SlotId) {
-        state.standby.push_back(id);
-        if state.standby.len() > 2 * state.table.in_use() + 16 {
-            let CqState { standby, table, .. } = state;
-            standby.retain(|&queued| table.is_standby(queued));
-        }
-    }
-
-    /// The task of `id` stops waiting. If it was the poller, the task that has waited
-    /// longest becomes the poller at once (so that it hands the role on in turn, even if it
-    /// finds its own completion without sleeping); its waker is returned, to be woken
-    /// outside the lock.
-    #[inline]
-    fn leave(&self, state: &mut CqState, id: SlotId) -> Option<Waker> {
-        if state.poller != Some(id) {
+    /// Runs rounds of the driver (see [`CqShared::drive_round`]) unless another caller runs
+    /// them, which then runs one more. Returns the result of slot `polling` if a round found
+    /// its completion. Called without the state lock.
+    fn drive(&self, polling: Option<SlotId>) -> Option<SlotResult> {
+        if !self.driving.begin() {
             return None;
         }
-        self.hand_over(state)
-    }
-
-    /// The poller stops waiting: see [`CqShared::leave`].
-    fn hand_over(&self, state: &mut CqState) -> Option<Waker> {
-        state.poller = None;
-        while let Some(next) = state.standby.pop_front() {
-            if let Some(waker) = state.table.take_standby(next) {
-                state.poller = Some(next);
-                self.channel_target.set(&waker);
-                return Some(waker);
+        let mut own = None;
+        loop {
+            self.drive_round(polling, &mut own);
+            if self.driving.finish() {
+                return own;
             }
         }
-        None
+    }
+
+    /// One round of the driver: takes the channel's events, polls the CQ until it is empty
+    /// (dispatching every completion, waking their tasks outside the lock), arms the CQ and
+    /// polls once more, reads the device's events, and registers the channel with the
+    /// reactor, with the CQ's own waker. Ends with the channel watched (the reactor wakes
+    /// the driver on the next completion), or with the channel given up (every waiting task
+    /// woken to poll instead). The result of `polling`, if found, goes to `own`.
+    fn drive_round(&self, polling: Option<SlotId>, own: &mut Option<SlotResult>) {
+        let mut wake = WakeList::new();
+        loop {
+            let mut state = lock(&self.state);
+            let (found, result) = self.poll_cq(&mut state, &mut wake, polling);
+            if result.is_some() {
+                *own = result;
+            }
+            if found > 0 {
+                drop(state);
+                wake.run();
+                continue;
+            }
+            if let Some(error) = state.poll_error.take() {
+                drop(state);
+                wake.run();
+                self.ctx.inner.events.fail_cq(self.raw() as usize, &error);
+                continue;
+            }
+            if state.channel_failed {
+                return;
+            }
+            if !state.armed {
+                // Arm, then poll again: a completion that arrived before the arm raises no
+                // event.
+                if let Err(err) = self.arm(&mut state) {
+                    self.fail_channel(&mut state, err, &mut wake);
+                }
+                continue;
+            }
+            let Some(watch) = self.watch_channel(&mut state, &mut wake) else {
+                continue; // no way to sleep: the tasks poll instead (channel_failed is set)
+            };
+            drop(state);
+            wake.run();
+            if self.poll_device_events(Some(&self.channel_waker)) {
+                continue;
+            }
+            let mut channel_cx = TaskContext::from_waker(&self.channel_waker);
+            let event = match watch.poll_read_with(&mut channel_cx, &mut || self.get_event()) {
+                Poll::Pending => {
+                    self.driving.set_watched();
+                    return;
+                }
+                Poll::Ready(event) => event,
+            };
+            let mut state = lock(&self.state);
+            if let Err(source) = event {
+                // The reactor refused (its runtime shut down, say) or the channel failed.
+                let runtime = self.runtime.get().map_or("none", RuntimeHandle::name);
+                let reason = Error::Runtime {
+                    runtime,
+                    what: "the completion channel",
+                    source,
+                };
+                self.fail_channel(&mut state, reason, &mut wake);
+                continue;
+            }
+            state.armed = false;
+            state.unacked += 1;
+            if state.unacked >= ACK_BATCH {
+                // SAFETY: the CQ is valid; `unacked` events were taken from it.
+                unsafe { ibv_ack_cq_events(self.raw(), state.unacked) };
+                state.unacked = 0;
+            }
+            // Re-arm before polling again: a completion after that poll raises an event.
+            if let Err(err) = self.arm(&mut state) {
+                self.fail_channel(&mut state, err, &mut wake);
+            }
+        }
     }
 
     /// The channel cannot be used, for `reason` (kept for [`CompletionQueue::wait_error`]):
-    /// every waiting task is woken to poll instead (a rare path: they are woken under the
-    /// lock).
-    fn fail_channel(&self, state: &mut CqState, reason: Error) {
+    /// every waiting task is queued in `wake`, to be woken once the lock is released, and
+    /// polls from then on.
+    fn fail_channel(&self, state: &mut CqState, reason: Error, wake: &mut WakeList) {
         crate::trace::event!(warn, %reason, "completion channel given up: polling instead");
         state.channel_failed = true;
         state.watch_error.get_or_insert_with(|| Arc::new(reason));
-        state.poller = None;
-        self.channel_waker.wake_by_ref();
-        while let Some(next) = state.standby.pop_front() {
-            if let Some(waker) = state.table.take_standby(next) {
-                waker.wake();
-            }
-        }
+        self.driving.clear_watched();
+        state.table.wake_all_waiting(wake);
     }
 
     /// The runtime that waits for this CQ's completions (see the `runtime` field).
@@ -574,7 +611,7 @@ impl CqShared {
     /// The completion channel's fd as registered with the runtime: registered on the first
     /// call, under the state lock so that it happens once. When the runtime cannot watch
     /// it, the CQ falls back to polling and keeps the reason ([`CompletionQueue::wait_error`]).
-    fn watch_channel(&self, state: &mut CqState) -> Option<&dyn ReadinessFd> {
+    fn watch_channel(&self, state: &mut CqState, wake: &mut WakeList) -> Option<&dyn ReadinessFd> {
         if let Some(watch) = self.watch.get() {
             return Some(&**watch);
         }
@@ -590,48 +627,10 @@ impl CqShared {
         match registered {
             Ok(watch) => Some(&**self.watch.get_or_init(|| watch)),
             Err(err) => {
-                self.fail_channel(state, err);
+                self.fail_channel(state, err, wake);
                 None
             }
         }
-    }
-
-    /// Sleeps on the completion channel; Ready once an event was taken (the CQ is re-armed
-    /// then, and must be polled again).
-    ///
-    /// The reactor always holds the CQ's own channel waker, which wakes whichever task is the
-    /// poller when the event comes: a task that stopped being the poller while it was still
-    /// registering cannot take the wake-up with it.
-    fn wait_channel(&self, watch: &dyn ReadinessFd) -> Poll<()> {
-        let mut channel_cx = TaskContext::from_waker(&self.channel_waker);
-        let event = match watch.poll_read_with(&mut channel_cx, &mut || self.get_event()) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(event) => event,
-        };
-        let mut state = lock(&self.state);
-        if let Err(source) = event {
-            // The reactor refused (its runtime shut down, say) or the channel failed.
-            let runtime = self.runtime.get().map_or("none", RuntimeHandle::name);
-            let reason = Error::Runtime {
-                runtime,
-                what: "the completion channel",
-                source,
-            };
-            self.fail_channel(&mut state, reason);
-            return Poll::Ready(());
-        }
-        state.armed = false;
-        state.unacked += 1;
-        if state.unacked >= ACK_BATCH {
-            // SAFETY: the CQ is valid; `unacked` events were taken from it.
-            unsafe { ibv_ack_cq_events(self.raw(), state.unacked) };
-            state.unacked = 0;
-        }
-        // Re-arm before polling again: a completion after that poll then raises an event.
-        if let Err(err) = self.arm(&mut state) {
-            self.fail_channel(&mut state, err);
-        }
-        Poll::Ready(())
     }
 
     fn arm(&self, state: &mut CqState) -> Result<()> {

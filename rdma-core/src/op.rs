@@ -189,9 +189,8 @@ impl<B: Buffers, O: Outcome> Op<B, O> {
     }
 
     /// The task of `waker` no longer polls this operation: if the operation would wake it,
-    /// it forgets it, and hands on the completion queue's polling role if it held it (for
-    /// operations that several tasks poll: see the messenger's `waiting` module). The
-    /// operation goes on; whoever polls it next registers anew.
+    /// it forgets it (for operations that several tasks poll: see the messenger's `waiting`
+    /// module). The operation goes on; whoever polls it next registers anew.
     pub(crate) fn stop_waiting(&self, waker: &std::task::Waker) {
         if let Some(id) = self.slot {
             self.owner.cq().stop_waiting(id, waker);

@@ -141,8 +141,6 @@ enum SlotState {
     Pending {
         info: SlotInfo,
         waker: Option<Waker>,
-        /// In the CQ's queue of tasks that may take over watching its channel.
-        standby: bool,
         /// Boxed: errors are rare, and slots stay small.
         first_error: Option<Box<Error>>,
         /// The buffers of an operation whose future was dropped; released on completion.
@@ -222,7 +220,6 @@ impl SlotTable {
         let pending = SlotState::Pending {
             info,
             waker: None,
-            standby: false,
             first_error: None,
             abandoned: None,
         };
@@ -292,43 +289,16 @@ impl SlotTable {
         }
     }
 
-    /// Whether `id` is still taken: posted, or completed and its result not yet collected.
-    pub(crate) fn is_live(&self, id: SlotId) -> bool {
-        let slot = &self.slots[id.index as usize];
-        slot.generation == id.generation && !matches!(slot.state, SlotState::Free)
-    }
-
-    /// Marks `id` as queued to take over the channel; false if it already is (or is not
-    /// pending).
-    pub(crate) fn mark_standby(&mut self, id: SlotId) -> bool {
-        let slot = &mut self.slots[id.index as usize];
-        match &mut slot.state {
-            SlotState::Pending { standby, .. } if slot.generation == id.generation && !*standby => {
-                *standby = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Whether `id` still waits in the queue of tasks that may take over the channel.
-    pub(crate) fn is_standby(&self, id: SlotId) -> bool {
-        let slot = &self.slots[id.index as usize];
-        slot.generation == id.generation
-            && matches!(slot.state, SlotState::Pending { standby: true, .. })
-    }
-
-    /// Takes `id` out of that queue and returns its task's waker, if it still waits.
-    pub(crate) fn take_standby(&mut self, id: SlotId) -> Option<Waker> {
-        let slot = &mut self.slots[id.index as usize];
-        match &mut slot.state {
-            SlotState::Pending { standby, waker, .. }
-                if slot.generation == id.generation && *standby =>
+    /// Queues in `wake` the task of every slot that waits for its completion (they go on
+    /// waiting: their wakers stay), for a change that concerns them all.
+    pub(crate) fn wake_all_waiting(&self, wake: &mut WakeList) {
+        for slot in &self.slots {
+            if let SlotState::Pending {
+                waker: Some(waker), ..
+            } = &slot.state
             {
-                *standby = false;
-                waker.clone()
+                wake.push(waker.clone());
             }
-            _ => None,
         }
     }
 
@@ -665,3 +635,6 @@ fn completion_error(wc: &ibv_wc, info: &SlotInfo) -> Error {
     }
     describe()
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,11 +2,12 @@
 
 use std::any::Any;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Wake, Waker};
 
-/// How many work completions one `ibv_poll_cq` call takes, and so how many tasks one poll
-/// can have to wake.
+/// How many work completions one `ibv_poll_cq` call takes (one poll can have more tasks
+/// than that to wake: see [`WakeList`]).
 pub(crate) const POLL_BATCH: usize = 32;
 
 /// Locks `mutex`. Nothing done under these locks panics on any input; should something
@@ -17,33 +18,78 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The task the completion channel's waker wakes: the CQ's poller. The reactor holds a
-/// waker of this (one per CQ, never replaced), so the task it reaches can change without
-/// registering the fd again, and a task that is no longer the poller cannot keep the
-/// wake-up to itself.
+/// Who drives a completion queue's channel, and whether the reactor watches it: the state
+/// of the CQ's own driver (see the `cq` module), in one atomic word.
+///
+/// One caller at a time drives (takes channel events, polls, re-arms, watches); a caller that
+/// finds another at work asks it for one more round instead of waiting or running beside it,
+/// so the driver is never re-entered (a wake-up from inside a round only asks for another).
 #[derive(Default)]
-pub(crate) struct ChannelTarget(Mutex<Option<Waker>>);
+pub(crate) struct DriveState(AtomicU8);
 
-impl ChannelTarget {
-    pub(crate) fn set(&self, waker: &Waker) {
-        let mut target = lock(&self.0);
-        match &*target {
-            Some(current) if current.will_wake(waker) => {}
-            _ => *target = Some(waker.clone()),
+/// A caller drives now.
+const DRIVING: u8 = 1;
+/// Another round was asked for while one ran: whatever the running round saw may be stale.
+const AGAIN: u8 = 2;
+/// The last round ended with the CQ armed and its channel registered with the reactor (or a
+/// wake-up of the driver on its way): a completion wakes the driver.
+const WATCHED: u8 = 4;
+
+impl DriveState {
+    /// Whether the caller is to drive now: false when another caller drives, which is then
+    /// asked for one more round (which covers what this caller wanted).
+    pub(crate) fn begin(&self) -> bool {
+        let mut current = self.0.load(Ordering::Acquire);
+        loop {
+            let next = if current & DRIVING == 0 {
+                current | DRIVING
+            } else {
+                current | AGAIN
+            };
+            match self
+                .0
+                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return current & DRIVING == 0,
+                Err(actual) => current = actual,
+            }
         }
     }
-}
 
-impl Wake for ChannelTarget {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+    /// The driver finished a round: true when it may stop, false when another round was
+    /// asked for meanwhile (it then runs it).
+    pub(crate) fn finish(&self) -> bool {
+        let mut current = self.0.load(Ordering::Acquire);
+        loop {
+            let (next, done) = if current & AGAIN != 0 {
+                (current & !AGAIN, false)
+            } else {
+                (current & !DRIVING, true)
+            };
+            match self
+                .0
+                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return done,
+                Err(actual) => current = actual,
+            }
+        }
     }
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        let target = lock(&self.0).take();
-        if let Some(waker) = target {
-            waker.wake();
-        }
+    /// The round ends with the channel watched (set by the driver only).
+    pub(crate) fn set_watched(&self) {
+        self.0.fetch_or(WATCHED, Ordering::AcqRel);
+    }
+
+    /// The reactor's wake-up came, or the channel failed: nobody watches until a round ends.
+    pub(crate) fn clear_watched(&self) {
+        self.0.fetch_and(!WATCHED, Ordering::AcqRel);
+    }
+
+    /// Whether a completion is sure to wake the driver.
+    #[inline]
+    pub(crate) fn is_watched(&self) -> bool {
+        self.0.load(Ordering::Acquire) & WATCHED != 0
     }
 }
 
@@ -87,10 +133,15 @@ impl Wake for WakerSet {
 }
 
 /// Wakers gathered under the lock and woken after it is released. Built on every poll, so
-/// it costs nothing until used: no initialised array, no allocation.
+/// it costs nothing until used: no initialised array, and no allocation for the first
+/// `POLL_BATCH` wakers. One signaled completion can complete many unsignaled requests (up
+/// to `signal_every - 1` before it), each with a task to wake, so a poll may gather more:
+/// those spill into a vector.
 pub(crate) struct WakeList {
     wakers: [MaybeUninit<Waker>; POLL_BATCH],
     len: usize,
+    /// Wakers past the first `POLL_BATCH`.
+    spilled: Vec<Waker>,
     /// Buffers of dropped operations, freed outside the lock.
     pub(crate) released: Vec<Box<dyn Any + Send>>,
 }
@@ -100,20 +151,25 @@ impl WakeList {
         WakeList {
             wakers: [const { MaybeUninit::uninit() }; POLL_BATCH],
             len: 0,
+            spilled: Vec::new(),
             released: Vec::new(),
         }
     }
 
-    /// Adds a waker; at most one per completion of one `ibv_poll_cq` batch is ever added
-    /// between two runs.
+    /// Adds a waker, to be woken by the next [`WakeList::run`].
+    #[inline]
     pub(crate) fn push(&mut self, waker: Waker) {
-        self.wakers[self.len].write(waker);
-        self.len += 1;
+        if self.len < POLL_BATCH {
+            self.wakers[self.len].write(waker);
+            self.len += 1;
+        } else {
+            self.spilled.push(waker);
+        }
     }
 
     #[inline]
     pub(crate) fn run(&mut self) {
-        if self.len != 0 || !self.released.is_empty() {
+        if self.len != 0 || !self.spilled.is_empty() || !self.released.is_empty() {
             self.wake_and_release();
         }
     }
@@ -125,6 +181,9 @@ impl WakeList {
             // SAFETY: the first `len` entries were written by push and are read once: `len`
             // is reset first, so neither run nor drop reads them again.
             unsafe { waker.assume_init_read() }.wake();
+        }
+        for waker in self.spilled.drain(..) {
+            waker.wake();
         }
         self.released.clear();
     }
