@@ -6,9 +6,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
-use super::engine::{Engine, State, READS_IN_FLIGHT};
+use super::engine::{Engine, State};
 use super::handshake::{self, PeerSizes};
 use super::header::{Kind, Rendezvous, HEADER_LEN, REQUEST_LEN};
+use super::protocol::{Gate, Limits, Protocol, Route, READS_IN_FLIGHT};
 use super::waiting::{self, Place};
 use super::MessengerOptions;
 use crate::cm::{Connection, ConnectionOptions, Incoming};
@@ -182,19 +183,25 @@ impl Messenger {
         peer: PeerSizes,
         connection: Option<Connection>,
     ) -> Messenger {
-        let depth = posted.posted.len();
+        let depth = options.depth;
         let send_limit = qp.caps().max_send_wr as usize - READS_IN_FLIGHT;
+        let protocol = Protocol::new(Limits {
+            depth,
+            credit_batch: Limits::credit_batch_for(depth),
+            peer_depth: peer.depth,
+            peer_eager_limit: peer.eager_limit,
+            max_message: options.max_message,
+            send_limit,
+        });
         Messenger {
             inner: Arc::new(Engine {
                 qp,
                 pool: posted.pool,
                 read_pool: posted.read_pool,
                 receive_len: posted.receive_len,
-                max_message: options.max_message,
-                peer,
-                credit_batch: (depth / 4).max(1),
+                peer_max_message: peer.max_message,
                 send_limit,
-                state: Mutex::new(State::new(posted.posted, peer.depth)),
+                state: Mutex::new(State::new(protocol, posted.posted)),
                 connection,
             }),
         }
@@ -208,13 +215,13 @@ impl Messenger {
 
     /// The largest message this side may send (the peer's largest).
     pub fn max_message(&self) -> usize {
-        self.inner.peer.max_message
+        self.inner.peer_max_message
     }
 
     /// Messages up to this many bytes travel in one send; larger ones by rendezvous (the
     /// peer reads them).
     pub fn eager_limit(&self) -> usize {
-        self.inner.peer.eager_limit
+        lock(&self.inner.state).protocol.limits().peer_eager_limit
     }
 
     /// Large messages of this side still exposed to the peer (sent by rendezvous, and not
@@ -265,14 +272,15 @@ impl Messenger {
 
     async fn send_message(&self, data: &[u8], imm: Option<u32>) -> Result<()> {
         let engine = &*self.inner;
-        if data.len() > engine.peer.max_message {
+        if data.len() > engine.peer_max_message {
             return Err(Error::TooLarge {
                 what: "message (Messenger::max_message)",
                 len: data.len(),
-                max: engine.peer.max_message,
+                max: engine.peer_max_message,
             });
         }
-        if data.len() <= engine.peer.eager_limit {
+        let route = lock(&engine.state).protocol.route(data.len());
+        if route == Route::Eager {
             let mut message = engine.pool.alloc(HEADER_LEN + data.len())?;
             message[HEADER_LEN..].copy_from_slice(data);
             return self.post_with(Kind::Data, imm, message, |_, _| {}).await;
@@ -284,8 +292,7 @@ impl Messenger {
         let request = engine.pool.alloc(HEADER_LEN + REQUEST_LEN)?;
         let mut exposed = Some(exposed);
         self.post_with(Kind::Request, imm, request, |state, request| {
-            let id = state.next_token;
-            state.next_token = state.next_token.wrapping_add(1);
+            let id = state.protocol.expose();
             Rendezvous {
                 addr: remote.addr,
                 len: remote.len,
@@ -334,17 +341,18 @@ impl Messenger {
         if kind == Kind::Request && !state.exposed.is_empty() {
             engine.pump(state, cx);
         }
+        let route = if kind == Kind::Request {
+            Route::Rendezvous
+        } else {
+            Route::Eager
+        };
         loop {
-            if let Some(failure) = &state.failure {
-                return Poll::Ready(Err(engine.failed(failure)));
+            match state.protocol.gate(route) {
+                Gate::Failed(failure) => return Poll::Ready(Err(engine.failed(&failure))),
+                Gate::Open => break,
+                Gate::Wait => {}
             }
-            // One credit and one place in the send queue stay for control messages, so that
-            // both sides can always return credits and say a large message was read.
             let room = state.sending.len() + 2 <= engine.send_limit;
-            let exposable = kind != Kind::Request || state.exposed.len() < engine.peer.depth;
-            if state.credits >= 2 && room && exposable {
-                break;
-            }
             // Waiting: take in what the peer sent (credits, done messages) and make room.
             let mut progressed = engine.pump(state, cx);
             if !room {
@@ -388,10 +396,10 @@ impl Messenger {
             let mut progressed = engine.pump(state, cx);
             let sent = engine.poll_sends_down_to(state, 0, cx);
             progressed |= state.sending.len() < before;
-            if let Some(failure) = &state.failure {
+            if let Some(failure) = state.failure() {
                 return Poll::Ready(Err(engine.failed(failure)));
             }
-            if sent.is_ready() && state.exposed.is_empty() {
+            if sent.is_ready() && state.protocol.flushed() {
                 return Poll::Ready(Ok(()));
             }
             if !progressed {
@@ -452,11 +460,8 @@ impl Messenger {
         cx: &mut TaskContext<'_>,
     ) -> Poll<Result<Message>> {
         loop {
-            if let Some(message) = engine.take_message(state) {
-                return Poll::Ready(Ok(message));
-            }
-            if let Some(failure) = &state.failure {
-                return Poll::Ready(Err(engine.failed(failure)));
+            if let Some(next) = engine.take_message(state) {
+                return Poll::Ready(next);
             }
             if !engine.pump(state, cx) {
                 state.waiters.wait(cx.waker());
@@ -568,15 +573,16 @@ impl std::fmt::Debug for Messenger {
         let state = lock(&self.inner.state);
         f.debug_struct("Messenger")
             .field("qpn", &self.inner.qp.qpn())
-            .field("credits", &state.credits)
-            .field("owed", &state.owed)
+            .field("credits", &state.protocol.credits())
+            .field("owed", &state.protocol.owed())
             .field("receives_posted", &state.posted.len())
-            .field("arrived", &state.arrived.len())
+            .field("arrived", &state.protocol.arrived())
+            .field("reading", &state.reads.len())
             .field("sending", &state.sending.len())
             .field("exposed", &state.exposed.len())
-            .field("done_to_send", &state.done_to_send.len())
+            .field("done_to_send", &state.protocol.done_to_send())
             .field("waiters", &state.waiters.len())
-            .field("failure", &state.failure)
+            .field("failure", &state.failure())
             .finish()
     }
 }

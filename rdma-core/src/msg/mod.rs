@@ -56,6 +56,7 @@ mod engine;
 mod handshake;
 mod header;
 mod messenger;
+mod protocol;
 mod waiting;
 
 pub use header::HeaderProblem;
