@@ -741,7 +741,7 @@ impl Inner {
         let runtime = self.runtime()?;
         // The message being sent: the front of the outbox, taken off once posted. It is
         // driven together with receiving, so that a peer that takes nothing in cannot keep
-        // this side from taking its messages in, revoking expired grants, or closing.
+        // this side from taking its messages in or closing.
         let mut sending: Option<Sending<'_>> = None;
         loop {
             match &self.state().ended {
