@@ -300,9 +300,10 @@ impl Grant {
     }
 
     /// Whether the peer can still use it: not released, revoked or expired, and the session
-    /// has not ended. It is false from the lease's end on, whether or not the session is
-    /// served; the key stops working then too (the expiry thread deregisters it within
-    /// its wake-up latency, typically well under a millisecond).
+    /// has not ended. Once it is false, the key no longer works. At the lease's end it
+    /// turns false whether or not the session is served: the thread that ends leases
+    /// deregisters the key at the deadline (within its wake-up latency, typically well
+    /// under a millisecond, plus the deregistration's own time).
     pub fn is_live(&self) -> bool {
         self.session
             .upgrade()

@@ -16,8 +16,8 @@
 //!   So a grant never outlives what its owner agreed to, one renewal at a time.
 //! - The owner may extend its own grants to any lease (`Grant::renew`); that becomes the
 //!   grant's new term.
-//! - At its deadline a grant ends: [`Leases::expire`] names the grants to revoke, and
-//!   [`Leases::is_live`] is false from the deadline on, whether or not `expire` ran.
+//! - At its deadline a grant ends: [`Leases::expire`] names the grants to revoke, and from
+//!   the deadline on a renewal is late, whether or not `expire` ran.
 //!
 //! [`MemorySession::grant`]: super::MemorySession::grant
 //! [`GrantPolicy::renew`]: super::GrantPolicy::renew
@@ -78,6 +78,9 @@ impl Leases {
     }
 
     /// Whether grant `id` may be used at `now`: made, not ended, its deadline not reached.
+    /// (The session answers `is_live` by whether the key is still registered, which the
+    /// expiry thread ends at the deadline.)
+    #[cfg(test)]
     pub(crate) fn is_live(&self, id: u64, now: Instant) -> bool {
         self.leases
             .get(&id)
@@ -106,14 +109,6 @@ impl Leases {
             .values()
             .filter_map(|lease| lease.deadline)
             .min()
-    }
-
-    /// Grants live at `now`.
-    pub(crate) fn live(&self, now: Instant) -> usize {
-        self.leases
-            .values()
-            .filter(|lease| lease.deadline.map_or(true, |at| now < at))
-            .count()
     }
 
     /// The first half of a holder's renewal of grant `id` for `asked` (`None`: no lease),

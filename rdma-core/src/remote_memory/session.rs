@@ -1,7 +1,7 @@
 //! The memory session of one connection: grants made and held, requests in flight, leases,
 //! and the loop that answers the peer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -138,6 +138,9 @@ struct State {
     granted: HashMap<u64, Granted>,
     /// The leases of the grants in `granted`: the same ids.
     leases: Leases,
+    /// Grants taken out of `granted` whose keys are being deregistered, after the lock:
+    /// live until then, since their keys may still work.
+    retiring: HashSet<u64>,
     /// The earliest time the expiry thread will call this session (`None`: not at all).
     expiry_armed: Option<Instant>,
     requested_bytes: u64,
@@ -438,7 +441,8 @@ impl MemorySession {
 
     /// Grants made that are still live (not released, revoked or expired).
     pub fn granted(&self) -> usize {
-        lock(&self.inner.state).leases.live(Instant::now())
+        let state = lock(&self.inner.state);
+        state.granted.len() + state.retiring.len()
     }
 }
 
@@ -614,10 +618,10 @@ impl Inner {
         }
     }
 
-    /// Owner: whether grant `id` may be used now (false from its lease's end on, even
-    /// before the expiry thread has revoked it).
+    /// Owner: whether grant `id`'s key may still work: false once it is deregistered.
     pub(crate) fn is_granted(&self, id: u64) -> bool {
-        self.state().leases.is_live(id, Instant::now())
+        let state = self.state();
+        state.granted.contains_key(&id) || state.retiring.contains(&id)
     }
 
     /// Owner: ends grant `id` (its key stops working before this returns) and tells the
@@ -628,8 +632,26 @@ impl Inner {
         if ended.is_some() && state.ended.is_none() {
             state.send_later(Control::Revoke { grant: id, reason });
         }
+        self.retire(
+            state,
+            ended.map(|granted| (id, granted)).into_iter().collect(),
+        );
+    }
+
+    /// Deregisters the keys of grants taken out of the table, after the lock (their ids
+    /// are in `retiring` meanwhile: live while their keys may still work).
+    fn retire(&self, mut state: MutexGuard<'_, State>, ended: Vec<(u64, Granted)>) {
+        if ended.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = ended.iter().map(|(id, _)| *id).collect();
+        state.retiring.extend(ids.iter().copied());
         drop(state);
-        drop(ended); // deregisters, outside the lock
+        drop(ended); // deregisters
+        let mut state = self.state();
+        for id in ids {
+            state.retiring.remove(&id);
+        }
     }
 
     /// Owner: ends the grants whose lease has run out by `now` (called by the expiry
@@ -641,7 +663,7 @@ impl Inner {
         }
         let mut ended = Vec::new();
         for id in state.leases.expire(now) {
-            ended.extend(Self::end_grant(&mut state, id));
+            ended.extend(Self::end_grant(&mut state, id).map(|granted| (id, granted)));
             if state.ended.is_none() {
                 state.send_later(Control::Revoke {
                     grant: id,
@@ -653,8 +675,7 @@ impl Inner {
         if let Some(next) = state.leases.next_deadline() {
             self.arm(&mut state, next);
         }
-        drop(state);
-        drop(ended); // deregisters, outside the lock
+        self.retire(state, ended);
     }
 
     /// Takes grant `id` out of the tables (and the memory lent for a request out of the
@@ -713,7 +734,9 @@ impl Inner {
         } else {
             state.outbox.clear();
         }
-        let made = std::mem::take(&mut state.granted); // deregistered after the lock
+        // Deregistered after the lock; live until then.
+        let made = std::mem::take(&mut state.granted);
+        state.retiring.extend(made.keys().copied());
         state.leases = Leases::default();
         state.requested_bytes = 0;
         state.requested_regions = 0;
@@ -731,7 +754,13 @@ impl Inner {
         let arrived = std::mem::take(&mut state.arrived);
         drop(state);
         drop(arrived); // outside the lock: a dropped grant releases, which locks
+        let ids: Vec<u64> = made.keys().copied().collect();
         drop(made); // every key deregistered
+        let mut state = self.state();
+        for id in ids {
+            state.retiring.remove(&id);
+        }
+        drop(state);
         for waker in wakers {
             waker.wake();
         }
@@ -741,7 +770,7 @@ impl Inner {
         let runtime = self.runtime()?;
         // The message being sent: the front of the outbox, taken off once posted. It is
         // driven together with receiving, so that a peer that takes nothing in cannot keep
-        // this side from taking its messages in, revoking expired grants, or closing.
+        // this side from taking its messages in or closing.
         let mut sending: Option<Sending<'_>> = None;
         loop {
             match &self.state().ended {
@@ -955,8 +984,10 @@ impl Inner {
                 }
                 // A release of a grant that already ended crossed its revocation: nothing to do.
                 let ended = Self::end_grant(&mut state, grant);
-                drop(state);
-                drop(ended); // deregisters, outside the lock
+                self.retire(
+                    state,
+                    ended.map(|granted| (grant, granted)).into_iter().collect(),
+                );
                 return Ok(());
             }
             Control::Revoke { grant, reason } => {
