@@ -494,6 +494,12 @@ impl Error {
 
     /// Whether this error means that the connection ended (the peer disconnected or died, or
     /// the device went away), directly or as the cause of a flush.
+    ///
+    /// A peer that dies may show first as one failed operation (a read of memory it no longer
+    /// has fails with a remote access error, a request it no longer answers with a retry
+    /// error): that operation reports its own failure. Once the disconnect is read, it is the
+    /// queue pair's cause: every operation that fails after it (new ones, and pending ones
+    /// flushed) reports it, and this is true for them.
     pub fn is_disconnect(&self) -> bool {
         matches!(self.root_cause(), Error::Disconnected { .. })
     }
