@@ -399,19 +399,12 @@ pub(crate) fn queue_pair_for(
             std::io::Error::other("the route has no RDMA device"),
         ));
     };
-    let (resources, share) = resources::for_connection(&device, port, runtime, options)?;
-    let qp = QueuePair::new(
-        &resources.pd,
-        &resources.send_cq,
-        &resources.recv_cq,
-        options.qp,
-    )?;
+    let (qp, share) = resources::queue_pair(&device, port, runtime, options)?;
     // The connection's end fails the queue pair, whoever reads the event: also the
     // completion-queue pollers of this device.
     *lock(&id.mailbox.qp) = Some(Arc::downgrade(&qp.shared));
     let source: Arc<dyn EventSource> = id.channel.clone();
-    resources
-        .pd
+    qp.pd()
         .context()
         .inner
         .events
