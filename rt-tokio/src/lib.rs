@@ -70,6 +70,26 @@ impl Runtime for Tokio {
         Box::pin(tokio::time::sleep(duration))
     }
 
+    /// Tokio's timers belong to a runtime: outside one, `tokio::time::sleep` would panic.
+    fn try_sleep(&self, duration: Duration) -> io::Result<Sleep> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            io::Error::other(
+                "no Tokio runtime is running on this thread, so Tokio cannot time anything \
+                 here; await anyrdma operations bound to Tokio from Tokio tasks, or bind \
+                 the context to the runtime that awaits them",
+            )
+        })?;
+        let _entered = handle.enter();
+        Ok(Box::pin(tokio::time::sleep(duration)))
+    }
+
+    /// The id of the Tokio runtime the calling thread runs in: each has its own reactor.
+    fn current_instance(&self) -> Option<u64> {
+        let id = tokio::runtime::Handle::try_current().ok()?.id();
+        // `Id` shows its number and offers nothing else to read it by.
+        id.to_string().parse().ok()
+    }
+
     /// Tokio's cooperative budget: one unit per operation poll, charged whether or not the
     /// poll completes (as Tokio's own resources do once they made progress).
     fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {

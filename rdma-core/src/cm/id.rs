@@ -13,7 +13,7 @@ use rdma_sys::*;
 use super::channel::{CmEvent, EventChannel, IdMailbox};
 use super::sockaddr;
 use crate::error::{Error, Result};
-use crate::runtime::RuntimeHandle;
+use crate::runtime::{with_sleep, RuntimeHandle};
 
 /// The largest private data each message of the connection protocol carries (rdma_cm over
 /// InfiniBand CM: a request 56 bytes, an accept 196, a rejection 148).
@@ -113,7 +113,10 @@ impl CmId {
         timeout: Duration,
         on_timeout: impl FnOnce() -> Error,
     ) -> Result<CmEvent> {
-        match runtime.timeout(timeout, self.next_event(runtime)).await {
+        // A runtime that cannot time anything here (Tokio's, awaited outside Tokio) is an
+        // error, not a panic inside its timer.
+        let sleep = runtime.try_sleep(timeout)?;
+        match with_sleep(timeout, self.next_event(runtime), sleep).await {
             Ok(result) => result,
             Err(_elapsed) => Err(on_timeout()),
         }

@@ -55,6 +55,10 @@ struct Key {
     device: String,
     port: u8,
     runtime: &'static str,
+    /// The runtime instance (see [`Runtime::current_instance`](crate::Runtime::current_instance)):
+    /// two Tokio runtimes do not share a completion queue, whose channel is registered with
+    /// one of them.
+    instance: Option<u64>,
     poll_mode: PollMode,
     cq_entries: u32,
 }
@@ -103,6 +107,7 @@ fn shared(
         device: device.to_owned(),
         port,
         runtime: runtime.name(),
+        instance: runtime.current_instance(),
         poll_mode: options.poll_mode,
         cq_entries: options.cq_entries,
     };

@@ -84,6 +84,27 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// A future that completes after `duration`.
     fn sleep(&self, duration: Duration) -> Sleep;
 
+    /// [`sleep`](Runtime::sleep), or why this runtime cannot time anything from the calling
+    /// thread (Tokio's timers need a Tokio runtime there). The core makes its own timers
+    /// with this, so that a context bound to a runtime and awaited from another one fails
+    /// with an error instead of a panic. The default cannot fail.
+    ///
+    /// # Errors
+    /// The adapter's reason, when it has no timer to give here.
+    fn try_sleep(&self, duration: Duration) -> io::Result<Sleep> {
+        Ok(self.sleep(duration))
+    }
+
+    /// Which instance of this runtime the calling thread runs in, when a process may run
+    /// several that do not share a reactor (Tokio: each `Runtime` it builds, by its id);
+    /// `None` for a runtime with one reactor per process (async-std, smol), or outside any.
+    /// Resources that register with a reactor (the shared completion queues of connections)
+    /// are kept apart per instance, so that one runtime's shutdown does not take another's
+    /// wake-ups with it. The default is `None`.
+    fn current_instance(&self) -> Option<u64> {
+        None
+    }
+
     /// Asks whether the polling task may go on, before an operation's future does its work.
     /// `Pending` (the task woken at once) makes the future yield, so that a task whose
     /// operations are always complete when polled still lets other tasks and timers of its
@@ -156,6 +177,25 @@ impl RuntimeHandle {
     /// Sleeps for `duration` on this runtime.
     pub fn sleep(&self, duration: Duration) -> Sleep {
         self.0.sleep(duration)
+    }
+
+    /// [`Runtime::try_sleep`]: a timer of this runtime, or why there is none here.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`](crate::Error::Runtime) naming the runtime and the reason.
+    pub fn try_sleep(&self, duration: Duration) -> crate::Result<Sleep> {
+        self.0
+            .try_sleep(duration)
+            .map_err(|source| crate::Error::Runtime {
+                runtime: self.name(),
+                what: "a timer",
+                source,
+            })
+    }
+
+    /// [`Runtime::current_instance`] of this runtime.
+    pub fn current_instance(&self) -> Option<u64> {
+        self.0.current_instance()
     }
 
     /// Runs `future` for at most `duration`, with this runtime's timer.
