@@ -314,3 +314,199 @@ fn a_poller_that_cannot_sleep_still_reads_the_connection_end() {
     }))
     .expect("within 60 s");
 }
+
+/// Two Tokio runtimes in one process, each with connections through the same device; the
+/// first shuts down. The second's connections keep sleeping on their own reactor (their
+/// completion queues report no wait error, so nothing polls busily), and a receive awaited
+/// by its idle current-thread runtime wakes when the message comes.
+#[test]
+fn a_tokio_runtime_outlives_another_on_the_same_device() {
+    if !support::device_present("a_tokio_runtime_outlives_another_on_the_same_device") {
+        return;
+    }
+    use anyrdma::cm::{Connection, ConnectionOptions, Listener};
+    use std::net::SocketAddr;
+    use std::sync::mpsc;
+
+    let ip = std::net::IpAddr::from([169, 254, 77, 1]);
+    fn event_mode() -> ConnectionOptions {
+        ConnectionOptions {
+            poll_mode: PollMode::Event { spin: 0 },
+            runtime: Some(RuntimeHandle::from(anyrdma_tokio::Tokio)),
+            ..ConnectionOptions::default()
+        }
+    }
+    /// One message from `from` to `to`, checked. The receive is awaited first, and the
+    /// send comes later, so that the receive sleeps on its completion queue's channel (rxe
+    /// may complete a send and its receive within the post).
+    async fn one_message(from: &Connection, to: &Connection, seed: u8) {
+        let inbox = to.pd().alloc(64, anyrdma::Access::LOCAL).unwrap();
+        let mut message = from.pd().alloc(64, anyrdma::Access::LOCAL).unwrap();
+        support::fill(&mut message, seed);
+        let ((received, inbox), (sent, _)) = tokio::join!(to.recv(inbox), async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            from.send(message).await
+        });
+        sent.expect("send");
+        assert_eq!(received.expect("receive").len, 64);
+        assert!(holds_pattern(&inbox[..64], seed));
+    }
+    /// A listener and a connection to it, both ends, made and used once on the running
+    /// runtime.
+    async fn connected(
+        options: ConnectionOptions,
+        ip: std::net::IpAddr,
+    ) -> (Connection, Connection) {
+        let listening = anyrdma::cm::ListenerOptions {
+            connection: options.clone(),
+            ..Default::default()
+        };
+        let listener = Listener::bind_with(SocketAddr::new(ip, 0), listening).expect("bind");
+        let addr = listener.local_addr();
+        let (client, server) = tokio::join!(Connection::connect(addr, options), listener.accept());
+        let (client, server) = (client.expect("connect"), server.expect("accept"));
+        one_message(&client, &server, 1).await;
+        (client, server)
+    }
+
+    // The first runtime's connections: their completion queue sleeps on its reactor.
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first_pair = first.block_on(connected(event_mode(), ip));
+
+    // The second runtime (current-thread) accepts; its peer runs on a third, in a thread of
+    // its own, and sends when told.
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = {
+        let listening = anyrdma::cm::ListenerOptions {
+            connection: event_mode(),
+            ..Default::default()
+        };
+        Listener::bind_with(SocketAddr::new(ip, 0), listening).expect("bind")
+    };
+    let addr = listener.local_addr();
+    let (go, sends) = mpsc::channel::<u8>();
+    let peer = std::thread::spawn(move || {
+        let third = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let conn = third
+            .block_on(Connection::connect(addr, event_mode()))
+            .expect("connect");
+        // Each seed: a pause (so that the receiver is idle, asleep), then a message.
+        while let Ok(seed) = sends.recv() {
+            third.block_on(async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut message = conn.pd().alloc(64, anyrdma::Access::LOCAL).unwrap();
+                support::fill(&mut message, seed);
+                let (sent, _) = conn.send(message).await;
+                sent.expect("the peer's send");
+            });
+        }
+        third.block_on(conn.close()).expect("close");
+    });
+    let receive_one = |conn: &Connection, seed: u8| {
+        let inbox = conn.pd().alloc(64, anyrdma::Access::LOCAL).unwrap();
+        let receive = conn.recv(inbox);
+        go.send(seed).unwrap();
+        let (received, inbox) = second
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), receive).await })
+            .unwrap_or_else(|_| panic!("message {seed}: the idle receiver was never woken"));
+        assert_eq!(received.expect("receive").len, 64);
+        assert!(holds_pattern(&inbox[..64], seed), "message {seed}");
+    };
+    let conn = second.block_on(listener.accept()).expect("accept");
+    receive_one(&conn, 2);
+    assert!(
+        conn.recv_cq().wait_error().is_none(),
+        "before the first runtime shut down"
+    );
+
+    // The first runtime goes (its connections stay).
+    drop(first);
+    receive_one(&conn, 3);
+    receive_one(&conn, 4);
+    let why = conn.recv_cq().wait_error();
+    assert!(
+        why.is_none(),
+        "after the first runtime shut down, the second's completion queue polls instead of \
+         sleeping: {why:?}"
+    );
+    drop(go);
+    peer.join().expect("the peer");
+    drop(first_pair);
+}
+
+/// A connection bound to Tokio, awaited outside any Tokio runtime: its handshake's timer
+/// cannot be made there, and the connect says so with an error (it panicked inside
+/// `tokio::time::sleep` before).
+#[test]
+fn a_tokio_bound_connect_awaited_outside_tokio_fails_with_a_reason() {
+    if !support::device_present("a_tokio_bound_connect_awaited_outside_tokio_fails_with_a_reason") {
+        return;
+    }
+    use anyrdma::cm::{Connection, ConnectionOptions};
+    let options = ConnectionOptions {
+        runtime: Some(RuntimeHandle::from(anyrdma_tokio::Tokio)),
+        ..ConnectionOptions::default()
+    };
+    let addr = std::net::SocketAddr::from(([169, 254, 77, 1], 7));
+    match smol::block_on(Connection::connect(addr, options)) {
+        Err(anyrdma::Error::Runtime {
+            runtime: "tokio",
+            source,
+            ..
+        }) => assert!(source.to_string().contains("no Tokio runtime"), "{source}"),
+        other => panic!("expected a Tokio runtime error, got {other:?}"),
+    }
+}
+
+/// A listener bound to Tokio whose first `accept` is awaited outside Tokio (which cannot
+/// watch its event channel there, an error) and the next inside a Tokio runtime: the
+/// registration is tried again, and that accept works (the first failure was kept for
+/// ever before, and every later accept failed with it).
+#[test]
+fn a_failed_registration_is_tried_again() {
+    if !support::device_present("a_failed_registration_is_tried_again") {
+        return;
+    }
+    use anyrdma::cm::{Connection, ConnectionOptions, Listener, ListenerOptions};
+    let tokio_bound = ConnectionOptions {
+        runtime: Some(RuntimeHandle::from(anyrdma_tokio::Tokio)),
+        ..ConnectionOptions::default()
+    };
+    let options = ListenerOptions {
+        connection: tokio_bound.clone(),
+        ..ListenerOptions::default()
+    };
+    let listener = Listener::bind_with(std::net::SocketAddr::from(([169, 254, 77, 1], 0)), options)
+        .expect("bind");
+    let addr = listener.local_addr();
+    match smol::block_on(listener.accept()) {
+        Err(anyrdma::Error::Runtime {
+            runtime: "tokio", ..
+        }) => {}
+        other => panic!("outside Tokio: expected a Tokio runtime error, got {other:?}"),
+    }
+    // Past the pause between attempts.
+    std::thread::sleep(Duration::from_millis(300));
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (client, server) = tokio.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(Connection::connect(addr, tokio_bound), listener.accept())
+        })
+        .await
+        .expect("connect and accept within 30 s")
+    });
+    client.expect("connect");
+    server.expect("accept inside Tokio, after a failure outside it");
+}

@@ -71,6 +71,13 @@ impl Runtime for Tokio {
         Ok(self.sleep(duration))
     }
 
+    /// The id of the Tokio runtime the calling thread runs in: each has its own reactor.
+    fn current_instance(&self) -> Option<u64> {
+        let id = tokio::runtime::Handle::try_current().ok()?.id();
+        // `Id` shows its number and offers nothing else to read it by.
+        id.to_string().parse().ok()
+    }
+
     /// Tokio's cooperative budget: one unit per operation poll, charged whether or not the
     /// poll completes (as Tokio's own resources do once they made progress).
     fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {

@@ -13,6 +13,7 @@ use super::id::{CmId, MAX_CONNECT_DATA};
 use super::options::ConnectionOptions;
 use super::resources::{self, DeviceShare};
 use super::sockaddr;
+use crate::cq::CompletionQueue;
 use crate::error::{Error, QpShutdownReason, Result};
 use crate::events::EventSource;
 use crate::pd::ProtectionDomain;
@@ -201,6 +202,19 @@ impl Connection {
     /// the connection is closed or dropped, its operations fail).
     pub fn queue_pair(&self) -> &QueuePair {
         &self.qp
+    }
+
+    /// The completion queue of the connection's sends, writes, reads and atomics: shared
+    /// with other connections of its device and runtime, unless
+    /// [`ConnectionOptions::resources`] gave its own. Look at it to see how it waits
+    /// ([`CompletionQueue::wait_error`]) or what it holds ([`CompletionQueue::in_flight`]).
+    pub fn send_cq(&self) -> &CompletionQueue {
+        &self.qp.shared.send_cq
+    }
+
+    /// The completion queue of the connection's receives (see [`send_cq`](Connection::send_cq)).
+    pub fn recv_cq(&self) -> &CompletionQueue {
+        &self.qp.shared.recv_cq
     }
 
     /// The protection domain: memory for the connection's operations is allocated here.
@@ -399,19 +413,12 @@ pub(crate) fn queue_pair_for(
             std::io::Error::other("the route has no RDMA device"),
         ));
     };
-    let (resources, share) = resources::for_connection(&device, port, runtime, options)?;
-    let qp = QueuePair::new(
-        &resources.pd,
-        &resources.send_cq,
-        &resources.recv_cq,
-        options.qp,
-    )?;
+    let (qp, share) = resources::queue_pair(&device, port, runtime, options)?;
     // The connection's end fails the queue pair, whoever reads the event: also the
     // completion-queue pollers of this device.
     *lock(&id.mailbox.qp) = Some(Arc::downgrade(&qp.shared));
     let source: Arc<dyn EventSource> = id.channel.clone();
-    resources
-        .pd
+    qp.pd()
         .context()
         .inner
         .events

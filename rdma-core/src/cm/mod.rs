@@ -10,9 +10,12 @@
 //!   connection has an rdma_cm event channel, waited on through the [`Runtime`](crate::Runtime)
 //!   by whoever awaits: no thread, no timer. Every event is acknowledged as soon as it is
 //!   read.
-//! - **Shared resources**: the connections of a device share one protection domain and one
-//!   completion queue (per runtime and poll mode), so thousands of connections do not mean
-//!   thousands of completion queues and channels; give a connection its own with
+//! - **Shared resources**: the connections of a device share one protection domain and a
+//!   few completion queues (per runtime instance and poll mode), so thousands of connections
+//!   do not mean thousands of completion queues and channels. Each connection's queue pair
+//!   is admitted to a shared completion queue with room for its send and receive depths (a
+//!   new one is made when none has room), so a queue is never promised more entries than it
+//!   has ([`ConnectionOptions::cq_entries`]); give a connection its own with
 //!   [`ConnectionOptions::resources`].
 //! - **Ends**: a peer that disconnects or dies, or a device that goes away, fails the
 //!   connection's queue pair: pending operations end with [`Error::Disconnected`] as their

@@ -42,8 +42,10 @@ pub struct ConnectionOptions {
     /// How the completion queue of the connection waits, when the connection creates (or
     /// shares) one. Default [`PollMode::default`].
     pub poll_mode: PollMode,
-    /// Entries of a shared completion queue, when the first connection on a device creates
-    /// it. Default 4096.
+    /// Entries of each shared completion queue of a device. The connections' queue pairs
+    /// are spread over as many as needed so that the send and receive depths of the pairs
+    /// on one never exceed its entries (a deeper pair gets a queue of its own size): an
+    /// operation never finds a shared queue full. Default 4096.
     pub cq_entries: u32,
     /// The protection domain and completion queues to use instead of the shared ones: they
     /// must be of the device the route goes through.

@@ -1,27 +1,45 @@
-//! A descriptor registered with the runtime of the first task that waits on it.
+//! A descriptor registered with the runtime of a task that waits on it.
 
+use std::io;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use super::{ReadinessFd, RuntimeHandle};
 use crate::error::Error;
 use crate::wake::lock;
 
+/// How long a failed registration is kept before a waiter tries again: the failure may pass
+/// (a Tokio-bound descriptor first waited on outside Tokio, then from inside it), and trying
+/// on every poll would cost a system call each time it does not.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
 /// A non-blocking descriptor shared by every task that waits on it (a device's async-event
-/// descriptor, an rdma_cm event channel): registered once, with the runtime of the first
-/// caller that can register it. A caller on another runtime is woken through that one.
+/// descriptor, an rdma_cm event channel): registered with the runtime of the first caller,
+/// and kept while it works. A caller on another runtime is woken through that one.
 ///
-/// A registration that fails is tried again by the next caller: why it failed may be the
-/// caller's (a context bound to Tokio, polled from a thread that runs no Tokio runtime), and
-/// a later caller on the right thread must still be able to sleep on the descriptor.
+/// A failure is not for ever: a failed registration is tried again (by whoever calls after
+/// [`RETRY_AFTER`]), and a registration whose reactor fails (its runtime shut down) is let
+/// go, so that the next caller registers the descriptor with its own runtime.
 pub(crate) struct LazyWatch {
     fd: RawFd,
     /// What the descriptor is, for errors: e.g. `the rdma_cm event channel`.
     what: &'static str,
-    registered: OnceLock<Box<dyn ReadinessFd>>,
-    /// Why the last attempt to register failed, until one succeeds. Its lock also keeps two
-    /// callers from registering at once.
-    failed: Mutex<Option<Arc<Error>>>,
+    state: Mutex<State>,
+}
+
+enum State {
+    Unregistered,
+    Registered(Arc<dyn ReadinessFd>),
+    Failed { error: Arc<Error>, at: Instant },
+}
+
+/// The registration as one caller uses it: reading through it, and letting it go when its
+/// reactor fails.
+pub(crate) struct Watch<'a> {
+    lazy: &'a LazyWatch,
+    registered: Arc<dyn ReadinessFd>,
 }
 
 impl LazyWatch {
@@ -31,26 +49,34 @@ impl LazyWatch {
         LazyWatch {
             fd,
             what,
-            registered: OnceLock::new(),
-            failed: Mutex::new(None),
+            state: Mutex::new(State::Unregistered),
         }
     }
 
-    /// The registration, made with `runtime` by the first call that succeeds.
-    pub(crate) fn get(&self, runtime: &RuntimeHandle) -> Result<&dyn ReadinessFd, Arc<Error>> {
-        if let Some(watch) = self.registered.get() {
-            return Ok(&**watch);
-        }
-        let mut failed = lock(&self.failed);
-        if let Some(watch) = self.registered.get() {
-            return Ok(&**watch);
+    /// The registration: made with `runtime` when there is none, or when the last attempt
+    /// failed more than [`RETRY_AFTER`] ago.
+    pub(crate) fn get(&self, runtime: &RuntimeHandle) -> Result<Watch<'_>, Arc<Error>> {
+        let mut state = lock(&self.state);
+        match &*state {
+            State::Registered(registered) => {
+                return Ok(Watch {
+                    lazy: self,
+                    registered: registered.clone(),
+                })
+            }
+            State::Failed { error, at } if at.elapsed() < RETRY_AFTER => return Err(error.clone()),
+            _ => {}
         }
         // SAFETY: `new`'s contract: non-blocking and open while this value lives, which the
-        // registration (dropped with it) does not outlive.
+        // registration (dropped with it, or before) does not outlive.
         match unsafe { runtime.register_fd(self.fd) } {
-            Ok(watch) => {
-                *failed = None;
-                Ok(&**self.registered.get_or_init(|| watch))
+            Ok(registered) => {
+                let registered: Arc<dyn ReadinessFd> = Arc::from(registered);
+                *state = State::Registered(registered.clone());
+                Ok(Watch {
+                    lazy: self,
+                    registered,
+                })
             }
             Err(source) => {
                 let error = Arc::new(Error::Runtime {
@@ -58,7 +84,10 @@ impl LazyWatch {
                     what: self.what,
                     source,
                 });
-                *failed = Some(error.clone());
+                *state = State::Failed {
+                    error: error.clone(),
+                    at: Instant::now(),
+                };
                 Err(error)
             }
         }
@@ -66,13 +95,39 @@ impl LazyWatch {
 
     /// Why registering failed, as an error of its own, if the last attempt did.
     pub(crate) fn error(&self, runtime: &RuntimeHandle) -> Option<Error> {
-        if self.registered.get().is_some() {
-            return None;
+        match &*lock(&self.state) {
+            State::Failed { error, .. } => Some(Error::Runtime {
+                runtime: runtime.name(),
+                what: self.what,
+                source: io::Error::other(error.to_string()),
+            }),
+            _ => None,
         }
-        lock(&self.failed).as_ref().map(|err| Error::Runtime {
-            runtime: runtime.name(),
-            what: self.what,
-            source: std::io::Error::other(err.to_string()),
-        })
+    }
+
+    /// Lets `registered` go, if it is still the registration: the next caller registers
+    /// afresh.
+    fn forget(&self, registered: &Arc<dyn ReadinessFd>) {
+        let mut state = lock(&self.state);
+        if matches!(&*state, State::Registered(known) if Arc::ptr_eq(known, registered)) {
+            *state = State::Unregistered;
+        }
+    }
+}
+
+impl Watch<'_> {
+    /// [`ReadinessFd::poll_read_with`] of the registration. An error (the reactor refused:
+    /// its runtime shut down, say) lets the registration go, so that the next caller
+    /// registers the descriptor with its own runtime.
+    pub(crate) fn poll_read_with(
+        &self,
+        cx: &mut Context<'_>,
+        op: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Poll<io::Result<()>> {
+        let result = self.registered.poll_read_with(cx, op);
+        if let Poll::Ready(Err(_)) = &result {
+            self.lazy.forget(&self.registered);
+        }
+        result
     }
 }

@@ -99,6 +99,16 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         Ok(self.sleep(duration))
     }
 
+    /// Which instance of this runtime the calling thread runs in, when a process may run
+    /// several that do not share a reactor (Tokio: each `Runtime` it builds, by its id);
+    /// `None` for a runtime with one reactor per process (async-std, smol), or outside any.
+    /// Resources that register with a reactor (the shared completion queues of connections)
+    /// are kept apart per instance, so that one runtime's shutdown does not take another's
+    /// wake-ups with it. The default is `None`.
+    fn current_instance(&self) -> Option<u64> {
+        None
+    }
+
     /// Asks whether the polling task may go on, before an operation's future does its work.
     /// `Pending` (the task woken at once) makes the future yield, so that a task whose
     /// operations are always complete when polled still lets other tasks and timers of its
@@ -190,6 +200,11 @@ impl RuntimeHandle {
                 what: "a timer",
                 source,
             })
+    }
+
+    /// [`Runtime::current_instance`] of this runtime.
+    pub fn current_instance(&self) -> Option<u64> {
+        self.0.current_instance()
     }
 
     /// Runs `future` for at most `duration`, with this runtime's timer.
