@@ -36,9 +36,12 @@
 //!   receive; [`Messenger::flush`] waits until the peer has everything.
 //! - **Bounds**: messages in flight are bounded by the peer's depth (credits), the send
 //!   queue's room, and large messages exposed at once by 4. What a peer can
-//!   make this side hold is bounded too: its large messages are read two at a time (the
-//!   others wait their turn), into a pool of the messenger's (up to 128 MiB, registered once
-//!   and kept for the next ones; beyond it, a registration each).
+//!   make this side hold is bounded too: its large messages are read two at a time, and at
+//!   most 4 are in memory at once (being read, or read and not yet taken by `recv`: a slow
+//!   application holds the next reads back, the others wait their turn exposed at the
+//!   sender), into a pool of the messenger's (up to 128 MiB, registered once and kept for the
+//!   next ones; beyond it, a registration each). So a peer makes this side register at most
+//!   4 of its largest messages beyond the pool.
 //! - **Failures**: a peer that disconnects, a queue pair that fails, a malformed message
 //!   from the peer ([`Error::BadMessage`](crate::Error::BadMessage): the peer is then not
 //!   talked to any more): `send` and `recv` end with the failure as the cause, after the

@@ -23,10 +23,16 @@ use crate::error::Error;
 /// what a peer's announcements can make this side allocate to two of its largest messages.
 pub(crate) const READS_IN_FLIGHT: usize = 2;
 
+/// Large messages of the peer a side holds in memory at once: being read (at most
+/// [`READS_IN_FLIGHT`]) or read and not yet taken by the application. A slow application
+/// holds further reads back (their senders keep them exposed meanwhile): what a peer makes
+/// this side register for its large messages is at most this many of them.
+pub(crate) const LARGE_IN_MEMORY: usize = 4;
+
 /// Large messages a side exposes at once (a further one waits until the peer has read one):
-/// as many as the peer reads and holds at once, so that none waits exposed for nothing, and
-/// a bound on the done messages that can come at once.
-pub(crate) const EXPOSED_AT_ONCE: usize = 4;
+/// as many as the peer reads and holds at once ([`LARGE_IN_MEMORY`]), so that none waits
+/// exposed for nothing, and a bound on the done messages that can come at once.
+pub(crate) const EXPOSED_AT_ONCE: usize = LARGE_IN_MEMORY;
 
 /// Credit messages (credits only) that can be at a side not taken in yet: each returns at
 /// least a quarter of the peer's depth ([`Limits::credit_batch_for`]), and no more than a
@@ -102,15 +108,14 @@ pub(crate) enum Incoming<M> {
 /// Something that arrived, in arrival order.
 #[derive(Debug)]
 enum Arrival<M> {
+    /// A message whole (`large`: read from the peer, counted in [`LARGE_IN_MEMORY`]).
     Message {
         data: M,
         imm: Option<u32>,
+        large: bool,
     },
     /// A large message to read, waiting for a read to finish.
-    Announced {
-        from: Rendezvous,
-        imm: Option<u32>,
-    },
+    Announced { from: Rendezvous, imm: Option<u32> },
     /// A large message being read (`read` names it to the engine).
     Reading {
         read: u64,
@@ -213,10 +218,23 @@ impl<M> Protocol<M> {
     }
 
     /// Large messages being read (what their reads registered).
-    pub(crate) fn reading(&self) -> usize {
+    fn reading(&self) -> usize {
         self.arrived
             .iter()
             .filter(|arrival| matches!(arrival, Arrival::Reading { .. }))
+            .count()
+    }
+
+    /// Large messages of the peer in memory: being read, or read and not taken yet.
+    pub(crate) fn large_in_memory(&self) -> usize {
+        self.arrived
+            .iter()
+            .filter(|arrival| {
+                matches!(
+                    arrival,
+                    Arrival::Reading { .. } | Arrival::Message { large: true, .. }
+                )
+            })
             .count()
     }
 
@@ -290,6 +308,7 @@ impl<M> Protocol<M> {
             Incoming::Data(data) => self.arrived.push_back(Arrival::Message {
                 data,
                 imm: header.imm,
+                large: false,
             }),
             Incoming::Request(from) => {
                 if from.len > self.limits.max_message as u64 {
@@ -323,7 +342,11 @@ impl<M> Protocol<M> {
         };
         match result {
             Ok(data) => {
-                self.arrived[at] = Arrival::Message { data, imm };
+                self.arrived[at] = Arrival::Message {
+                    data,
+                    imm,
+                    large: true,
+                };
                 self.done_to_send.push_back(token);
                 self.start_reads();
             }
@@ -386,9 +409,13 @@ impl<M> Protocol<M> {
     /// were taken; `None` while the next one has not arrived whole.
     pub(crate) fn take(&mut self) -> Option<Taken<M>> {
         if matches!(self.arrived.front(), Some(Arrival::Message { .. })) {
-            let Some(Arrival::Message { data, imm }) = self.arrived.pop_front() else {
+            let Some(Arrival::Message { data, imm, large }) = self.arrived.pop_front() else {
                 return None;
             };
+            if large {
+                // Room for the next large message to be read.
+                self.start_reads();
+            }
             self.repost();
             self.control();
             return Some(Ok((data, imm)));
@@ -417,11 +444,13 @@ impl<M> Protocol<M> {
     }
 
     /// Starts reading announced large messages, oldest first, while fewer than
-    /// [`READS_IN_FLIGHT`] are being read.
+    /// [`READS_IN_FLIGHT`] are being read and fewer than [`LARGE_IN_MEMORY`] are in memory.
     fn start_reads(&mut self) {
         let mut reading = self.reading();
+        let mut in_memory = self.large_in_memory();
         for at in 0..self.arrived.len() {
-            if reading >= READS_IN_FLIGHT || self.failure.is_some() {
+            if reading >= READS_IN_FLIGHT || in_memory >= LARGE_IN_MEMORY || self.failure.is_some()
+            {
                 return;
             }
             let Arrival::Announced { from, imm } = self.arrived[at] else {
@@ -436,6 +465,7 @@ impl<M> Protocol<M> {
             };
             self.actions.push_back(Action::Read { read, from });
             reading += 1;
+            in_memory += 1;
         }
     }
 

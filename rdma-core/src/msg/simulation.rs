@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::header::{Header, Kind, Rendezvous, HEADER_LEN};
-use super::protocol::{Action, Gate, Incoming, Limits, Protocol, Route};
+use super::protocol::{Action, Gate, Incoming, Limits, Protocol, Route, LARGE_IN_MEMORY};
 use crate::error::Error;
 use crate::wc::{WcStatus, WorkKind};
 use seeded::Rng;
@@ -94,6 +94,10 @@ struct Side {
     recv_call: bool,
     /// Messages posted, in order, as the peer must receive them.
     posted_messages: Vec<Vec<u8>>,
+    /// Which of them went by rendezvous.
+    posted_large: Vec<bool>,
+    /// Large messages read and not taken by the application yet.
+    large_held: usize,
     /// Messages the application took.
     delivered: Vec<Vec<u8>>,
     /// The failure the application was given, if any.
@@ -121,6 +125,8 @@ impl Side {
             send_call: None,
             recv_call: false,
             posted_messages: Vec::new(),
+            posted_large: Vec::new(),
+            large_held: 0,
             delivered: Vec::new(),
             failed: None,
             dead: false,
@@ -209,13 +215,14 @@ impl World {
             Side::new("B", limits(1), eager[1]),
         ];
         for (at, side) in sides.iter_mut().enumerate() {
-            let count = rng.below(9);
+            let count = rng.below(13);
             for id in 0..count as u64 {
-                let len = match rng.below(4) {
+                let len = match rng.below(5) {
                     0 => rng.below(eager[1 - at] + 1),
                     1 => eager[1 - at] - 8 + rng.below(17),
                     2 => side.send_buffer - 4 + rng.below(9),
-                    _ => rng.below(4 * eager[1 - at] + 1),
+                    3 => rng.below(4 * eager[1 - at] + 1),
+                    _ => eager[1 - at] + 1 + rng.below(3 * eager[1 - at]),
                 };
                 side.to_send.push_back((id, payload(id, len, at)));
             }
@@ -350,6 +357,7 @@ impl World {
         let Some(result) = result else {
             return Ok(());
         };
+        side.large_held += usize::from(result.is_ok());
         side.protocol.on_read(read, result);
         self.apply(at)
     }
@@ -383,9 +391,7 @@ impl World {
             return Ok(());
         };
         let body = match route {
-            Route::Eager => {
-                Body::Data(bytes.clone())
-            }
+            Route::Eager => Body::Data(bytes.clone()),
             Route::Rendezvous => {
                 let token = side.protocol.expose();
                 side.exposed.insert(token, bytes.clone());
@@ -405,6 +411,7 @@ impl World {
         let header = side.protocol.post(kind, imm);
         side.sends_in_flight += 1;
         side.posted_messages.push(bytes);
+        side.posted_large.push(route == Route::Rendezvous);
         self.log(|| format!("{} posts message {id}: {header:?}", self.sides[at].name));
         self.links[at].push_back(Packet { header, body });
         self.since_progress = 0;
@@ -429,6 +436,9 @@ impl World {
                 self.since_progress = 0;
                 let name = self.sides[at].name;
                 let n = self.sides[at].delivered.len() - 1;
+                if self.sides[1 - at].posted_large.get(n) == Some(&true) {
+                    self.sides[at].large_held -= 1;
+                }
                 let sent = &self.sides[1 - at].posted_messages;
                 match sent.get(n) {
                     Some(want) if *want == self.sides[at].delivered[n] => {}
@@ -492,6 +502,13 @@ impl World {
                 "{} exposes {} large messages, more than {exposed_max}",
                 side.name,
                 side.exposed.len()
+            ));
+        }
+        let held = side.reads.len() + side.large_held;
+        if held > LARGE_IN_MEMORY {
+            return Err(format!(
+                "{} holds {held} large messages of its peer in memory, more than {LARGE_IN_MEMORY}",
+                side.name
             ));
         }
         Ok(())
