@@ -1,16 +1,32 @@
 //! Messaging that must keep going: two sides that send large messages to each other at
-//! once, and idle messengers that must stay quiet.
+//! once, idle messengers that must stay quiet, and a peer killed in the middle of a
+//! rendezvous (the survivor gets the messages in order up to the
+//! failure, then the failure, never a gap).
 
 // QUIET orders tests (each holds its guard across its awaits), not tasks.
 #![allow(clippy::await_holding_lock)]
 
 mod support;
 
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use anyrdma::cm::{ConnectionOptions, Listener};
 use anyrdma::msg::{Messenger, MessengerOptions};
 use anyrdma::QpOptions;
 use support::{within, Pair, Rt};
+
+/// Set in the child process that plays the killed peer.
+const PEER_ENV: &str = "ANYRDMA_TEST_MSG_PEER";
+
+fn ip() -> IpAddr {
+    std::env::var("ANYRDMA_TEST_CM_ADDR")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
+}
 
 /// The packet count of `idle_messengers_stay_quiet` must see no other test's traffic: it
 /// runs alone (write), the others side by side (read).
@@ -176,7 +192,136 @@ async fn futures_join<A: std::future::Future, B: std::future::Future>(
     .await
 }
 
+/// Messages the killed peer sends while alive (some large), before the two it sends last.
+const BEFORE: u64 = 20;
+const LARGE: usize = 1 << 20;
+
+fn peer_message(i: u64) -> Vec<u8> {
+    let len = if i % 7 == 5 || i == BEFORE {
+        LARGE
+    } else {
+        100
+    };
+    message(i, len)
+}
+
+/// A peer process sends numbered messages (some large) and is killed right after it posted
+/// a large one and a small one after it, before this side read the large one. This side's
+/// `recv` gives the messages in order up to the failure and then the failure, never the
+/// small one without the large one before it. (Before, the large message was skipped and
+/// the small one delivered.)
+async fn killed_peer_mid_rendezvous_leaves_no_gap(rt: Rt) {
+    if !support::device_present("killed_peer_mid_rendezvous_leaves_no_gap") {
+        return;
+    }
+    let _beside = beside_others();
+    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let (mut child, mut lines) = spawn_peer(rt, listener.local_addr());
+    let incoming = within(15, "the peer's request", listener.incoming())
+        .await
+        .expect("incoming");
+    let messenger = Messenger::accept(
+        incoming,
+        ConnectionOptions::default(),
+        MessengerOptions::default(),
+    )
+    .await
+    .expect("accept");
+    for i in 0..BEFORE {
+        let got = within(20, "a message", messenger.recv())
+            .await
+            .expect("recv");
+        assert_eq!(&got.data[..], &peer_message(i)[..], "message {i}");
+    }
+    messenger.send(b"go on").await.expect("send");
+    // The peer posted the large message and the small one after it: kill it before this
+    // side reads the large one (nothing polls this messenger meanwhile).
+    loop {
+        let line = lines
+            .next()
+            .expect("the peer exited before it posted")
+            .expect("read the peer's stdout");
+        if line.contains("POSTED") {
+            break;
+        }
+    }
+    child.kill().expect("kill the peer");
+    child.wait().expect("reap the peer");
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut next = BEFORE;
+    let err = loop {
+        match within(20, "the failure", messenger.recv()).await {
+            Ok(got) => {
+                assert_eq!(
+                    &got.data[..got.data.len().min(8)],
+                    &next.to_le_bytes()[..got.data.len().min(8)],
+                    "{}: message {next} expected, a gap in the messages",
+                    rt.name()
+                );
+                assert_eq!(got.data.len(), peer_message(next).len());
+                next += 1;
+            }
+            Err(err) => break err,
+        }
+    };
+    println!(
+        "{}: got messages up to {} and then {err}",
+        rt.name(),
+        next - 1
+    );
+}
+
+/// Runs this test binary again as the peer; returns it with its output.
+fn spawn_peer(
+    rt: Rt,
+    connect_to: SocketAddr,
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let test = format!("{}::peer_process", rt.module());
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(PEER_ENV, connect_to.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the peer process");
+    let stdout = child.stdout.take().expect("the peer's stdout");
+    (child, BufReader::new(stdout).lines())
+}
+
+/// The peer process of `killed_peer_mid_rendezvous_leaves_no_gap` (does nothing in a
+/// normal run).
+async fn peer_process(_rt: Rt) {
+    let Ok(addr) = std::env::var(PEER_ENV) else {
+        return;
+    };
+    let addr: SocketAddr = addr.parse().expect("the address");
+    let messenger = Messenger::connect(
+        addr,
+        ConnectionOptions::default(),
+        MessengerOptions::default(),
+    )
+    .await
+    .expect("connect");
+    for i in 0..BEFORE {
+        messenger.send(&peer_message(i)).await.expect("send");
+    }
+    let go = within(30, "go on", messenger.recv()).await.expect("recv");
+    assert_eq!(&go.data[..], b"go on");
+    messenger.send(&peer_message(BEFORE)).await.expect("send");
+    messenger
+        .send(&peer_message(BEFORE + 1))
+        .await
+        .expect("send");
+    // Long enough for the device to deliver both (this side is not waiting for them).
+    anyrdma::sleep(Duration::from_millis(300)).await;
+    println!("POSTED");
+    // Wait (exposed) until killed.
+    let _ = within(60, "being killed", messenger.recv()).await;
+}
+
 runtime_tests!(
     both_sides_send_large_at_once_at_depth_two,
     idle_messengers_stay_quiet,
+    killed_peer_mid_rendezvous_leaves_no_gap,
+    peer_process,
 );

@@ -351,7 +351,9 @@ impl<M> Protocol<M> {
                 self.start_reads();
             }
             Err(err) => {
-                self.arrived.remove(at);
+                // Its op is spent, and the messages after it can never be given without a
+                // gap: the application gets those before it, then the failure.
+                self.arrived.truncate(at);
                 self.fail(err);
             }
         }
@@ -420,7 +422,11 @@ impl<M> Protocol<M> {
             self.control();
             return Some(Ok((data, imm)));
         }
-        self.failure.clone().map(Err)
+        let failure = self.failure.clone()?;
+        // The failure is final: a read that finishes after it was given is not delivered
+        // (the application would see a message after the end).
+        self.arrived.clear();
+        Some(Err(failure))
     }
 
     /// Whether the peer has everything sent so far (each send finished, each large message
