@@ -208,8 +208,9 @@ fn peer_message(i: u64) -> Vec<u8> {
 /// A peer process sends numbered messages (some large) and is killed right after it posted
 /// a large one and a small one after it, before this side read the large one. This side's
 /// `recv` gives the messages in order up to the failure and then the failure, never the
-/// small one without the large one before it. (Before, the large message was skipped and
-/// the small one delivered.)
+/// small one without the large one before it; and the failure, once the disconnect is
+/// known, says so. (Before, the large message was skipped and the small one delivered; and
+/// the failed read's remote access error stayed the cause after the disconnect.)
 async fn killed_peer_mid_rendezvous_leaves_no_gap(rt: Rt) {
     if !support::device_present("killed_peer_mid_rendezvous_leaves_no_gap") {
         return;
@@ -269,6 +270,21 @@ async fn killed_peer_mid_rendezvous_leaves_no_gap(rt: Rt) {
         rt.name(),
         next - 1
     );
+    // The failure is final, and once the disconnect is known, it is what the messenger
+    // says (a failed read of a dead peer's memory was only its first sign).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let err = messenger.recv().await.expect_err("the peer is gone");
+        if err.is_disconnect() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: still {err} 10 s after the peer was killed",
+            rt.name()
+        );
+        anyrdma::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs this test binary again as the peer; returns it with its output.

@@ -350,6 +350,7 @@ impl Messenger {
             Route::Eager
         };
         loop {
+            engine.learn_disconnect(state);
             match state.protocol.gate(route) {
                 Gate::Failed(failure) => return Poll::Ready(Err(engine.failed(&failure))),
                 Gate::Open => break,
@@ -399,6 +400,7 @@ impl Messenger {
             let mut progressed = engine.pump(state, cx);
             let sent = engine.poll_sends_down_to(state, 0, cx);
             progressed |= state.sending.len() < before;
+            engine.learn_disconnect(state);
             if let Some(failure) = state.failure() {
                 return Poll::Ready(Err(engine.failed(failure)));
             }

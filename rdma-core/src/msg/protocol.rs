@@ -268,14 +268,23 @@ impl<M> Protocol<M> {
         }
     }
 
-    /// Records why the messenger stopped (the first reason stays) and returns it.
+    /// Records why the messenger stopped and returns it. The first reason stays, unless a
+    /// disconnect comes after a failure that was not one: a peer that dies in the middle of
+    /// a rendezvous shows first as a failed read of its memory, and then as the disconnect,
+    /// which is what happened ([`Error::is_disconnect`] must say so).
     pub(crate) fn fail(&mut self, err: Error) -> Arc<Error> {
-        if self.failure.is_none() {
-            // The queue pair is failed or being failed: the peer can no longer read.
-            self.exposed.clear();
-            self.actions.push_back(Action::UnexposeAll);
-        }
-        self.failure.get_or_insert_with(|| Arc::new(err)).clone()
+        let failure = match self.failure.take() {
+            None => {
+                // The queue pair is failed or being failed: the peer can no longer read.
+                self.exposed.clear();
+                self.actions.push_back(Action::UnexposeAll);
+                Arc::new(err)
+            }
+            Some(first) if !first.is_disconnect() && err.is_disconnect() => Arc::new(err),
+            Some(first) => first,
+        };
+        self.failure = Some(failure.clone());
+        failure
     }
 
     /// A message from the peer arrived with `header`. A message that breaks the protocol is

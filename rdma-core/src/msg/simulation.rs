@@ -722,6 +722,15 @@ impl World {
                         self.describe()
                     ));
                 }
+                if !side.failed.as_ref().is_some_and(|f| f.is_disconnect()) {
+                    return Err(format!(
+                        "{} was given {} for a peer that disconnected, not the disconnect",
+                        side.name,
+                        side.failed
+                            .as_ref()
+                            .map_or(String::new(), |f| f.to_string())
+                    ));
+                }
                 continue;
             }
             if side.send_call.is_some() || !self.links[at].is_empty() {
