@@ -192,6 +192,8 @@ impl Messenger {
             credit_batch: Limits::credit_batch_for(depth),
             peer_depth: peer.depth,
             peer_eager_limit: peer.eager_limit,
+            // The pool's largest block (see `Posted::new`).
+            send_buffer: posted.receive_len.next_power_of_two() - HEADER_LEN,
             max_message: options.max_message,
             send_limit,
         });
@@ -221,9 +223,10 @@ impl Messenger {
     }
 
     /// Messages up to this many bytes travel in one send; larger ones by rendezvous (the
-    /// peer reads them).
+    /// peer reads them). The smaller of the peer's eager limit and this side's (what its
+    /// send buffers hold, rounded up to a power of two with the header).
     pub fn eager_limit(&self) -> usize {
-        lock(&self.inner.state).protocol.limits().peer_eager_limit
+        lock(&self.inner.state).protocol.eager_limit()
     }
 
     /// Large messages of this side still exposed to the peer (sent by rendezvous, and not

@@ -59,6 +59,9 @@ pub(crate) struct Limits {
     pub(crate) peer_depth: usize,
     /// The largest payload the peer's receives take.
     pub(crate) peer_eager_limit: usize,
+    /// The largest payload one of this side's send buffers holds (they are sized by this
+    /// side's eager limit, which may be below the peer's).
+    pub(crate) send_buffer: usize,
     /// The largest message this side takes: a larger rendezvous request is refused.
     pub(crate) max_message: usize,
     /// Sends (messages and control messages) in flight at most.
@@ -188,6 +191,7 @@ impl<M> Protocol<M> {
         self.actions.pop_front()
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // the simulation's checks
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -259,9 +263,15 @@ impl<M> Protocol<M> {
         EXPOSED_AT_ONCE
     }
 
+    /// The largest message that goes in one send: what the peer's receives take and this
+    /// side's send buffers hold.
+    pub(crate) fn eager_limit(&self) -> usize {
+        self.limits.peer_eager_limit.min(self.limits.send_buffer)
+    }
+
     /// How a message of `len` bytes goes to the peer.
     pub(crate) fn route(&self, len: usize) -> Route {
-        if len <= self.limits.peer_eager_limit {
+        if len <= self.eager_limit() {
             Route::Eager
         } else {
             Route::Rendezvous

@@ -120,7 +120,7 @@ impl Side {
             sends_done: VecDeque::new(),
             sends_in_flight: 0,
             exposed: BTreeMap::new(),
-            send_buffer: (HEADER_LEN + eager_limit.max(24)).next_power_of_two() - HEADER_LEN,
+            send_buffer: send_buffer(eager_limit),
             to_send: VecDeque::new(),
             send_call: None,
             recv_call: false,
@@ -161,6 +161,13 @@ struct World {
 
 /// Control messages with no application progress after which the link counts as livelocked.
 const LIVELOCK_PACKETS: usize = 1_000;
+
+/// The largest payload a side's send buffers hold: its pool's largest block (a receive's
+/// size, the header and the eager limit or a rendezvous request, rounded up to a power of
+/// two) less the header.
+fn send_buffer(eager_limit: usize) -> usize {
+    (HEADER_LEN + eager_limit.max(24)).next_power_of_two() - HEADER_LEN
+}
 
 fn payload(id: u64, len: usize, side: usize) -> Vec<u8> {
     let mut rng = Rng::new(id.wrapping_mul(0x9e37_79b9) ^ (len as u64) << 20 ^ side as u64);
@@ -206,6 +213,7 @@ impl World {
                 credit_batch: Limits::credit_batch_for(depth[me]),
                 peer_depth: depth[peer],
                 peer_eager_limit: eager[peer],
+                send_buffer: send_buffer(eager[me]),
                 max_message: 1 << 20,
                 send_limit: send_limit[me],
             }
@@ -392,7 +400,17 @@ impl World {
             return Ok(());
         };
         let body = match route {
-            Route::Eager => Body::Data(bytes.clone()),
+            Route::Eager => {
+                if bytes.len() > side.send_buffer {
+                    return Err(format!(
+                        "{} sends {} bytes eagerly, its send buffers hold {} (TooLarge)",
+                        side.name,
+                        bytes.len(),
+                        side.send_buffer
+                    ));
+                }
+                Body::Data(bytes.clone())
+            }
             Route::Rendezvous => {
                 let token = side.protocol.expose();
                 side.exposed.insert(token, bytes.clone());
