@@ -257,11 +257,14 @@ async fn different_eager_limits_both_ways(rt: Rt) {
 
 /// Messages the killed peer sends while alive (some large), before the two it sends last.
 const BEFORE: u64 = 20;
-const LARGE: usize = 1 << 20;
 
+/// Message `i` of the killed peer: 100 bytes, or 1 MiB for some; the one it is killed
+/// after is 32 MiB, so that this side is still reading it when the peer dies.
 fn peer_message(i: u64) -> Vec<u8> {
-    let len = if i % 7 == 5 || i == BEFORE {
-        LARGE
+    let len = if i == BEFORE {
+        32 << 20
+    } else if i % 7 == 5 {
+        1 << 20
     } else {
         100
     };
@@ -269,7 +272,7 @@ fn peer_message(i: u64) -> Vec<u8> {
 }
 
 /// A peer process sends numbered messages (some large) and is killed right after it posted
-/// a large one and a small one after it, before this side read the large one. This side's
+/// a large one and a small one after it, while this side reads the large one. This side's
 /// `recv` gives the messages in order up to the failure and then the failure, never the
 /// small one without the large one before it; and the failure, once the disconnect is
 /// known, says so. (Before, the large message was skipped and the small one delivered.)
@@ -297,8 +300,9 @@ async fn killed_peer_mid_rendezvous_leaves_no_gap(rt: Rt) {
         assert_eq!(&got.data[..], &peer_message(i)[..], "message {i}");
     }
     messenger.send(b"go on").await.expect("send");
-    // The peer posted the large message and the small one after it: kill it before this
-    // side reads the large one (nothing polls this messenger meanwhile).
+    // The peer posted the large message and the small one after it: this side starts
+    // reading the large one (a recv given up after 5 ms leaves it reading), and the peer is
+    // killed in the middle of that read.
     loop {
         let line = lines
             .next()
@@ -308,6 +312,12 @@ async fn killed_peer_mid_rendezvous_leaves_no_gap(rt: Rt) {
             break;
         }
     }
+    let started = anyrdma::timeout(Duration::from_millis(5), messenger.recv()).await;
+    assert!(
+        started.is_err(),
+        "{}: 32 MiB read in 5 ms: the test proves nothing",
+        rt.name()
+    );
     child.kill().expect("kill the peer");
     child.wait().expect("reap the peer");
     std::thread::spawn(move || lines.for_each(drop));
