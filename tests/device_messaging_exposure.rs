@@ -167,7 +167,72 @@ async fn disconnect_during_large_send(rt: Rt) {
     );
 }
 
+/// A receiver whose application is slow to take messages, while a task of its own keeps its
+/// messenger going (here `flush`, as a task that sends replies would): 24 messages of 1 MiB
+/// arrive. What it registers for them must stay bounded (at most 4 large messages being read
+/// or read and not yet taken), and the sender's exposures too (at most 4): not one
+/// registration per message. (Before, every finished read started the next one, so all 24
+/// were held registered.)
+#[allow(clippy::await_holding_lock)] // REGIONS orders tests, not tasks
+async fn slow_receiver_pins_a_bounded_number_of_large_messages(rt: Rt) {
+    if !support::device_present("slow_receiver_pins_a_bounded_number_of_large_messages") {
+        return;
+    }
+    let _regions = REGIONS.lock().unwrap_or_else(|p| p.into_inner());
+    const COUNT: usize = 24;
+    const LEN: usize = 1 << 20;
+    let options = MessengerOptions {
+        depth: 32,
+        eager_limit: 64,
+        ..MessengerOptions::default()
+    };
+    let pair = Pair::with(
+        anyrdma::CqOptions::default(),
+        QpOptions::default(),
+        anyrdma::ConnectOptions::default(),
+    );
+    let a = Messenger::new(&pair.a, options).expect("messenger a");
+    let b = Messenger::new(&pair.b, options).expect("messenger b");
+    let message = |i: usize| -> Vec<u8> { (0..LEN).map(|at| (i * 31 + at) as u8).collect() };
+    let before = registered_regions();
+    let sender = {
+        let a = a.clone();
+        rt.spawn(async move {
+            for i in 0..COUNT {
+                a.send(&message(i)).await.expect("send");
+            }
+        })
+    };
+    // The receiver's application takes nothing for 8 s (long enough for the emulated device
+    // to read them all); a task keeps its messenger going.
+    let mut peak = 0;
+    let slow_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < slow_until && peak <= 12 {
+        within(10, "flush", b.flush()).await.expect("flush");
+        peak = peak.max(registered_regions().saturating_sub(before));
+        anyrdma::sleep(Duration::from_millis(2)).await;
+    }
+    println!(
+        "{}: at most {peak} registrations more while the receiver was slow",
+        rt.name()
+    );
+    // The sender's exposures (4, and the copy of a fifth waiting) and the receiver's
+    // messages being read or held (4), and the pools' small chunks.
+    assert!(
+        peak <= 12,
+        "{}: {peak} registrations for {COUNT} large messages of a slow receiver",
+        rt.name()
+    );
+    for i in 0..COUNT {
+        let got = within(20, "a message", b.recv()).await.expect("recv");
+        assert!(got.data[..] == message(i)[..], "{}: message {i}", rt.name());
+    }
+    within(20, "the sender", sender).await;
+    within(20, "flush", a.flush()).await.expect("flush");
+}
+
 runtime_tests!(
+    slow_receiver_pins_a_bounded_number_of_large_messages,
     dropped_large_send_exposes_nothing,
     disconnect_during_large_send
 );

@@ -336,11 +336,48 @@ impl Engine {
     /// Takes the next message, if it has arrived whole (its receive goes back to the peer),
     /// or the failure once the messages before it were taken.
     pub(crate) fn take_message(&self, state: &mut State) -> Option<Result<Message>> {
+        self.learn_disconnect(state);
         let next = state.protocol.take();
         self.apply(state);
         match next? {
             Ok((data, imm)) => Some(Ok(Message { data, imm })),
             Err(failure) => Some(Err(self.failed(&failure))),
+        }
+    }
+
+    /// A failure that was not a disconnect may have been the first sign of one (a read of a
+    /// dead peer's memory fails before the connection's disconnect event comes): once the
+    /// connection, or the queue pair, knows of the disconnect, it becomes the failure.
+    pub(crate) fn learn_disconnect(&self, state: &mut State) {
+        if !state
+            .failure()
+            .is_some_and(|failure| !failure.is_disconnect())
+        {
+            return;
+        }
+        let qpn = self.qp.qpn();
+        let disconnect = if self
+            .connection
+            .as_ref()
+            .is_some_and(Connection::is_disconnected)
+        {
+            Some(Error::Disconnected {
+                qpn,
+                why: "the peer disconnected",
+            })
+        } else {
+            self.qp
+                .failure()
+                .and_then(|failure| match failure.root_cause() {
+                    Error::Disconnected { qpn, why } => {
+                        Some(Error::Disconnected { qpn: *qpn, why })
+                    }
+                    _ => None,
+                })
+        };
+        if let Some(disconnect) = disconnect {
+            state.protocol.fail(disconnect);
+            self.apply(state);
         }
     }
 

@@ -1,6 +1,11 @@
 //! What a messenger says in its connect request or accept, so that both sides know each
-//! other's sizes: `AMSG`, version 1, then its depth, its eager limit and its largest message
-//! (each 32 bits, little endian). The transport may pad private data with zeroes.
+//! other's sizes: `AMSG`, the protocol's version, then its depth, its eager limit and its
+//! largest message (each 32 bits, little endian). The transport may pad private data with
+//! zeroes.
+//!
+//! Version 2: control messages (credits, rendezvous dones) take no credit; each side posts
+//! receives of its own for them (see [`super::protocol::CONTROL_RECEIVES`]). Version 1 spent
+//! credits on them, and its peers could deadlock; the two do not talk.
 
 use super::header::HeaderProblem;
 use super::MessengerOptions;
@@ -8,7 +13,7 @@ use crate::error::{Error, Result};
 
 const LEN: usize = 17;
 const MAGIC: &[u8; 4] = b"AMSG";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// What the peer said: the sizes its receives and messages have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +89,7 @@ mod tests {
         assert!(read(b"").is_err());
         assert!(read(&[0; 56]).is_err());
         let mut other_version = write(options);
-        other_version[4] = 2;
+        other_version[4] = 1;
         assert!(read(&other_version).is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::task::{Context as TaskContext, Poll};
 use super::engine::{Engine, State};
 use super::handshake::{self, PeerSizes};
 use super::header::{Kind, Rendezvous, HEADER_LEN, REQUEST_LEN};
-use super::protocol::{Gate, Limits, Protocol, Route, READS_IN_FLIGHT};
+use super::protocol::{Gate, Limits, Protocol, Route, CONTROL_RECEIVES, READS_IN_FLIGHT};
 use super::waiting::{self, Place};
 use super::MessengerOptions;
 use crate::cm::{Connection, ConnectionOptions, Incoming};
@@ -57,11 +57,12 @@ impl Posted {
     fn new(qp: &QueuePair, options: MessengerOptions) -> Result<Posted> {
         let depth = options.depth;
         let caps = qp.caps();
-        let max_depth = caps.max_recv_wr as usize;
+        // Control messages (credits, dones) land in receives of their own, beyond the depth.
+        let max_depth = (caps.max_recv_wr as usize).saturating_sub(CONTROL_RECEIVES);
         if !(2..=max_depth).contains(&depth) {
             return Err(Error::InvalidArgument(format!(
-                "a messenger needs a depth of 2 to {max_depth} (the receive queue's depth), \
-                 not {depth}"
+                "a messenger needs a depth of 2 to {max_depth} (the receive queue's depth less \
+                 {CONTROL_RECEIVES} receives for control messages), not {depth}"
             )));
         }
         // The reads of the peer's large messages take places in the send queue; messages need
@@ -82,8 +83,8 @@ impl Posted {
                 ..PoolOptions::default()
             },
         );
-        let mut posted = VecDeque::with_capacity(depth);
-        for _ in 0..depth {
+        let mut posted = VecDeque::with_capacity(depth + CONTROL_RECEIVES);
+        for _ in 0..depth + CONTROL_RECEIVES {
             posted.push_back(qp.recv(pool.alloc(receive_len)?));
         }
         // Large messages are read into memory kept for reuse: registering (and faulting in)
@@ -110,12 +111,13 @@ impl Posted {
 impl Messenger {
     /// A messenger over `qp`, which must be connected (or about to be: receives may be
     /// posted before [`QueuePair::connect`], and must be, so that the peer's first message
-    /// finds one). Posts `options.depth` receives from a pool of its own. The peer runs a
-    /// messenger with the same `depth` and `max_message`.
+    /// finds one). Posts `options.depth` receives from a pool of its own, and 7 more for
+    /// control messages. The peer runs a messenger of the same version with the same
+    /// options.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a depth of 0, 1 or above the receive queue's; the
-    /// pool's errors when posting the receives fails.
+    /// [`Error::InvalidArgument`] for a depth of 0, 1 or above the receive queue's depth
+    /// less 7; the pool's errors when posting the receives fails.
     pub fn new(qp: &QueuePair, options: MessengerOptions) -> Result<Messenger> {
         let posted = Posted::new(qp, options)?;
         Ok(Self::assemble(
@@ -190,6 +192,8 @@ impl Messenger {
             credit_batch: Limits::credit_batch_for(depth),
             peer_depth: peer.depth,
             peer_eager_limit: peer.eager_limit,
+            // The pool's largest block (see `Posted::new`).
+            send_buffer: posted.receive_len.next_power_of_two() - HEADER_LEN,
             max_message: options.max_message,
             send_limit,
         });
@@ -219,9 +223,10 @@ impl Messenger {
     }
 
     /// Messages up to this many bytes travel in one send; larger ones by rendezvous (the
-    /// peer reads them).
+    /// peer reads them). The smaller of the peer's eager limit and this side's (what its
+    /// send buffers hold, rounded up to a power of two with the header).
     pub fn eager_limit(&self) -> usize {
-        lock(&self.inner.state).protocol.limits().peer_eager_limit
+        lock(&self.inner.state).protocol.eager_limit()
     }
 
     /// Large messages of this side still exposed to the peer (sent by rendezvous, and not
@@ -248,7 +253,8 @@ impl Messenger {
     /// (its key stops working) when that word is taken in, by whichever task next receives,
     /// flushes, sends a large message or waits to send on this messenger, or when the
     /// messenger fails or is dropped.
-    /// At most the peer's depth of large messages are exposed at once: a further one waits.
+    /// At most 4 large messages are exposed at once (as many as the peer reads and holds at
+    /// once): a further one waits.
     ///
     /// Dropping the future before the message (or its rendezvous request) was posted leaves
     /// nothing at the peer and nothing exposed; after, the whole message arrives.
@@ -347,6 +353,7 @@ impl Messenger {
             Route::Eager
         };
         loop {
+            engine.learn_disconnect(state);
             match state.protocol.gate(route) {
                 Gate::Failed(failure) => return Poll::Ready(Err(engine.failed(&failure))),
                 Gate::Open => break,
@@ -396,6 +403,7 @@ impl Messenger {
             let mut progressed = engine.pump(state, cx);
             let sent = engine.poll_sends_down_to(state, 0, cx);
             progressed |= state.sending.len() < before;
+            engine.learn_disconnect(state);
             if let Some(failure) = state.failure() {
                 return Poll::Ready(Err(engine.failed(failure)));
             }

@@ -14,11 +14,18 @@
 //! - **Credits**: a sender sends only while the peer has a receive posted for it. Each side
 //!   starts with the peer's depth as its credits; every message tells the peer how many
 //!   receives this side posted again since it last said (the credits it returns), and when
-//!   enough are owed and this side sends nothing, a small credit message carries them: after
-//!   a quarter of the depth, so that a receiver that only receives keeps its sender going,
-//!   and a credit is always kept for it, so that it can always be sent. A message taken off
-//!   the wire is credited back only when the application takes it with `recv`: a slow
-//!   receiver holds its sender back ([`Messenger::send`] waits: backpressure, not an error).
+//!   a quarter of the depth is owed and this side sends nothing, a small credit message
+//!   carries them, so that a receiver that only receives keeps its sender going. A message
+//!   taken off the wire is credited back only when the application takes it with `recv`: a
+//!   slow receiver holds its sender back ([`Messenger::send`] waits: backpressure, not an
+//!   error). Control messages (credits, and "read it" for large messages) take no credit:
+//!   each side posts 7 receives beyond its depth for them, and data always leaves one more
+//!   free, enough for every control message the protocol can have in flight. So a side at
+//!   zero credits can still return credits (two sides cannot end owing each other with
+//!   nothing left to say it), and a credit message, which returns only receives that took
+//!   data, is never answered by another (two idle sides stay quiet). The protocol is an
+//!   I/O-free state machine, checked by a deterministic simulation of two peers over many
+//!   random schedules (`msg::simulation`).
 //! - **Any size**: one [`Messenger::send`] takes a message of any size up to
 //!   [`MessengerOptions::max_message`]. Up to [`MessengerOptions::eager_limit`] it is copied
 //!   into one send; above, it goes by rendezvous: it is copied into memory registered for it
@@ -28,10 +35,13 @@
 //!   write returns once the bytes are buffered, so a task may send a large message and then
 //!   receive; [`Messenger::flush`] waits until the peer has everything.
 //! - **Bounds**: messages in flight are bounded by the peer's depth (credits), the send
-//!   queue's room, and large messages exposed at once by the peer's depth. What a peer can
-//!   make this side hold is bounded too: its large messages are read two at a time (the
-//!   others wait their turn), into a pool of the messenger's (up to 128 MiB, registered once
-//!   and kept for the next ones; beyond it, a registration each).
+//!   queue's room, and large messages exposed at once by 4. What a peer can
+//!   make this side hold is bounded too: its large messages are read two at a time, and at
+//!   most 4 are in memory at once (being read, or read and not yet taken by `recv`: a slow
+//!   application holds the next reads back, the others wait their turn exposed at the
+//!   sender), into a pool of the messenger's (up to 128 MiB, registered once and kept for the
+//!   next ones; beyond it, a registration each). So a peer makes this side register at most
+//!   4 of its largest messages beyond the pool.
 //! - **Failures**: a peer that disconnects, a queue pair that fails, a malformed message
 //!   from the peer ([`Error::BadMessage`](crate::Error::BadMessage): the peer is then not
 //!   talked to any more): `send` and `recv` end with the failure as the cause, after the
@@ -57,6 +67,8 @@ mod handshake;
 mod header;
 mod messenger;
 mod protocol;
+#[cfg(test)]
+mod simulation;
 mod waiting;
 
 pub use header::HeaderProblem;
@@ -67,8 +79,9 @@ pub use messenger::{Message, Messages, Messenger};
 /// ([`Messenger::new`]) both sides must use the same.
 #[derive(Debug, Clone, Copy)]
 pub struct MessengerOptions {
-    /// Receives kept posted (and so messages that may be in flight toward this side). At
-    /// most the queue pair's receive depth. Default 64.
+    /// Receives kept posted for data (and so messages that may be in flight toward this
+    /// side); 7 more are posted for control messages. At most the queue pair's receive
+    /// depth less 7. Default 64.
     pub depth: usize,
     /// Messages up to this many bytes travel in one send into a posted receive (each
     /// receive is this large); larger ones by rendezvous, read by the receiver from the

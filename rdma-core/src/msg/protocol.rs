@@ -23,11 +23,35 @@ use crate::error::Error;
 /// what a peer's announcements can make this side allocate to two of its largest messages.
 pub(crate) const READS_IN_FLIGHT: usize = 2;
 
+/// Large messages of the peer a side holds in memory at once: being read (at most
+/// [`READS_IN_FLIGHT`]) or read and not yet taken by the application. A slow application
+/// holds further reads back (their senders keep them exposed meanwhile): what a peer makes
+/// this side register for its large messages is at most this many of them.
+pub(crate) const LARGE_IN_MEMORY: usize = 4;
+
+/// Large messages a side exposes at once (a further one waits until the peer has read one):
+/// as many as the peer reads and holds at once ([`LARGE_IN_MEMORY`]), so that none waits
+/// exposed for nothing, and a bound on the done messages that can come at once.
+pub(crate) const EXPOSED_AT_ONCE: usize = LARGE_IN_MEMORY;
+
+/// Credit messages (credits only) that can be at a side not taken in yet: each returns at
+/// least a quarter of the peer's depth ([`Limits::credit_batch_for`]), and no more than a
+/// depth's worth of credits can be on their way back at once.
+pub(crate) const CREDIT_MESSAGES_AT_ONCE: usize = 4;
+
+/// Receives a side posts beyond its depth, for control messages (credits and dones), which
+/// take no credit: with the one receive that data always leaves free (a data message needs
+/// two credits), room for [`CREDIT_MESSAGES_AT_ONCE`] credit messages and one done message
+/// per exposure ([`EXPOSED_AT_ONCE`]). So a control message never waits for a credit: a
+/// side at zero credits can always return credits, and a credit message is never answered
+/// by one.
+pub(crate) const CONTROL_RECEIVES: usize = CREDIT_MESSAGES_AT_ONCE + EXPOSED_AT_ONCE - 1;
+
 /// The sizes both sides run with, as far as the protocol needs them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     /// Receives this side keeps posted for the peer's data.
-    #[allow(dead_code)] // the simulation's bounds
+    #[cfg_attr(not(test), allow(dead_code))] // the simulation's bounds
     pub(crate) depth: usize,
     /// Return credits once this many receives were posted again without telling the peer.
     pub(crate) credit_batch: usize,
@@ -35,6 +59,9 @@ pub(crate) struct Limits {
     pub(crate) peer_depth: usize,
     /// The largest payload the peer's receives take.
     pub(crate) peer_eager_limit: usize,
+    /// The largest payload one of this side's send buffers holds (they are sized by this
+    /// side's eager limit, which may be below the peer's).
+    pub(crate) send_buffer: usize,
     /// The largest message this side takes: a larger rendezvous request is refused.
     pub(crate) max_message: usize,
     /// Sends (messages and control messages) in flight at most.
@@ -42,9 +69,17 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    /// Credits are returned in batches of a quarter of the depth (at least one).
+    /// Credits are returned in batches of a quarter of the depth, rounded up: so at most
+    /// [`CREDIT_MESSAGES_AT_ONCE`] credit messages carry a depth's worth.
     pub(crate) fn credit_batch_for(depth: usize) -> usize {
-        (depth / 4).max(1)
+        depth.div_ceil(CREDIT_MESSAGES_AT_ONCE).max(1)
+    }
+
+    /// Receives a side with these limits keeps posted: its depth for data, and
+    /// [`CONTROL_RECEIVES`] more for control messages.
+    #[cfg_attr(not(test), allow(dead_code))] // the simulation's bounds
+    pub(crate) fn receives(&self) -> usize {
+        self.depth + CONTROL_RECEIVES
     }
 }
 
@@ -76,15 +111,14 @@ pub(crate) enum Incoming<M> {
 /// Something that arrived, in arrival order.
 #[derive(Debug)]
 enum Arrival<M> {
+    /// A message whole (`large`: read from the peer, counted in [`LARGE_IN_MEMORY`]).
     Message {
         data: M,
         imm: Option<u32>,
+        large: bool,
     },
     /// A large message to read, waiting for a read to finish.
-    Announced {
-        from: Rendezvous,
-        imm: Option<u32>,
-    },
+    Announced { from: Rendezvous, imm: Option<u32> },
     /// A large message being read (`read` names it to the engine).
     Reading {
         read: u64,
@@ -119,12 +153,11 @@ pub(crate) struct Protocol<M> {
     limits: Limits,
     /// Sends the peer has a receive posted for.
     credits: usize,
-    /// Receives posted again since the peer was last told.
+    /// Receives that took data messages or rendezvous requests, posted again since the peer
+    /// was last told.
     owed: usize,
-    /// Some of the owed receives had taken more than a credit message.
-    owed_beyond_credit_messages: bool,
     arrived: VecDeque<Arrival<M>>,
-    /// Rendezvous done messages waiting for a credit.
+    /// Rendezvous done messages waiting for room in the send queue.
     done_to_send: VecDeque<u32>,
     /// Our large messages the peer may be reading, by token.
     exposed: BTreeSet<u32>,
@@ -142,7 +175,6 @@ impl<M> Protocol<M> {
             limits,
             credits: limits.peer_depth,
             owed: 0,
-            owed_beyond_credit_messages: false,
             arrived: VecDeque::new(),
             done_to_send: VecDeque::new(),
             exposed: BTreeSet::new(),
@@ -159,6 +191,7 @@ impl<M> Protocol<M> {
         self.actions.pop_front()
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // the simulation's checks
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -171,7 +204,7 @@ impl<M> Protocol<M> {
         self.owed
     }
 
-    #[allow(dead_code)] // the simulation's checks
+    #[cfg_attr(not(test), allow(dead_code))] // the simulation's checks
     pub(crate) fn sending(&self) -> usize {
         self.sending
     }
@@ -189,51 +222,79 @@ impl<M> Protocol<M> {
     }
 
     /// Large messages being read (what their reads registered).
-    pub(crate) fn reading(&self) -> usize {
+    fn reading(&self) -> usize {
         self.arrived
             .iter()
             .filter(|arrival| matches!(arrival, Arrival::Reading { .. }))
             .count()
     }
 
+    /// Large messages of the peer in memory: being read, or read and not taken yet.
+    pub(crate) fn large_in_memory(&self) -> usize {
+        self.arrived
+            .iter()
+            .filter(|arrival| {
+                matches!(
+                    arrival,
+                    Arrival::Reading { .. } | Arrival::Message { large: true, .. }
+                )
+            })
+            .count()
+    }
+
     /// Whether a message of `kind` takes one of the peer's receives counted by credits (until
     /// the peer posts it again and says so).
-    #[allow(dead_code)] // the simulation's checks
+    #[cfg_attr(not(test), allow(dead_code))] // the simulation's checks
     pub(crate) fn takes_credit(kind: Kind) -> bool {
-        let _ = kind;
-        true
+        matches!(kind, Kind::Data | Kind::Request)
     }
 
     /// The peer's receives this side holds: messages taken in and not given to the
     /// application yet (their receives are posted again when they are).
-    #[allow(dead_code)] // the simulation's checks
+    #[cfg_attr(not(test), allow(dead_code))] // the simulation's checks
     pub(crate) fn holding(&self) -> usize {
         self.arrived.len()
     }
 
     /// The most large messages a side with `limits` exposes at once.
-    #[allow(dead_code)] // the simulation's checks
+    #[cfg_attr(not(test), allow(dead_code))] // the simulation's checks
     pub(crate) fn exposed_max(limits: &Limits) -> usize {
-        limits.peer_depth
+        let _ = limits;
+        EXPOSED_AT_ONCE
+    }
+
+    /// The largest message that goes in one send: what the peer's receives take and this
+    /// side's send buffers hold.
+    pub(crate) fn eager_limit(&self) -> usize {
+        self.limits.peer_eager_limit.min(self.limits.send_buffer)
     }
 
     /// How a message of `len` bytes goes to the peer.
     pub(crate) fn route(&self, len: usize) -> Route {
-        if len <= self.limits.peer_eager_limit {
+        if len <= self.eager_limit() {
             Route::Eager
         } else {
             Route::Rendezvous
         }
     }
 
-    /// Records why the messenger stopped (the first reason stays) and returns it.
+    /// Records why the messenger stopped and returns it. The first reason stays, unless a
+    /// disconnect comes after a failure that was not one: a peer that dies in the middle of
+    /// a rendezvous shows first as a failed read of its memory, and then as the disconnect,
+    /// which is what happened ([`Error::is_disconnect`] must say so).
     pub(crate) fn fail(&mut self, err: Error) -> Arc<Error> {
-        if self.failure.is_none() {
-            // The queue pair is failed or being failed: the peer can no longer read.
-            self.exposed.clear();
-            self.actions.push_back(Action::UnexposeAll);
-        }
-        self.failure.get_or_insert_with(|| Arc::new(err)).clone()
+        let failure = match self.failure.take() {
+            None => {
+                // The queue pair is failed or being failed: the peer can no longer read.
+                self.exposed.clear();
+                self.actions.push_back(Action::UnexposeAll);
+                Arc::new(err)
+            }
+            Some(first) if !first.is_disconnect() && err.is_disconnect() => Arc::new(err),
+            Some(first) => first,
+        };
+        self.failure = Some(failure.clone());
+        failure
     }
 
     /// A message from the peer arrived with `header`. A message that breaks the protocol is
@@ -252,18 +313,21 @@ impl<M> Protocol<M> {
         }
         self.credits += returned;
         match incoming {
-            Incoming::Credit => self.repost(Kind::Credit),
+            // A control message's receive is posted again at once, and not owed: the peer
+            // counts it among its control receives, which need no credit.
+            Incoming::Credit => self.actions.push_back(Action::Repost),
             Incoming::Done(token) => {
                 // Read: the exposure ends (its registration goes, so the key stops working).
                 if !self.exposed.remove(&token) {
                     return Err(HeaderProblem::UnknownToken(token));
                 }
                 self.actions.push_back(Action::Unexpose(token));
-                self.repost(Kind::Done);
+                self.actions.push_back(Action::Repost);
             }
             Incoming::Data(data) => self.arrived.push_back(Arrival::Message {
                 data,
                 imm: header.imm,
+                large: false,
             }),
             Incoming::Request(from) => {
                 if from.len > self.limits.max_message as u64 {
@@ -297,12 +361,18 @@ impl<M> Protocol<M> {
         };
         match result {
             Ok(data) => {
-                self.arrived[at] = Arrival::Message { data, imm };
+                self.arrived[at] = Arrival::Message {
+                    data,
+                    imm,
+                    large: true,
+                };
                 self.done_to_send.push_back(token);
                 self.start_reads();
             }
             Err(err) => {
-                self.arrived.remove(at);
+                // Its op is spent, and the messages after it can never be given without a
+                // gap: the application gets those before it, then the failure.
+                self.arrived.truncate(at);
                 self.fail(err);
             }
         }
@@ -323,12 +393,13 @@ impl<M> Protocol<M> {
         if let Some(failure) = &self.failure {
             return Gate::Failed(failure.clone());
         }
-        // One credit and one place in the send queue stay for control messages, so that
-        // both sides can always return credits and say a large message was read.
+        // One credit (one of the peer's receives) and one place in the send queue stay for
+        // control messages, so that both sides can always return credits and say a large
+        // message was read; done messages waiting go first.
         let room = self.sending + 2 <= self.limits.send_limit;
         let exposable =
             route == Route::Eager || self.exposed.len() < Self::exposed_max(&self.limits);
-        if self.credits >= 2 && room && exposable {
+        if self.credits >= 2 && room && exposable && self.done_to_send.is_empty() {
             Gate::Open
         } else {
             Gate::Wait
@@ -359,14 +430,22 @@ impl<M> Protocol<M> {
     /// were taken; `None` while the next one has not arrived whole.
     pub(crate) fn take(&mut self) -> Option<Taken<M>> {
         if matches!(self.arrived.front(), Some(Arrival::Message { .. })) {
-            let Some(Arrival::Message { data, imm }) = self.arrived.pop_front() else {
+            let Some(Arrival::Message { data, imm, large }) = self.arrived.pop_front() else {
                 return None;
             };
-            self.repost(Kind::Data);
+            if large {
+                // Room for the next large message to be read.
+                self.start_reads();
+            }
+            self.repost();
             self.control();
             return Some(Ok((data, imm)));
         }
-        self.failure.clone().map(Err)
+        let failure = self.failure.clone()?;
+        // The failure is final: a read that finishes after it was given is not delivered
+        // (the application would see a message after the end).
+        self.arrived.clear();
+        Some(Err(failure))
     }
 
     /// Whether the peer has everything sent so far (each send finished, each large message
@@ -379,24 +458,24 @@ impl<M> Protocol<M> {
     fn take_owed(&mut self) -> u16 {
         let now = self.owed.min(u16::MAX as usize);
         self.owed -= now;
-        self.owed_beyond_credit_messages = false;
         now as u16
     }
 
-    /// Posts one more receive (for one that took a message of kind `took`), owed to the
-    /// peer as a credit.
-    fn repost(&mut self, took: Kind) {
+    /// Posts one more receive (for one that took a data message or a rendezvous request),
+    /// owed to the peer as a credit.
+    fn repost(&mut self) {
         self.actions.push_back(Action::Repost);
         self.owed += 1;
-        self.owed_beyond_credit_messages |= took != Kind::Credit;
     }
 
     /// Starts reading announced large messages, oldest first, while fewer than
-    /// [`READS_IN_FLIGHT`] are being read.
+    /// [`READS_IN_FLIGHT`] are being read and fewer than [`LARGE_IN_MEMORY`] are in memory.
     fn start_reads(&mut self) {
         let mut reading = self.reading();
+        let mut in_memory = self.large_in_memory();
         for at in 0..self.arrived.len() {
-            if reading >= READS_IN_FLIGHT || self.failure.is_some() {
+            if reading >= READS_IN_FLIGHT || in_memory >= LARGE_IN_MEMORY || self.failure.is_some()
+            {
                 return;
             }
             let Arrival::Announced { from, imm } = self.arrived[at] else {
@@ -411,34 +490,31 @@ impl<M> Protocol<M> {
             };
             self.actions.push_back(Action::Read { read, from });
             reading += 1;
+            in_memory += 1;
         }
     }
 
-    /// Sends the control messages due: the done messages waiting, while there are credits
-    /// (a control message may use the credit kept back from data), then the credits owed.
+    /// Sends the control messages due, which take no credit (they land in the peer's control
+    /// receives) and only a place in the send queue (data leaves one for them): the done
+    /// messages waiting, then the credits owed once a batch of them is. A credit message
+    /// returns only receives that took data, never those of credit messages, so it is never
+    /// answered by one: two idle sides do not talk.
     fn control(&mut self) {
         if self.failure.is_some() {
             return;
         }
-        while self.credits > 0 && self.sending < self.limits.send_limit {
+        while self.sending < self.limits.send_limit {
             let Some(token) = self.done_to_send.pop_front() else {
                 break;
             };
             self.send_control(Kind::Done, Some(token));
         }
-        // While this side waits for the peer to read a large message, at once: the peer
-        // needs a credit to say it is done. Not at once for receives that only took credit
-        // messages: two sides both waiting would otherwise answer each other's credit
-        // messages for ever.
-        let urgent = !self.exposed.is_empty() && self.owed_beyond_credit_messages;
-        let batch = if urgent { 1 } else { self.limits.credit_batch };
-        if self.owed >= batch && self.credits > 0 && self.sending < self.limits.send_limit {
+        if self.owed >= self.limits.credit_batch && self.sending < self.limits.send_limit {
             self.send_control(Kind::Credit, None);
         }
     }
 
     fn send_control(&mut self, kind: Kind, token: Option<u32>) {
-        self.credits -= 1;
         self.sending += 1;
         let header = Header {
             kind,
