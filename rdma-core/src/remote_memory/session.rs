@@ -562,7 +562,7 @@ impl Inner {
             }
         });
         let after = self.options.answer_timeout;
-        match with_sleep(after, wait, self.runtime()?.sleep(after)).await {
+        match with_sleep(after, wait, self.runtime()?.try_sleep(after)?).await {
             Ok(answer) => answer,
             Err(_) => Err(Error::NoAnswer { what, after }),
         }
@@ -823,7 +823,7 @@ impl Inner {
             Ok(()) if sending.is_none() => Poll::Ready(Ok(())),
             Ok(()) => Poll::Pending,
         });
-        let _ = with_sleep(after, rest, runtime.sleep(after)).await;
+        let _ = with_sleep(after, rest, runtime.try_sleep(after)?).await;
         Ok(())
     }
 
