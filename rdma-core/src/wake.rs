@@ -195,3 +195,69 @@ impl Drop for WakeList {
         self.run();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+    use std::time::{Duration, Instant};
+
+    /// In each of 1,000 episodes, four threads at once make a change and ask for a round of
+    /// the driver, then wait (as a task sleeps until its completion is dispatched, with
+    /// nobody else bound to drive) until a round has seen their change. A caller refused
+    /// because another drives must be covered by a round that starts after its change (the
+    /// running driver's extra round): otherwise it waits for ever. The flag that the
+    /// channel is watched is left alone by the rounds.
+    #[test]
+    fn a_caller_refused_while_another_drives_is_covered_by_a_later_round() {
+        const THREADS: usize = 4;
+        let state = DriveState::default();
+        state.set_watched();
+        let changes = AtomicU64::new(0);
+        let seen = AtomicU64::new(0);
+        let arrived = AtomicUsize::new(0);
+        let lost = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..THREADS {
+                scope.spawn(|| {
+                    for episode in 0..1_000 {
+                        // All threads start the episode together (or stop, once one failed).
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        while arrived.load(Ordering::SeqCst) < THREADS * (episode + 1) {
+                            if lost.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            std::thread::yield_now();
+                        }
+                        let change = changes.fetch_add(1, Ordering::SeqCst) + 1;
+                        if state.begin() {
+                            loop {
+                                seen.fetch_max(changes.load(Ordering::SeqCst), Ordering::SeqCst);
+                                // A round takes a while: others come and are refused meanwhile.
+                                std::thread::yield_now();
+                                if state.finish() {
+                                    break;
+                                }
+                            }
+                        }
+                        let waiting = Instant::now();
+                        while seen.load(Ordering::SeqCst) < change {
+                            if waiting.elapsed() > Duration::from_secs(10) {
+                                lost.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                            std::thread::yield_now();
+                        }
+                    }
+                });
+            }
+        });
+        assert!(
+            !lost.load(Ordering::SeqCst),
+            "a change made while another caller drove was never seen by a round"
+        );
+        assert!(state.is_watched());
+        assert!(state.begin(), "nobody drives at the end");
+        assert!(state.finish());
+    }
+}
