@@ -574,14 +574,26 @@ async fn hostile_peer_gets_typed_errors(rt: Rt) {
         );
         let victim = Messenger::new(&pair.b, options).expect("messenger");
         messengers += 1;
-        // Where the victim's credit messages land.
-        let _hostile_receives: Vec<_> = (0..64)
+        // Where the victim's credit messages land: kept posted, as a messenger keeps its
+        // control receives (credit messages take no credit, so a peer must take them in).
+        let mut hostile_receives: Vec<_> = (0..64)
             .map(|_| {
                 pair.a
                     .recv(pair.pd.alloc(64, anyrdma::Access::LOCAL).unwrap())
             })
             .collect();
         'victim: loop {
+            std::future::poll_fn(|cx| {
+                for receive in &mut hostile_receives {
+                    if std::future::Future::poll(std::pin::Pin::new(&mut *receive), cx).is_ready() {
+                        *receive = pair
+                            .a
+                            .recv(pair.pd.alloc(64, anyrdma::Access::LOCAL).unwrap());
+                    }
+                }
+                std::task::Poll::Ready(())
+            })
+            .await;
             // Up to a depth's worth of messages at once (the victim's receives are posted),
             // the one that breaks it last.
             let mut batch = Vec::new();

@@ -129,6 +129,9 @@ async fn idle_messengers_stay_quiet(rt: Rt) {
         return;
     }
     let _alone = QUIET.write().unwrap_or_else(|p| p.into_inner());
+    // Two messengers answering each other's credit messages for ever never let their task
+    // yield to a timer: only a watchdog thread ends that.
+    let _watchdog = support::watchdog(60, "idle messengers that never stop talking");
     let options = MessengerOptions {
         depth: 4,
         eager_limit: 64,

@@ -24,7 +24,8 @@
 //!   failure (a disconnect once that is known), never a gap.
 //!
 //! A failure panics with the seed; `ANYRDMA_SIM_SEED=<seed>` runs that one schedule, with
-//! `ANYRDMA_SIM_TRACE=1` printing its events.
+//! `ANYRDMA_SIM_TRACE=1` printing its events; `ANYRDMA_SIM_SCHEDULES=<n>` runs the first `n`
+//! schedules instead of all.
 
 #[path = "../../../tests/seeded/mod.rs"]
 mod seeded;
@@ -704,7 +705,7 @@ impl World {
         let side = |s: &Side| {
             format!(
                 "{}: credits {} owed {} arrived {} reading {} sending {} exposed {} done_to_send {} \
-                 posted {} send_call {} delivered {} of {} failed {:?}",
+                 posted {} send_call {} delivered {} failed {:?}",
                 s.name,
                 s.protocol.credits(),
                 s.protocol.owed(),
@@ -716,7 +717,6 @@ impl World {
                 s.posted,
                 s.send_call.is_some(),
                 s.delivered.len(),
-                "?",
                 s.failed.as_ref().map(|f| f.to_string()),
             )
         };
