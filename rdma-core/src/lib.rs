@@ -23,36 +23,24 @@
 #![warn(missing_docs)]
 
 mod assertions;
-mod batch;
-mod buffers;
 pub mod cm;
-mod context;
-mod cq;
-pub mod device;
-mod endpoint;
+mod engine;
 pub mod error;
 mod events;
-mod mr;
+mod memory;
 pub mod msg;
-mod op;
-mod owned;
-mod pd;
-mod pool;
-mod qp;
-mod queue;
-mod remote;
 pub mod remote_memory;
 pub mod runtime;
-mod send;
-mod shared;
-pub mod signaling;
-mod slots;
-mod span;
-mod srq;
 mod trace;
-mod wake;
-mod wc;
+mod verbs;
 mod wire;
+
+// The layers' modules under their short names, as the rest of the crate uses them.
+pub use engine::signaling;
+pub(crate) use engine::{cq, op, queue, slots, wake, wc};
+pub(crate) use memory::{buffers, mr, owned, pool, remote, shared, span};
+pub use verbs::device;
+pub(crate) use verbs::{batch, context, endpoint, pd, qp, send, srq};
 
 pub use batch::Batch;
 pub use buffers::{Buffers, MAX_SGE};
