@@ -31,6 +31,7 @@ mod memory;
 pub mod msg;
 pub mod remote_memory;
 pub mod runtime;
+mod sync;
 mod trace;
 mod verbs;
 mod wire;
@@ -38,7 +39,7 @@ mod wire;
 // The layers' modules under their short names, as the rest of the crate uses them.
 pub use engine::signaling;
 pub(crate) use engine::{cq, op, queue, slots, wake, wc};
-pub(crate) use memory::{buffers, mr, owned, pool, remote, shared, span};
+pub(crate) use memory::{buffers, hot_slots, mr, owned, pool, remote, shared, span};
 pub use verbs::device;
 pub(crate) use verbs::{batch, context, endpoint, pd, qp, send, srq};
 

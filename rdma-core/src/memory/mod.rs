@@ -3,6 +3,7 @@
 //! in place, scatter-gather lists, and descriptions of remote regions.
 
 pub(crate) mod buffers;
+pub(crate) mod hot_slots;
 pub(crate) mod mr;
 pub(crate) mod owned;
 pub(crate) mod pool;

@@ -19,13 +19,14 @@
 //! their bare blocks into the queue. Only growing and trimming take a lock (they register
 //! and deregister memory: system calls anyway).
 
-use std::ptr::{self, NonNull};
-use std::sync::atomic::{fence, AtomicPtr, AtomicUsize, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use concurrent_queue::ConcurrentQueue;
 
 use crate::error::{Error, Result};
+use crate::hot_slots::HotSlots;
 use crate::mr::{alloc_pages, page_size, Access, LocalBuf, MrInner, Storage};
 use crate::pd::ProtectionDomain;
 use crate::wake::lock;
@@ -109,7 +110,7 @@ impl Drop for PoolHandle {
         // free queues, and their references to the pool go, so that the pool is freed with
         // its last buffer.
         for class in &self.shared.classes {
-            drop(class.drain_hot(true));
+            drop(class.hot.close());
         }
     }
 }
@@ -127,15 +128,11 @@ pub(crate) struct PoolShared {
 /// How many free blocks of a class are kept whole in hot slots: one cache line of pointers.
 const HOT_SLOTS: usize = 8;
 
-/// What a hot slot holds once its pool has no handle left: never a view, and never
-/// replaced by one (a put only fills a null slot). Never dereferenced.
-const CLOSED: *mut MrInner = NonNull::dangling().as_ptr();
-
 /// One size class: its free blocks and counts.
 struct Class {
     size: usize,
-    /// Free blocks kept whole: null, `CLOSED`, or `Arc::into_raw` of a block's view.
-    hot: [AtomicPtr<MrInner>; HOT_SLOTS],
+    /// Free blocks kept whole (their views); closed when the pool has no handle left.
+    hot: HotSlots<Arc<MrInner>, HOT_SLOTS>,
     /// The other free blocks, bare.
     free: ConcurrentQueue<FreeBlock>,
     /// Blocks carved from this class's chunks (changed only under the grow lock).
@@ -143,74 +140,10 @@ struct Class {
 }
 
 impl Class {
-    /// Takes a whole free block from a hot slot, if one holds any.
-    #[inline]
-    fn take_hot(&self) -> Option<Arc<MrInner>> {
-        for slot in &self.hot {
-            let raw = slot.load(Ordering::Relaxed);
-            if raw.is_null() || raw == CLOSED {
-                continue;
-            }
-            // Whoever empties the slot gets its reference. (The same view put back in
-            // between is still one reference in the slot: taking it is right.)
-            if slot
-                .compare_exchange(raw, ptr::null_mut(), Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                // SAFETY: the slot held one `Arc::into_raw` reference, which the exchange
-                // moved to this thread alone.
-                return Some(unsafe { Arc::from_raw(raw) });
-            }
-        }
-        None
-    }
-
-    /// Puts the view of a free block, given as `Arc::into_raw`, into an empty hot slot.
-    /// Returns false when none is empty (the caller still owns the reference).
-    ///
-    /// # Safety
-    /// `raw` is an `Arc::into_raw` reference the caller owns. After a `true` return it
-    /// belongs to the slot, which another thread may empty at once: `self`, reached through
-    /// that view, may then be freed, so the caller must not touch either again.
-    #[inline]
-    unsafe fn put_hot(&self, raw: *mut MrInner) -> bool {
-        for slot in &self.hot {
-            if slot.load(Ordering::Relaxed).is_null()
-                && slot
-                    .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Empties the hot slots, leaving each null (`close`: `CLOSED`), and returns the views
-    /// they held.
-    fn drain_hot(&self, close: bool) -> Vec<Arc<MrInner>> {
-        let empty = if close { CLOSED } else { ptr::null_mut() };
-        self.hot
-            .iter()
-            .filter_map(|slot| {
-                let raw = slot.swap(empty, Ordering::Acquire);
-                // SAFETY: as in `take_hot`.
-                (!raw.is_null() && raw != CLOSED).then(|| unsafe { Arc::from_raw(raw) })
-            })
-            .collect()
-    }
-
     /// Blocks held by live buffers: all blocks less the free ones. A snapshot: blocks moving
     /// between a buffer and the free lists may be counted on either side.
     fn in_use(&self) -> usize {
-        let hot = self
-            .hot
-            .iter()
-            .filter(|slot| {
-                let raw = slot.load(Ordering::Relaxed);
-                !raw.is_null() && raw != CLOSED
-            })
-            .count();
+        let hot = self.hot.len();
         self.blocks
             .load(Ordering::Relaxed)
             .saturating_sub(self.free.len() + hot)
@@ -264,11 +197,12 @@ pub(crate) fn recycle(mr: Arc<MrInner>) {
         drop(unsafe { Arc::from_raw(raw) });
         return;
     };
-    // SAFETY: `raw` is ours; after a successful put nothing here touches the view or the
-    // pool again (the hot slot owns the view, which owns the reference to the pool).
-    if !unsafe { block.pool.classes[block.class].put_hot(raw) } {
-        // SAFETY: not stored: still ours.
-        drop(unsafe { Arc::from_raw(raw) });
+    // SAFETY: `raw` came from `Arc::into_raw` above and was stored nowhere. After a
+    // successful put nothing here touches the view or the pool again (the hot slot owns the
+    // view, which owns the reference to the pool); a refused view is dropped.
+    let mr = unsafe { Arc::from_raw(raw) };
+    if let Err(mr) = block.pool.classes[block.class].hot.put(mr) {
+        drop(mr);
     }
 }
 
@@ -308,7 +242,7 @@ impl MemoryPool {
         while size <= largest {
             classes.push(Class {
                 size,
-                hot: Default::default(),
+                hot: HotSlots::new(),
                 free: ConcurrentQueue::unbounded(),
                 blocks: AtomicUsize::new(0),
             });
@@ -343,7 +277,7 @@ impl MemoryPool {
         let pool = &self.handle.shared;
         let index = pool.class_of(len)?;
         let class = &pool.classes[index];
-        if let Some(mut mr) = class.take_hot() {
+        if let Some(mut mr) = class.hot.take() {
             // A parked view is held by its slot alone, so this succeeds; were it shared, it
             // is dropped (its block goes to the queue) and a new view is made below.
             if let Some(view_len) = Arc::get_mut(&mut mr).and_then(MrInner::pool_block_len) {
@@ -391,7 +325,7 @@ impl MemoryPool {
         let mut released = 0;
         for class in &pool.classes {
             // Dropping the parked views puts their blocks into the queue.
-            drop(class.drain_hot(false));
+            drop(class.hot.drain());
             let mut free = Vec::new();
             while let Ok(block) = class.free.pop() {
                 free.push(block);
