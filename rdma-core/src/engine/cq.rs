@@ -14,10 +14,14 @@
 //!
 //! In event mode, the completion channel is watched by the CQ's own driver: the waker the
 //! reactor holds for the channel's fd is not a task's but the CQ's. When the channel
-//! signals, the reactor's wake-up itself takes the channel events, polls the CQ and
-//! dispatches what it finds (waking exactly the tasks whose completions came), re-arms the
-//! CQ (`ibv_req_notify_cq`) and polls once more to close the race with completions that
-//! arrived meanwhile, then registers the channel with the reactor again. A waiting task only
+//! signals, the reactor's wake-up itself takes the channel events (draining the channel
+//! until it would block, which leaves the CQ's waker with the reactor again), then polls the
+//! CQ until it is empty and dispatches what it finds (waking exactly the tasks whose
+//! completions came; a poll that finds less than it asked for is the last). If a task still
+//! waits, it re-arms the CQ (`ibv_req_notify_cq`) and polls once more, to close the race with
+//! completions that came before the arm; if none does, the CQ stays unarmed, so that a
+//! completion nobody waits for (a send whose future is awaited later, say) raises no event
+//! and costs no wake-up. A waiting task only
 //! makes sure this is so before it sleeps: when the driver does not watch (the first wait,
 //! or the channel's round is under way) it runs a round itself, and a round already under
 //! way on another thread is asked to run once more instead. The fd is registered with the
@@ -415,8 +419,16 @@ impl CqShared {
         let mut spins = 0u32;
         let mut wake = WakeList::new();
         loop {
-            let mut state = first.take().unwrap_or_else(|| lock(&self.state));
-            let (found, own) = match state.table.take_done(id) {
+            // The first time round, the slot was just found not done under this same lock.
+            let (mut state, done) = match first.take() {
+                Some(state) => (state, None),
+                None => {
+                    let mut state = lock(&self.state);
+                    let done = state.table.take_done(id);
+                    (state, done)
+                }
+            };
+            let (found, own) = match done {
                 Some(result) => (0, Some(result)),
                 None => self.poll_cq(&mut state, &mut wake, Some(id)),
             };
@@ -425,7 +437,9 @@ impl CqShared {
                 wake.run();
                 return Poll::Ready(result);
             }
-            if found > 0 {
+            // A poll that found less than it asked for emptied the CQ: as after an empty one,
+            // the task sleeps (or spins), with no empty poll first.
+            if found == POLL_BATCH {
                 drop(state);
                 wake.run();
                 continue;
@@ -480,6 +494,7 @@ impl CqShared {
             }
             spins += 1;
             drop(state);
+            wake.run();
             std::hint::spin_loop();
         }
     }
@@ -510,60 +525,52 @@ impl CqShared {
         }
     }
 
-    /// One round of the driver: takes the channel's events, polls the CQ until it is empty
-    /// (dispatching every completion, waking their tasks outside the lock), arms the CQ and
-    /// polls once more, reads the device's events, and registers the channel with the
-    /// reactor, with the CQ's own waker. Ends with the channel watched (the reactor wakes
-    /// the driver on the next completion), or with the channel given up (every waiting task
-    /// woken to poll instead). The result of `polling`, if found, goes to `own`.
+    /// One round of the driver: takes every event of the channel and leaves the CQ's own
+    /// waker with the reactor (one `poll_read_with`, which drains the channel until it would
+    /// block), acknowledges the events, polls the CQ until it is empty (dispatching every
+    /// completion, waking their tasks outside the lock) and, while a task waits, arms the CQ
+    /// and polls once more, then reads the device's events. The waker is with the reactor
+    /// before the arm, so an event raised after it is never missed. Ends with the channel
+    /// watched (the reactor wakes the driver on the next event; the CQ is armed if a task
+    /// waits, else the next task to sleep arms it in a round of its own), or with the channel
+    /// given up (every waiting task woken to poll instead). The result of `polling`, if
+    /// found, goes to `own`.
     fn drive_round(&self, polling: Option<SlotId>, own: &mut Option<SlotResult>) {
         let mut wake = WakeList::new();
         loop {
-            let mut state = lock(&self.state);
-            let (found, result) = self.poll_cq(&mut state, &mut wake, polling);
-            if result.is_some() {
-                *own = result;
-            }
-            if found > 0 {
-                drop(state);
-                wake.run();
-                continue;
-            }
-            if let Some(error) = state.poll_error.take() {
-                drop(state);
-                wake.run();
-                self.ctx.inner.events.fail_cq(self.raw() as usize, &error);
-                continue;
-            }
-            if state.channel_failed {
-                return;
-            }
-            if !state.armed {
-                // Arm, then poll again: a completion that arrived before the arm raises no
-                // event.
-                if let Err(err) = self.arm(&mut state) {
-                    self.fail_channel(&mut state, err, &mut wake);
+            let watch = match self.watch.get() {
+                Some(watch) => &**watch,
+                None => {
+                    let mut state = lock(&self.state);
+                    if state.channel_failed {
+                        return;
+                    }
+                    match self.watch_channel(&mut state, &mut wake) {
+                        Some(watch) => watch,
+                        // No way to sleep: the tasks poll instead (channel_failed is set and
+                        // they are queued in `wake`).
+                        None => return,
+                    }
                 }
-                continue;
-            }
-            let Some(watch) = self.watch_channel(&mut state, &mut wake) else {
-                continue; // no way to sleep: the tasks poll instead (channel_failed is set)
             };
-            drop(state);
-            wake.run();
-            if self.poll_device_events(Some(&self.channel_waker)) {
-                continue;
-            }
+            let mut events = 0u32;
             let mut channel_cx = TaskContext::from_waker(&self.channel_waker);
-            let event = match watch.poll_read_with(&mut channel_cx, &mut || self.get_event()) {
-                Poll::Pending => {
-                    self.driving.set_watched();
-                    return;
-                }
-                Poll::Ready(event) => event,
-            };
+            let watched = watch.poll_read_with(&mut channel_cx, &mut || loop {
+                self.get_event()?;
+                events += 1;
+            });
+            let registered = watched.is_pending();
             let mut state = lock(&self.state);
-            if let Err(source) = event {
+            if events > 0 {
+                state.armed = false;
+                state.unacked += events;
+                if state.unacked >= ACK_BATCH {
+                    // SAFETY: the CQ is valid; `unacked` events were taken from it.
+                    unsafe { ibv_ack_cq_events(self.raw(), state.unacked) };
+                    state.unacked = 0;
+                }
+            }
+            if let Poll::Ready(Err(source)) = watched {
                 // The reactor refused (its runtime shut down, say) or the channel failed.
                 let runtime = self.runtime.get().map_or("none", RuntimeHandle::name);
                 let reason = Error::Runtime {
@@ -572,19 +579,51 @@ impl CqShared {
                     source,
                 };
                 self.fail_channel(&mut state, reason, &mut wake);
+            }
+            loop {
+                let (found, result) = self.poll_cq(&mut state, &mut wake, polling);
+                if result.is_some() {
+                    *own = result;
+                }
+                if let Some(error) = state.poll_error.take() {
+                    drop(state);
+                    wake.run();
+                    self.ctx.inner.events.fail_cq(self.raw() as usize, &error);
+                    state = lock(&self.state);
+                    continue;
+                }
+                if found == POLL_BATCH {
+                    drop(state);
+                    wake.run();
+                    state = lock(&self.state);
+                    continue;
+                }
+                // A poll that found less than it asked for emptied the CQ. Armed before it,
+                // the next completion raises an event. Unarmed, it stays so while no task
+                // waits: a completion nobody waits for costs no event and no wake-up (the
+                // next task to sleep arms it, in its own round).
+                if state.armed || state.channel_failed || !state.table.has_waiters() {
+                    break;
+                }
+                // Arm, then poll again: a completion that came before the arm raises no event.
+                if let Err(err) = self.arm(&mut state) {
+                    self.fail_channel(&mut state, err, &mut wake);
+                }
+            }
+            if state.channel_failed {
+                return;
+            }
+            drop(state);
+            wake.run();
+            if self.poll_device_events(Some(&self.channel_waker)) {
                 continue;
             }
-            state.armed = false;
-            state.unacked += 1;
-            if state.unacked >= ACK_BATCH {
-                // SAFETY: the CQ is valid; `unacked` events were taken from it.
-                unsafe { ibv_ack_cq_events(self.raw(), state.unacked) };
-                state.unacked = 0;
+            if registered {
+                self.driving.set_watched();
+                return;
             }
-            // Re-arm before polling again: a completion after that poll raises an event.
-            if let Err(err) = self.arm(&mut state) {
-                self.fail_channel(&mut state, err, &mut wake);
-            }
+            // The reactor reported the channel readable but `get_event` never said it would
+            // block (an adapter that does not drain): take the events again.
         }
     }
 
