@@ -15,11 +15,13 @@
 //! In event mode, the completion channel is watched by the CQ's own driver: the waker the
 //! reactor holds for the channel's fd is not a task's but the CQ's. When the channel
 //! signals, the reactor's wake-up itself takes the channel events (draining the channel
-//! until it would block, which leaves the CQ's waker with the reactor again), re-arms the CQ
-//! (`ibv_req_notify_cq`), then polls the CQ until it is empty and dispatches what it finds
-//! (waking exactly the tasks whose completions came): armed before that poll, the CQ raises
-//! an event for any completion the poll missed, and one poll that finds less than it asked
-//! for is the last. A waiting task only
+//! until it would block, which leaves the CQ's waker with the reactor again), then polls the
+//! CQ until it is empty and dispatches what it finds (waking exactly the tasks whose
+//! completions came; a poll that finds less than it asked for is the last). If a task still
+//! waits, it re-arms the CQ (`ibv_req_notify_cq`) and polls once more, to close the race with
+//! completions that came before the arm; if none does, the CQ stays unarmed, so that a
+//! completion nobody waits for (a send whose future is awaited later, say) raises no event
+//! and costs no wake-up. A waiting task only
 //! makes sure this is so before it sleeps: when the driver does not watch (the first wait,
 //! or the channel's round is under way) it runs a round itself, and a round already under
 //! way on another thread is asked to run once more instead. The fd is registered with the
@@ -525,13 +527,14 @@ impl CqShared {
 
     /// One round of the driver: takes every event of the channel and leaves the CQ's own
     /// waker with the reactor (one `poll_read_with`, which drains the channel until it would
-    /// block), acknowledges the events and re-arms the CQ, then polls the CQ until it is empty
-    /// (dispatching every completion, waking their tasks outside the lock) and reads the
-    /// device's events. In that order, one poll after the arm closes the race with the
-    /// completions that came before it, and the waker is already with the reactor for those
-    /// that come after it. Ends with the channel watched (the reactor wakes the driver on the
-    /// next completion), or with the channel given up (every waiting task woken to poll
-    /// instead). The result of `polling`, if found, goes to `own`.
+    /// block), acknowledges the events, polls the CQ until it is empty (dispatching every
+    /// completion, waking their tasks outside the lock) and, while a task waits, arms the CQ
+    /// and polls once more, then reads the device's events. The waker is with the reactor
+    /// before the arm, so an event raised after it is never missed. Ends with the channel
+    /// watched (the reactor wakes the driver on the next event; the CQ is armed if a task
+    /// waits, else the next task to sleep arms it in a round of its own), or with the channel
+    /// given up (every waiting task woken to poll instead). The result of `polling`, if
+    /// found, goes to `own`.
     fn drive_round(&self, polling: Option<SlotId>, own: &mut Option<SlotResult>) {
         let mut wake = WakeList::new();
         loop {
@@ -577,12 +580,6 @@ impl CqShared {
                 };
                 self.fail_channel(&mut state, reason, &mut wake);
             }
-            if !state.armed && !state.channel_failed {
-                // Arm before polling: a completion after the poll below raises an event.
-                if let Err(err) = self.arm(&mut state) {
-                    self.fail_channel(&mut state, err, &mut wake);
-                }
-            }
             loop {
                 let (found, result) = self.poll_cq(&mut state, &mut wake, polling);
                 if result.is_some() {
@@ -595,14 +592,23 @@ impl CqShared {
                     state = lock(&self.state);
                     continue;
                 }
-                // A poll that found less than it asked for emptied the CQ (after the arm:
-                // whatever comes next raises an event), so it needs no empty poll after it.
-                if found < POLL_BATCH {
+                if found == POLL_BATCH {
+                    drop(state);
+                    wake.run();
+                    state = lock(&self.state);
+                    continue;
+                }
+                // A poll that found less than it asked for emptied the CQ. Armed before it,
+                // the next completion raises an event. Unarmed, it stays so while no task
+                // waits: a completion nobody waits for costs no event and no wake-up (the
+                // next task to sleep arms it, in its own round).
+                if state.armed || state.channel_failed || !state.table.has_waiters() {
                     break;
                 }
-                drop(state);
-                wake.run();
-                state = lock(&self.state);
+                // Arm, then poll again: a completion that came before the arm raises no event.
+                if let Err(err) = self.arm(&mut state) {
+                    self.fail_channel(&mut state, err, &mut wake);
+                }
             }
             if state.channel_failed {
                 return;

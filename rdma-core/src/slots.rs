@@ -185,6 +185,8 @@ pub(crate) struct SlotTable {
     outstanding: u32,
     /// Completions the CQ can hold.
     capacity: u32,
+    /// Pending slots that hold a waker: tasks asleep until their completion is dispatched.
+    waiting: usize,
 }
 
 impl SlotTable {
@@ -194,7 +196,15 @@ impl SlotTable {
             free: Vec::new(),
             outstanding: 0,
             capacity,
+            waiting: 0,
         }
+    }
+
+    /// Whether a task sleeps until a completion of this CQ is dispatched to it (so that the
+    /// CQ must raise an event on the next completion).
+    #[inline]
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.waiting != 0
     }
 
     /// Slots taken: operations in flight, or completed and not yet collected.
@@ -321,7 +331,11 @@ impl SlotTable {
         if let SlotState::Pending { waker, .. } = &mut self.slots[id.index as usize].state {
             match waker {
                 Some(old) if old.will_wake(new) => {}
-                _ => *waker = Some(new.clone()),
+                Some(old) => *old = new.clone(),
+                None => {
+                    *waker = Some(new.clone());
+                    self.waiting += 1;
+                }
             }
         }
     }
@@ -336,6 +350,7 @@ impl SlotTable {
                 && registered.as_ref().is_some_and(|w| w.will_wake(waker)) =>
             {
                 *registered = None;
+                self.waiting -= 1;
                 true
             }
             _ => false,
@@ -358,7 +373,9 @@ impl SlotTable {
                 abandoned, waker, ..
             } => {
                 *abandoned = Some(buffers);
-                *waker = None;
+                if waker.take().is_some() {
+                    self.waiting -= 1;
+                }
                 None
             }
             SlotState::Done(_) => {
@@ -403,7 +420,10 @@ impl SlotTable {
             }
             match cause {
                 Some(cause) if waiting => {
-                    wakers.extend(waker.take());
+                    if let Some(waker) = waker.take() {
+                        self.waiting -= 1;
+                        wakers.push(waker);
+                    }
                     let error = Error::Flushed {
                         kind: info.kind,
                         qpn: info.qp.qpn,
@@ -418,7 +438,10 @@ impl SlotTable {
 
     #[inline]
     fn free_slot(&mut self, index: u32) {
-        self.slots[index as usize].state = SlotState::Free;
+        let freed = std::mem::replace(&mut self.slots[index as usize].state, SlotState::Free);
+        if let SlotState::Pending { waker: Some(_), .. } = freed {
+            self.waiting -= 1;
+        }
         self.recycle(index);
     }
 
@@ -547,6 +570,7 @@ impl SlotTable {
         let waker = waker.take();
         slot.state = SlotState::Done(result);
         if let Some(waker) = waker {
+            self.waiting -= 1;
             wake.push(waker);
         }
         None

@@ -117,6 +117,7 @@ fn poll_batch(
 /// unsignaled request listed.
 fn assert_nothing_held(table: &SlotTable, qp: &QpStatus) {
     assert_eq!(table.in_use(), 0, "slots still taken");
+    assert!(!table.has_waiters(), "a task still counted as waiting");
     assert_eq!(table.outstanding, 0, "CQ entries still reserved");
     assert_eq!(qp.sq_used.load(Ordering::Acquire), 0, "send credits leaked");
     assert!(
@@ -328,4 +329,44 @@ fn completions_found_after_a_reset_change_nothing() {
     }
     // The unsignaled tail waits for a fence that this test does not post.
     assert!(fresh[after_last + 1..].iter().all(|op| op.wakeups() == 0));
+}
+
+/// The CQ's driver leaves the CQ unarmed while no task waits, so the count of waiting tasks
+/// must follow every way a wait ends: the completion dispatched to its task, or taken by the
+/// polling task itself, the task giving up its wait, the future dropped. A task that
+/// registers again counts once. Otherwise a task would sleep on an unarmed CQ (a count too
+/// low), or the CQ would stay armed for nobody (too high).
+#[test]
+fn the_count_of_waiting_tasks_follows_every_way_a_wait_ends() {
+    let mut table = SlotTable::new(1024);
+    let qp = QpStatus::for_qp(QPN, 1);
+    assert!(!table.has_waiters());
+    let ops: Vec<Posted> = (0..4).map(|_| post_write(&mut table, &qp)).collect();
+    assert!(table.has_waiters());
+    // The same task again, then another task of the same operation: still one each.
+    table.set_waker(ops[0].id, &Waker::from(ops[0].task.clone()));
+    let other = Arc::new(CountingWaker::default());
+    table.set_waker(ops[0].id, &Waker::from(other.clone()));
+    assert!(table.forget_waker(ops[1].id, &Waker::from(ops[1].task.clone())));
+    assert!(table.abandon(ops[2].id, Box::new(())).is_none());
+    let wcs: Vec<ibv_wc> = ops
+        .iter()
+        .map(|op| completion(op.id, WcStatus::SUCCESS, QPN))
+        .collect();
+    // ops[3] waits until its completion is dispatched, which ops[0]'s own poll finds.
+    assert!(table.has_waiters());
+    assert!(poll_batch(&mut table, &wcs[..3], Some(ops[0].id)).is_some());
+    assert!(table.has_waiters(), "ops[3] still waits");
+    assert!(poll_batch(&mut table, &wcs[3..], None).is_none());
+    assert!(!table.has_waiters());
+    assert_eq!(ops[3].wakeups(), 1);
+    table
+        .take_done(ops[1].id)
+        .expect("done")
+        .expect("a success");
+    table
+        .take_done(ops[3].id)
+        .expect("done")
+        .expect("a success");
+    assert_nothing_held(&table, &qp);
 }
