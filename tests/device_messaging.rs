@@ -918,7 +918,53 @@ async fn a_dropped_call_hands_its_turn_on(rt: Rt) {
     }
 }
 
+/// A messenger whose receives do not all fit in its completion queue (a small queue the
+/// application chose, shared with nothing) is refused when it is made, with the queue's
+/// error, instead of running short of receives and sending its peer into "receiver not
+/// ready" later.
+async fn a_messenger_short_of_receives_is_refused(rt: Rt) {
+    if !support::device_present("a_messenger_short_of_receives_is_refused") {
+        return;
+    }
+    let _others = beside_others();
+    let pair = Pair::with(
+        anyrdma::CqOptions {
+            entries: 8,
+            ..anyrdma::CqOptions::default()
+        },
+        QpOptions {
+            max_recv_wr: 64,
+            max_send_wr: 16,
+            ..QpOptions::default()
+        },
+        anyrdma::ConnectOptions::default(),
+    );
+    let options = MessengerOptions {
+        depth: 16,
+        ..MessengerOptions::default()
+    };
+    // The device may round the CQ up; it must still be smaller than what the messenger posts.
+    assert!(
+        (pair.cq_a.entries() as usize) < options.depth + 7,
+        "the device made a CQ of {} entries",
+        pair.cq_a.entries()
+    );
+    match Messenger::new(&pair.a, options) {
+        Err(err) => assert!(
+            err.to_string().contains("completion queue"),
+            "{}: refused, but with {err}",
+            rt.name()
+        ),
+        Ok(messenger) => panic!(
+            "{}: a messenger of 23 receives was made over a CQ of {} entries: {messenger:?}",
+            rt.name(),
+            pair.cq_a.entries()
+        ),
+    }
+}
+
 runtime_tests!(
+    a_messenger_short_of_receives_is_refused,
     a_dropped_call_hands_its_turn_on,
     messengers_by_address,
     sixteen_connections_at_once,

@@ -85,7 +85,14 @@ impl Posted {
         );
         let mut posted = VecDeque::with_capacity(depth + CONTROL_RECEIVES);
         for _ in 0..depth + CONTROL_RECEIVES {
-            posted.push_back(qp.recv(pool.alloc(receive_len)?));
+            let mut receive = qp.recv(pool.alloc(receive_len)?);
+            // A receive that could not be posted (its CQ full, the queue pair failed) is an
+            // error now: a messenger short of receives would send its peer into RNR. Those
+            // already posted wait for their flush, holding their buffers.
+            if let Some(err) = receive.take_early_error() {
+                return Err(err);
+            }
+            posted.push_back(receive);
         }
         // Large messages are read into memory kept for reuse: registering (and faulting in)
         // a fresh buffer per message costs as much as moving megabytes.
