@@ -510,3 +510,48 @@ fn a_failed_registration_is_tried_again() {
     client.expect("connect");
     server.expect("accept inside Tokio, after a failure outside it");
 }
+
+/// An operation polled by the block_on future of a Tokio multi-thread runtime with one unit
+/// of Tokio's budget left: the budget check lets it through with the last unit, its CQ is not
+/// watched yet, so it runs a round of the CQ's driver, whose readiness poll finds the budget
+/// spent. That poll must not be refused (Tokio then wakes the waker at once, outside any
+/// worker, which would ask the running driver for another round, for ever: a thread spinning
+/// at 100% in one poll). The poll returns, and the receive completes when its message comes.
+#[test]
+fn an_operation_polled_with_the_last_unit_of_budget_returns() {
+    if !support::device_present("an_operation_polled_with_the_last_unit_of_budget_returns") {
+        return;
+    }
+    let _watchdog = support::watchdog(60, "a poll with the last unit of Tokio's budget");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let pair = Pair::new();
+        let mut recv = Box::pin(
+            pair.b
+                .recv(pair.pd.alloc(64, anyrdma::Access::LOCAL).unwrap()),
+        );
+        let first = std::future::poll_fn(|cx| {
+            // block_on polls with a budget of 128: spend all but one unit.
+            for _ in 0..127 {
+                match tokio::task::coop::poll_proceed(cx) {
+                    std::task::Poll::Ready(guard) => guard.made_progress(),
+                    std::task::Poll::Pending => break,
+                }
+            }
+            std::task::Poll::Ready(std::future::Future::poll(recv.as_mut(), cx).is_ready())
+        })
+        .await;
+        assert!(!first, "nothing was sent yet");
+        let (sent, _) = pair.a.send(pair.patterned(64, 3)).await;
+        sent.expect("send");
+        let (received, buf) = tokio::time::timeout(Duration::from_secs(20), recv)
+            .await
+            .expect("the receive completes");
+        received.expect("receive");
+        assert!(holds_pattern(&buf, 3), "the message arrived changed");
+    });
+}

@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::task::{Context, Poll};
@@ -99,7 +100,12 @@ impl ReadinessFd for TokioFd {
         cx: &mut Context<'_>,
         op: &mut dyn FnMut() -> io::Result<()>,
     ) -> Poll<io::Result<()>> {
-        loop {
+        // Outside Tokio's cooperative budget: the core charges the budget once per operation
+        // poll already, and a readiness poll refused for a spent budget registers nothing and
+        // wakes the waker at once (outside a worker: right here). The waker is the CQ's own
+        // driver, which would then run again, find the budget still spent, and so on for
+        // ever; and whoever asked here would take "pending" for "registered".
+        let ready = std::future::poll_fn(|cx| loop {
             let mut guard = match self.0.poll_read_ready(cx) {
                 Poll::Ready(Ok(guard)) => guard,
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
@@ -111,6 +117,7 @@ impl ReadinessFd for TokioFd {
                 Ok(result) => return Poll::Ready(result),
                 Err(_would_block) => continue,
             }
-        }
+        });
+        std::pin::pin!(tokio::task::coop::unconstrained(ready)).poll(cx)
     }
 }

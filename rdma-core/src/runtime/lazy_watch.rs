@@ -4,24 +4,20 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use super::{ReadinessFd, RuntimeHandle};
 use crate::error::Error;
 use crate::wake::lock;
 
-/// How long a failed registration is kept before a waiter tries again: the failure may pass
-/// (a Tokio-bound descriptor first waited on outside Tokio, then from inside it), and trying
-/// on every poll would cost a system call each time it does not.
-const RETRY_AFTER: Duration = Duration::from_millis(100);
-
 /// A non-blocking descriptor shared by every task that waits on it (a device's async-event
 /// descriptor, an rdma_cm event channel): registered with the runtime of the first caller,
 /// and kept while it works. A caller on another runtime is woken through that one.
 ///
-/// A failure is not for ever: a failed registration is tried again (by whoever calls after
-/// [`RETRY_AFTER`]), and a registration whose reactor fails (its runtime shut down) is let
-/// go, so that the next caller registers the descriptor with its own runtime.
+/// A failure is not for ever: a failed registration is tried again by the next caller (why it
+/// failed may be the caller's: a Tokio-bound descriptor first waited on outside Tokio, then
+/// from inside it, must be watched at once), and a registration whose reactor fails (its
+/// runtime shut down) is let go, so that the next caller registers the descriptor with its
+/// own runtime.
 pub(crate) struct LazyWatch {
     fd: RawFd,
     /// What the descriptor is, for errors: e.g. `the rdma_cm event channel`.
@@ -32,7 +28,7 @@ pub(crate) struct LazyWatch {
 enum State {
     Unregistered,
     Registered(Arc<dyn ReadinessFd>),
-    Failed { error: Arc<Error>, at: Instant },
+    Failed(Arc<Error>),
 }
 
 /// The registration as one caller uses it: reading through it, and letting it go when its
@@ -53,8 +49,7 @@ impl LazyWatch {
         }
     }
 
-    /// The registration: made with `runtime` when there is none, or when the last attempt
-    /// failed more than [`RETRY_AFTER`] ago.
+    /// The registration: made with `runtime` when there is none (or the last attempt failed).
     pub(crate) fn get(&self, runtime: &RuntimeHandle) -> Result<Watch<'_>, Arc<Error>> {
         let mut state = lock(&self.state);
         match &*state {
@@ -64,8 +59,7 @@ impl LazyWatch {
                     registered: registered.clone(),
                 })
             }
-            State::Failed { error, at } if at.elapsed() < RETRY_AFTER => return Err(error.clone()),
-            _ => {}
+            State::Unregistered | State::Failed(_) => {}
         }
         // SAFETY: `new`'s contract: non-blocking and open while this value lives, which the
         // registration (dropped with it, or before) does not outlive.
@@ -84,10 +78,7 @@ impl LazyWatch {
                     what: self.what,
                     source,
                 });
-                *state = State::Failed {
-                    error: error.clone(),
-                    at: Instant::now(),
-                };
+                *state = State::Failed(error.clone());
                 Err(error)
             }
         }
@@ -96,7 +87,7 @@ impl LazyWatch {
     /// Why registering failed, as an error of its own, if the last attempt did.
     pub(crate) fn error(&self, runtime: &RuntimeHandle) -> Option<Error> {
         match &*lock(&self.state) {
-            State::Failed { error, .. } => Some(Error::Runtime {
+            State::Failed(error) => Some(Error::Runtime {
                 runtime: runtime.name(),
                 what: self.what,
                 source: io::Error::other(error.to_string()),
