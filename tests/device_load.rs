@@ -49,6 +49,19 @@ fn pair(mode: PollMode) -> support::Pair {
     )
 }
 
+/// After a mode's writes: nothing in flight on the writer's CQ, and its queue pair healthy.
+fn assert_settled(pair: &support::Pair, mode_name: &str) {
+    assert_eq!(
+        pair.cq_a.in_flight(),
+        0,
+        "{mode_name}: operations in flight"
+    );
+    assert!(
+        pair.a.failure().is_none(),
+        "{mode_name}: the queue pair failed"
+    );
+}
+
 /// Polls every future of a list until all are ready, in one task; yields their outputs in
 /// order.
 struct JoinAll<F: Future> {
@@ -153,15 +166,7 @@ async fn sixty_four_writes_joined_in_one_task(rt: Rt) {
                 );
             }
         }
-        assert_eq!(
-            pair.cq_a.in_flight(),
-            0,
-            "{mode_name}: operations in flight"
-        );
-        assert!(
-            pair.a.failure().is_none(),
-            "{mode_name}: the queue pair failed"
-        );
+        assert_settled(&pair, mode_name);
     }
     assert_eq!(
         registered_regions(),
@@ -213,15 +218,7 @@ async fn sixty_four_tasks_writing_on_one_queue_pair(rt: Rt) {
         for task in tasks {
             within(120, &format!("{} {mode_name}: a writer", rt.name()), task).await;
         }
-        assert_eq!(
-            pair.cq_a.in_flight(),
-            0,
-            "{mode_name}: operations in flight"
-        );
-        assert!(
-            pair.a.failure().is_none(),
-            "{mode_name}: the queue pair failed"
-        );
+        assert_settled(&pair, mode_name);
     }
     assert_eq!(
         registered_regions(),
