@@ -439,7 +439,7 @@ fn setup(ctx: &Context, mode: Mode, spec: &Spec, ctl: &mut TcpStream) -> Res<Sid
     let pd = ctx.alloc_pd()?;
     let recv_depth = match spec.test {
         Test::SendRate => 512.max(spec.window * 2),
-        Test::MsgLat | Test::MsgRate => messaging::DEPTH,
+        Test::MsgLat | Test::MsgRate => messaging::options().receive_queue_depth(),
         _ => 16,
     };
     let entries = (spec.qps * (spec.window + recv_depth) + 64) as u32;

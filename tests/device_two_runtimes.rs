@@ -289,11 +289,23 @@ fn a_poller_that_cannot_sleep_still_reads_the_connection_end() {
         ..on_smol
     };
     smol::block_on(smol_handle.timeout(Duration::from_secs(60), async {
-        let (server, client) = smol::future::zip(listener.accept(), async {
-            Connection::connect(addr, client_options).await
-        })
-        .await;
-        let (server, client) = (server.expect("accept"), client.expect("connect"));
+        // A failed connect ends the pair at once with its error (the listener's accept would
+        // wait for another request for ever).
+        let (server, client) = smol::future::try_zip(
+            async {
+                listener
+                    .accept()
+                    .await
+                    .map_err(|err| format!("accept: {err}"))
+            },
+            async {
+                Connection::connect(addr, client_options)
+                    .await
+                    .map_err(|err| format!("connect: {err}"))
+            },
+        )
+        .await
+        .expect("a connection across the two runtimes");
         let pending = client.recv(pd.alloc(64, anyrdma::Access::LOCAL).unwrap());
         server.close().await.expect("close");
         let ended = smol::future::or(async { Some(pending.await) }, async {

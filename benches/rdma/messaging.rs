@@ -18,17 +18,17 @@ use anyrdma::msg::{Messenger, MessengerOptions};
 
 use super::*;
 
-/// Receives each side keeps posted for its messenger (its queue pair is this deep).
-pub(super) const DEPTH: usize = 64;
+/// The messenger of each side: receives for 64 messages in flight (its queue pair is made
+/// deep enough for them and for the control messages).
+pub(super) fn options() -> MessengerOptions {
+    MessengerOptions {
+        depth: 64,
+        ..MessengerOptions::default()
+    }
+}
 
 fn messenger(s: &Side) -> Res<Messenger> {
-    Ok(Messenger::new(
-        &s.qps[0],
-        MessengerOptions {
-            depth: DEPTH,
-            ..MessengerOptions::default()
-        },
-    )?)
+    Ok(Messenger::new(&s.qps[0], options())?)
 }
 
 /// Checks that a message is the one expected (its length and first byte): the bench must

@@ -62,7 +62,9 @@ impl Posted {
         if !(2..=max_depth).contains(&depth) {
             return Err(Error::InvalidArgument(format!(
                 "a messenger needs a depth of 2 to {max_depth} (the receive queue's depth less \
-                 {CONTROL_RECEIVES} receives for control messages), not {depth}"
+                 {CONTROL_RECEIVES} receives for control messages), not {depth}; a depth of \
+                 {depth} needs a receive queue of {} (MessengerOptions::receive_queue_depth)",
+                options.receive_queue_depth()
             )));
         }
         // The reads of the peer's large messages take places in the send queue; messages need

@@ -101,3 +101,23 @@ impl Default for MessengerOptions {
         }
     }
 }
+
+impl MessengerOptions {
+    /// The receive queue depth (`max_recv_wr`) a queue pair needs for a messenger with
+    /// these options: [`depth`](Self::depth) receives for data and 7 for control messages.
+    ///
+    /// ```
+    /// use anyrdma_core::msg::MessengerOptions;
+    /// use anyrdma_core::QpOptions;
+    ///
+    /// let messenger = MessengerOptions::default();
+    /// let qp = QpOptions {
+    ///     max_recv_wr: messenger.receive_queue_depth() as u32,
+    ///     ..QpOptions::default()
+    /// };
+    /// assert_eq!(qp.max_recv_wr, 71);
+    /// ```
+    pub fn receive_queue_depth(&self) -> usize {
+        self.depth.saturating_add(protocol::CONTROL_RECEIVES)
+    }
+}
