@@ -185,7 +185,9 @@ pub async fn serve_with_shutdown(
 ) -> Result<(), tonic::transport::Error> {
     // The listener is a `Stream` of accepted streams, which tonic's server takes as it is
     // once each is wrapped for `Connected`.
-    let incoming = listener.incoming().map(|accepted| accepted.map(TonicIo::new));
+    let incoming = listener
+        .incoming()
+        .map(|accepted| accepted.map(TonicIo::new));
     Server::builder()
         .serve_with_incoming_shutdown(service(), incoming, signal)
         .await
@@ -229,7 +231,11 @@ pub async fn check_echo(
         .await?
         .into_inner();
     if reply.seed != seed {
-        return Err(format!("reply for seed {} to a request with seed {seed}", reply.seed).into());
+        return Err(format!(
+            "reply for seed {} to a request with seed {seed}",
+            reply.seed
+        )
+        .into());
     }
     Ok(pattern::check(seed, len as u64, &reply.data)?)
 }

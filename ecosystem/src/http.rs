@@ -133,7 +133,11 @@ fn pattern_query(query: &str) -> Option<(u64, u64)> {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ServerBody> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|n| match n {}).boxed());
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
     *response.status_mut() = status;
     response
 }
@@ -275,9 +279,10 @@ impl Client {
         let response = match &mut self.sender {
             Sender::Http1(sender) => {
                 // HTTP/1.1 requests name their host; HTTP/2 carries the authority in the URI.
-                request
-                    .headers_mut()
-                    .insert(http::header::HOST, http::HeaderValue::from_static("anyrdma"));
+                request.headers_mut().insert(
+                    http::header::HOST,
+                    http::HeaderValue::from_static("anyrdma"),
+                );
                 sender.ready().await?;
                 sender.send_request(request).await?
             }

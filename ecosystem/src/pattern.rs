@@ -116,17 +116,14 @@ impl Checker {
 
     /// Checks the next piece of the body.
     pub fn feed(&mut self, piece: &[u8]) -> Result<(), Mismatch> {
-        let end = self.offset + piece.len() as u64;
-        if end > self.expected {
-            return Err(Mismatch::Length {
-                expected: self.expected,
-                got: end,
-            });
-        }
-        self.scratch.resize(piece.len(), 0);
+        // The bytes up to the expected end first: a duplicated byte shows where it was made,
+        // not only as a body one byte too long.
+        let room = (self.expected - self.offset).min(piece.len() as u64) as usize;
+        let (inside, beyond) = piece.split_at(room);
+        self.scratch.resize(inside.len(), 0);
         fill(self.seed, self.offset, &mut self.scratch);
-        if self.scratch != piece {
-            let at = piece
+        if self.scratch != inside {
+            let at = inside
                 .iter()
                 .zip(&self.scratch)
                 .position(|(got, expected)| got != expected)
@@ -134,10 +131,16 @@ impl Checker {
             return Err(Mismatch::Byte {
                 offset: self.offset + at as u64,
                 expected: self.scratch[at],
-                got: piece[at],
+                got: inside[at],
             });
         }
-        self.offset = end;
+        self.offset += inside.len() as u64;
+        if !beyond.is_empty() {
+            return Err(Mismatch::Length {
+                expected: self.expected,
+                got: self.offset + beyond.len() as u64,
+            });
+        }
         Ok(())
     }
 
@@ -177,7 +180,11 @@ mod tests {
                 let mut buf = vec![0; len];
                 fill(7, offset, &mut buf);
                 for (i, &b) in buf.iter().enumerate() {
-                    assert_eq!(b, byte_at(7, offset + i as u64), "offset {offset} len {len} at {i}");
+                    assert_eq!(
+                        b,
+                        byte_at(7, offset + i as u64),
+                        "offset {offset} len {len} at {i}"
+                    );
                 }
             }
         }
