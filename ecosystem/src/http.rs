@@ -162,7 +162,10 @@ pub async fn serve(listener: anyrdma::stream::StreamListener) -> anyrdma::Result
         let peer = stream.peer_addr();
         tokio::spawn(async move {
             if let Err(err) = serve_connection(stream).await {
-                eprintln!("http: connection from {peer}: {err}");
+                eprintln!(
+                    "http: connection from {peer}: {}",
+                    crate::error_chain(&*err)
+                );
             }
         });
     }
@@ -202,7 +205,10 @@ impl Client {
                 let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
                 tokio::spawn(async move {
                     if let Err(err) = connection.await {
-                        eprintln!("http: HTTP/1.1 client connection: {err}");
+                        eprintln!(
+                            "http: HTTP/1.1 client connection: {}",
+                            crate::error_chain(&err)
+                        );
                     }
                 });
                 Sender::Http1(sender)
@@ -212,7 +218,10 @@ impl Client {
                     hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
                 tokio::spawn(async move {
                     if let Err(err) = connection.await {
-                        eprintln!("http: HTTP/2 client connection: {err}");
+                        eprintln!(
+                            "http: HTTP/2 client connection: {}",
+                            crate::error_chain(&err)
+                        );
                     }
                 });
                 Sender::Http2(sender)

@@ -22,3 +22,16 @@ pub mod pattern;
 
 /// The error type of the helpers: whatever hyper, tonic, anyrdma or a check reported.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `err` and its sources, `: `-separated: hyper's and tonic's errors say what failed at their
+/// level and keep the transport's reason (an anyrdma error, say) in their sources.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}
