@@ -40,7 +40,7 @@ async fn worker(
         }
         let len = sizes.of(i) as u64;
         // Every request has a seed of its own: bytes of one response in another fail the check.
-        let exchange = if i % 2 == 0 {
+        let exchange = if i.is_multiple_of(2) {
             client.echo(i, len).await
         } else {
             client.pattern(i, len).await
