@@ -297,6 +297,12 @@ pub enum Error {
         /// What was wrong with it.
         problem: crate::msg::HeaderProblem,
     },
+    /// A message from the peer broke the byte stream's framing (see
+    /// [`stream`](crate::stream)); the peer is not talked to any more.
+    BadStreamFrame {
+        /// What was wrong with it.
+        problem: crate::stream::FrameProblem,
+    },
     /// A control message of remote memory from the peer broke the protocol (see
     /// [`remote_memory`](crate::remote_memory)); nothing of it was used.
     BadControlMessage {
@@ -815,6 +821,11 @@ impl fmt::Display for Error {
                 "the peer sent a message that breaks the messaging protocol ({problem}); the \
                  connection was shut down"
             ),
+            Error::BadStreamFrame { problem } => write!(
+                f,
+                "the peer sent a message that breaks the byte stream's framing ({problem}); \
+                 the connection was shut down"
+            ),
             Error::BadControlMessage { problem } => write!(
                 f,
                 "the peer sent a remote-memory control message that breaks the protocol \
@@ -858,6 +869,27 @@ fn bigger(queue: &str) -> &'static str {
         "the shared receive queue deeper (SrqOptions::max_wr)"
     } else {
         "the queue pair with a deeper queue (QpOptions::max_send_wr, max_recv_wr)"
+    }
+}
+
+/// For `AsyncRead` and `AsyncWrite` (the byte streams of [`stream`](crate::stream)): the
+/// error inside is this one ([`io::Error::get_ref`], [`io::Error::into_inner`]), of a kind a
+/// socket user checks: `ConnectionReset` for a disconnect, `TimedOut` for a connect that
+/// did not finish, `InvalidInput` and `InvalidData` for bad arguments and a peer's bad
+/// messages, `Other` else.
+impl From<Error> for io::Error {
+    fn from(err: Error) -> io::Error {
+        let kind = match err.root_cause() {
+            _ if err.is_disconnect() => io::ErrorKind::ConnectionReset,
+            Error::ConnectTimeout { .. } => io::ErrorKind::TimedOut,
+            Error::ConnectRefused { .. } | Error::ConnectRejected { .. } => {
+                io::ErrorKind::ConnectionRefused
+            }
+            Error::InvalidArgument(_) | Error::TooLarge { .. } => io::ErrorKind::InvalidInput,
+            Error::BadMessage { .. } | Error::BadStreamFrame { .. } => io::ErrorKind::InvalidData,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, err)
     }
 }
 

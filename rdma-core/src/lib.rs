@@ -31,6 +31,7 @@ mod memory;
 pub mod msg;
 pub mod remote_memory;
 pub mod runtime;
+pub mod stream;
 mod sync;
 mod trace;
 mod verbs;

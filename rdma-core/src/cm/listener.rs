@@ -48,7 +48,7 @@ use crate::wake::{lock, WakerSet};
 /// connections it returned live on.
 pub struct Listener {
     /// Declared before `id`: handshakes in progress end before the listening id does.
-    handshakes: Mutex<Handshakes>,
+    handshakes: Mutex<Handshakes<Connection>>,
     /// The tasks waiting in `accept`, all woken by any progress of a handshake or of the
     /// channel: whichever of them polls next carries every handshake on.
     accepters: Arc<WakerSet>,
@@ -59,17 +59,26 @@ pub struct Listener {
 }
 
 /// A handshake `accept` began: the peer's address, and the acceptance to carry on.
-type Handshake = Pin<Box<dyn Future<Output = (SocketAddr, Result<Connection>)> + Send>>;
+type Handshake<T> = Pin<Box<dyn Future<Output = (SocketAddr, Result<T>)> + Send>>;
 
-/// The handshakes of [`Listener::accept`]: answered requests waiting for their peer's
-/// confirmation, and connections confirmed but not returned yet.
-#[derive(Default)]
-struct Handshakes {
-    running: Vec<Handshake>,
-    done: VecDeque<Connection>,
+/// The handshakes of [`Listener::accept`] (or of a listener built on it, which accepts
+/// something else than a bare connection: a stream's messenger): answered requests waiting
+/// for their peer's confirmation, and connections confirmed but not returned yet.
+pub(crate) struct Handshakes<T> {
+    running: Vec<Handshake<T>>,
+    done: VecDeque<T>,
 }
 
-impl Handshakes {
+impl<T> Default for Handshakes<T> {
+    fn default() -> Self {
+        Handshakes {
+            running: Vec::new(),
+            done: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Handshakes<T> {
     /// Polls every running handshake once with `cx`; the confirmed ones join `done`, failed
     /// ones (the client gave up, say) are dropped.
     fn advance(&mut self, cx: &mut TaskContext<'_>) {
@@ -226,17 +235,31 @@ impl Listener {
         runtime: &RuntimeHandle,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Result<Connection>> {
+        self.poll_accept_with(runtime, cx, &self.handshakes, |incoming| {
+            Box::pin(incoming.accept())
+        })
+    }
+
+    /// A poll of `accept` whose handshakes, kept in `handshakes`, make a `T` of each
+    /// request with `begin` (which answers it).
+    pub(crate) fn poll_accept_with<T: Send + 'static>(
+        &self,
+        runtime: &RuntimeHandle,
+        cx: &mut TaskContext<'_>,
+        handshakes: &Mutex<Handshakes<T>>,
+        begin: impl Fn(Incoming) -> Pin<Box<dyn Future<Output = Result<T>> + Send>>,
+    ) -> Poll<Result<T>> {
         // Before anything is polled, so that progress made meanwhile wakes this task.
         self.accepters.add(cx.waker());
         // Everything is polled with the listener's own waker, which wakes every task in
         // `accept`: a handshake's progress then reaches whoever is waiting, not only the
         // task that polled it last (which may have left with a connection).
         let mut shared_cx = TaskContext::from_waker(&self.accepters_waker);
-        let mut handshakes = lock(&self.handshakes);
+        let mut handshakes = lock(handshakes);
         loop {
             handshakes.advance(&mut shared_cx);
-            if let Some(connection) = handshakes.done.pop_front() {
-                return Poll::Ready(Ok(connection));
+            if let Some(accepted) = handshakes.done.pop_front() {
+                return Poll::Ready(Ok(accepted));
             }
             if handshakes.running.len() >= self.options.max_handshakes.max(1) {
                 // Full: new requests wait in the backlog until a handshake ends.
@@ -249,15 +272,16 @@ impl Listener {
             };
             if let Some(incoming) = self.request(event, runtime) {
                 let peer = incoming.peer_addr();
+                let handshake = begin(incoming);
                 // Polled at the top of the loop: it answers the request at once.
                 handshakes
                     .running
-                    .push(Box::pin(async move { (peer, incoming.accept().await) }));
+                    .push(Box::pin(async move { (peer, handshake.await) }));
             }
         }
     }
 
-    fn runtime(&self) -> Result<RuntimeHandle> {
+    pub(crate) fn runtime(&self) -> Result<RuntimeHandle> {
         match &self.options.connection.runtime {
             Some(runtime) => Ok(runtime.clone()),
             None => default_runtime(),

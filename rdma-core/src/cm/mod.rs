@@ -38,6 +38,7 @@ mod sockaddr;
 use std::net::{IpAddr, SocketAddr};
 
 pub use connection::Connection;
+pub(crate) use listener::Handshakes;
 pub use listener::{Incoming, Listener};
 pub use options::{ConnectionOptions, ConnectionResources, ListenerOptions};
 

@@ -13,11 +13,12 @@ use super::protocol::{Gate, Limits, Protocol, Route, CONTROL_RECEIVES, READS_IN_
 use super::waiting::{self, Place};
 use super::MessengerOptions;
 use crate::cm::{Connection, ConnectionOptions, Incoming};
-use crate::error::{Error, Result};
+use crate::error::{Error, QpShutdownReason, Result};
 use crate::mr::{Access, LocalBuf};
 use crate::op::{Op, Recv};
 use crate::pool::{MemoryPool, PoolOptions};
 use crate::qp::QueuePair;
+use crate::remote::RemoteRegion;
 use crate::wake::lock;
 
 /// A message taken from a [`Messenger`]: its bytes (an owned buffer of the messenger's pool,
@@ -28,6 +29,41 @@ pub struct Message {
     pub data: LocalBuf,
     /// The immediate the sender gave, if any.
     pub imm: Option<u32>,
+}
+
+/// A message in registered memory, ready to post (what [`Messenger::send`] makes before it
+/// waits for a credit).
+pub(crate) struct Outgoing {
+    kind: Kind,
+    imm: Option<u32>,
+    /// The header's room and the payload (or, for a rendezvous request, where the message is).
+    message: LocalBuf,
+    /// Bytes of the payload that are sent (at most what `message` has room for).
+    len: usize,
+    /// For a rendezvous request: the copy the peer reads, and where it is.
+    exposed: Option<(LocalBuf, RemoteRegion)>,
+}
+
+impl Outgoing {
+    /// The payload, to fill in place (an eager message's).
+    pub(crate) fn payload_mut(&mut self) -> &mut [u8] {
+        &mut self.message[HEADER_LEN..HEADER_LEN + self.len]
+    }
+
+    /// Room for the payload of an eager message.
+    pub(crate) fn capacity(&self) -> usize {
+        self.message.len() - HEADER_LEN
+    }
+
+    /// Sends only the first `len` bytes of the payload (at most its capacity).
+    pub(crate) fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.capacity());
+    }
+
+    /// Bytes of the payload that will be sent.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
 }
 
 /// Messages over a connected queue pair: `send` waits for the peer to have a receive posted
@@ -286,6 +322,18 @@ impl Messenger {
     }
 
     async fn send_message(&self, data: &[u8], imm: Option<u32>) -> Result<()> {
+        let mut outgoing = Some(self.outgoing(data, imm)?);
+        let engine = &*self.inner;
+        waiting::call(engine, |state, cx| {
+            Self::poll_post(engine, state, cx, &mut outgoing)
+        })
+        .await
+    }
+
+    /// `data` copied into registered memory as one message, ready to post: into a send
+    /// buffer up to the eager limit, or, above it, into memory registered for it alone that
+    /// the peer will read (with a rendezvous request to send).
+    pub(crate) fn outgoing(&self, data: &[u8], imm: Option<u32>) -> Result<Outgoing> {
         let engine = &*self.inner;
         if data.len() > engine.peer_max_message {
             return Err(Error::TooLarge {
@@ -296,61 +344,48 @@ impl Messenger {
         }
         let route = lock(&engine.state).protocol.route(data.len());
         if route == Route::Eager {
-            let mut message = engine.pool.alloc(HEADER_LEN + data.len())?;
-            message[HEADER_LEN..].copy_from_slice(data);
-            return self.post_with(Kind::Data, imm, message, |_, _| {}).await;
+            let mut outgoing = self.eager_outgoing(data.len(), imm)?;
+            outgoing.payload_mut().copy_from_slice(data);
+            return Ok(outgoing);
         }
         // Rendezvous: the message in memory of its own that the peer may read.
         let mut exposed = engine.qp.pd().alloc(data.len(), Access::REMOTE_READ)?;
         exposed.copy_from_slice(data);
         let remote = exposed.remote()?;
-        let request = engine.pool.alloc(HEADER_LEN + REQUEST_LEN)?;
-        let mut exposed = Some(exposed);
-        self.post_with(Kind::Request, imm, request, |state, request| {
-            let id = state.protocol.expose();
-            Rendezvous {
-                addr: remote.addr,
-                len: remote.len,
-                rkey: remote.rkey,
-                token: id,
-            }
-            .write(&mut request[HEADER_LEN..]);
-            // Exposed until the peer says it has read it (whoever drives the messenger
-            // then takes the registration down), or until the messenger fails.
-            if let Some(exposed) = exposed.take() {
-                state.exposed.insert(id, exposed);
-            }
+        Ok(Outgoing {
+            kind: Kind::Request,
+            imm,
+            message: engine.pool.alloc(HEADER_LEN + REQUEST_LEN)?,
+            len: REQUEST_LEN,
+            exposed: Some((exposed, remote)),
         })
-        .await
     }
 
-    /// Posts `message` once a credit and a place in the send queue are free (and, for a
-    /// rendezvous request, once fewer than the peer's depth of messages are exposed), after
-    /// `prepare` filled it in under the lock.
-    async fn post_with(
-        &self,
-        kind: Kind,
-        imm: Option<u32>,
-        message: LocalBuf,
-        prepare: impl FnOnce(&mut State, &mut LocalBuf),
-    ) -> Result<()> {
-        let engine = &*self.inner;
-        let mut parts = Some((message, prepare));
-        waiting::call(engine, |state, cx| {
-            Self::poll_post(engine, state, cx, kind, imm, &mut parts)
+    /// An empty eager message with room for `capacity` bytes (at most the
+    /// [eager limit](Messenger::eager_limit)), to be filled in place and cut to its length
+    /// with [`Outgoing::set_len`].
+    pub(crate) fn eager_outgoing(&self, capacity: usize, imm: Option<u32>) -> Result<Outgoing> {
+        Ok(Outgoing {
+            kind: Kind::Data,
+            imm,
+            message: self.inner.pool.alloc(HEADER_LEN + capacity)?,
+            len: capacity,
+            exposed: None,
         })
-        .await
     }
 
-    /// A poll of [`post_with`](Messenger::post_with), with the state locked.
+    /// Posts `outgoing` once a credit and a place in the send queue are free (and, for a
+    /// rendezvous request, once fewer than the peer's depth of messages are exposed). A poll
+    /// with the state locked; `outgoing` is taken when it is posted.
     fn poll_post(
         engine: &Engine,
         state: &mut State,
         cx: &mut TaskContext<'_>,
-        kind: Kind,
-        imm: Option<u32>,
-        parts: &mut Option<(LocalBuf, impl FnOnce(&mut State, &mut LocalBuf))>,
+        outgoing: &mut Option<Outgoing>,
     ) -> Poll<Result<()>> {
+        let Some(kind) = outgoing.as_ref().map(|o| o.kind) else {
+            return Poll::Ready(Err(Error::InvalidArgument("polled after it ended".into())));
+        };
         // A large message takes in the peer's "read it" words first, so that the copies it
         // has read are unregistered now, not when the sender next has to wait.
         if kind == Kind::Request && !state.exposed.is_empty() {
@@ -381,13 +416,123 @@ impl Messenger {
                 return Poll::Pending;
             }
         }
-        let Some((mut message, prepare)) = parts.take() else {
-            return Poll::Ready(Err(Error::InvalidArgument("polled after it ended".into())));
+        let Some(Outgoing {
+            kind,
+            imm,
+            mut message,
+            len,
+            exposed,
+        }) = outgoing.take()
+        else {
+            unreachable!("checked above");
         };
-        prepare(state, &mut message);
+        if HEADER_LEN + len < message.len() {
+            drop(message.split_off(HEADER_LEN + len));
+        }
+        if let Some((exposed, remote)) = exposed {
+            let token = state.protocol.expose();
+            Rendezvous {
+                addr: remote.addr,
+                len: remote.len,
+                rkey: remote.rkey,
+                token,
+            }
+            .write(&mut message[HEADER_LEN..]);
+            // Exposed until the peer says it has read it (whoever drives the messenger
+            // then takes the registration down), or until the messenger fails.
+            state.exposed.insert(token, exposed);
+        }
         // Posted under the lock: the credits it returns and the order of messages are those
         // of this moment.
         Poll::Ready(engine.post(state, kind, imm, message))
+    }
+
+    /// Runs one poll of a messenger call for a caller that keeps its own [`Place`] among
+    /// the waiters (a stream half, a [`Messages`]): pending, the task counts as waiting
+    /// until a later poll of the same place is ready or the place is abandoned.
+    pub(crate) fn poll_at<T>(
+        &self,
+        cx: &mut TaskContext<'_>,
+        place: &mut Place,
+        step: impl FnOnce(&Engine, &mut State, &mut TaskContext<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let engine = &*self.inner;
+        let mut state = lock(&engine.state);
+        let poll = step(engine, &mut state, cx);
+        if let Some(left) = place.after(&mut state.waiters, cx, &poll) {
+            engine.forget(&state, &left);
+        }
+        poll
+    }
+
+    /// Polls to post `outgoing`, waiting as [`send`](Messenger::send) does.
+    pub(crate) fn poll_post_at(
+        &self,
+        cx: &mut TaskContext<'_>,
+        place: &mut Place,
+        outgoing: &mut Option<Outgoing>,
+    ) -> Poll<Result<()>> {
+        self.poll_at(cx, place, |engine, state, cx| {
+            Self::poll_post(engine, state, cx, outgoing)
+        })
+    }
+
+    /// Posts `outgoing` if it can go at once (the peer has a receive free for it and the
+    /// send queue room): `Ok(true)` when posted, `Ok(false)` when it would have to wait. It
+    /// leaves nothing registered either way: the caller does not wait for it.
+    pub(crate) fn try_post(
+        &self,
+        cx: &mut TaskContext<'_>,
+        outgoing: &mut Option<Outgoing>,
+    ) -> Result<bool> {
+        let mut place = Place::default();
+        let poll = self.poll_at(cx, &mut place, |engine, state, cx| {
+            match Self::poll_post(engine, state, cx, outgoing) {
+                // Not waiting after all: ready, so that the task leaves the waiters now.
+                Poll::Pending => Poll::Ready(Ok(false)),
+                Poll::Ready(result) => Poll::Ready(result.map(|()| true)),
+            }
+        });
+        match poll {
+            Poll::Ready(result) => result,
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// Polls [`flush`](Messenger::flush) for a caller with its own place.
+    pub(crate) fn poll_flush_at(
+        &self,
+        cx: &mut TaskContext<'_>,
+        place: &mut Place,
+    ) -> Poll<Result<()>> {
+        self.poll_at(cx, place, Self::poll_flush)
+    }
+
+    /// Polls [`recv`](Messenger::recv) for a caller with its own place.
+    pub(crate) fn poll_recv_at(
+        &self,
+        cx: &mut TaskContext<'_>,
+        place: &mut Place,
+    ) -> Poll<Result<Message>> {
+        self.poll_at(cx, place, Self::poll_next_message)
+    }
+
+    /// The caller of `place` stopped waiting (dropped while pending).
+    pub(crate) fn abandon(&self, place: &mut Place) {
+        place.abandon(&self.inner);
+    }
+
+    /// Ends the messenger for a peer that broke a protocol carried in its messages (the
+    /// byte stream's framing): the queue pair is shut down, every call ends with `err` as
+    /// the cause, and the error calls will return is returned.
+    pub(crate) fn fail_with(&self, err: Error) -> Error {
+        let engine = &*self.inner;
+        let _ = engine.qp.shared.shut_down(QpShutdownReason::Application);
+        let mut state = lock(&engine.state);
+        let failure = state.protocol.fail(err);
+        engine.apply(&mut state);
+        state.waiters.wake_all();
+        engine.failed(&failure)
     }
 
     /// Waits until the peer has every message sent so far: the device is done with each
@@ -553,14 +698,7 @@ impl futures_core::Stream for Messages {
         if this.ended {
             return Poll::Ready(None);
         }
-        let engine = &*this.messenger.inner;
-        let mut state = lock(&engine.state);
-        let poll = Messenger::poll_next_message(engine, &mut state, cx);
-        if let Some(left) = this.place.after(&mut state.waiters, cx, &poll) {
-            engine.forget(&state, &left);
-        }
-        drop(state);
-        match poll {
+        match this.messenger.poll_recv_at(cx, &mut this.place) {
             Poll::Ready(Ok(message)) => Poll::Ready(Some(Ok(message))),
             Poll::Ready(Err(err)) => {
                 this.ended = true;

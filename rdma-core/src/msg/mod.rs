@@ -72,7 +72,9 @@ mod simulation;
 mod waiting;
 
 pub use header::HeaderProblem;
+pub(crate) use messenger::Outgoing;
 pub use messenger::{Message, Messages, Messenger};
+pub(crate) use waiting::Place;
 
 /// Sizes of a [`Messenger`]. Messengers made by [`Messenger::connect`] and
 /// [`Messenger::accept`] tell each other theirs; over a queue pair connected otherwise

@@ -1,0 +1,175 @@
+//! [`RdmaStream`]: a connected byte stream, and what its halves share.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+
+use super::read_half::ReadHalf;
+use super::write_half::{WriteHalf, Writer};
+use super::StreamOptions;
+use crate::error::Result;
+use crate::msg::Messenger;
+
+/// A connected byte stream over RDMA, with the semantics of a TCP socket: see the
+/// [module documentation](super).
+///
+/// ```no_run
+/// # async fn demo() -> anyrdma_core::Result<()> {
+/// use anyrdma_core::stream::RdmaStream;
+/// let stream = RdmaStream::connect("169.254.77.1:7471".parse().unwrap()).await?;
+/// println!("{} -> {}", stream.local_addr(), stream.peer_addr());
+/// let (read, write) = stream.split(); // one task reads, another writes
+/// # let _ = (read, write);
+/// # Ok(()) }
+/// ```
+pub struct RdmaStream {
+    pub(super) read: ReadHalf,
+    pub(super) write: WriteHalf,
+}
+
+/// What the two halves of a stream share.
+pub(super) struct Shared {
+    pub(super) messenger: Messenger,
+    pub(super) writer: Mutex<Writer>,
+    pub(super) local: SocketAddr,
+    pub(super) peer: SocketAddr,
+}
+
+impl Shared {
+    /// Posts bytes the writer gathered if the peer has room now: any poll of the stream
+    /// does, so that they do not wait for the writer's next call.
+    pub(super) fn push_gathered(&self, cx: &mut TaskContext<'_>) {
+        // A writer busy in another task pushes them itself.
+        if let Ok(mut writer) = self.writer.try_lock() {
+            // A failure shows in the next call of either half.
+            let _ = writer.try_push(&self.messenger, cx);
+        }
+    }
+}
+
+impl RdmaStream {
+    /// Connects to a [`StreamListener`](super::StreamListener) at `addr`.
+    ///
+    /// # Errors
+    /// As [`Messenger::connect`]: the connection's errors (refused, unreachable, timed out).
+    pub async fn connect(addr: SocketAddr) -> Result<RdmaStream> {
+        Self::connect_with(addr, StreamOptions::default()).await
+    }
+
+    /// Connects to a [`StreamListener`](super::StreamListener) at `addr` with `options`.
+    ///
+    /// # Errors
+    /// As [`Messenger::connect`].
+    pub async fn connect_with(addr: SocketAddr, options: StreamOptions) -> Result<RdmaStream> {
+        let messenger = Messenger::connect(addr, options.connection, options.messenger).await?;
+        Ok(Self::from_messenger(messenger))
+    }
+
+    /// A stream over a messenger that owns its connection (from `connect` or `accept`).
+    pub(super) fn from_messenger(messenger: Messenger) -> RdmaStream {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let (local, peer) = messenger
+            .connection()
+            .map_or((unspecified, unspecified), |c| {
+                (c.local_addr(), c.peer_addr())
+            });
+        let shared = Arc::new(Shared {
+            messenger,
+            writer: Mutex::new(Writer::default()),
+            local,
+            peer,
+        });
+        RdmaStream {
+            read: ReadHalf::new(shared.clone()),
+            write: WriteHalf { shared },
+        }
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.read.shared.peer
+    }
+
+    /// This side's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.read.shared.local
+    }
+
+    /// The messenger underneath (its queue pair, credits and state, for diagnostics).
+    pub fn messenger(&self) -> &Messenger {
+        &self.read.shared.messenger
+    }
+
+    /// Splits the stream into halves that two tasks own: one reads, the other writes.
+    /// [`ReadHalf::reunite`] joins them again.
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        (self.read, self.write)
+    }
+}
+
+impl futures_io::AsyncRead for RdmaStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().read.poll_read_into(cx, buf)
+    }
+}
+
+impl futures_io::AsyncBufRead for RdmaStream {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<&[u8]>> {
+        self.get_mut().read.poll_fill(cx)
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        self.get_mut().read.consume(amt);
+    }
+}
+
+impl futures_io::AsyncWrite for RdmaStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.write.poll_write_bytes(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.write.poll_flush_bytes(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.write.poll_close_bytes(cx)
+    }
+}
+
+impl std::fmt::Debug for RdmaStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdmaStream")
+            .field("read", &self.read)
+            .field("write", &self.write)
+            .field("messenger", &self.read.shared.messenger)
+            .finish()
+    }
+}
+
+/// Two halves of different streams, given back by [`ReadHalf::reunite`].
+#[derive(Debug)]
+pub struct ReuniteError {
+    /// The read half.
+    pub read: ReadHalf,
+    /// The write half.
+    pub write: WriteHalf,
+}
+
+impl std::fmt::Display for ReuniteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the halves belong to different streams")
+    }
+}
+
+impl std::error::Error for ReuniteError {}

@@ -1,0 +1,254 @@
+//! The writing side of a stream: bytes copied into registered memory and posted, gathered
+//! into one message while the peer has no receive free.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
+
+use super::frame::END_OF_STREAM;
+use super::rdma_stream::Shared;
+use crate::error::Result;
+use crate::msg::{Messenger, Outgoing, Place};
+use crate::wake::lock;
+
+/// The most bytes of one write sent as one message (by rendezvous): a larger write takes
+/// this much, and what is accepted at once stays bounded.
+const LARGEST_WRITE: usize = 4 << 20;
+
+/// Writes from this size on go as one message each, read by the peer from a registration of
+/// their own (rendezvous); smaller ones above the eager limit take an eager message's worth
+/// (a registration costs more than a few sends of a few kilobytes).
+const RENDEZVOUS_FROM: usize = 64 << 10;
+
+/// The write half of an [`RdmaStream`](super::RdmaStream) (from
+/// [`RdmaStream::split`](super::RdmaStream::split)): `AsyncWrite`, for a task of its own.
+/// Dropping it ends this direction as [`close`](futures_io::AsyncWrite::poll_close) would,
+/// without waiting (see the [module documentation](super)).
+pub struct WriteHalf {
+    pub(super) shared: Arc<Shared>,
+}
+
+/// The writer's state, shared with the read half (a read pushes gathered bytes out).
+#[derive(Default)]
+pub(super) struct Writer {
+    /// Bytes accepted and not posted yet: one message.
+    pending: Option<Outgoing>,
+    /// `pending` is an eager message that takes more bytes, up to its capacity.
+    gathering: bool,
+    /// `close` began (or the half was dropped): no more writes.
+    closed: bool,
+    /// The end of stream is in `pending` or was posted.
+    end_queued: bool,
+    /// Its place among the messenger's waiters while a call waits.
+    place: Place,
+}
+
+impl Writer {
+    /// Posts what is pending if the peer has room for it now, without waiting.
+    pub(super) fn try_push(
+        &mut self,
+        messenger: &Messenger,
+        cx: &mut TaskContext<'_>,
+    ) -> Result<()> {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.len() > 0 || self.end_queued)
+        {
+            messenger.try_post(cx, &mut self.pending)?;
+        }
+        Ok(())
+    }
+
+    /// Posts what is pending, waiting for the peer's room.
+    fn poll_post_pending(
+        &mut self,
+        messenger: &Messenger,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<()>> {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.len() == 0 && !self.end_queued)
+        {
+            // An empty gathering buffer (a write that could not be posted was moved into
+            // another): nothing to send.
+            self.pending = None;
+        }
+        if self.pending.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        messenger.poll_post_at(cx, &mut self.place, &mut self.pending)
+    }
+
+    fn poll_write(
+        &mut self,
+        messenger: &Messenger,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            let room = match &self.pending {
+                Some(pending) if self.gathering => pending.capacity() - pending.len(),
+                Some(_) => 0,
+                None => break,
+            };
+            if room > 0 {
+                let pending = self.pending.as_mut().expect("checked");
+                let (at, n) = (pending.len(), room.min(buf.len()));
+                pending.set_len(at + n);
+                pending.payload_mut()[at..at + n].copy_from_slice(&buf[..n]);
+                self.try_push(messenger, cx)?;
+                return Poll::Ready(Ok(n));
+            }
+            // A full message must go before more bytes are accepted: backpressure.
+            match self.poll_post_pending(messenger, cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // Nothing pending: the write becomes a message of its own, sent now if it can go.
+        let limit = messenger.eager_limit();
+        let n = if buf.len() >= RENDEZVOUS_FROM.max(limit + 1) {
+            buf.len().min(LARGEST_WRITE).min(messenger.max_message())
+        } else {
+            buf.len().min(limit)
+        };
+        self.pending = Some(messenger.outgoing(&buf[..n], None)?);
+        self.gathering = false;
+        self.try_push(messenger, cx)?;
+        if n < limit && self.pending.is_some() {
+            // The peer has no receive free: later writes gather with this one, into one
+            // message as large as a receive.
+            let mut gathering = messenger.eager_outgoing(limit, None)?;
+            gathering.payload_mut()[..n].copy_from_slice(&buf[..n]);
+            gathering.set_len(n);
+            self.pending = Some(gathering);
+            self.gathering = true;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(&mut self, messenger: &Messenger, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        match self.poll_post_pending(messenger, cx) {
+            Poll::Ready(Ok(())) => messenger.poll_flush_at(cx, &mut self.place),
+            other => other,
+        }
+    }
+
+    fn poll_close(&mut self, messenger: &Messenger, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        self.closed = true;
+        if !self.end_queued {
+            match self.poll_post_pending(messenger, cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            self.pending = Some(messenger.eager_outgoing(0, Some(END_OF_STREAM))?);
+            self.gathering = false;
+            self.end_queued = true;
+        }
+        self.poll_flush(messenger, cx)
+    }
+}
+
+impl WriteHalf {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> std::net::SocketAddr {
+        self.shared.peer
+    }
+
+    pub(super) fn poll_write_bytes(
+        &self,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut writer = lock(&self.shared.writer);
+        if writer.closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "written after the stream's write side was closed",
+            )));
+        }
+        writer
+            .poll_write(&self.shared.messenger, cx, buf)
+            .map_err(io::Error::from)
+    }
+
+    pub(super) fn poll_flush_bytes(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let mut writer = lock(&self.shared.writer);
+        writer
+            .poll_flush(&self.shared.messenger, cx)
+            .map_err(io::Error::from)
+    }
+
+    pub(super) fn poll_close_bytes(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let mut writer = lock(&self.shared.writer);
+        writer
+            .poll_close(&self.shared.messenger, cx)
+            .map_err(io::Error::from)
+    }
+}
+
+impl futures_io::AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_bytes(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_bytes(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.poll_close_bytes(cx)
+    }
+}
+
+/// Wakes nothing: the drop of a write half posts what it can without waiting for anything.
+struct NoWake;
+
+impl Wake for NoWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+impl Drop for WriteHalf {
+    fn drop(&mut self) {
+        let messenger = &self.shared.messenger;
+        let mut writer = lock(&self.shared.writer);
+        // This direction ends here: what was accepted, then the end of stream, if the peer
+        // has room for them now (a drop waits for nothing).
+        let waker = Waker::from(Arc::new(NoWake));
+        let mut cx = TaskContext::from_waker(&waker);
+        writer.closed = true;
+        if writer.try_push(messenger, &mut cx).is_ok()
+            && writer.pending.as_ref().map_or(true, |p| p.len() == 0)
+            && !writer.end_queued
+        {
+            if let Ok(end) = messenger.eager_outgoing(0, Some(END_OF_STREAM)) {
+                writer.pending = Some(end);
+                writer.end_queued = true;
+                let _ = writer.try_push(messenger, &mut cx);
+            }
+        }
+        messenger.abandon(&mut writer.place);
+    }
+}
+
+impl std::fmt::Debug for WriteHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let writer = lock(&self.shared.writer);
+        f.debug_struct("WriteHalf")
+            .field("peer", &self.shared.peer)
+            .field("pending", &writer.pending.as_ref().map_or(0, Outgoing::len))
+            .field("closed", &writer.closed)
+            .finish()
+    }
+}
