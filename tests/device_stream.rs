@@ -409,6 +409,8 @@ async fn a_write_is_delivered_without_flush(rt: Rt) {
             .await
             .expect("the server reads the end");
         assert_eq!(n, 0, "bytes after the last write");
+        // Kept until the client's close returned (see close_survives_a_peer_that_leaves).
+        server
     });
     let mut expect = Expect::new(3, "the echo");
     let mut at = 0;
@@ -434,7 +436,7 @@ async fn a_write_is_delivered_without_flush(rt: Rt) {
     within(10, "close", client.close())
         .await
         .expect("the client closes");
-    within(10, "the server's end", echo).await;
+    let _server = within(10, "the server's end", echo).await;
 }
 
 /// One side writes and closes its write side (half-close); the peer reads exactly those
@@ -530,6 +532,55 @@ async fn flush_means_the_peer_has_everything(rt: Rt) {
     within(30, "flush", client.flush()).await.expect("flush");
     drop(client);
     within(30, "the reader", reader).await;
+}
+
+/// `close` returns once the peer has every byte and the end of stream; a peer that reads to
+/// the end and drops its stream at once must not turn that into an error (a socket's shutdown
+/// does not fail because the peer went away after reading). 6 rounds, each on a pair of its
+/// own, alternating a small last write (eager) and a 1 MiB one (read by the peer from this
+/// side's memory, which the peer then says it read). On Tokio's current-thread scheduler
+/// every round with the 1 MiB write failed: close ended with the peer's disconnect.
+async fn close_survives_a_peer_that_leaves(rt: Rt) {
+    if !support::device_present("close_survives_a_peer_that_leaves") {
+        return;
+    }
+    let _beside = beside_others();
+    let _limit = limit(rt, "close_survives_a_peer_that_leaves");
+    const ROUNDS: usize = 6;
+    let mut failed = Vec::new();
+    for round in 0..ROUNDS {
+        let len = if round % 2 == 0 { 1000 } else { 1 << 20 };
+        let (mut client, server) = pair().await;
+        let reader = rt.spawn(async move {
+            let mut server = server;
+            let mut got = Vec::new();
+            server
+                .read_to_end(&mut got)
+                .await
+                .expect("the peer reads to the end");
+            got
+            // The peer's stream goes here, right after the end.
+        });
+        client
+            .write_all(&data(14, 0, len))
+            .await
+            .expect("the client writes");
+        let closed = within(10, "close", client.close()).await;
+        let got = within(10, "the peer", reader).await;
+        Expect::new(14, "what the peer read").check(&got);
+        assert_eq!(got.len(), len, "round {round}: bytes the peer read");
+        if let Err(err) = closed {
+            failed.push(format!("round {round} ({len} bytes): {err}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{}: close failed in {} of {ROUNDS} rounds though the peer read every byte and the \
+         end: {}",
+        rt.name(),
+        failed.len(),
+        failed.join("; ")
+    );
 }
 
 /// Each stream split into a read half and a write half, each in a task of its own: the
@@ -915,9 +966,11 @@ async fn sixty_four_streams_on_one_listener(rt: Rt) {
                 .expect("accept");
             echoes.push(rt.spawn(echo(stream)));
         }
+        let mut streams = Vec::new();
         for echo in echoes {
-            echo.await;
+            streams.push(echo.await);
         }
+        streams
     });
     let started = Instant::now();
     let clients: Vec<_> = (0..STREAMS)
@@ -951,7 +1004,8 @@ async fn sixty_four_streams_on_one_listener(rt: Rt) {
             streams.push(stream);
             last_connected = last_connected.max(connected);
         }
-        server.await;
+        // The server's streams too are kept until every client's close returned.
+        let _server_streams = server.await;
         (streams, last_connected)
     })
     .await;
@@ -978,8 +1032,9 @@ fn patient() -> StreamOptions {
     }
 }
 
-/// Writes back what it reads until the end, then closes.
-async fn echo(mut stream: RdmaStream) {
+/// Writes back what it reads until the end, then closes; returns the stream, for the caller
+/// to keep until the peer's close returned (see close_survives_a_peer_that_leaves).
+async fn echo(mut stream: RdmaStream) -> RdmaStream {
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = stream.read(&mut buf).await.expect("the echo reads");
@@ -989,6 +1044,7 @@ async fn echo(mut stream: RdmaStream) {
         stream.write_all(&buf[..n]).await.expect("the echo writes");
     }
     stream.close().await.expect("the echo closes");
+    stream
 }
 
 /// `futures::io::copy` of the stream into a `Vec` (through `AsyncRead`) and of a reader into
@@ -1015,6 +1071,8 @@ async fn futures_io_copy(rt: Rt) {
             .expect("copy_buf the stream into a Vec");
         assert_eq!(n, TOTAL, "bytes copied out of the stream by copy_buf");
         Expect::new(11, "copy_buf out of the stream").check(&got);
+        // Kept until the client's close returned (see close_survives_a_peer_that_leaves).
+        server
     });
     let mut got = Vec::new();
     let n = within(
@@ -1035,7 +1093,7 @@ async fn futures_io_copy(rt: Rt) {
     .await
     .expect("copy_buf into the stream");
     client.close().await.expect("close");
-    within(30, "the server", server_side).await;
+    let _server = within(30, "the server", server_side).await;
 }
 
 const LINES: usize = 600;
@@ -1117,6 +1175,8 @@ async fn futures_io_lines(rt: Rt) {
             check_line(&got, i, "lines from the stream's AsyncBufRead");
         }
         assert!(lines.next().await.is_none(), "a line nobody wrote");
+        // Kept until the client's close returned (see close_survives_a_peer_that_leaves).
+        server
     });
     let what = format!("{}: lines through futures::io::BufReader", rt.name());
     within(30, &what, async {
@@ -1136,13 +1196,14 @@ async fn futures_io_lines(rt: Rt) {
         write_in_pieces(&mut client, &all_lines(), 112).await;
     })
     .await;
-    within(30, "the server", server_side).await;
+    let _server = within(30, "the server", server_side).await;
 }
 
 runtime_tests!(
     random_writes_both_ways_arrive_intact,
     a_write_is_delivered_without_flush,
     half_close_ends_reads_and_leaves_the_other_way_open,
+    close_survives_a_peer_that_leaves,
     flush_means_the_peer_has_everything,
     split_halves_echo_full_duplex,
     a_reader_that_does_not_read_holds_the_writer_back,
@@ -1215,6 +1276,8 @@ mod tokio_io {
                 .expect("tokio::io::copy_buf out of the stream");
             assert_eq!(n, TOTAL as u64, "bytes copied out by copy_buf");
             Expect::new(13, "tokio::io::copy_buf out of the stream").check(&got);
+            // Kept until the client's close returned (see close_survives_a_peer_that_leaves).
+            server
         });
         let mut got = Vec::new();
         let n = within(
@@ -1235,7 +1298,7 @@ mod tokio_io {
         .await
         .expect("tokio::io::copy into the stream");
         client.shutdown().await.expect("shutdown");
-        within(30, "the server", server_side).await;
+        let _server = within(30, "the server", server_side).await;
     }
 
     async fn lines(rt: Rt) {
@@ -1259,6 +1322,8 @@ mod tokio_io {
                 check_line(&got, i, what);
             }
             assert_eq!(lines.next_line().await.expect(what), None, "{what}");
+            // Kept until the client's close returned (see close_survives_a_peer_that_leaves).
+            server
         });
         let what = format!("{}: lines through tokio::io::BufReader", rt.name());
         within(30, &what, async {
@@ -1280,6 +1345,6 @@ mod tokio_io {
             write_in_pieces(&mut client, &all_lines(), 132),
         )
         .await;
-        within(30, "the server", server_side).await;
+        let _server = within(30, "the server", server_side).await;
     }
 }
