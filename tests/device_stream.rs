@@ -2,7 +2,8 @@
 //! runtime: every byte arrives once and in order whatever the sizes of the writes and reads
 //! (through `read` and through `fill_buf`/`consume`), a write is delivered without a flush, a
 //! half-close ends the peer's reads right after the last byte and leaves the other direction
-//! open, `flush` returns only once the peer has everything, split halves work from two tasks, a
+//! open (and its `close` is not failed by a peer that reads to the end and leaves), `flush`
+//! returns only once the peer has everything, split halves work from two tasks, a
 //! reader that stops reading holds the writer back without memory growing, a killed peer ends
 //! pending reads and writes with an error, a stream dropped in the middle of a write leaves
 //! nothing registered, 64 streams share a listener, and the `futures::io` and `tokio::io`
