@@ -1240,6 +1240,74 @@ async fn futures_io_lines(rt: Rt) {
     let _server = within(30, "the server", server_side).await;
 }
 
+/// A peer that speaks the messenger but breaks the stream's framing (a message with an
+/// immediate the stream does not use): the stream's read fails with `InvalidData` whose
+/// cause is `Error::BadStreamFrame`, reads keep failing (never a clean end), and the peer is
+/// cut off: its own receive ends with an error within 5 s.
+async fn a_peer_that_breaks_the_framing_is_cut_off(rt: Rt) {
+    if !support::device_present("a_peer_that_breaks_the_framing_is_cut_off") {
+        return;
+    }
+    let _beside = beside_others();
+    let _limit = limit(rt, "a_peer_that_breaks_the_framing_is_cut_off");
+    use anyrdma::msg::{Messenger, MessengerOptions};
+    let listener = StreamListener::bind(any_port()).expect("bind a stream listener");
+    let addr = listener.local_addr();
+    let (peer, stream) = within(
+        20,
+        "a messenger connects to a stream listener",
+        futures_util::future::join(
+            Messenger::connect(
+                addr,
+                ConnectionOptions::default(),
+                MessengerOptions::default(),
+            ),
+            listener.accept(),
+        ),
+    )
+    .await;
+    let (peer, mut stream) = (peer.expect("connect"), stream.expect("accept"));
+    within(10, "the peer's good bytes", peer.send(b"fine"))
+        .await
+        .expect("send");
+    within(10, "the peer's bad message", peer.send_with_imm(b"x", 7))
+        .await
+        .expect("send with an immediate");
+    let mut buf = [0u8; 16];
+    let n = within(10, "the good bytes", stream.read(&mut buf))
+        .await
+        .expect("the bytes before the bad message are read");
+    assert_eq!(&buf[..n], b"fine");
+    for attempt in 0..2 {
+        let err = within(10, "the bad message", stream.read(&mut buf))
+            .await
+            .expect_err("a message the framing does not allow must fail the read");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::InvalidData,
+            "read {attempt}: {err}"
+        );
+        let cause = err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<anyrdma::Error>())
+            .map(anyrdma::Error::root_cause);
+        assert!(
+            matches!(
+                cause,
+                Some(anyrdma::Error::BadStreamFrame {
+                    problem: anyrdma::stream::FrameProblem::UnknownImmediate(7)
+                })
+            ),
+            "read {attempt}: the cause must be the framing problem: {err:?}"
+        );
+    }
+    let ended = within(5, "the cut-off peer's receive", peer.recv()).await;
+    assert!(
+        ended.is_err(),
+        "the peer must be cut off, not kept: {ended:?}"
+    );
+}
+
 runtime_tests!(
     random_writes_both_ways_arrive_intact,
     a_write_is_delivered_without_flush,
@@ -1254,6 +1322,7 @@ runtime_tests!(
     futures_io_copy,
     futures_io_lines,
     stream_peer_process,
+    a_peer_that_breaks_the_framing_is_cut_off,
 );
 
 /// Tokio's own I/O traits on the same stream, no compat wrapper: `tokio::io::copy` and

@@ -528,6 +528,10 @@ impl Messenger {
     pub(crate) fn fail_with(&self, err: Error) -> Error {
         let engine = &*self.inner;
         let _ = engine.qp.shared.shut_down(QpShutdownReason::Application);
+        // The peer learns at once that it is not talked to any more.
+        if let Some(connection) = &engine.connection {
+            connection.cut_off();
+        }
         let mut state = lock(&engine.state);
         let failure = state.protocol.fail(err);
         engine.apply(&mut state);

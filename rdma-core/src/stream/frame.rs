@@ -184,6 +184,9 @@ mod tests {
             }
         }
         // The generator reaches every outcome.
-        assert!(data > 10_000 && ends > 1_000 && refused > 10_000, "{data} {ends} {refused}");
+        assert!(
+            data > 10_000 && ends > 1_000 && refused > 10_000,
+            "{data} {ends} {refused}"
+        );
     }
 }
