@@ -1308,6 +1308,66 @@ async fn a_peer_that_breaks_the_framing_is_cut_off(rt: Rt) {
     );
 }
 
+/// A write half dropped while the peer had no receive free (its reader was behind, so the
+/// last writes were gathered): the read half still polled sends them, then the end of stream.
+/// The peer reads every byte, then `Ok(0)`; the other direction still works.
+async fn a_dropped_write_half_ends_its_direction_after_its_bytes(rt: Rt) {
+    if !support::device_present("a_dropped_write_half_ends_its_direction_after_its_bytes") {
+        return;
+    }
+    let _beside = beside_others();
+    let _limit = limit(
+        rt,
+        "a_dropped_write_half_ends_its_direction_after_its_bytes",
+    );
+    const PIECES: usize = 200;
+    let piece_len = |i: usize| 1 + i % 16;
+    let total: usize = (0..PIECES).map(piece_len).sum();
+    let (client, mut server) = pair().await;
+    let (mut read, mut write) = client.split();
+    let mut at = 0;
+    for i in 0..PIECES {
+        // More writes than the peer has receives, none read yet: the last ones gather.
+        let piece = data(21, at, piece_len(i));
+        within(10, "a tiny write", write.write_all(&piece))
+            .await
+            .expect("a tiny write");
+        at += piece.len() as u64;
+    }
+    drop(write);
+    let server_side = rt.spawn(async move {
+        anyrdma::sleep(Duration::from_millis(200)).await;
+        let mut got = vec![0; total];
+        server
+            .read_exact(&mut got)
+            .await
+            .expect("the server reads every byte");
+        Expect::new(21, "the dropped half's bytes").check(&got);
+        let mut more = [0u8; 8];
+        let n = server
+            .read(&mut more)
+            .await
+            .expect("the server reads the end");
+        assert_eq!(n, 0, "bytes after the dropped half's last write");
+        server
+            .write_all(b"back")
+            .await
+            .expect("the other direction still works");
+        server.close().await.expect("the server closes");
+        server
+    });
+    let mut back = Vec::new();
+    within(
+        20,
+        &format!("{}: the answer after the dropped half's end", rt.name()),
+        read.read_to_end(&mut back),
+    )
+    .await
+    .expect("the client reads the answer");
+    assert_eq!(back, b"back");
+    let _server = within(20, "the server", server_side).await;
+}
+
 runtime_tests!(
     random_writes_both_ways_arrive_intact,
     a_write_is_delivered_without_flush,
@@ -1323,6 +1383,7 @@ runtime_tests!(
     futures_io_lines,
     stream_peer_process,
     a_peer_that_breaks_the_framing_is_cut_off,
+    a_dropped_write_half_ends_its_direction_after_its_bytes,
 );
 
 /// Tokio's own I/O traits on the same stream, no compat wrapper: `tokio::io::copy` and
