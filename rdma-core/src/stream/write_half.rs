@@ -54,15 +54,15 @@ impl Writer {
         cx: &mut TaskContext<'_>,
     ) -> Result<()> {
         loop {
-            match &self.pending {
-                Some(pending) if pending.len() > 0 || self.end_queued => {
-                    if !messenger.try_post(cx, &mut self.pending)? {
-                        return Ok(()); // the peer has no room yet
-                    }
-                }
-                // An empty gathering buffer: nothing to send.
-                Some(_) => self.pending = None,
-                None => {}
+            let sendable = self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.len() > 0 || self.end_queued);
+            if !sendable {
+                // Nothing, or an empty gathering buffer: nothing to send.
+                self.pending = None;
+            } else if !messenger.try_post(cx, &mut self.pending)? {
+                return Ok(()); // the peer has no room yet
             }
             if !self.closed || self.end_queued {
                 return Ok(());
