@@ -176,6 +176,10 @@ impl WakeList {
 
     #[inline(never)]
     fn wake_and_release(&mut self) {
+        // The buffers of dropped operations go first: a task woken by a completion of the
+        // same batch then finds them unregistered already (a count of registrations taken
+        // right after its operation returned sees them gone).
+        self.released.clear();
         let len = std::mem::take(&mut self.len);
         for waker in &self.wakers[..len] {
             // SAFETY: the first `len` entries were written by push and are read once: `len`
@@ -185,7 +189,6 @@ impl WakeList {
         for waker in self.spilled.drain(..) {
             waker.wake();
         }
-        self.released.clear();
     }
 }
 
@@ -259,5 +262,43 @@ mod tests {
         assert!(state.is_watched());
         assert!(state.begin(), "nobody drives at the end");
         assert!(state.finish());
+    }
+
+    /// A task woken by a batch finds the buffers its dropped operations left already
+    /// released: what a count of registrations right after its own operation relies on.
+    #[test]
+    fn released_buffers_go_before_any_task_is_woken() {
+        struct Buffer(Arc<AtomicBool>);
+        impl Drop for Buffer {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        struct Task {
+            released: Arc<AtomicBool>,
+            saw_released: AtomicBool,
+        }
+        impl std::task::Wake for Task {
+            fn wake(self: Arc<Self>) {
+                self.wake_by_ref();
+            }
+            fn wake_by_ref(self: &Arc<Self>) {
+                let released = self.released.load(Ordering::SeqCst);
+                self.saw_released.store(released, Ordering::SeqCst);
+            }
+        }
+        let released = Arc::new(AtomicBool::new(false));
+        let task = Arc::new(Task {
+            released: released.clone(),
+            saw_released: AtomicBool::new(false),
+        });
+        let mut wake = WakeList::new();
+        wake.released.push(Box::new(Buffer(released)));
+        wake.push(Waker::from(task.clone()));
+        wake.run();
+        assert!(
+            task.saw_released.load(Ordering::SeqCst),
+            "the task was woken before the dropped operation's buffer was released"
+        );
     }
 }

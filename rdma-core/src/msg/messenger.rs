@@ -528,6 +528,10 @@ impl Messenger {
     pub(crate) fn fail_with(&self, err: Error) -> Error {
         let engine = &*self.inner;
         let _ = engine.qp.shared.shut_down(QpShutdownReason::Application);
+        // The peer learns at once that it is not talked to any more.
+        if let Some(connection) = &engine.connection {
+            connection.cut_off();
+        }
         let mut state = lock(&engine.state);
         let failure = state.protocol.fail(err);
         engine.apply(&mut state);
@@ -558,11 +562,13 @@ impl Messenger {
             let sent = engine.poll_sends_down_to(state, 0, cx);
             progressed |= state.sending.len() < before;
             engine.learn_disconnect(state);
+            // Everything delivered is a flush done, even when the connection failed just
+            // after (a peer that read the last message and closed).
+            if sent.is_ready() && state.sending.is_empty() && state.protocol.delivered() {
+                return Poll::Ready(Ok(()));
+            }
             if let Some(failure) = state.failure() {
                 return Poll::Ready(Err(engine.failed(failure)));
-            }
-            if sent.is_ready() && state.protocol.flushed() {
-                return Poll::Ready(Ok(()));
             }
             if !progressed {
                 state.waiters.wait(cx.waker());

@@ -73,6 +73,9 @@ mod waiting;
 
 pub use header::HeaderProblem;
 pub(crate) use messenger::Outgoing;
+// The wire format, for the stream framing's fuzz test (messages decoded as they arrive).
+#[cfg(test)]
+pub(crate) use header::{Header, Kind, HEADER_LEN};
 pub use messenger::{Message, Messages, Messenger};
 pub(crate) use waiting::Place;
 

@@ -166,6 +166,9 @@ pub(crate) struct Protocol<M> {
     /// Sends posted and not finished.
     sending: usize,
     failure: Option<Arc<Error>>,
+    /// Something sent may not have reached the peer: a send failed, or large messages were
+    /// still exposed, not known to be read, when the protocol failed.
+    lost: bool,
     actions: VecDeque<Action>,
 }
 
@@ -182,6 +185,7 @@ impl<M> Protocol<M> {
             next_read: 0,
             sending: 0,
             failure: None,
+            lost: false,
             actions: VecDeque::new(),
         }
     }
@@ -286,6 +290,7 @@ impl<M> Protocol<M> {
         let failure = match self.failure.take() {
             None => {
                 // The queue pair is failed or being failed: the peer can no longer read.
+                self.lost |= !self.exposed.is_empty();
                 self.exposed.clear();
                 self.actions.push_back(Action::UnexposeAll);
                 Arc::new(err)
@@ -383,6 +388,7 @@ impl<M> Protocol<M> {
     pub(crate) fn on_send_done(&mut self, result: Result<(), Error>) {
         self.sending = self.sending.saturating_sub(1);
         if let Err(err) = result {
+            self.lost = true;
             self.fail(err);
         }
         self.control();
@@ -452,6 +458,13 @@ impl<M> Protocol<M> {
     /// read).
     pub(crate) fn flushed(&self) -> bool {
         self.sending == 0 && self.exposed.is_empty()
+    }
+
+    /// Whether the peer got everything sent so far, even if the protocol failed since (the
+    /// peer read its last message and went): every send finished well, every large message
+    /// was read.
+    pub(crate) fn delivered(&self) -> bool {
+        self.flushed() && !self.lost
     }
 
     /// The credits to return now (at most what a header carries).

@@ -125,11 +125,16 @@ impl Place {
         match &self.0 {
             Some(pending) if pending.will_wake(waker) => None,
             _ => {
+                // Pending under the new waker first: `will_wake` may tell a waker from its own
+                // clone apart (Tokio's current-thread `block_on` waker and its clones can
+                // differ in vtable), and the old one, leaving, must then find its task still
+                // pending instead of having the operations forget the waker this very poll
+                // registered (the task would sleep with nothing to wake it).
+                waiters.pend(waker);
                 let left = self.0.take().and_then(|old| {
                     waiters.unpend(&old);
                     waiters.leave(&old).then_some(old)
                 });
-                waiters.pend(waker);
                 self.0 = Some(waker.clone());
                 left
             }
@@ -305,5 +310,49 @@ mod tests {
         let left = place.after(&mut waiters, &cx, &Poll::Ready(()));
         assert!(left.is_some_and(|left| left.will_wake(&a)));
         assert!(waiters.pending.is_empty());
+    }
+    /// A waker whose clones carry another vtable than itself, as Tokio's current-thread
+    /// `block_on` waker and its clones can: `will_wake` tells them apart, though they wake
+    /// the same task.
+    mod two_faced {
+        use std::task::{RawWaker, RawWakerVTable, Waker};
+
+        static TASK: u8 = 0;
+        // Two statics: two addresses, so `will_wake` sees two different vtables.
+        static ORIGINAL: RawWakerVTable = RawWakerVTable::new(clone, ignore, ignore, ignore);
+        static CLONE: RawWakerVTable = RawWakerVTable::new(clone, ignore, ignore, ignore);
+
+        fn clone(data: *const ()) -> RawWaker {
+            RawWaker::new(data, &CLONE)
+        }
+        fn ignore(_: *const ()) {}
+
+        pub(super) fn waker() -> Waker {
+            // SAFETY: the vtables' functions ignore the data pointer, a static's address.
+            unsafe { Waker::from_raw(RawWaker::new(std::ptr::addr_of!(TASK).cast(), &ORIGINAL)) }
+        }
+    }
+
+    #[test]
+    fn a_task_polled_again_keeps_its_operations_though_its_waker_looks_new() {
+        let original = two_faced::waker();
+        assert!(
+            !original.clone().will_wake(&original),
+            "the premise: a clone that does not look like its original"
+        );
+        let cx = TaskContext::from_waker(&original);
+        let mut waiters = Waiters::default();
+        let mut place = Place::default();
+        for poll in 0..3 {
+            // What a poll does: the operations are registered with the task, then the call
+            // counts as pending.
+            waiters.register(&original);
+            assert!(
+                place
+                    .after(&mut waiters, &cx, &Poll::<()>::Pending)
+                    .is_none(),
+                "poll {poll} of the same pending call: the operations must keep its waker"
+            );
+        }
     }
 }

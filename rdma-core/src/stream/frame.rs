@@ -109,4 +109,84 @@ mod tests {
             Err(FrameProblem::EndWithData { len: 2 })
         );
     }
+
+    /// 100,000 random sequences of messages as they come off the wire (header and payload,
+    /// mostly well formed, with random immediates, lengths and corruptions), decoded as a
+    /// stream's reader does: the messenger's header first, then the framing. None panics; a
+    /// message is data exactly when it has bytes and no immediate; the end comes at most
+    /// once; after it, and after any error (the reader cuts the peer off there), nothing is
+    /// taken as data.
+    #[test]
+    fn random_wire_messages_are_framed_or_refused() {
+        use crate::msg::{Header, Kind, HEADER_LEN};
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut data, mut ends, mut refused) = (0u32, 0u32, 0u32);
+        for _ in 0..100_000 {
+            let mut frames = Frames::default();
+            let mut ended = false;
+            for _ in 0..(next() % 8 + 1) {
+                let payload = match next() % 4 {
+                    0 => 0,
+                    _ => (next() % 20) as usize,
+                };
+                let mut bytes = vec![0u8; HEADER_LEN + payload];
+                let imm = match next() % 4 {
+                    0 => Some(END_OF_STREAM),
+                    1 => Some(next() as u32),
+                    _ => None,
+                };
+                Header {
+                    kind: Kind::Data,
+                    credits: next() as u16,
+                    imm,
+                }
+                .write(&mut bytes);
+                if next() % 8 == 0 {
+                    // A corruption anywhere, header included.
+                    let at = (next() as usize) % bytes.len();
+                    bytes[at] ^= (next() as u8) | 1;
+                }
+                let Ok(header) = Header::read(&bytes) else {
+                    refused += 1;
+                    break; // the messenger refuses it: the peer is cut off
+                };
+                if header.kind != Kind::Data {
+                    break; // another kind of message: not the stream's to frame
+                }
+                let len = bytes.len() - HEADER_LEN;
+                match frames.next(header.imm, len) {
+                    Ok(Frame::Data) => {
+                        assert!(!ended, "data after the end");
+                        assert!(header.imm.is_none() && len > 0);
+                        data += 1;
+                    }
+                    Ok(Frame::End) => {
+                        assert!(!ended, "a second end");
+                        assert_eq!((header.imm, len), (Some(END_OF_STREAM), 0));
+                        ended = true;
+                        ends += 1;
+                    }
+                    Err(problem) => {
+                        assert!(
+                            ended || header.imm.is_some() || len == 0,
+                            "well-formed data refused: {problem}"
+                        );
+                        refused += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        // The generator reaches every outcome.
+        assert!(
+            data > 10_000 && ends > 1_000 && refused > 10_000,
+            "{data} {ends} {refused}"
+        );
+    }
 }

@@ -45,20 +45,32 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Posts what is pending if the peer has room for it now, without waiting.
+    /// Posts what is pending if the peer has room for it now, without waiting; once the
+    /// writing side is closed, the end of stream follows the last bytes (so a half dropped
+    /// while the peer had no room still ends its direction when a read later pushes).
     pub(super) fn try_push(
         &mut self,
         messenger: &Messenger,
         cx: &mut TaskContext<'_>,
     ) -> Result<()> {
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.len() > 0 || self.end_queued)
-        {
-            messenger.try_post(cx, &mut self.pending)?;
+        loop {
+            let sendable = self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.len() > 0 || self.end_queued);
+            if !sendable {
+                // Nothing, or an empty gathering buffer: nothing to send.
+                self.pending = None;
+            } else if !messenger.try_post(cx, &mut self.pending)? {
+                return Ok(()); // the peer has no room yet
+            }
+            if !self.closed || self.end_queued {
+                return Ok(());
+            }
+            self.pending = Some(messenger.eager_outgoing(0, Some(END_OF_STREAM))?);
+            self.gathering = false;
+            self.end_queued = true;
         }
-        Ok(())
     }
 
     /// Posts what is pending, waiting for the peer's room.
@@ -228,16 +240,7 @@ impl Drop for WriteHalf {
         let waker = Waker::from(Arc::new(NoWake));
         let mut cx = TaskContext::from_waker(&waker);
         writer.closed = true;
-        if writer.try_push(messenger, &mut cx).is_ok()
-            && writer.pending.as_ref().map_or(true, |p| p.len() == 0)
-            && !writer.end_queued
-        {
-            if let Ok(end) = messenger.eager_outgoing(0, Some(END_OF_STREAM)) {
-                writer.pending = Some(end);
-                writer.end_queued = true;
-                let _ = writer.try_push(messenger, &mut cx);
-            }
-        }
+        let _ = writer.try_push(messenger, &mut cx);
         messenger.abandon(&mut writer.place);
     }
 }
