@@ -274,15 +274,25 @@ impl Engine {
     fn collect_sends(&self, state: &mut State) -> bool {
         let mut collected = false;
         while let Some(front) = state.sending.front_mut() {
-            let Some((result, _buf)) = front.take_if_done() else {
+            let Some((result, buf)) = front.take_if_done() else {
                 break;
             };
             state.sending.pop_front();
             collected = true;
-            state.protocol.on_send_done(result);
+            Self::send_done(state, result, &buf);
         }
         self.apply(state);
         collected
+    }
+
+    /// A send of `message` finished with `result`. A data message or a rendezvous request
+    /// that failed may not have reached the peer; a control message's failure loses nothing
+    /// the application wrote (credits and "read it" words end with the connection anyway).
+    fn send_done(state: &mut State, result: Result<()>, message: &LocalBuf) {
+        if result.is_err() && Header::read(message).is_ok_and(|h| h.kind.carries_data()) {
+            state.protocol.lost_data();
+        }
+        state.protocol.on_send_done(result);
     }
 
     /// Ready once at most `keep` sends are in flight (or the messenger failed); else the
@@ -299,11 +309,11 @@ impl Engine {
             let Some(front) = state.sending.front_mut() else {
                 break;
             };
-            let Poll::Ready((result, _buf)) = Pin::new(front).poll(cx) else {
+            let Poll::Ready((result, buf)) = Pin::new(front).poll(cx) else {
                 return Poll::Pending;
             };
             state.sending.pop_front();
-            state.protocol.on_send_done(result);
+            Self::send_done(state, result, &buf);
             self.apply(state);
         }
         Poll::Ready(())
@@ -325,6 +335,8 @@ impl Engine {
             .write(&mut message[..HEADER_LEN]);
         let mut op = self.qp.send(message);
         if let Some(err) = op.take_early_error() {
+            // Never in flight: not a send to wait for (its caller gets the error).
+            state.protocol.on_send_done(Ok(()));
             let failure = state.protocol.fail(err);
             self.apply(state);
             return Err(self.failed(&failure));

@@ -183,6 +183,14 @@ impl fmt::Display for HeaderProblem {
     }
 }
 
+impl Kind {
+    /// Whether a message of this kind carries what the application sent (a data message, or
+    /// the request to read a large one), not the protocol's own words.
+    pub(crate) fn carries_data(self) -> bool {
+        matches!(self, Kind::Data | Kind::Request)
+    }
+}
+
 impl Header {
     /// Writes the header into the first [`HEADER_LEN`] bytes of `out`.
     pub(crate) fn write(&self, out: &mut [u8]) {

@@ -166,7 +166,7 @@ pub(crate) struct Protocol<M> {
     /// Sends posted and not finished.
     sending: usize,
     failure: Option<Arc<Error>>,
-    /// Something sent may not have reached the peer: a send failed, or large messages were
+    /// Something sent may not have reached the peer: a data send failed, or large messages were
     /// still exposed, not known to be read, when the protocol failed.
     lost: bool,
     actions: VecDeque<Action>,
@@ -388,7 +388,6 @@ impl<M> Protocol<M> {
     pub(crate) fn on_send_done(&mut self, result: Result<(), Error>) {
         self.sending = self.sending.saturating_sub(1);
         if let Err(err) = result {
-            self.lost = true;
             self.fail(err);
         }
         self.control();
@@ -458,6 +457,12 @@ impl<M> Protocol<M> {
     /// read).
     pub(crate) fn flushed(&self) -> bool {
         self.sending == 0 && self.exposed.is_empty()
+    }
+
+    /// A send of the application's (a data message or a rendezvous request) failed: it may
+    /// not have reached the peer.
+    pub(crate) fn lost_data(&mut self) {
+        self.lost = true;
     }
 
     /// Whether the peer got everything sent so far, even if the protocol failed since (the

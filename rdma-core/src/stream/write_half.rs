@@ -164,7 +164,17 @@ impl Writer {
             self.gathering = false;
             self.end_queued = true;
         }
-        self.poll_flush(messenger, cx)
+        match self.poll_post_pending(messenger, cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(err)) if err.is_disconnect() => {
+                // The peer is gone (it read to the end and left, say): the end of stream
+                // can no longer reach it, nor does it need to. The close is good if the
+                // peer had every byte before it, which the flush below tells.
+                self.pending = None;
+            }
+            other => return other,
+        }
+        messenger.poll_flush_at(cx, &mut self.place)
     }
 }
 
