@@ -275,7 +275,13 @@ fn a_poller_that_cannot_sleep_still_reads_the_connection_end() {
     )
     .expect("bind");
     let addr = listener.local_addr();
-    let tokio_bound = Context::open_default()
+    // The client's own resources must be of the device its route takes: the listener's
+    // (the default device may be another one, rxe_lo when ANYRDMA_DEVICE says so).
+    let route = listener
+        .port()
+        .expect("the listener's port")
+        .expect("a listener bound to one address has a device");
+    let tokio_bound = Context::open_port(&route)
         .unwrap()
         .with_runtime(anyrdma_tokio::Tokio);
     let pd = tokio_bound.alloc_pd().unwrap();
