@@ -36,8 +36,8 @@
 //!   sizes `--msg-lat-sizes 64,1048576` and `--msg-rate-sizes 64,1048576,16777216`, with
 //!   `--senders 1,16` concurrent senders for the sizes up to 4 KiB. Not for `raw`.
 //! * `stream_bw`, `stream_lat`: `anyrdma::stream::RdmaStream` (benches/rdma/streaming.rs):
-//!   `--stream-bw-size 1048576` writes (as many as `msg_rate` sends of that size) and a
-//!   `--stream-lat-size 64` request/response; `cm_msg_bw`, `cm_msg_lat`: the messenger the
+//!   `--stream-bw-size 1048576` writes (`--stream-bw-iters N` of them; by default as many as
+//!   `msg_rate` sends of that size) and a `--stream-lat-size 64` request/response; `cm_msg_bw`, `cm_msg_lat`: the messenger the
 //!   stream is built on, over the same rdma_cm connection; these four connect through
 //!   rdma_cm at `--cm-addr IP` (an RDMA interface's address; skipped without it).
 //!   `tcp_bw`, `tcp_lat`: the same loops over the runtime's TCP on 127.0.0.1, in event mode
@@ -238,6 +238,7 @@ struct Opts {
     senders: Vec<usize>,
     cm_addr: Option<std::net::IpAddr>,
     stream_bw_size: usize,
+    stream_bw_iters: Option<usize>,
     stream_lat_size: usize,
     json: Option<String>,
 }
@@ -267,6 +268,7 @@ fn parse_opts() -> Res<Opts> {
         senders: vec![1, 16],
         cm_addr: None,
         stream_bw_size: 1 << 20,
+        stream_bw_iters: None,
         stream_lat_size: 64,
         json: None,
     };
@@ -322,6 +324,7 @@ fn parse_opts() -> Res<Opts> {
             "--senders" => o.senders = list(&val()?, num)?,
             "--cm-addr" => o.cm_addr = Some(val()?.parse()?),
             "--stream-bw-size" => o.stream_bw_size = num(&val()?)?,
+            "--stream-bw-iters" => o.stream_bw_iters = Some(num(&val()?)?),
             "--stream-lat-size" => o.stream_lat_size = num(&val()?)?,
             "--json" => o.json = Some(val()?),
             "--smoke" => {
@@ -1384,11 +1387,14 @@ fn specs(o: &Opts, rt: Rt, mode: Mode) -> Vec<Spec> {
         }
         if test.is_stream() {
             out.push(if test.is_bw() {
-                // As many bytes as msg_rate sends at that size, so that the rows compare.
+                // By default as many bytes as msg_rate sends at that size, so that the rows
+                // compare; the stream and messenger rows always move the same.
                 let size = o.stream_bw_size;
                 Spec {
                     size,
-                    iters: (o.rate_iters / 10).min((256 << 20) / size.max(1)).max(8),
+                    iters: o.stream_bw_iters.unwrap_or_else(|| {
+                        (o.rate_iters / 10).min((256 << 20) / size.max(1)).max(8)
+                    }),
                     ..base
                 }
             } else {
