@@ -477,6 +477,11 @@ fn exchange(
     Ok((peers, region))
 }
 
+/// Names the step of a measurement an error comes from.
+fn step<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> BoxError {
+    move |err| format!("{what}: {err}").into()
+}
+
 fn tag(i: usize) -> u8 {
     (i % 255 + 1) as u8
 }

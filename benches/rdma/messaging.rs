@@ -73,7 +73,7 @@ pub(super) async fn ping_pong(
         }
     }
     stamps.push(Instant::now());
-    messenger.flush().await?;
+    messenger.flush().await.map_err(step("flushing"))?;
     Ok(stamps)
 }
 
@@ -122,8 +122,14 @@ pub(super) async fn one_way(
             let got = messenger.recv().await?;
             check(&got.data, spec.size, 0xa5)?;
         }
-        messenger.send(b"all").await?;
-        messenger.flush().await?;
+        messenger
+            .send(b"all")
+            .await
+            .map_err(step("sending the answer"))?;
+        messenger
+            .flush()
+            .await
+            .map_err(step("flushing the answer"))?;
         return Ok(None);
     }
     let message = vec![0xa5; spec.size];

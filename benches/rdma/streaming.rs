@@ -220,7 +220,7 @@ where
         // of the receive), as a reader that parses in place does; each piece is checked.
         let mut got = 0;
         while got < total {
-            let piece = s.fill_buf().await?;
+            let piece = s.fill_buf().await.map_err(step("reading"))?;
             if piece.is_empty() {
                 return Err(format!("the stream ended after {got} of {total} bytes").into());
             }
@@ -231,19 +231,23 @@ where
             s.consume_unpin(n);
             got += n;
         }
-        s.write_all(b"!").await?;
-        s.flush().await?;
+        s.write_all(b"!")
+            .await
+            .map_err(step("writing the answer"))?;
+        s.flush().await.map_err(step("flushing the answer"))?;
         return Ok(None);
     }
     let data = vec![FILL; spec.size];
     let start = Instant::now();
     for _ in 0..spec.iters {
-        s.write_all(&data).await?;
+        s.write_all(&data).await.map_err(step("writing"))?;
     }
     // Nothing stays gathered on this side; the peer's answer says it has everything.
-    s.flush().await?;
+    s.flush().await.map_err(step("flushing the writes"))?;
     let mut answer = [0u8; 1];
-    s.read_exact(&mut answer).await?;
+    s.read_exact(&mut answer)
+        .await
+        .map_err(step("reading the answer"))?;
     let elapsed = start.elapsed();
     if answer != *b"!" {
         return Err(format!("answer {answer:?}, not \"!\"").into());
@@ -270,18 +274,26 @@ where
     for _ in 0..spec.iters {
         if client {
             stamps.push(Instant::now());
-            s.write_all(&request).await?;
-            s.read_exact(&mut buf).await?;
+            s.write_all(&request)
+                .await
+                .map_err(step("writing the request"))?;
+            s.read_exact(&mut buf)
+                .await
+                .map_err(step("reading the response"))?;
             if buf != request {
                 return Err("the response differs from the request".into());
             }
         } else {
-            s.read_exact(&mut buf).await?;
-            s.write_all(&buf).await?;
+            s.read_exact(&mut buf)
+                .await
+                .map_err(step("reading the request"))?;
+            s.write_all(&buf)
+                .await
+                .map_err(step("writing the response"))?;
         }
     }
     stamps.push(Instant::now());
-    s.flush().await?;
+    s.flush().await.map_err(step("flushing"))?;
     Ok(stamps)
 }
 
