@@ -816,9 +816,8 @@ async fn measure(
     cm: Option<std::net::IpAddr>,
 ) -> Res<(Outcome, TcpStream)> {
     if spec.test.is_stream() {
+        // It keeps the connection until both sides are done.
         let outcome = streaming::measure(&ctx, rt, mode, &spec, client, &mut ctl, cm).await?;
-        // The peer keeps its connection until both sides are done.
-        barrier(&mut ctl)?;
         return Ok((outcome, ctl));
     }
     let side = setup(&ctx, mode, &spec, &mut ctl)?;

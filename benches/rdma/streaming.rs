@@ -70,7 +70,11 @@ fn cm_ip(cm: Option<IpAddr>) -> Res<IpAddr> {
     cm.ok_or_else(|| "the stream and cm_msg rows need --cm-addr (an RDMA interface's IP)".into())
 }
 
-/// One measurement of a stream test; the client returns the result.
+/// One measurement of a stream test; the client returns the result. Both sides keep the
+/// connection until both are done (a barrier, then the drop), as the other rows keep their
+/// queue pairs: a client that disconnects as soon as it has its answer races the server's
+/// last flush, which then fails now and then with the queue pair's error ("the peer
+/// disconnected") though the answer arrived.
 pub(super) async fn measure(
     ctx: &Context,
     rt: Rt,
@@ -112,17 +116,18 @@ pub(super) async fn measure(
                 let incoming = listener.incoming().await?;
                 Messenger::accept(incoming, options, messaging::options()).await?
             };
-            if spec.test == Test::CmMsgLat {
+            let outcome = if spec.test == Test::CmMsgLat {
                 let stamps = messaging::ping_pong(&messenger, spec, client, ctl).await?;
-                Ok(latency(&stamps, true))
+                latency(&stamps, true)
             } else {
-                Ok(
-                    match messaging::one_way(&messenger, spec, client, ctl).await? {
-                        Some(elapsed) => rate(spec.iters, spec.size, elapsed),
-                        None => Outcome::default(),
-                    },
-                )
-            }
+                match messaging::one_way(&messenger, spec, client, ctl).await? {
+                    Some(elapsed) => rate(spec.iters, spec.size, elapsed),
+                    None => Outcome::default(),
+                }
+            };
+            barrier(ctl)?;
+            drop(messenger);
+            Ok(outcome)
         }
         Test::TcpBw | Test::TcpLat => tcp(rt, spec, client, ctl).await,
         _ => unreachable!("not a stream test"),
@@ -191,17 +196,17 @@ async fn io_run<S>(mut s: S, spec: &Spec, client: bool, ctl: &mut TcpStream) -> 
 where
     S: AsyncBufRead + AsyncWrite + Unpin,
 {
-    if spec.test.is_bw() {
-        Ok(match bandwidth(&mut s, spec, client, ctl).await? {
+    let outcome = if spec.test.is_bw() {
+        match bandwidth(&mut s, spec, client, ctl).await? {
             Some(elapsed) => rate(spec.iters, spec.size, elapsed),
             None => Outcome::default(),
-        })
+        }
     } else {
-        Ok(latency(
-            &round_trips(&mut s, spec, client, ctl).await?,
-            true,
-        ))
-    }
+        latency(&round_trips(&mut s, spec, client, ctl).await?, true)
+    };
+    barrier(ctl)?;
+    drop(s);
+    Ok(outcome)
 }
 
 async fn bandwidth<S>(
