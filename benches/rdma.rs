@@ -35,6 +35,14 @@
 //! * `msg_lat`, `msg_rate`: the same over `anyrdma::msg::Messenger` (benches/rdma/messaging.rs),
 //!   sizes `--msg-lat-sizes 64,1048576` and `--msg-rate-sizes 64,1048576,16777216`, with
 //!   `--senders 1,16` concurrent senders for the sizes up to 4 KiB. Not for `raw`.
+//! * `stream_bw`, `stream_lat`: `anyrdma::stream::RdmaStream` (benches/rdma/streaming.rs):
+//!   `--stream-bw-size 1048576` writes (`--stream-bw-iters N` of them; by default as many as
+//!   `msg_rate` sends of that size) and a `--stream-lat-size 64` request/response; `cm_msg_bw`, `cm_msg_lat`: the messenger the
+//!   stream is built on, over the same rdma_cm connection; these four connect through
+//!   rdma_cm at `--cm-addr IP` (an RDMA interface's address; skipped without it).
+//!   `tcp_bw`, `tcp_lat`: the same loops over the runtime's TCP on 127.0.0.1, in event mode
+//!   only (orientation: the kernel's loopback, not a NIC). `--tests stream` runs all six.
+//!   Not for `raw`.
 //!
 //! Latency is half the round trip (except reads): median and 99th percentile of the
 //! per-iteration times, in microseconds, as perftest's `t_typical` and `99% percentile`.
@@ -53,6 +61,8 @@ use anyrdma::{
 
 #[path = "rdma/messaging.rs"]
 mod messaging;
+#[path = "rdma/streaming.rs"]
+mod streaming;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -70,10 +80,16 @@ enum Test {
     SendRate,
     MsgLat,
     MsgRate,
+    StreamBw,
+    StreamLat,
+    CmMsgBw,
+    CmMsgLat,
+    TcpBw,
+    TcpLat,
 }
 
 impl Test {
-    const ALL: [Test; 8] = [
+    const ALL: [Test; 14] = [
         Test::WriteLat,
         Test::WriteImmLat,
         Test::SendLat,
@@ -82,6 +98,12 @@ impl Test {
         Test::SendRate,
         Test::MsgLat,
         Test::MsgRate,
+        Test::StreamBw,
+        Test::StreamLat,
+        Test::CmMsgBw,
+        Test::CmMsgLat,
+        Test::TcpBw,
+        Test::TcpLat,
     ];
 
     fn name(self) -> &'static str {
@@ -94,6 +116,12 @@ impl Test {
             Test::SendRate => "send_rate",
             Test::MsgLat => "msg_lat",
             Test::MsgRate => "msg_rate",
+            Test::StreamBw => "stream_bw",
+            Test::StreamLat => "stream_lat",
+            Test::CmMsgBw => "cm_msg_bw",
+            Test::CmMsgLat => "cm_msg_lat",
+            Test::TcpBw => "tcp_bw",
+            Test::TcpLat => "tcp_lat",
         }
     }
 
@@ -104,6 +132,30 @@ impl Test {
     /// Over the messaging layer rather than single operations.
     fn is_msg(self) -> bool {
         matches!(self, Test::MsgLat | Test::MsgRate)
+    }
+
+    /// A row of the byte stream's comparison (benches/rdma/streaming.rs): connected by
+    /// rdma_cm or TCP, not by the endpoint exchange.
+    fn is_stream(self) -> bool {
+        matches!(
+            self,
+            Test::StreamBw
+                | Test::StreamLat
+                | Test::CmMsgBw
+                | Test::CmMsgLat
+                | Test::TcpBw
+                | Test::TcpLat
+        )
+    }
+
+    /// Over rdma_cm, so only with `--cm-addr`.
+    fn needs_cm(self) -> bool {
+        self.is_stream() && !matches!(self, Test::TcpBw | Test::TcpLat)
+    }
+
+    /// A stream row measured in MB/s (the others are round trips).
+    fn is_bw(self) -> bool {
+        matches!(self, Test::StreamBw | Test::CmMsgBw | Test::TcpBw)
     }
 
     fn code(self) -> u8 {
@@ -184,6 +236,10 @@ struct Opts {
     msg_lat_sizes: Vec<usize>,
     msg_rate_sizes: Vec<usize>,
     senders: Vec<usize>,
+    cm_addr: Option<std::net::IpAddr>,
+    stream_bw_size: usize,
+    stream_bw_iters: Option<usize>,
+    stream_lat_size: usize,
     json: Option<String>,
 }
 
@@ -210,6 +266,10 @@ fn parse_opts() -> Res<Opts> {
         msg_lat_sizes: vec![64, 1 << 20],
         msg_rate_sizes: vec![64, 1 << 20, 16 << 20],
         senders: vec![1, 16],
+        cm_addr: None,
+        stream_bw_size: 1 << 20,
+        stream_bw_iters: None,
+        stream_lat_size: 64,
         json: None,
     };
     let mut args = std::env::args().skip(1);
@@ -233,11 +293,14 @@ fn parse_opts() -> Res<Opts> {
                 let mut tests = Vec::new();
                 for t in val()?.split(',') {
                     match t {
-                        "lat" => {
-                            tests.extend(Test::ALL.iter().filter(|t| !t.is_rate() && !t.is_msg()))
-                        }
+                        "lat" => tests.extend(
+                            Test::ALL
+                                .iter()
+                                .filter(|t| !t.is_rate() && !t.is_msg() && !t.is_stream()),
+                        ),
                         "rate" => tests.extend(Test::ALL.iter().filter(|t| t.is_rate())),
                         "msg" => tests.extend(Test::ALL.iter().filter(|t| t.is_msg())),
+                        "stream" => tests.extend(Test::ALL.iter().filter(|t| t.is_stream())),
                         _ => tests.push(
                             *Test::ALL
                                 .iter()
@@ -259,6 +322,10 @@ fn parse_opts() -> Res<Opts> {
             "--msg-lat-sizes" => o.msg_lat_sizes = list(&val()?, num)?,
             "--msg-rate-sizes" => o.msg_rate_sizes = list(&val()?, num)?,
             "--senders" => o.senders = list(&val()?, num)?,
+            "--cm-addr" => o.cm_addr = Some(val()?.parse()?),
+            "--stream-bw-size" => o.stream_bw_size = num(&val()?)?,
+            "--stream-bw-iters" => o.stream_bw_iters = Some(num(&val()?)?),
+            "--stream-lat-size" => o.stream_lat_size = num(&val()?)?,
             "--json" => o.json = Some(val()?),
             "--smoke" => {
                 o.iters = 200;
@@ -408,6 +475,11 @@ fn exchange(
     let bytes = recv_exact::<{ RemoteRegion::ENCODED_LEN }>(ctl)?;
     let region = RemoteRegion::from_bytes(&bytes)?;
     Ok((peers, region))
+}
+
+/// Names the step of a measurement an error comes from.
+fn step<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> BoxError {
+    move |err| format!("{what}: {err}").into()
 }
 
 fn tag(i: usize) -> u8 {
@@ -736,11 +808,18 @@ async fn rate_run(
 /// One measurement with anyrdma on the runtime `ctx` is bound to; the client returns the result.
 async fn measure(
     ctx: Context,
+    rt: Rt,
     mode: Mode,
     spec: Spec,
     client: bool,
     mut ctl: TcpStream,
+    cm: Option<std::net::IpAddr>,
 ) -> Res<(Outcome, TcpStream)> {
+    if spec.test.is_stream() {
+        // It keeps the connection until both sides are done.
+        let outcome = streaming::measure(&ctx, rt, mode, &spec, client, &mut ctl, cm).await?;
+        return Ok((outcome, ctl));
+    }
     let side = setup(&ctx, mode, &spec, &mut ctl)?;
     let outcome = match spec.test {
         Test::WriteLat => latency(&lat_write(&side, &spec, client, &mut ctl).await?, true),
@@ -759,6 +838,7 @@ async fn measure(
             Some(elapsed) => rate(spec.iters, spec.size, elapsed),
             None => Outcome::default(),
         },
+        _ => unreachable!("stream rows are measured above"),
     };
     // The peer keeps its QPs until both sides are done.
     barrier(&mut ctl)?;
@@ -774,6 +854,7 @@ fn run_on(
     spec: Spec,
     client: bool,
     ctl: TcpStream,
+    cm: Option<std::net::IpAddr>,
 ) -> Res<(Outcome, TcpStream)> {
     let ctx = match rt {
         Rt::TokioCt | Rt::TokioMt => ctx.with_runtime(anyrdma::runtime::Tokio),
@@ -785,17 +866,18 @@ fn run_on(
         Rt::TokioCt => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(measure(ctx, mode, spec, client, ctl)),
+            .block_on(measure(ctx, rt, mode, spec, client, ctl, cm)),
         Rt::TokioMt => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime
-                .block_on(async move { tokio::spawn(measure(ctx, mode, spec, client, ctl)).await? })
+            runtime.block_on(async move {
+                tokio::spawn(measure(ctx, rt, mode, spec, client, ctl, cm)).await?
+            })
         }
-        Rt::AsyncStd => async_std::task::block_on(measure(ctx, mode, spec, client, ctl)),
-        Rt::Smol => smol::block_on(measure(ctx, mode, spec, client, ctl)),
+        Rt::AsyncStd => async_std::task::block_on(measure(ctx, rt, mode, spec, client, ctl, cm)),
+        Rt::Smol => smol::block_on(measure(ctx, rt, mode, spec, client, ctl, cm)),
         Rt::Raw => raw::measure(&ctx, mode, spec, client, ctl),
     }
 }
@@ -1250,7 +1332,7 @@ fn server(o: &Opts, rt: Rt, mode: Mode) -> Res<()> {
             return Ok(());
         }
         let spec = Spec::decode(&recv_exact::<{ Spec::LEN }>(&mut ctl)?);
-        let (_, back) = run_on(rt, ctx.clone(), mode, spec, false, ctl)?;
+        let (_, back) = run_on(rt, ctx.clone(), mode, spec, false, ctl, o.cm_addr)?;
         ctl = back;
     }
 }
@@ -1274,7 +1356,10 @@ fn specs(o: &Opts, rt: Rt, mode: Mode) -> Vec<Spec> {
     for &test in &o.tests {
         // Memory polling has no event mode; raw verbs measure latency only.
         if (test == Test::WriteLat && mode == Mode::Event)
-            || (rt == Rt::Raw && (test.is_rate() || test.is_msg()))
+            || (rt == Rt::Raw && (test.is_rate() || test.is_msg() || test.is_stream()))
+            // TCP has no poll mode: one pass is enough.
+            || (matches!(test, Test::TcpBw | Test::TcpLat) && mode == Mode::Busy)
+            || (test.needs_cm() && o.cm_addr.is_none())
         {
             continue;
         }
@@ -1302,6 +1387,26 @@ fn specs(o: &Opts, rt: Rt, mode: Mode) -> Vec<Spec> {
                     ..base
                 });
             }
+            continue;
+        }
+        if test.is_stream() {
+            out.push(if test.is_bw() {
+                // By default as many bytes as msg_rate sends at that size, so that the rows
+                // compare; the stream and messenger rows always move the same.
+                let size = o.stream_bw_size;
+                Spec {
+                    size,
+                    iters: o.stream_bw_iters.unwrap_or_else(|| {
+                        (o.rate_iters / 10).min((256 << 20) / size.max(1)).max(8)
+                    }),
+                    ..base
+                }
+            } else {
+                Spec {
+                    size: o.stream_lat_size,
+                    ..base
+                }
+            });
             continue;
         }
         if test == Test::MsgRate {
@@ -1373,7 +1478,7 @@ fn client(o: &Opts, rt: Rt, mode: Mode, json: &mut Option<std::fs::File>) -> Res
     for spec in specs(o, rt, mode) {
         send_all(&mut ctl, b"S")?;
         send_all(&mut ctl, &spec.encode())?;
-        let (out, back) = run_on(rt, ctx.clone(), mode, spec, true, ctl)?;
+        let (out, back) = run_on(rt, ctx.clone(), mode, spec, true, ctl, o.cm_addr)?;
         ctl = back;
         println!(
             "{:<8} {:<9} {:<5} {:<13} {:>6} {:>3} {:>3} {:>6} | {:>9} {:>9} | {:>8} {:>9}",
@@ -1428,6 +1533,9 @@ fn main() {
 
 fn real_main() -> Res<()> {
     let o = parse_opts()?;
+    if o.role != Some(true) && o.cm_addr.is_none() && o.tests.iter().any(|t| t.needs_cm()) {
+        eprintln!("rdma bench: no --cm-addr: the stream_* and cm_msg_* rows are skipped");
+    }
     let mut json = match &o.json {
         Some(path) => Some(
             std::fs::OpenOptions::new()

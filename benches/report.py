@@ -137,6 +137,12 @@ meta["pool"] = pool_rows
 msg_rows = [r for r in rows if r.get("test", "").startswith("msg_")]
 rows = [r for r in rows if not r.get("test", "").startswith("msg_")]
 meta["messaging"] = msg_rows
+# Byte stream rows (issue 23: benches/rdma/streaming.rs, ecosystem/benches/http.rs), with the
+# messenger over rdma_cm and TCP they are compared with: a section of their own.
+STREAM_TESTS = ("stream_bw", "stream_lat", "cm_msg_bw", "cm_msg_lat", "tcp_bw", "tcp_lat", "http1_rps")
+stream_rows = [r for r in rows if r.get("test") in STREAM_TESTS]
+rows = [r for r in rows if r.get("test") not in STREAM_TESTS]
+meta["streams"] = stream_rows
 
 # Instructions per round trip: the difference of the shortest and the longest run over their
 # difference in round trips (set-up and tear-down cancel).
@@ -150,7 +156,7 @@ meta["cpu_cost"] = list(cpu.values())
 meta["builds"] = builds
 meta["notes"] = perftest_notes
 
-json.dump({"meta": meta, "rows": rows + msg_rows}, open(f"{out_dir}/results.json", "w"), indent=1)
+json.dump({"meta": meta, "rows": rows + msg_rows + stream_rows}, open(f"{out_dir}/results.json", "w"), indent=1)
 
 
 # ---- Markdown ------------------------------------------------------------------------------
@@ -715,9 +721,134 @@ def messaging_section():
     md.append("")
 
 
+def streams_section():
+    if not stream_rows:
+        return
+
+    def get(test, rt, mode, **kw):
+        for r in stream_rows:
+            if (r["test"] == test and r["runtime"] == rt and r["mode"] == mode
+                    and all(r.get(k) == v for k, v in kw.items())):
+                return r
+        return None
+
+    def size_name(n):
+        return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} B"
+
+    def verdict(x, limit, at_least):
+        if x is None:
+            return "-"
+        ok = x >= limit if at_least else x <= limit
+        return f"{x:.2f}x {'met' if ok else '**missed**'}"
+
+    bw_size = next((r["size"] for r in stream_rows if r["test"] == "stream_bw"), 1 << 20)
+    lat_size = next((r["size"] for r in stream_rows if r["test"] == "stream_lat"), 64)
+    bw_name, lat_name = size_name(bw_size), size_name(lat_size)
+    md.append("### Byte streams (`anyrdma::stream`)")
+    md.append("")
+    md.append(f"`RdmaStream` (benches/rdma/streaming.rs) against the `Messenger` it is built on, both connected "
+              f"by rdma_cm through the same device (rxe0 in the VM, 169.254.77.1: rdma_cm cannot route "
+              f"127.0.0.1, so not rxe_lo, whose active MTU is larger) with the same messenger options "
+              f"(depth 64, eager limit 8 KiB), on the same runtime and poll mode. Bandwidth: the client writes "
+              f"{bw_name} at a time (`write_all`) and reads one byte back; the server reads in place "
+              f"(`fill_buf`) until it has every byte, then writes that byte; MB/s from the first write to the "
+              f"byte back. The messenger sends as many {bw_name} messages the same way (`msg_rate`, one "
+              f"sender). Round trip: {lat_name} written, read back whole by the peer and written back "
+              f"(`write_all`, `read_exact`, no flush), half the round trip, median and 99th percentile; the "
+              f"messenger's is `msg_lat` at {lat_name}. `msg` in brackets: the messaging section's row of the "
+              f"same size, whose queue pair is connected by the endpoint exchange on the bench's device "
+              f"(another device: not the goal's reference).")
+    md.append("")
+    md.append(f"| runtime | mode | stream {bw_name} (MB/s) | messenger {bw_name}, rdma_cm (MB/s) | "
+              f"stream / messenger (goal >= 0.9) | stream {lat_name} median / p99 (µs) | "
+              f"messenger {lat_name}, rdma_cm, median / p99 (µs) | stream / messenger (goal <= 1.2) |")
+    md.append("|---|---|---:|---:|---|---:|---:|---|")
+    bw_goal, lat_goal = [], []
+    for rt in RUNTIMES:
+        for mode in ("busy", "event"):
+            sb, mb = get("stream_bw", rt, mode), get("cm_msg_bw", rt, mode)
+            sl, ml = get("stream_lat", rt, mode), get("cm_msg_lat", rt, mode)
+            if not any((sb, mb, sl, ml)):
+                continue
+            old_bw = next((r for r in msg_rows if r["test"] == "msg_rate" and r["runtime"] == rt
+                           and r["mode"] == mode and r["size"] == bw_size and r.get("senders", 1) == 1), None)
+            old_lat = next((r for r in msg_rows if r["test"] == "msg_lat" and r["runtime"] == rt
+                            and r["mode"] == mode and r["size"] == lat_size), None)
+            xb = ratio(sb["mb_s"] if sb else None, mb["mb_s"] if mb else None)
+            xl = ratio(sl["median_us"] if sl else None, ml["median_us"] if ml else None)
+            if xb is not None:
+                bw_goal.append((xb, f"{rt} {mode}"))
+            if xl is not None:
+                lat_goal.append((xl, f"{rt} {mode}"))
+            mb_cell = cell(mb["mb_s"] if mb else None, prec=1)
+            if old_bw:
+                mb_cell += f" (msg {old_bw['mb_s']:.1f})"
+            ml_cell = cell(ml["median_us"] if ml else None)
+            if ml and ml.get("p99_us") is not None:
+                ml_cell += f" / {ml['p99_us']:.2f}"
+            if old_lat:
+                ml_cell += f" (msg {old_lat['median_us']:.2f})"
+            sl_cell = "-" if not sl else f"{sl['median_us']:.2f} / {sl['p99_us']:.2f}"
+            md.append(f"| {rt} | {mode} | {cell(sb['mb_s'] if sb else None, prec=1)} | {mb_cell} | "
+                      f"{verdict(xb, 0.9, True)} | {sl_cell} | {ml_cell} | {verdict(xl, 1.2, False)} |")
+    md.append("")
+    for pairs, what, limit, at_least in (
+            (bw_goal, f"stream_bw / messenger {bw_name} (rdma_cm) >= 0.9", 0.9, True),
+            (lat_goal, f"stream_lat / messenger msg_lat {lat_name} (rdma_cm) <= 1.2", 1.2, False)):
+        if not pairs:
+            continue
+        held = [p for p in pairs if (p[0] >= limit if at_least else p[0] <= limit)]
+        far = min(pairs) if at_least else max(pairs)
+        md.append(f"Goal (issue 23): {what}: {len(held)}/{len(pairs)} runtime and mode rows hold; "
+                  f"{'lowest' if at_least else 'highest'} {far[0]:.2f}x ({far[1]}): "
+                  f"{'met' if len(held) == len(pairs) else 'missed'}.")
+        md.append("")
+
+    tcp = [(rt, get("tcp_bw", rt, "event"), get("tcp_lat", rt, "event")) for rt in RUNTIMES]
+    tcp = [t for t in tcp if t[1] or t[2]]
+    if tcp:
+        md.append("**TCP over the guest's loopback, for orientation only.** The same loops over each runtime's "
+                  "own TCP on 127.0.0.1 in the same guest (kernel loopback: no NIC, no wire; poll modes do not "
+                  "apply). The RDMA rows run on an emulated NIC (Soft-RoCE in a TCG guest), so this says "
+                  "nothing about RDMA hardware against TCP; it only places the figures above.")
+        md.append("")
+        md.append(f"| runtime | TCP {bw_name} (MB/s) | TCP {lat_name} median / p99 (µs) |")
+        md.append("|---|---:|---:|")
+        for rt, b, l in tcp:
+            lat = "-" if not l else f"{l['median_us']:.2f} / {l['p99_us']:.2f}"
+            md.append(f"| {rt} | {cell(b['mb_s'] if b else None, prec=1)} | {lat} |")
+        md.append("")
+
+    http = [r for r in stream_rows if r["test"] == "http1_rps"]
+    if http:
+        conns = sorted({r["concurrency"] for r in http})
+        size = http[0]["size"]
+        md.append(f"**HTTP/1.1 over anyrdma** (ecosystem/benches/http.rs): hyper 1.x client and server in two "
+                  f"processes, `POST /echo` of {size_name(size)} (the body comes back, checked byte for byte), C "
+                  f"connections with one request in flight on each; requests per second over the whole run, and "
+                  f"the median time of one request. Streams connect through rdma_cm as above. The `tcp` rows are "
+                  f"the same server and client over Tokio's TCP on the guest's loopback: **orientation only**, "
+                  f"as above. hyper runs on Tokio only.")
+        md.append("")
+        md.append("| runtime | transport | mode | " + " | ".join(
+            f"{c} conn{'s' if c != 1 else ''}: req/s (median µs)" for c in conns) + " |")
+        md.append("|---|---|---|" + "---:|" * len(conns))
+        for rt in RUNTIMES:
+            for transport, mode in (("rdma", "busy"), ("rdma", "event"), ("tcp", "-")):
+                found = [get("http1_rps", rt, mode, transport=transport, concurrency=c) for c in conns]
+                if not any(found):
+                    continue
+                cells = ["-" if not r else f"{r['rps']:,.0f} ({r['median_us']:.1f})" if r.get("median_us")
+                         else f"{r['rps']:,.0f}" for r in found]
+                label = "TCP loopback (orientation only)" if transport == "tcp" else "anyrdma stream"
+                md.append(f"| {rt} | {label} | {mode} | " + " | ".join(cells) + " |")
+        md.append("")
+
+
 if run_mode != "callgrind":
     full_run_tables()
     messaging_section()
+    streams_section()
     wakeups_section()
     pool_section()
 callgrind_section()

@@ -46,7 +46,16 @@ pub(super) async fn msg_lat(
     client: bool,
     ctl: &mut TcpStream,
 ) -> Res<Vec<Instant>> {
-    let messenger = messenger(s)?;
+    ping_pong(&messenger(s)?, spec, client, ctl).await
+}
+
+/// `msg_lat` on any messenger (also one connected by rdma_cm: `cm_msg_lat`).
+pub(super) async fn ping_pong(
+    messenger: &Messenger,
+    spec: &Spec,
+    client: bool,
+    ctl: &mut TcpStream,
+) -> Res<Vec<Instant>> {
     let message = vec![0x5a; spec.size];
     let mut stamps = Vec::with_capacity(spec.iters + 1);
     // Both messengers' receives are posted before either sends.
@@ -64,7 +73,7 @@ pub(super) async fn msg_lat(
         }
     }
     stamps.push(Instant::now());
-    messenger.flush().await?;
+    messenger.flush().await.map_err(step("flushing"))?;
     Ok(stamps)
 }
 
@@ -97,15 +106,30 @@ pub(super) async fn msg_rate(
     client: bool,
     ctl: &mut TcpStream,
 ) -> Res<Option<Duration>> {
-    let messenger = messenger(s)?;
+    one_way(&messenger(s)?, spec, client, ctl).await
+}
+
+/// `msg_rate` on any messenger (also one connected by rdma_cm: `cm_msg_bw`).
+pub(super) async fn one_way(
+    messenger: &Messenger,
+    spec: &Spec,
+    client: bool,
+    ctl: &mut TcpStream,
+) -> Res<Option<Duration>> {
     barrier(ctl)?;
     if !client {
         for _ in 0..spec.iters {
             let got = messenger.recv().await?;
             check(&got.data, spec.size, 0xa5)?;
         }
-        messenger.send(b"all").await?;
-        messenger.flush().await?;
+        messenger
+            .send(b"all")
+            .await
+            .map_err(step("sending the answer"))?;
+        messenger
+            .flush()
+            .await
+            .map_err(step("flushing the answer"))?;
         return Ok(None);
     }
     let message = vec![0xa5; spec.size];
@@ -115,7 +139,7 @@ pub(super) async fn msg_rate(
         .map(|sender| {
             // The messages divided among the senders, the first ones taking the rest.
             let count = spec.iters / senders + usize::from(sender < spec.iters % senders);
-            let (messenger, message) = (&messenger, &message);
+            let message = &message;
             Box::pin(async move {
                 for _ in 0..count {
                     messenger.send(message).await?;

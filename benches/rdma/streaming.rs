@@ -1,0 +1,339 @@
+//! Byte streams (`anyrdma::stream`) for the rows of issue 23, with what they are compared
+//! with measured the same way:
+//!
+//! * `stream_bw`: the client writes `iters` writes of `size` bytes (1 MiB) and reads one
+//!   byte back; the server reads until it has every byte, then writes that byte. MB/s from
+//!   the first write to the byte back.
+//! * `stream_lat`: the client writes `size` bytes (64 B) and reads as many back; the server
+//!   reads them and writes them back. Half the round trip, as `msg_lat`.
+//! * `cm_msg_bw`, `cm_msg_lat`: `msg_rate` (1 sender) and `msg_lat` of a `Messenger` on a
+//!   connection made by rdma_cm, which is what a stream is built on. The stream's goals are
+//!   ratios to these rows: same device, same connection set-up, same messenger options.
+//! * `tcp_bw`, `tcp_lat`: the stream's loops over the runtime's own TCP on 127.0.0.1, for
+//!   orientation only: the kernel's loopback against an emulated NIC says nothing about
+//!   RDMA hardware against TCP. Poll modes do not apply; they run in the event pass.
+//!
+//! Streams and messengers connect through rdma_cm at `--cm-addr` (the address of an
+//! interface with an RDMA device: rdma_cm cannot route 127.0.0.1, so in the VM it is rxe0's
+//! 169.254.77.1), on a port the server picks and sends over the control channel. The same
+//! loops run on every runtime through `futures-io`: on Tokio the stream's Tokio traits are
+//! the same poll functions, and Tokio's TCP goes through a small adapter (`TokioTcp`).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use anyrdma::cm::{ConnectionOptions, Listener, ListenerOptions};
+use anyrdma::msg::Messenger;
+use anyrdma::stream::{RdmaStream, StreamListener, StreamOptions};
+use futures_util::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
+
+use super::*;
+
+/// The byte every written byte of the bandwidth rows has, checked on arrival.
+const FILL: u8 = 0xa5;
+
+/// TCP's read buffer: as large as the stream's largest message chunk that a read sees, so
+/// that the copy out of the kernel is not split finer than the stream's.
+const TCP_BUFFER: usize = 256 << 10;
+
+/// The connection options of both sides: the bench's poll mode, on the runtime the bench
+/// runs (the process default would pick one of the several that are built in).
+fn connection(ctx: &Context, mode: Mode) -> ConnectionOptions {
+    ConnectionOptions {
+        poll_mode: mode.poll_mode(),
+        runtime: ctx.runtime().cloned(),
+        ..ConnectionOptions::default()
+    }
+}
+
+fn stream_options(ctx: &Context, mode: Mode) -> StreamOptions {
+    StreamOptions {
+        connection: connection(ctx, mode),
+        messenger: messaging::options(),
+    }
+}
+
+/// The server's listening port, sent over the control channel.
+fn send_port(ctl: &mut TcpStream, port: u16) -> Res<()> {
+    send_all(ctl, &port.to_le_bytes())
+}
+
+fn recv_port(ctl: &mut TcpStream) -> Res<u16> {
+    Ok(u16::from_le_bytes(recv_exact::<2>(ctl)?))
+}
+
+fn cm_ip(cm: Option<IpAddr>) -> Res<IpAddr> {
+    cm.ok_or_else(|| "the stream and cm_msg rows need --cm-addr (an RDMA interface's IP)".into())
+}
+
+/// One measurement of a stream test; the client returns the result. Both sides keep the
+/// connection until both are done (a barrier, then the drop), as the other rows keep their
+/// queue pairs: a client that disconnects as soon as it has its answer races the server's
+/// last flush, which then fails now and then with the queue pair's error ("the peer
+/// disconnected") though the answer arrived.
+pub(super) async fn measure(
+    ctx: &Context,
+    rt: Rt,
+    mode: Mode,
+    spec: &Spec,
+    client: bool,
+    ctl: &mut TcpStream,
+    cm: Option<IpAddr>,
+) -> Res<Outcome> {
+    match spec.test {
+        Test::StreamBw | Test::StreamLat => {
+            let ip = cm_ip(cm)?;
+            let options = stream_options(ctx, mode);
+            let stream = if client {
+                let port = recv_port(ctl)?;
+                RdmaStream::connect_with(SocketAddr::new(ip, port), options).await?
+            } else {
+                let listener = StreamListener::bind_with(SocketAddr::new(ip, 0), options)?;
+                send_port(ctl, listener.local_addr().port())?;
+                listener.accept().await?
+            };
+            io_run(stream, spec, client, ctl).await
+        }
+        Test::CmMsgBw | Test::CmMsgLat => {
+            let ip = cm_ip(cm)?;
+            let options = connection(ctx, mode);
+            let messenger = if client {
+                let port = recv_port(ctl)?;
+                Messenger::connect(SocketAddr::new(ip, port), options, messaging::options()).await?
+            } else {
+                let listener = Listener::bind_with(
+                    SocketAddr::new(ip, 0),
+                    ListenerOptions {
+                        connection: options.clone(),
+                        ..ListenerOptions::default()
+                    },
+                )?;
+                send_port(ctl, listener.local_addr().port())?;
+                let incoming = listener.incoming().await?;
+                Messenger::accept(incoming, options, messaging::options()).await?
+            };
+            let outcome = if spec.test == Test::CmMsgLat {
+                let stamps = messaging::ping_pong(&messenger, spec, client, ctl).await?;
+                latency(&stamps, true)
+            } else {
+                match messaging::one_way(&messenger, spec, client, ctl).await? {
+                    Some(elapsed) => rate(spec.iters, spec.size, elapsed),
+                    None => Outcome::default(),
+                }
+            };
+            barrier(ctl)?;
+            drop(messenger);
+            Ok(outcome)
+        }
+        Test::TcpBw | Test::TcpLat => tcp(rt, spec, client, ctl).await,
+        _ => unreachable!("not a stream test"),
+    }
+}
+
+/// The TCP rows on the runtime's own TCP.
+async fn tcp(rt: Rt, spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Outcome> {
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    match rt {
+        Rt::TokioCt | Rt::TokioMt => {
+            let stream = if client {
+                let port = recv_port(ctl)?;
+                tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?
+            } else {
+                let listener = tokio::net::TcpListener::bind(local).await?;
+                send_port(ctl, listener.local_addr()?.port())?;
+                listener.accept().await?.0
+            };
+            stream.set_nodelay(true)?;
+            let stream = BufReader::with_capacity(TCP_BUFFER, TokioTcp(stream));
+            io_run(stream, spec, client, ctl).await
+        }
+        Rt::AsyncStd => {
+            let stream = if client {
+                let port = recv_port(ctl)?;
+                async_std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?
+            } else {
+                let listener = async_std::net::TcpListener::bind(local).await?;
+                send_port(ctl, listener.local_addr()?.port())?;
+                listener.accept().await?.0
+            };
+            stream.set_nodelay(true)?;
+            io_run(
+                BufReader::with_capacity(TCP_BUFFER, stream),
+                spec,
+                client,
+                ctl,
+            )
+            .await
+        }
+        Rt::Smol => {
+            let stream = if client {
+                let port = recv_port(ctl)?;
+                smol::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?
+            } else {
+                let listener = smol::net::TcpListener::bind(local).await?;
+                send_port(ctl, listener.local_addr()?.port())?;
+                listener.accept().await?.0
+            };
+            stream.set_nodelay(true)?;
+            io_run(
+                BufReader::with_capacity(TCP_BUFFER, stream),
+                spec,
+                client,
+                ctl,
+            )
+            .await
+        }
+        Rt::Raw => Err("raw verbs have no TCP row".into()),
+    }
+}
+
+/// The bandwidth or latency loop on any byte stream.
+async fn io_run<S>(mut s: S, spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Outcome>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    let outcome = if spec.test.is_bw() {
+        match bandwidth(&mut s, spec, client, ctl).await? {
+            Some(elapsed) => rate(spec.iters, spec.size, elapsed),
+            None => Outcome::default(),
+        }
+    } else {
+        latency(&round_trips(&mut s, spec, client, ctl).await?, true)
+    };
+    barrier(ctl)?;
+    drop(s);
+    Ok(outcome)
+}
+
+async fn bandwidth<S>(
+    s: &mut S,
+    spec: &Spec,
+    client: bool,
+    ctl: &mut TcpStream,
+) -> Res<Option<Duration>>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    let total = spec.iters * spec.size;
+    barrier(ctl)?;
+    if !client {
+        // Read where the bytes arrived (`fill_buf`: for the stream, the registered memory
+        // of the receive), as a reader that parses in place does; each piece is checked.
+        let mut got = 0;
+        while got < total {
+            let piece = s.fill_buf().await.map_err(step("reading"))?;
+            if piece.is_empty() {
+                return Err(format!("the stream ended after {got} of {total} bytes").into());
+            }
+            if piece[0] != FILL || piece[piece.len() - 1] != FILL {
+                return Err(format!("a byte other than {FILL:#x} at {got}").into());
+            }
+            let n = piece.len();
+            s.consume_unpin(n);
+            got += n;
+        }
+        s.write_all(b"!")
+            .await
+            .map_err(step("writing the answer"))?;
+        s.flush().await.map_err(step("flushing the answer"))?;
+        return Ok(None);
+    }
+    let data = vec![FILL; spec.size];
+    let start = Instant::now();
+    for _ in 0..spec.iters {
+        s.write_all(&data).await.map_err(step("writing"))?;
+    }
+    // Nothing stays gathered on this side; the peer's answer says it has everything.
+    s.flush().await.map_err(step("flushing the writes"))?;
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer)
+        .await
+        .map_err(step("reading the answer"))?;
+    let elapsed = start.elapsed();
+    if answer != *b"!" {
+        return Err(format!("answer {answer:?}, not \"!\"").into());
+    }
+    Ok(Some(elapsed))
+}
+
+/// Request and response of `size` bytes: no flush between, as a socket program writes and
+/// then reads (a stream posts a write at once while the peer has a receive free; its flush
+/// would wait for the device's acknowledgement, which a TCP flush does not).
+async fn round_trips<S>(
+    s: &mut S,
+    spec: &Spec,
+    client: bool,
+    ctl: &mut TcpStream,
+) -> Res<Vec<Instant>>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    let request = vec![0x5a; spec.size];
+    let mut buf = vec![0u8; spec.size];
+    let mut stamps = Vec::with_capacity(spec.iters + 1);
+    barrier(ctl)?;
+    for _ in 0..spec.iters {
+        if client {
+            stamps.push(Instant::now());
+            s.write_all(&request)
+                .await
+                .map_err(step("writing the request"))?;
+            s.read_exact(&mut buf)
+                .await
+                .map_err(step("reading the response"))?;
+            if buf != request {
+                return Err("the response differs from the request".into());
+            }
+        } else {
+            s.read_exact(&mut buf)
+                .await
+                .map_err(step("reading the request"))?;
+            s.write_all(&buf)
+                .await
+                .map_err(step("writing the response"))?;
+        }
+    }
+    stamps.push(Instant::now());
+    s.flush().await.map_err(step("flushing"))?;
+    Ok(stamps)
+}
+
+/// Tokio's TCP stream with `futures-io`'s traits, so that one loop serves every runtime.
+struct TokioTcp(tokio::net::TcpStream);
+
+impl AsyncRead for TokioTcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut buf = tokio::io::ReadBuf::new(buf);
+        match tokio::io::AsyncRead::poll_read(Pin::new(&mut self.0), cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for TokioTcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        tokio::io::AsyncWrite::poll_write(Pin::new(&mut self.0), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        tokio::io::AsyncWrite::poll_flush(Pin::new(&mut self.0), cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        tokio::io::AsyncWrite::poll_shutdown(Pin::new(&mut self.0), cx)
+    }
+}
