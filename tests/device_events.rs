@@ -139,10 +139,12 @@ async fn fail_everything_pending(rt: Rt, pair: &Pair, what: &str) -> Vec<(String
 
 #[allow(clippy::await_holding_lock)] // NETWORK orders tests, not tasks
 async fn port_down_fails_pending_operations(rt: Rt) {
+    // Locked before rxe0 is looked for: the other tests of the network take it away and
+    // bring it back while they hold the lock.
+    let _network = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
     if !rxe0_present("port_down_fails_pending_operations") {
         return;
     }
-    let _network = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
     let baseline = registered_regions();
     let (ctx, pair) = pair_on(Context::open(DEVICE).unwrap(), rt);
     // A write first: the pair works before the failure.
@@ -211,10 +213,12 @@ async fn port_down_fails_pending_operations(rt: Rt) {
 
 #[allow(clippy::await_holding_lock)] // NETWORK orders tests, not tasks
 async fn deleted_netdev_fails_everything(rt: Rt) {
+    // Locked before rxe0 is looked for: the other tests of the network take it away and
+    // bring it back while they hold the lock.
+    let _network = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
     if !rxe0_present("deleted_netdev_fails_everything") {
         return;
     }
-    let _network = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
     let baseline = registered_regions();
     let (ctx, pair) = pair_on(Context::open(DEVICE).unwrap(), rt);
     let b_recv = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
@@ -344,11 +348,12 @@ impl Drop for Restore {
 /// violation" event; mlx5 sends it, Soft-RoCE does not) makes that event the cause.
 #[allow(clippy::await_holding_lock)] // NETWORK orders tests, not tasks
 async fn access_violation_fails_the_responder(rt: Rt) {
+    // Not to see the port and GID events the other tests cause, nor look for the device
+    // while one of them takes it away.
+    let _network = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
     if !support::device_present("access_violation_fails_the_responder") {
         return;
     }
-    // Not to see the port and GID events the other tests cause.
-    let _network = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
     let (ctx, pair) = pair_on(Context::open_default().unwrap(), rt);
     let inbox = pair.b.recv(pair.pd.alloc(64, Access::LOCAL).unwrap());
     let read_only = pair.pd.alloc(64, Access::REMOTE_READ).unwrap();
