@@ -2,6 +2,7 @@
 //! the memory pool, memory a peer may write (`SharedRegion`), user-owned containers registered
 //! in place, scatter-gather lists, and descriptions of remote regions.
 
+pub(crate) mod access;
 pub(crate) mod buffers;
 pub(crate) mod hot_slots;
 pub(crate) mod mr;
