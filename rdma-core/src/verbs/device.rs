@@ -18,9 +18,8 @@ use rdma_sys::{ibv_context, ibv_device, ibv_device_attr, ibv_gid, ibv_port_attr}
 
 use crate::error::{Error, Result};
 
-/// The environment variable that overrides the default device choice of
-/// [`default_port()`]: `name`, `name:port` or `name:port:gid_index`, e.g. `rxe0:1:1`.
-pub const DEVICE_ENV: &str = "ANYRDMA_DEVICE";
+// Defined in a file of its own, which imports nothing, so that the error module can name it.
+pub use super::device_env::DEVICE_ENV;
 
 /// Where the kernel publishes GID attributes (type, network device).
 const SYSFS_INFINIBAND: &str = "/sys/class/infiniband";

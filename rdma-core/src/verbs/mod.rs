@@ -5,6 +5,7 @@
 pub(crate) mod batch;
 pub(crate) mod context;
 pub mod device;
+pub(crate) mod device_env;
 pub(crate) mod endpoint;
 pub(crate) mod pd;
 pub(crate) mod qp;
