@@ -15,51 +15,8 @@ use crate::wake::lock;
 use super::control::{RevokeReason, Rights};
 use super::session::Inner;
 
-/// Why an access to a [`RemoteGrant`] was refused before anything was posted
-/// ([`Error::GrantCheck`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum GrantProblem {
-    /// The range does not lie inside the granted range.
-    OutOfRange,
-    /// An atomic's word is not 8 bytes at an 8-byte aligned address.
-    Misaligned,
-    /// The grant does not carry the rights the operation needs.
-    NotGranted {
-        /// The rights the operation needs.
-        needed: Rights,
-        /// The rights granted.
-        granted: Rights,
-    },
-    /// The lease ended (as this side counts it: from when the grant or renewal arrived).
-    Expired,
-    /// The owner revoked the grant.
-    Revoked(RevokeReason),
-    /// This side released the grant.
-    Released,
-    /// The memory session ended (its connection failed or was closed).
-    SessionEnded,
-}
-
-impl fmt::Display for GrantProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GrantProblem::OutOfRange => write!(f, "the range is not inside the granted range"),
-            GrantProblem::Misaligned => write!(
-                f,
-                "an atomic works on 8 bytes at an 8-byte aligned address of the grant"
-            ),
-            GrantProblem::NotGranted { needed, granted } => write!(
-                f,
-                "the operation needs {needed} rights, the grant gives {granted}"
-            ),
-            GrantProblem::Expired => write!(f, "the lease has ended (renew before it ends)"),
-            GrantProblem::Revoked(reason) => write!(f, "the owner revoked the grant: {reason}"),
-            GrantProblem::Released => write!(f, "the grant was released"),
-            GrantProblem::SessionEnded => write!(f, "the memory session has ended"),
-        }
-    }
-}
+// Defined in `terms`, which imports nothing from the crate, so that the error module can name it.
+pub use super::terms::GrantProblem;
 
 /// The state of a grant as the holder sees it, shared by the session and the handle.
 #[derive(Debug)]

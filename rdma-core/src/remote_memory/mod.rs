@@ -140,6 +140,7 @@ mod lease;
 mod lender;
 mod policy;
 mod session;
+mod terms;
 
 pub use control::{Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS};
 pub use grant::{Grant, GrantProblem, RemoteGrant};
