@@ -194,7 +194,47 @@ async fn pool_is_freed_after_its_last_buffer(rt: Rt) {
     );
 }
 
+/// A size class used a little registers little: its first chunk holds 16 blocks (at least
+/// 64 KiB), and only a class that outgrows it gets whole chunks. A messenger touches several
+/// classes (its receives, its control messages, odd sizes); a full chunk for each made a
+/// hundred idle connections pin hundreds of MiB.
+async fn a_class_used_a_little_registers_little(rt: Rt) {
+    if !support::device_present("a_class_used_a_little_registers_little") {
+        return;
+    }
+    let pair = Pair::new();
+    let pool = MemoryPool::new(&pair.pd, PoolOptions::default());
+    let small = pool.alloc(40).expect("alloc");
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.chunks, stats.bytes_registered),
+        (1, 64 << 10),
+        "{}: one small buffer: {stats:?}",
+        rt.name()
+    );
+    // 16 KiB blocks: 16 fit the first chunk (256 KiB); the 17th takes a whole chunk (1 MiB).
+    let mut held: Vec<_> = (0..16).map(|_| pool.alloc(16 << 10).unwrap()).collect();
+    assert_eq!(pool.stats().bytes_registered, (64 << 10) + (256 << 10));
+    held.push(pool.alloc(16 << 10).unwrap());
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.chunks, stats.bytes_registered),
+        (3, (64 << 10) + (256 << 10) + (1 << 20)),
+        "{}: {stats:?}",
+        rt.name()
+    );
+    for (i, buf) in held.iter_mut().enumerate() {
+        fill(buf, i as u8);
+    }
+    for (i, buf) in held.iter().enumerate() {
+        assert!(holds_pattern(buf, i as u8), "block {i} shared");
+    }
+    drop((small, held));
+    assert_eq!(pool.trim(), (64 << 10) + (256 << 10) + (1 << 20));
+}
+
 runtime_tests!(
+    a_class_used_a_little_registers_little,
     many_tasks_share_one_pool,
     pool_is_freed_after_its_last_buffer,
     pool_buffers_move_data,

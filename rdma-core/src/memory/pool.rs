@@ -35,7 +35,9 @@ use crate::wake::lock;
 #[derive(Debug, Clone, Copy)]
 pub struct PoolOptions {
     /// Bytes registered at a time for one size class (a class larger than this gets chunks
-    /// of its own size). Default 1 MiB.
+    /// of its own size). A class's first chunk is smaller: room for 16 blocks, at least
+    /// 64 KiB (and at most this), so that a class a program touches a little (a messenger's
+    /// control messages, a few odd sizes) does not pin a whole chunk. Default 1 MiB.
     pub chunk_size: usize,
     /// The most bytes the pool registers in all; an allocation that would need more fails
     /// with [`Error::PoolExhausted`]. Default 256 MiB.
@@ -124,6 +126,11 @@ pub(crate) struct PoolShared {
     chunks: AtomicUsize,
     bytes_registered: AtomicUsize,
 }
+
+/// A class's first chunk holds this many blocks (see [`PoolOptions::chunk_size`])...
+const FIRST_CHUNK_BLOCKS: usize = 16;
+/// ...and is at least this large, so that small classes do not grow by tiny registrations.
+const FIRST_CHUNK_MIN: usize = 64 << 10;
 
 /// How many free blocks of a class are kept whole in hot slots: one cache line of pointers.
 const HOT_SLOTS: usize = 8;
@@ -378,7 +385,14 @@ impl PoolShared {
         if let Ok(block) = class.free.pop() {
             return Ok(block);
         }
-        let chunk_len = self.options.chunk_size.max(class.size);
+        let chunk_len = if class.blocks.load(Ordering::Relaxed) == 0 {
+            (class.size * FIRST_CHUNK_BLOCKS)
+                .max(FIRST_CHUNK_MIN)
+                .min(self.options.chunk_size)
+        } else {
+            self.options.chunk_size
+        }
+        .max(class.size);
         let registered = self.bytes_registered.load(Ordering::Relaxed);
         if registered + chunk_len > self.options.max_bytes {
             return Err(Error::PoolExhausted {
