@@ -172,6 +172,13 @@ impl SrqShared {
     }
 }
 
+// The device's events reach the shared receive queue through this (see `EventQp`).
+impl crate::events::EventSrq for SrqShared {
+    fn finish_retiring(&self, address: usize) {
+        SrqShared::finish_retiring(self, address);
+    }
+}
+
 impl Drop for SrqShared {
     fn drop(&mut self) {
         // Queue pairs still retiring go first: no receive future is left to lose anything.
