@@ -28,6 +28,18 @@ unsafe impl Send for PdInner {}
 // SAFETY: as above.
 unsafe impl Sync for PdInner {}
 
+// Defined here rather than in context.rs: the context is below the protection domains made
+// from it, and does not name them.
+impl Context {
+    /// Allocates a protection domain on this device.
+    ///
+    /// # Errors
+    /// [`Error::Verbs`] when `ibv_alloc_pd` fails.
+    pub fn alloc_pd(&self) -> Result<ProtectionDomain> {
+        ProtectionDomain::new(self)
+    }
+}
+
 impl ProtectionDomain {
     pub(crate) fn new(ctx: &Context) -> Result<ProtectionDomain> {
         // SAFETY: the context is open for as long as `ctx` lives, which PdInner keeps.
