@@ -423,6 +423,59 @@ pub struct LocalBuf {
     span: Span,
 }
 
+// The protection domain's ways to register memory are defined here, beside what they make:
+// registrations hold their protection domain, which does not name them.
+impl ProtectionDomain {
+    /// Allocates `len` bytes of zeroed, page-aligned memory and registers it with `access`.
+    ///
+    /// ```no_run
+    /// # fn main() -> anyrdma_core::Result<()> {
+    /// use anyrdma_core::{Access, Context};
+    /// let pd = Context::open_default()?.alloc_pd()?;
+    /// let mut buf = pd.alloc(4096, Access::LOCAL)?;
+    /// buf[..5].copy_from_slice(b"hello");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] when no allocation can have `len` bytes (near `isize::MAX`);
+    /// [`Error::OutOfMemory`] when the system cannot provide them;
+    /// [`Error::MemlockLimit`] when the locked-memory limit is too low;
+    /// [`Error::Verbs`] for other registration failures;
+    /// [`Error::PeerWritable`] for remote write or atomic rights (use
+    /// [`alloc_shared`](ProtectionDomain::alloc_shared)).
+    pub fn alloc(&self, len: usize, access: Access) -> Result<LocalBuf> {
+        LocalBuf::alloc(self, len, access)
+    }
+
+    /// Takes ownership of `data`, any owned container of bytes at a stable address
+    /// ([`StableBytes`]: `Vec<u8>`, `Box<[u8]>`, and with features `bytes::BytesMut` and
+    /// `memmap2::MmapMut`), and registers its bytes where they are, with `access` (local or
+    /// remote read). Get it back with [`LocalBuf::into_owned`] once every piece is home.
+    ///
+    /// # Errors
+    /// Gives `data` back with [`Error::PeerWritable`] for remote write or atomic rights,
+    /// [`Error::EmptyRegistration`] when it is empty, or the registration's error
+    /// ([`Error::MemlockLimit`], [`Error::Verbs`]).
+    pub fn register_owned<T: StableBytes>(
+        &self,
+        data: T,
+        access: Access,
+    ) -> std::result::Result<LocalBuf, (T, Error)> {
+        LocalBuf::register_owned(self, data, access)
+    }
+
+    /// Takes ownership of `data` and registers it with `access`. The bytes stay where they
+    /// are; get them back with [`LocalBuf::into_vec`] once every piece is home.
+    ///
+    /// # Errors
+    /// [`Error::MemlockLimit`] when the locked-memory limit is too low;
+    /// [`Error::Verbs`] for other registration failures.
+    pub fn register(&self, data: impl Into<Vec<u8>>, access: Access) -> Result<LocalBuf> {
+        LocalBuf::register_vec(self, data.into(), access)
+    }
+}
+
 impl LocalBuf {
     pub(crate) fn alloc(pd: &ProtectionDomain, len: usize, access: Access) -> Result<LocalBuf> {
         refuse_peer_writable(access)?;
