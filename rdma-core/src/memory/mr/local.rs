@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::memory::access::Access;
 use crate::owned::StableBytes;
 use crate::pd::ProtectionDomain;
+use crate::pool::MemoryPool;
 use crate::remote::RemoteRegion;
 use crate::shared::SharedRegion;
 use crate::span::Span;
@@ -97,6 +98,22 @@ impl ProtectionDomain {
     /// [`Error::Verbs`] for other registration failures.
     pub fn register(&self, data: impl Into<Vec<u8>>, access: Access) -> Result<LocalBuf> {
         LocalBuf::register_vec(self, data.into(), access)
+    }
+}
+
+// Defined here, beside what it makes: the pool is below LocalBuf (its blocks are
+// registrations) and does not name it.
+impl MemoryPool {
+    /// A buffer of `len` bytes from the pool: a block of the smallest class that fits. No
+    /// system call unless the class has no free block and the pool grows by a chunk.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] when `len` is above the largest class;
+    /// [`Error::PoolExhausted`] when growing would pass
+    /// [`PoolOptions::max_bytes`](crate::PoolOptions::max_bytes);
+    /// the registration's errors when growing fails.
+    pub fn alloc(&self, len: usize) -> Result<LocalBuf> {
+        self.alloc_block(len).map(LocalBuf::whole)
     }
 }
 
