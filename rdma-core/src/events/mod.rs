@@ -14,7 +14,7 @@
 mod watch;
 
 pub use watch::NextEvent;
-pub(crate) use watch::{DeviceEvents, EventSource};
+pub(crate) use watch::{DeviceEvents, EventQp, EventSource, EventSrq};
 
 use std::fmt;
 

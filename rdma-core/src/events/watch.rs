@@ -16,9 +16,7 @@ use rdma_sys::*;
 use super::{DeviceEvent, DeviceEventKind, Element};
 use crate::context::{Context, ContextInner};
 use crate::error::{Error, Result};
-use crate::qp::QpShared;
 use crate::runtime::{default_runtime, LazyWatch, RuntimeHandle};
-use crate::srq::SrqShared;
 use crate::wake::{lock, WakerSet};
 
 /// Events kept for [`Context::next_event`] before the oldest are dropped.
@@ -42,10 +40,10 @@ pub(crate) struct DeviceEvents {
     /// Events read and not yet taken by [`Context::next_event`].
     queue: Mutex<VecDeque<DeviceEvent>>,
     /// The queue pairs of this context, by their `ibv_qp` address, to map events to them.
-    qps: Mutex<Vec<(usize, Weak<QpShared>)>>,
+    qps: Mutex<Vec<(usize, Weak<dyn EventQp>)>>,
     /// Queue pairs (by address) dropped while attached to a shared receive queue, which
     /// keeps them until the device reports their last receive.
-    retiring: Mutex<Vec<(usize, Weak<SrqShared>, Instant)>>,
+    retiring: Mutex<Vec<Retiring>>,
     /// How many entries `retiring` has: read by every poll, so that none locks it for
     /// nothing.
     retiring_count: AtomicUsize,
@@ -59,6 +57,10 @@ pub(crate) struct DeviceEvents {
     sources: Mutex<Vec<Weak<dyn EventSource>>>,
 }
 
+/// A queue pair dropped while attached to a shared receive queue: its address, the queue
+/// that keeps it, and since when.
+type Retiring = (usize, Weak<dyn EventSrq>, Instant);
+
 /// A source of events that concern a device's queue pairs, read by whoever reads the
 /// device's events (the completion-queue pollers, so that an operation waiting for a
 /// completion also sees its connection end).
@@ -68,13 +70,38 @@ pub(crate) trait EventSource: Send + Sync {
     fn poll_source(&self, runtime: &RuntimeHandle, waiter: &Waker) -> usize;
 }
 
+/// What the device's events do to a queue pair. The queue pair (`QpShared`) implements it:
+/// it is made from a context, so the context's events reach it through this trait rather
+/// than by naming its type. Called only when an event arrives, never by an operation.
+pub(crate) trait EventQp: Send + Sync {
+    /// The device moved the queue pair to error (fatal, request or access error): `cause`
+    /// becomes what new posts report, unless a cause is already known.
+    fn note_failure(&self, cause: Arc<Error>);
+    /// The device reported the queue pair's last receive from its shared receive queue.
+    fn last_wqe_reached(&self);
+    /// Fails the queue pair now with `cause` (its CQ, SRQ or device failed).
+    fn fail_now(&self, cause: &Arc<Error>);
+    /// Whether it uses the completion queue whose `ibv_cq` is at `cq`.
+    fn uses_cq(&self, cq: usize) -> bool;
+    /// Whether it is attached to the shared receive queue whose `ibv_srq` is at `srq`.
+    fn uses_srq(&self, srq: usize) -> bool;
+}
+
+/// What the device's events do to a shared receive queue (`SrqShared` implements it, for the
+/// reason given on [`EventQp`]).
+pub(crate) trait EventSrq: Send + Sync {
+    /// Destroys queue pair `address`, dropped while attached to this queue, now that its
+    /// last receive is known to be taken (or it waited long enough).
+    fn finish_retiring(&self, address: usize);
+}
+
 /// An event as read, before it is applied: the queue pair it names is held, so that it can
 /// be acted on after the event is acknowledged (destroying a queue pair waits for the
 /// acknowledgement of its events).
 struct RawEvent {
     code: u32,
     kind: DeviceEventKind,
-    qp: Option<Arc<QpShared>>,
+    qp: Option<Arc<dyn EventQp>>,
     /// The `ibv_qp` the event names, if any (also when `qp` is gone).
     qp_address: usize,
     cq: usize,
@@ -102,7 +129,8 @@ impl DeviceEvents {
     }
 
     /// Records queue pair `qp` (whose `ibv_qp` is `raw`) so that events naming it reach it.
-    pub(crate) fn register_qp(&self, raw: *mut ibv_qp, qp: Weak<QpShared>) {
+    pub(crate) fn register_qp<Q: EventQp + 'static>(&self, raw: *mut ibv_qp, qp: Weak<Q>) {
+        let qp: Weak<dyn EventQp> = qp;
         let mut qps = lock(&self.qps);
         if qps.len() >= 16 && qps.len() == qps.capacity() {
             qps.retain(|(_, weak)| weak.strong_count() > 0);
@@ -117,10 +145,12 @@ impl DeviceEvents {
 
     /// Queue pair `address` was dropped while attached to `srq`, which keeps it until its
     /// last-receive event.
-    pub(crate) fn note_retiring(&self, address: *mut ibv_qp, srq: &Arc<SrqShared>) {
+    pub(crate) fn note_retiring<S: EventSrq + 'static>(&self, address: *mut ibv_qp, srq: &Arc<S>) {
+        let srq: Weak<S> = Arc::downgrade(srq);
+        let srq: Weak<dyn EventSrq> = srq;
         let mut retiring = lock(&self.retiring);
         retiring.retain(|(_, srq, _)| srq.strong_count() > 0);
-        retiring.push((address as usize, Arc::downgrade(srq), Instant::now()));
+        retiring.push((address as usize, srq, Instant::now()));
         self.retiring_count.store(retiring.len(), Ordering::Release);
     }
 
@@ -171,7 +201,10 @@ impl DeviceEvents {
     }
 
     /// The live queue pairs for which `select` holds.
-    fn qps_where(&self, select: impl Fn(&QpShared) -> bool) -> Vec<Arc<QpShared>> {
+    fn qps_where(
+        &self,
+        select: impl Fn(&(dyn EventQp + 'static)) -> bool,
+    ) -> Vec<Arc<dyn EventQp>> {
         live_where(&self.qps, select)
     }
 
@@ -342,7 +375,7 @@ impl DeviceEvents {
             // and flushes its work; the event becomes the cause new posts report.
             1..=3 => {
                 if let Some(qp) = &event.qp {
-                    let _ = qp.status.failure.set(cause(event.kind));
+                    qp.note_failure(cause(event.kind));
                 }
             }
             16 => match &event.qp {
@@ -352,11 +385,7 @@ impl DeviceEvents {
             0 => self.fail_cq(event.cq, &cause(event.kind)),
             14 => {
                 let failure = cause(event.kind);
-                for qp in self.qps_where(|qp| {
-                    qp.srq
-                        .as_ref()
-                        .is_some_and(|srq| srq.raw() as usize == event.srq)
-                }) {
+                for qp in self.qps_where(|qp| qp.uses_srq(event.srq)) {
                     qp.fail_now(&failure);
                 }
             }
@@ -377,9 +406,7 @@ impl DeviceEvents {
 
     /// Fails every queue pair that uses completion queue `cq` (its address): the CQ failed.
     pub(crate) fn fail_cq(&self, cq: usize, cause: &Arc<Error>) {
-        for qp in self.qps_where(|qp| {
-            qp.send_cq.shared.raw() as usize == cq || qp.recv_cq.shared.raw() as usize == cq
-        }) {
+        for qp in self.qps_where(|qp| qp.uses_cq(cq)) {
             qp.fail_now(cause);
         }
     }
@@ -409,7 +436,10 @@ impl DeviceEvents {
 /// Every live entry is taken out under the lock, and the selection runs after it: a handle
 /// taken here may be the last one (its owner dropped the others meanwhile), and dropping a
 /// queue pair's last handle unregisters it, which locks `list` again.
-fn live_where<T>(list: &Mutex<Vec<(usize, Weak<T>)>>, select: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+fn live_where<T: ?Sized>(
+    list: &Mutex<Vec<(usize, Weak<T>)>>,
+    select: impl Fn(&T) -> bool,
+) -> Vec<Arc<T>> {
     let live: Vec<Arc<T>> = lock(list)
         .iter()
         .filter_map(|(_, weak)| weak.upgrade())

@@ -12,20 +12,10 @@ use crate::shared::SharedRegion;
 pub const MAX_SGE: usize = 32;
 
 pub(crate) mod sealed {
-    use std::sync::Arc;
-
-    use crate::mr::MrInner;
-
     pub trait Sealed {}
 
-    /// A piece of registered memory as an operation sees it: where it is and under which
-    /// key. Nothing outside the crate can read its bytes through it (its fields and methods
-    /// are the crate's), so memory a peer can write is never reachable as `&[u8]` this way.
-    pub struct Piece<'a> {
-        pub(crate) mr: &'a Arc<MrInner>,
-        pub(crate) offset: usize,
-        pub(crate) len: usize,
-    }
+    // Defined beside the registration it is a piece of.
+    pub use crate::mr::Piece;
 }
 
 /// Owned registered memory an operation can take: one [`LocalBuf`] or [`SharedRegion`], or

@@ -4,8 +4,8 @@
 //! of one size class (powers of two). Each class keeps its free blocks in two places:
 //!
 //! - **hot slots**: a few atomic pointers, each holding a block still wrapped in its
-//!   registration view (the `Arc<MrInner>` a [`LocalBuf`] holds). A dropped buffer is put
-//!   back here whole, and `alloc` takes it from here first: no heap allocation, two atomic
+//!   registration view (the `Arc<MrInner>` a [`LocalBuf`](crate::LocalBuf) holds). A
+//!   dropped buffer is put back here whole, and `alloc` takes it from here first: no heap allocation, two atomic
 //!   exchanges per allocation and drop, and the most recently used blocks come back first,
 //!   so a program that allocates a buffer per message keeps touching the same few cache
 //!   lines and pages.
@@ -27,7 +27,7 @@ use concurrent_queue::ConcurrentQueue;
 
 use crate::error::{Error, Result};
 use crate::hot_slots::HotSlots;
-use crate::mr::{alloc_pages, page_size, Access, LocalBuf, MrInner, Storage};
+use crate::mr::{alloc_pages, page_size, Access, MrInner, Storage};
 use crate::pd::ProtectionDomain;
 use crate::wake::lock;
 
@@ -65,16 +65,16 @@ impl Default for PoolOptions {
 /// The pool registers chunks ([`PoolOptions::chunk_size`]) as they are needed and carves
 /// each into blocks of one size class (powers of two from [`PoolOptions::smallest`] to
 /// [`PoolOptions::largest`]). `alloc` takes a free block of the smallest class that fits
-/// and hands it out as a [`LocalBuf`], with no system call once the pool has grown to the
-/// working set; the block comes back when the buffer's last piece is dropped. Recently
+/// and hands it out as a [`LocalBuf`](crate::LocalBuf), with no system call once the pool
+/// has grown to the working set; the block comes back when the buffer's last piece is dropped. Recently
 /// freed blocks are kept ready in a few lock-free slots per class and are handed out first
 /// (no heap allocation, and the same cache lines and pages reused); the rest wait in a
 /// lock-free queue. Only growing and trimming take a lock. Safe to share between threads
 /// and tasks (cheap to clone).
 ///
-/// - **Local only**: pool memory cannot be [shared](LocalBuf::share) with peers or described
-///   to them ([`LocalBuf::remote`] fails): the key of a block is its chunk's, and would
-///   expose the neighbouring blocks. Memory for peers gets its own registration
+/// - **Local only**: pool memory cannot be [shared](crate::LocalBuf::share) with peers or
+///   described to them ([`LocalBuf::remote`](crate::LocalBuf::remote) fails): the key of a
+///   block is its chunk's, and would expose the neighbouring blocks. Memory for peers gets its own registration
 ///   ([`ProtectionDomain::alloc_shared`]).
 /// - **Not zeroed**: a block holds what its previous user left (memory of this process).
 /// - **Bounded and observable**: at most [`PoolOptions::max_bytes`] are registered;
@@ -273,14 +273,14 @@ impl MemoryPool {
         }
     }
 
-    /// A buffer of `len` bytes from the pool: a block of the smallest class that fits. No
-    /// system call unless the class has no free block and the pool grows by a chunk.
+    /// The registration view of a block of `len` bytes from the pool, as
+    /// [`alloc`](MemoryPool::alloc) hands it out (made a `LocalBuf` in mr/local.rs, which
+    /// is above the pool: this file does not name `LocalBuf`).
     ///
     /// # Errors
-    /// [`Error::TooLarge`] when `len` is above the largest class;
-    /// [`Error::PoolExhausted`] when growing would pass [`PoolOptions::max_bytes`];
-    /// the registration's errors when growing fails.
-    pub fn alloc(&self, len: usize) -> Result<LocalBuf> {
+    /// As [`alloc`](MemoryPool::alloc).
+    #[inline]
+    pub(crate) fn alloc_block(&self, len: usize) -> Result<Arc<MrInner>> {
         let pool = &self.handle.shared;
         let index = pool.class_of(len)?;
         let class = &pool.classes[index];
@@ -289,16 +289,14 @@ impl MemoryPool {
             // is dropped (its block goes to the queue) and a new view is made below.
             if let Some(view_len) = Arc::get_mut(&mut mr).and_then(MrInner::pool_block_len) {
                 *view_len = len;
-                return Ok(LocalBuf::whole(mr));
+                return Ok(mr);
             }
         }
         let block = match class.free.pop() {
             Ok(block) => block,
             Err(_) => pool.grow(index)?,
         };
-        Ok(LocalBuf::whole(Arc::new(PoolShared::view(
-            pool, index, block, len,
-        ))))
+        Ok(Arc::new(PoolShared::view(pool, index, block, len)))
     }
 
     /// Current usage.

@@ -69,6 +69,20 @@ pub struct SharedRegion {
     span: Span,
 }
 
+// Defined here, beside what it makes (see the protection domain's other allocations, in
+// mr.rs).
+impl ProtectionDomain {
+    /// Allocates `len` bytes of zeroed, page-aligned memory and registers it with `access`
+    /// for peers to use, typically with remote write or atomic rights: a [`SharedRegion`],
+    /// whose bytes are reached only through methods that are sound while a peer writes them.
+    ///
+    /// # Errors
+    /// As [`alloc`](ProtectionDomain::alloc).
+    pub fn alloc_shared(&self, len: usize, access: Access) -> Result<SharedRegion> {
+        SharedRegion::alloc(self, len, access)
+    }
+}
+
 impl SharedRegion {
     /// `len` bytes of zeroed, page-aligned memory registered with `access`.
     pub(crate) fn alloc(pd: &ProtectionDomain, len: usize, access: Access) -> Result<Self> {

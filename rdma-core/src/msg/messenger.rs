@@ -11,7 +11,7 @@ use super::handshake::{self, PeerSizes};
 use super::header::{Kind, Rendezvous, HEADER_LEN, REQUEST_LEN};
 use super::protocol::{Gate, Limits, Protocol, Route, CONTROL_RECEIVES, READS_IN_FLIGHT};
 use super::waiting::{self, Place};
-use super::MessengerOptions;
+use super::{Message, MessengerOptions};
 use crate::cm::{Connection, ConnectionOptions, Incoming};
 use crate::error::{Error, QpShutdownReason, Result};
 use crate::mr::{Access, LocalBuf};
@@ -20,16 +20,6 @@ use crate::pool::{MemoryPool, PoolOptions};
 use crate::qp::QueuePair;
 use crate::remote::RemoteRegion;
 use crate::wake::lock;
-
-/// A message taken from a [`Messenger`]: its bytes (an owned buffer of the messenger's pool,
-/// given back to it when dropped) and the sender's immediate data.
-#[derive(Debug)]
-pub struct Message {
-    /// The bytes, exactly as sent.
-    pub data: LocalBuf,
-    /// The immediate the sender gave, if any.
-    pub imm: Option<u32>,
-}
 
 /// A message in registered memory, ready to post (what [`Messenger::send`] makes before it
 /// waits for a credit).

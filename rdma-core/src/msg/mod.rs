@@ -65,6 +65,7 @@
 mod engine;
 mod handshake;
 mod header;
+mod message;
 mod messenger;
 mod protocol;
 #[cfg(test)]
@@ -76,7 +77,8 @@ pub(crate) use messenger::Outgoing;
 // The wire format, for the stream framing's fuzz test (messages decoded as they arrive).
 #[cfg(test)]
 pub(crate) use header::{Header, Kind, HEADER_LEN};
-pub use messenger::{Message, Messages, Messenger};
+pub use message::Message;
+pub use messenger::{Messages, Messenger};
 pub(crate) use waiting::Place;
 
 /// Sizes of a [`Messenger`]. Messengers made by [`Messenger::connect`] and

@@ -19,12 +19,18 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::wake::lock;
 
-use super::session::Inner;
+/// What the thread calls at a deadline: implemented by a session (its `Inner`), which is above
+/// this module and not named by it. Called once per deadline, on the thread, never per
+/// operation.
+pub(crate) trait Expire: Send + Sync {
+    /// Ends what is due at `now`.
+    fn expire(&self, now: Instant);
+}
 
 /// A deadline of some grant of `session` (the session knows which: it ends all that is due).
 struct Due {
     at: Instant,
-    session: Weak<Inner>,
+    session: Weak<dyn Expire>,
 }
 
 impl PartialEq for Due {
@@ -77,10 +83,10 @@ pub(crate) fn start() -> Result<()> {
     Ok(())
 }
 
-/// `session` has a grant whose lease ends `at`: [`Inner::expire`] is called then (or
+/// `session` has a grant whose lease ends `at`: [`Expire::expire`] is called then (or
 /// soon after: the thread's wake-up latency). Call [`start`] first (a grant with a lease
 /// cannot be made otherwise).
-pub(crate) fn schedule(at: Instant, session: Weak<Inner>) {
+pub(crate) fn schedule(at: Instant, session: Weak<dyn Expire>) {
     let mut queue = lock(&QUEUE);
     let earliest = queue
         .due

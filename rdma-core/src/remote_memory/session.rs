@@ -495,6 +495,13 @@ enum Woken {
 type Sending<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Control>> + Send + 'a>>;
 
+// The expiry thread reaches the session through this (see `expiry::Expire`).
+impl expiry::Expire for Inner {
+    fn expire(&self, now: Instant) {
+        Inner::expire(self, now);
+    }
+}
+
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)

@@ -207,21 +207,6 @@ impl RuntimeHandle {
         self.0.current_instance()
     }
 
-    /// Runs `future` for at most `duration`, with this runtime's timer.
-    ///
-    /// # Errors
-    /// [`Elapsed`] when the deadline passes first; `future` is dropped then.
-    ///
-    /// # Panics
-    /// As [`sleep`](RuntimeHandle::sleep).
-    pub async fn timeout<F: Future>(
-        &self,
-        duration: Duration,
-        future: F,
-    ) -> Result<F::Output, Elapsed> {
-        timeout::with_sleep(duration, future, self.0.sleep(duration)).await
-    }
-
     /// [`Runtime::poll_budget`] of this runtime.
     #[inline]
     pub fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {

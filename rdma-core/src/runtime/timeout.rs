@@ -5,7 +5,26 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use super::{default_runtime, Sleep};
+use super::{default_runtime, RuntimeHandle, Sleep};
+
+// Defined here rather than in mod.rs beside the handle's other methods, so that the handle's
+// file does not import this one (which uses the process default, defined over the handle).
+impl RuntimeHandle {
+    /// Runs `future` for at most `duration`, with this runtime's timer.
+    ///
+    /// # Errors
+    /// [`Elapsed`] when the deadline passes first; `future` is dropped then.
+    ///
+    /// # Panics
+    /// As [`sleep`](RuntimeHandle::sleep).
+    pub async fn timeout<F: Future>(
+        &self,
+        duration: Duration,
+        future: F,
+    ) -> Result<F::Output, Elapsed> {
+        with_sleep(duration, future, self.0.sleep(duration)).await
+    }
+}
 
 /// The error of [`timeout`]: the deadline passed before the future completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,6 @@ use rdma_sys::*;
 use crate::device::{self, DeviceHandle, Gid, PortSelection, PortState};
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, NextEvent};
-use crate::pd::ProtectionDomain;
 use crate::runtime::{set_nonblocking, RuntimeHandle};
 
 /// An opened RDMA device, bound to the port and GID its queue pairs use, and to the async
@@ -152,14 +151,6 @@ impl Context {
     /// The runtime bound with [`Context::with_runtime`]; `None` means the process default.
     pub fn runtime(&self) -> Option<&RuntimeHandle> {
         self.runtime.as_ref()
-    }
-
-    /// Allocates a protection domain on this device.
-    ///
-    /// # Errors
-    /// [`Error::Verbs`] when `ibv_alloc_pd` fails.
-    pub fn alloc_pd(&self) -> Result<ProtectionDomain> {
-        ProtectionDomain::new(self)
     }
 
     /// The device name, e.g. `mlx5_0` or `rxe0`.

@@ -671,6 +671,32 @@ impl QpShared {
     }
 }
 
+// The device's events reach the queue pair through this (the events module is below the
+// queue pairs it serves, and does not name their type).
+impl crate::events::EventQp for QpShared {
+    fn note_failure(&self, cause: Arc<Error>) {
+        let _ = self.status.failure.set(cause);
+    }
+
+    fn last_wqe_reached(&self) {
+        QpShared::last_wqe_reached(self);
+    }
+
+    fn fail_now(&self, cause: &Arc<Error>) {
+        QpShared::fail_now(self, cause);
+    }
+
+    fn uses_cq(&self, cq: usize) -> bool {
+        self.send_cq.shared.raw() as usize == cq || self.recv_cq.shared.raw() as usize == cq
+    }
+
+    fn uses_srq(&self, srq: usize) -> bool {
+        self.srq
+            .as_ref()
+            .is_some_and(|shared| shared.raw() as usize == srq)
+    }
+}
+
 impl Drop for QpShared {
     fn drop(&mut self) {
         let ctx = &self.pd.context().inner;

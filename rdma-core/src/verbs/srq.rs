@@ -1,19 +1,18 @@
 //! Shared receive queues: one pool of receive buffers for many queue pairs.
 
+mod recv;
+
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rdma_sys::*;
 
-use crate::buffers::Buffers;
 use crate::cq::CompletionQueue;
 use crate::error::{Error, Result};
-use crate::op::{Op, Owner, Recv};
 use crate::pd::ProtectionDomain;
 use crate::qp::DyingQp;
-use crate::queue::WorkQueueRef;
-use crate::slots::{QpStatus, WorkQueue};
+use crate::slots::QpStatus;
 use crate::wake::lock;
 
 /// Sizes of a shared receive queue; capped at what the device allows.
@@ -107,26 +106,6 @@ impl SharedReceiveQueue {
         })
     }
 
-    /// Posts a receive into `buffers`; resolves when a message for any attached queue pair
-    /// lands there.
-    pub fn recv<B: Buffers>(&self, buffers: B) -> Op<B, Recv> {
-        let shared = &self.shared;
-        let queue = WorkQueueRef {
-            status: &shared.status,
-            cq: &shared.cq.shared,
-            queue: WorkQueue::Recv,
-            depth: shared.max_wr,
-            name: "shared receive queue",
-            call: "ibv_post_srq_recv",
-        };
-        let posted = queue.post_recv(&buffers, shared.max_sge, shared.pd.raw(), |wr, bad| {
-            // SAFETY: the SRQ is valid; `wr` and its SGEs live across the call; the memory
-            // they name is owned by the Op (or its slot) until the completion.
-            unsafe { ibv_post_srq_recv(shared.raw.as_ptr(), wr, bad) }
-        });
-        Op::new(Owner::Srq(shared.clone()), posted, buffers)
-    }
-
     /// Receives posted and not yet consumed.
     pub fn posted(&self) -> u32 {
         self.shared.status.rq_used.load(Ordering::Acquire)
@@ -169,6 +148,13 @@ impl SrqShared {
         if let Some(dying) = dying {
             dying.destroy();
         }
+    }
+}
+
+// The device's events reach the shared receive queue through this (see `EventQp`).
+impl crate::events::EventSrq for SrqShared {
+    fn finish_retiring(&self, address: usize) {
+        SrqShared::finish_retiring(self, address);
     }
 }
 
