@@ -464,6 +464,60 @@ async fn bursts_complete_through_fences(rt: Rt) {
     }
 }
 
+async fn a_batch_reaches_many_peers_with_one_doorbell(rt: Rt) {
+    if !support::device_present("a_batch_reaches_many_peers_with_one_doorbell") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let node = Node::new();
+    let server = node.qp();
+    let mtu = server.max_datagram();
+    let peers: Vec<UdQueuePair> = (0..8).map(|_| node.qp()).collect();
+    let to: Vec<_> = peers
+        .iter()
+        .map(|peer| server.peer(&peer.address()).unwrap())
+        .collect();
+    let inbox: Vec<_> = peers
+        .iter()
+        .map(|peer| peer.recv(node.blank(mtu)))
+        .collect();
+
+    // A batch with one datagram above the MTU is refused whole: nothing reaches anyone.
+    let mut batch = server.batch();
+    for (i, peer) in to.iter().enumerate() {
+        let len = if i == 5 { mtu + 1 } else { 10 };
+        batch = batch.send_to(node.patterned(len, 50), peer);
+    }
+    let (sent, back) = within(20, "refused batch", batch.submit()).await;
+    assert!(
+        matches!(sent, Err(Error::DatagramTooLarge { len, .. }) if len == mtu + 1),
+        "{}: {sent:?}",
+        rt.name()
+    );
+    assert_eq!(back.len(), 8, "the buffers come back");
+
+    let mut batch = server.batch();
+    for (i, peer) in to.iter().enumerate() {
+        batch = batch.send_to_with_imm(node.patterned(100 * i, i as u8), peer, i as u32);
+    }
+    assert_eq!(batch.len(), 8);
+    let (sent, back) = within(20, "batch", batch.submit()).await;
+    sent.unwrap_or_else(|e| panic!("{}: batch: {e}", rt.name()));
+    assert_eq!(back.len(), 8);
+    for (i, recv) in inbox.into_iter().enumerate() {
+        let (got, buf) = within(20, "batch receive", recv).await;
+        let got = got.unwrap();
+        assert_eq!(
+            (got.len, got.imm),
+            (100 * i, Some(i as u32)),
+            "{}",
+            rt.name()
+        );
+        check_payload(rt, "batch receive", &buf, 100 * i, i as u8);
+        assert_eq!(got.src_qpn, server.qpn());
+    }
+}
+
 async fn nothing_stays_registered_after_drop(rt: Rt) {
     if !support::device_present("nothing_stays_registered_after_drop") {
         return;
@@ -509,5 +563,6 @@ runtime_tests!(
     a_flood_into_too_few_receives_loses_without_failing,
     a_wrong_qkey_is_dropped_silently,
     bursts_complete_through_fences,
+    a_batch_reaches_many_peers_with_one_doorbell,
     nothing_stays_registered_after_drop,
 );

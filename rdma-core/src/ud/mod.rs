@@ -45,10 +45,12 @@
 //! that is not its own, which the device loops back and drops without taking a receive.
 
 mod ah;
+mod batch;
 mod grh;
 mod qp;
 
 pub use ah::{live_address_handles, AddressHandle};
+pub use batch::UdBatch;
 pub use grh::GRH_LEN;
 pub use qp::{Datagram, UdAddress, UdOptions, UdPeer, UdQueuePair, UdRecv, UdSend, DEFAULT_QKEY};
 

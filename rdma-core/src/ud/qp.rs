@@ -295,6 +295,27 @@ impl UdQueuePair {
         })
     }
 
+    /// Starts a batch: several datagrams, to one peer or many, posted with one doorbell, of
+    /// which only the last is signaled (see [`UdBatch`](crate::ud::UdBatch)).
+    ///
+    /// ```no_run
+    /// # async fn demo(qp: anyrdma_core::ud::UdQueuePair, peers: Vec<anyrdma_core::ud::UdPeer>, pd: anyrdma_core::ProtectionDomain) -> anyrdma_core::Result<()> {
+    /// let mut batch = qp.batch();
+    /// for peer in &peers {
+    ///     batch = batch.send_to(pd.alloc(64, anyrdma_core::Access::LOCAL)?, peer);
+    /// }
+    /// let (result, _buffers) = batch.submit().await;
+    /// result?;
+    /// # Ok(()) }
+    /// ```
+    pub fn batch(&self) -> super::UdBatch {
+        super::UdBatch::new(self.clone())
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<QpShared> {
+        &self.qp.shared
+    }
+
     /// Destinations whose address handles the cache holds.
     pub fn cached_peers(&self) -> usize {
         self.extra.cache.len()
@@ -318,7 +339,7 @@ impl UdQueuePair {
     fn send_op<B: Buffers>(&self, buffers: B, to: &UdPeer, imm: Option<u32>) -> UdSend<B> {
         let addressed = Addressed {
             user: buffers,
-            _ah: to.ah.clone(),
+            _ah: Held::One(to.ah.clone()),
         };
         let posted = self.post_send(&addressed, to, imm);
         UdSend {
@@ -521,10 +542,20 @@ impl QpShared {
     }
 }
 
-/// A send's buffers and the address handle it names, kept together until the completion.
-struct Addressed<B> {
-    user: B,
-    _ah: AddressHandle,
+/// A send's buffers and the address handles it names, kept together until the completion.
+pub(crate) struct Addressed<B> {
+    pub(crate) user: B,
+    pub(crate) _ah: Held,
+}
+
+/// The address handles a send (or a batch of them) names: held, never read, so that they
+/// outlive the requests that name them.
+#[allow(dead_code)]
+pub(crate) enum Held {
+    /// A batch refused before posting names none.
+    None,
+    One(AddressHandle),
+    Many(Vec<AddressHandle>),
 }
 
 impl<B: Buffers> sealed::Sealed for Addressed<B> {}
@@ -543,7 +574,7 @@ impl<B: Buffers> Buffers for Addressed<B> {
 /// done with them.
 #[must_use = "the datagram is posted; await it to get the result and the buffers back"]
 pub struct UdSend<B: Buffers> {
-    op: Op<Addressed<B>, Done>,
+    pub(crate) op: Op<Addressed<B>, Done>,
 }
 
 impl<B: Buffers> Future for UdSend<B> {
