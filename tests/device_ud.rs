@@ -8,10 +8,13 @@
 
 mod support;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyrdma::ud::{self, Datagram, UdAddress, UdOptions, UdQueuePair};
+use anyrdma::ud::{
+    self, Datagram, UdAddress, UdListener, UdOptions, UdQueuePair, UdSessionOptions,
+};
 use anyrdma::{registered_regions, Access, CompletionQueue, Context, CqOptions, Error, LocalBuf};
 use support::{fill, holds_pattern, within, Rt};
 
@@ -518,6 +521,115 @@ async fn a_batch_reaches_many_peers_with_one_doorbell(rt: Rt) {
     }
 }
 
+/// rxe0's address in the guest (rdma_cm cannot route 127.0.0.1); `ANYRDMA_TEST_CM_ADDR`
+/// overrides it.
+fn cm_ip() -> IpAddr {
+    std::env::var("ANYRDMA_TEST_CM_ADDR")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
+}
+
+async fn peers_find_each_other_by_address(rt: Rt) {
+    if !support::device_present("peers_find_each_other_by_address") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let listener = UdListener::bind_with(
+        SocketAddr::new(cm_ip(), 0),
+        UdSessionOptions {
+            private_data: b"welcome".to_vec(),
+            ..UdSessionOptions::default()
+        },
+    )
+    .expect("bind a datagram listener");
+    let addr = listener.local_addr();
+    assert_ne!(addr.port(), 0, "a port was chosen");
+    let server = listener.queue_pair().clone();
+    let mtu = server.max_datagram();
+    let alloc = |qp: &UdQueuePair, len: usize| qp.pd().alloc(len, Access::LOCAL).unwrap();
+    let inbox: Vec<_> = (0..4)
+        .map(|_| {
+            let mut buf = alloc(&server, mtu);
+            buf.fill(SENTINEL);
+            server.recv(buf)
+        })
+        .collect();
+    let server_qpn = server.qpn();
+    // Four clients, each finding the server by its address alone, in a task of their own
+    // while this one answers them.
+    let clients = rt.spawn(async move {
+        let mut waiting = Vec::new();
+        for i in 0..4u8 {
+            let options = UdSessionOptions {
+                private_data: vec![i],
+                ..UdSessionOptions::default()
+            };
+            let (qp, peer) = ud::connect(addr, options)
+                .await
+                .expect("resolve the server");
+            assert_eq!((peer.qpn(), peer.qkey()), (server_qpn, ud::DEFAULT_QKEY));
+            let reply = qp.recv(qp.pd().alloc(mtu, Access::LOCAL).unwrap());
+            let mut ping = qp.pd().alloc(20, Access::LOCAL).unwrap();
+            fill(&mut ping, i);
+            let (sent, _) = qp.send_to_with_imm(ping, &peer, u32::from(i)).await;
+            sent.expect("ping");
+            waiting.push((qp, reply));
+        }
+        for (i, (qp, reply)) in waiting.into_iter().enumerate() {
+            let (got, buf) = reply.await;
+            let got = got.expect("pong");
+            assert_eq!(got.len, 20);
+            assert!(holds_pattern(&buf[..20], i as u8 + 100), "pong {i}");
+            assert_eq!(got.src_qpn, server_qpn);
+            drop(qp);
+        }
+    });
+    fn send<T: Send>(future: T) -> T {
+        future
+    }
+    for i in 0..4u8 {
+        // The answer may run in a task of its own: its future is Send.
+        let answer = send(listener.answer());
+        let (client, data) = within(20, "answer", answer).await.expect("answer");
+        // The protocol carries private data in a fixed area: it comes padded with zeros.
+        assert_eq!(
+            data.first(),
+            Some(&i),
+            "{}: the request's private data",
+            rt.name()
+        );
+        assert!(data[1..].iter().all(|&b| b == 0), "{}: padding", rt.name());
+        assert_eq!(client.ip(), cm_ip());
+    }
+    for recv in inbox {
+        let (got, buf) = within(20, "ping", recv).await;
+        let got = got.expect("ping");
+        let i = got.imm.unwrap() as u8;
+        check_payload(rt, "ping", &buf, 20, i);
+        let back = server.reply_to(&got).unwrap();
+        let mut pong = alloc(&server, 20);
+        fill(&mut pong, i + 100);
+        let (sent, _) = within(20, "pong", server.send_to(pong, &back)).await;
+        sent.unwrap();
+    }
+    within(30, "clients", clients).await;
+
+    // Nobody listening: the resolution fails, it does not hang.
+    drop(listener);
+    let options = UdSessionOptions {
+        timeout: Duration::from_secs(2),
+        ..UdSessionOptions::default()
+    };
+    match within(20, "resolve nobody", ud::connect(addr, options)).await {
+        Err(
+            Error::Unreachable { .. } | Error::ConnectRefused { .. } | Error::ConnectTimeout { .. },
+        ) => {}
+        Err(other) => panic!("{}: {other}", rt.name()),
+        Ok(_) => panic!("{}: resolved a server that is gone", rt.name()),
+    }
+}
+
 async fn nothing_stays_registered_after_drop(rt: Rt) {
     if !support::device_present("nothing_stays_registered_after_drop") {
         return;
@@ -564,5 +676,6 @@ runtime_tests!(
     a_wrong_qkey_is_dropped_silently,
     bursts_complete_through_fences,
     a_batch_reaches_many_peers_with_one_doorbell,
+    peers_find_each_other_by_address,
     nothing_stays_registered_after_drop,
 );

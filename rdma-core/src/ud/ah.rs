@@ -101,6 +101,29 @@ impl AddressHandle {
         })
     }
 
+    /// An address handle in `pd` from attributes the connection manager computed (the
+    /// path of a datagram resolution).
+    pub(crate) fn from_attr(pd: &ProtectionDomain, attr: &ibv_ah_attr) -> Result<AddressHandle> {
+        let mut attr = *attr;
+        let gid = if attr.is_global != 0 {
+            Gid::from_raw(&attr.grh.dgid)
+        } else {
+            Gid::default()
+        };
+        // SAFETY: the PD is valid (held by `pd`) and `attr` lives across the call.
+        let raw = unsafe { ibv_create_ah(pd.raw(), &mut attr) };
+        let raw = NonNull::new(raw).ok_or_else(|| Error::last_os("ibv_create_ah"))?;
+        LIVE.fetch_add(1, Ordering::AcqRel);
+        Ok(AddressHandle {
+            inner: Arc::new(AhInner {
+                raw,
+                gid,
+                lid: attr.dlid,
+                pd: pd.clone(),
+            }),
+        })
+    }
+
     /// The destination GID.
     pub fn gid(&self) -> Gid {
         self.inner.gid
