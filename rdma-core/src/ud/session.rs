@@ -30,6 +30,10 @@ use crate::error::{Error, Result};
 use crate::qp::QpOptions;
 use crate::runtime::{default_runtime, RuntimeHandle};
 
+/// The status of a service ID resolution reply when nothing listens on the port
+/// (`IB_SIDR_UNSUPPORTED`), as the unreachable event reports it.
+const SIDR_NO_LISTENER: i32 = 1;
+
 /// Resolution requests that may wait for [`UdListener::answer`].
 const BACKLOG: usize = 64;
 
@@ -122,8 +126,8 @@ fn queue_pair_on(
 /// ```
 ///
 /// # Errors
-/// [`Error::Unreachable`] when the address, the route or the server cannot be reached (no
-/// listener answers: the resolution request times out); [`Error::ConnectTimeout`] when a
+/// [`Error::ConnectRefused`] when nothing listens on that port there;
+/// [`Error::Unreachable`] when the address, the route or the server cannot be reached; [`Error::ConnectTimeout`] when a
 /// step takes longer than [`UdSessionOptions::timeout`]; [`Error::TooLarge`] for private data
 /// above 56 bytes; the errors of [`UdQueuePair::new`].
 pub async fn connect(addr: SocketAddr, options: UdSessionOptions) -> Result<(UdQueuePair, UdPeer)> {
@@ -241,14 +245,14 @@ async fn resolve(
     if asked != 0 {
         return Err(unreachable(addr, "asking the server", last_errno()));
     }
-    let event = step
-        .next(
-            &id,
-            rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED,
-            "waiting for the server's answer",
-            options.timeout,
-        )
-        .await?;
+    let stage = "waiting for the server's answer";
+    let event = step.event(&id, stage, options.timeout).await?;
+    if event.kind == rdma_cm_event_type::RDMA_CM_EVENT_UNREACHABLE
+        && event.status == SIDR_NO_LISTENER
+    {
+        return Err(Error::ConnectRefused { addr });
+    }
+    step.expect(&event, rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED, stage)?;
     let Some(ud) = event.ud else {
         return Err(unreachable(
             addr,
