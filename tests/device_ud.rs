@@ -430,6 +430,41 @@ async fn a_wrong_qkey_is_dropped_silently(rt: Rt) {
     ));
 }
 
+async fn a_send_to_a_peer_that_is_gone_completes(rt: Rt) {
+    if !support::device_present("a_send_to_a_peer_that_is_gone_completes") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let node = Node::new();
+    let a = node.qp();
+    let gone = {
+        let b = node.qp();
+        a.peer(&b.address()).unwrap()
+    };
+    // Nothing answers a datagram: sends to a queue pair that no longer exists are sent like
+    // any others (a burst: most unsignaled, the last completed through a fence), and the
+    // queue pair goes on.
+    let burst: Vec<_> = (0..16)
+        .map(|i| a.send_to(node.patterned(32, i), &gone))
+        .collect();
+    for send in burst.into_iter().rev() {
+        let (sent, _) = within(20, "send to nobody", send).await;
+        sent.unwrap_or_else(|e| panic!("{}: {e}", rt.name()));
+    }
+    assert!(a.failure().is_none(), "{}", rt.name());
+    let c = node.qp();
+    let recv = c.recv(node.blank(64));
+    let (sent, _) = within(
+        20,
+        "send",
+        a.send_to(node.patterned(32, 9), &a.peer(&c.address()).unwrap()),
+    )
+    .await;
+    sent.unwrap();
+    let (got, buf) = within(20, "receive", recv).await;
+    check_payload(rt, "after sends to nobody", &buf, got.unwrap().len, 9);
+}
+
 async fn bursts_complete_through_fences(rt: Rt) {
     if !support::device_present("bursts_complete_through_fences") {
         return;
@@ -672,6 +707,7 @@ runtime_tests!(
     a_receive_too_small_fails_alone,
     a_flood_into_too_few_receives_loses_without_failing,
     a_wrong_qkey_is_dropped_silently,
+    a_send_to_a_peer_that_is_gone_completes,
     bursts_complete_through_fences,
     a_batch_reaches_many_peers_with_one_doorbell,
     peers_find_each_other_by_address,
