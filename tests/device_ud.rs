@@ -15,7 +15,9 @@ use std::time::Duration;
 use anyrdma::ud::{
     self, Datagram, UdAddress, UdListener, UdOptions, UdQueuePair, UdSessionOptions,
 };
-use anyrdma::{registered_regions, Access, CompletionQueue, Context, CqOptions, Error, LocalBuf};
+use anyrdma::{
+    registered_regions, Access, CompletionQueue, Context, CqOptions, Error, LocalBuf, SrqOptions,
+};
 use support::{fill, holds_pattern, within, Rt};
 
 /// The leak checks read process-wide counters, and the flood needs the device to itself:
@@ -663,6 +665,60 @@ async fn peers_find_each_other_by_address(rt: Rt) {
     }
 }
 
+async fn a_shared_receive_queue_serves_many_datagram_pairs(rt: Rt) {
+    if !support::device_present("a_shared_receive_queue_serves_many_datagram_pairs") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let regions = registered_regions();
+    {
+        let node = Node::new();
+        let srq_cq = CompletionQueue::new(&node.ctx, CqOptions::default()).unwrap();
+        let srq = ud::UdSharedReceiveQueue::new(&node.pd, &srq_cq, SrqOptions::default())
+            .expect("create a datagram SRQ");
+        let receivers: Vec<UdQueuePair> = (0..4)
+            .map(|_| UdQueuePair::with_srq(&node.pd, &node.cq, &srq, UdOptions::default()).unwrap())
+            .collect();
+        // A queue pair on a shared receive queue takes no receives of its own.
+        let (own, _) = within(20, "own receive", receivers[0].recv(node.blank(8))).await;
+        assert!(matches!(own, Err(Error::InvalidArgument(_))), "{own:?}");
+        let mtu = srq.max_datagram();
+        let inbox: Vec<_> = (0..16).map(|_| srq.recv(node.blank(mtu))).collect();
+        assert_eq!(srq.posted(), 16);
+        let sender = node.qp();
+        for (r, receiver) in receivers.iter().enumerate() {
+            let to = sender.peer(&receiver.address()).unwrap();
+            for k in 0..4 {
+                let tag = (r * 4 + k) as u32;
+                let data = node.patterned(10 + tag as usize, tag as u8);
+                let (sent, _) = within(20, "send", sender.send_to_with_imm(data, &to, tag)).await;
+                sent.unwrap();
+            }
+        }
+        let mut seen = [false; 16];
+        for recv in inbox {
+            let (got, buf) = within(20, "SRQ receive", recv).await;
+            let got = got.unwrap_or_else(|e| panic!("{}: SRQ receive: {e}", rt.name()));
+            let tag = got.imm.unwrap() as usize;
+            assert!(!seen[tag]);
+            seen[tag] = true;
+            assert_eq!(got.len, 10 + tag);
+            check_payload(rt, "SRQ receive", &buf, got.len, tag as u8);
+            assert_eq!(got.src_qpn, sender.qpn());
+        }
+        // Receives left posted when everything goes.
+        for _ in 0..4 {
+            drop(srq.recv(node.blank(64)));
+        }
+    }
+    assert_eq!(
+        registered_regions(),
+        regions,
+        "{}: a registration outlived the shared receive queue",
+        rt.name()
+    );
+}
+
 async fn nothing_stays_registered_after_drop(rt: Rt) {
     if !support::device_present("nothing_stays_registered_after_drop") {
         return;
@@ -711,5 +767,6 @@ runtime_tests!(
     bursts_complete_through_fences,
     a_batch_reaches_many_peers_with_one_doorbell,
     peers_find_each_other_by_address,
+    a_shared_receive_queue_serves_many_datagram_pairs,
     nothing_stays_registered_after_drop,
 );

@@ -47,6 +47,9 @@ pub(crate) struct WcInfo {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct DatagramSource {
     pub(crate) src_qp: u32,
+    /// The local queue pair that took the receive (for a shared receive queue, the one
+    /// that consumed it).
+    pub(crate) qp_num: u32,
     pub(crate) grh: bool,
     pub(crate) slid: u16,
     pub(crate) sl: u8,
@@ -633,6 +636,7 @@ impl SlotTable {
                 write_with_imm: wc.opcode == ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM,
                 datagram: DatagramSource {
                     src_qp: wc.src_qp,
+                    qp_num: wc.qp_num,
                     grh: wc.wc_flags & ibv_wc_flags::IBV_WC_GRH.0 != 0,
                     slid: wc.slid,
                     sl: wc.sl,

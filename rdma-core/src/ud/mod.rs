@@ -49,12 +49,14 @@ mod batch;
 mod grh;
 mod qp;
 mod session;
+mod srq;
 
 pub use ah::{live_address_handles, AddressHandle};
 pub use batch::UdBatch;
 pub use grh::GRH_LEN;
 pub use qp::{Datagram, UdAddress, UdOptions, UdPeer, UdQueuePair, UdRecv, UdSend, DEFAULT_QKEY};
 pub use session::{connect, UdListener, UdSessionOptions};
+pub use srq::UdSharedReceiveQueue;
 
 /// What a datagram queue pair's `QpShared` keeps: its Q_Key, and the address handle of its
 /// own port that its fences go to.

@@ -21,6 +21,7 @@ use crate::pool::{MemoryPool, PoolOptions};
 use crate::qp::{QpOptions, QpShared, QueuePair};
 use crate::queue::PostedSlot;
 use crate::signaling::Signal;
+use crate::srq::SharedReceiveQueue;
 use crate::wc::{WcStatus, WorkKind};
 
 /// The Q_Key librdmacm gives datagram queue pairs (`RDMA_UDP_QKEY`), the default here so
@@ -190,6 +191,33 @@ impl UdQueuePair {
         recv_cq: &CompletionQueue,
         options: UdOptions,
     ) -> Result<UdQueuePair> {
+        Self::create(pd, send_cq, recv_cq, None, options)
+    }
+
+    /// Creates a datagram queue pair that takes its receives from `srq` (several queue
+    /// pairs can share one pool of receives); its receive completions arrive on the shared
+    /// receive queue's completion queue. Post receives with
+    /// [`UdSharedReceiveQueue::recv`](super::UdSharedReceiveQueue::recv).
+    ///
+    /// # Errors
+    /// As [`UdQueuePair::new`].
+    pub fn with_srq(
+        pd: &ProtectionDomain,
+        send_cq: &CompletionQueue,
+        srq: &super::UdSharedReceiveQueue,
+        options: UdOptions,
+    ) -> Result<UdQueuePair> {
+        let srq = srq.inner();
+        Self::create(pd, send_cq, srq.cq(), Some(srq), options)
+    }
+
+    fn create(
+        pd: &ProtectionDomain,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
+        srq: Option<&SharedReceiveQueue>,
+        options: UdOptions,
+    ) -> Result<UdQueuePair> {
         check_range("UdOptions::qkey", options.qkey, MAX_QKEY)?;
         let ctx = &pd.context().inner;
         // Fences (see `post_datagram_fence`) go to this queue pair's own port.
@@ -200,22 +228,14 @@ impl UdQueuePair {
             pd,
             send_cq,
             recv_cq,
+            srq,
             queues,
             DatagramQp {
                 qkey: options.qkey,
                 fence,
             },
         )?;
-        let pool = MemoryPool::new(
-            pd,
-            PoolOptions {
-                chunk_size: 256 << 10,
-                max_bytes: 256 << 20,
-                smallest: 64,
-                // The largest MTU.
-                largest: 4096,
-            },
-        );
+        let pool = block_pool(pd);
         Ok(UdQueuePair {
             qp,
             extra: Arc::new(UdShared {
@@ -421,23 +441,15 @@ impl UdQueuePair {
     pub fn recv<B: Buffers>(&self, buffers: B) -> UdRecv<B> {
         let shared = &self.qp.shared;
         let capacity = buffers.total_len();
-        let spare = self.max_datagram().saturating_sub(capacity);
-        let blocks = self.extra.pool.alloc(GRH_LEN).and_then(|grh| {
-            let overflow = match spare {
-                0 => None,
-                spare => Some(self.extra.pool.alloc(spare)?),
-            };
-            Ok((grh, overflow))
+        let (with_grh, allocated) = with_blocks(&self.extra.pool, self.max_datagram(), buffers);
+        let allocated = allocated.and_then(|()| match shared.srq {
+            Some(_) => Err(Error::InvalidArgument(
+                "this queue pair takes its receives from a shared receive queue: post them \
+                 there (UdSharedReceiveQueue::recv); nothing was posted"
+                    .into(),
+            )),
+            None => Ok(()),
         });
-        let (grh, overflow, allocated) = match blocks {
-            Ok((grh, overflow)) => (Some(grh), overflow, Ok(())),
-            Err(err) => (None, None, Err(err)),
-        };
-        let with_grh = WithGrh {
-            grh,
-            user: buffers,
-            overflow,
-        };
         let posted = allocated.and_then(|()| {
             shared.recv_queue().and_then(|queue| {
                 queue.post_recv(
@@ -492,6 +504,48 @@ impl std::fmt::Debug for UdQueuePair {
             .field("qkey", &self.extra.qkey)
             .finish()
     }
+}
+
+/// The pool of a queue pair's (or shared receive queue's) hidden blocks: 40-byte GRH blocks
+/// and the rest-of-the-MTU blocks behind short receives.
+pub(crate) fn block_pool(pd: &ProtectionDomain) -> MemoryPool {
+    MemoryPool::new(
+        pd,
+        PoolOptions {
+            chunk_size: 256 << 10,
+            max_bytes: 256 << 20,
+            smallest: 64,
+            // The largest MTU.
+            largest: 4096,
+        },
+    )
+}
+
+/// `buffers` with the blocks a datagram receive puts around them (see `ud::grh`), and
+/// whether they could be allocated (nothing is to be posted otherwise).
+pub(crate) fn with_blocks<B: Buffers>(
+    pool: &MemoryPool,
+    mtu: usize,
+    buffers: B,
+) -> (WithGrh<B>, Result<()>) {
+    let spare = mtu.saturating_sub(buffers.total_len());
+    let blocks = pool.alloc(GRH_LEN).and_then(|grh| {
+        let overflow = match spare {
+            0 => None,
+            spare => Some(pool.alloc(spare)?),
+        };
+        Ok((grh, overflow))
+    });
+    let (grh, overflow, allocated) = match blocks {
+        Ok((grh, overflow)) => (Some(grh), overflow, Ok(())),
+        Err(err) => (None, None, Err(err)),
+    };
+    let with_grh = WithGrh {
+        grh,
+        user: buffers,
+        overflow,
+    };
+    (with_grh, allocated)
 }
 
 fn check_range(option: &'static str, value: u32, max: u32) -> Result<()> {
@@ -589,7 +643,7 @@ impl<B: Buffers> Future for UdSend<B> {
 
 /// How a datagram receive reads its completion: all of it, for [`UdRecv`] to turn into a
 /// [`Datagram`] with the GRH at hand.
-enum RawRecv {}
+pub(crate) enum RawRecv {}
 impl sealed::Sealed for RawRecv {}
 impl Outcome for RawRecv {
     type Output = Completion;
@@ -603,9 +657,11 @@ impl Outcome for RawRecv {
 /// (a datagram that lands there meanwhile is lost).
 #[must_use = "the receive is posted; await it to get the datagram and the buffers back"]
 pub struct UdRecv<B: Buffers> {
-    op: Op<WithGrh<B>, RawRecv>,
-    qpn: u32,
-    capacity: usize,
+    pub(crate) op: Op<WithGrh<B>, RawRecv>,
+    /// The queue pair for errors before a completion names one (0 for a shared receive
+    /// queue).
+    pub(crate) qpn: u32,
+    pub(crate) capacity: usize,
 }
 
 impl<B: Buffers> Future for UdRecv<B> {
@@ -615,7 +671,7 @@ impl<B: Buffers> Future for UdRecv<B> {
         let (qpn, capacity) = (self.qpn, self.capacity);
         Pin::new(&mut self.op).poll(cx).map(|(result, with_grh)| {
             let result = match result {
-                Ok(completion) => datagram(completion, with_grh.grh.as_ref(), qpn, capacity),
+                Ok(completion) => datagram(completion, with_grh.grh.as_ref(), capacity),
                 // A device that checks lengths itself (a datagram above this port's MTU).
                 Err(Error::WorkCompletion {
                     status: WcStatus::LOC_LEN_ERR,
@@ -636,18 +692,13 @@ impl<B: Buffers> Future for UdRecv<B> {
 /// device wrote in front of it (the receive is complete: the device is done with them).
 /// A datagram longer than the user's `capacity` (its end went to the overflow block) fails
 /// the receive.
-fn datagram(
-    completion: Completion,
-    grh: Option<&LocalBuf>,
-    qpn: u32,
-    capacity: usize,
-) -> Result<Datagram> {
+fn datagram(completion: Completion, grh: Option<&LocalBuf>, capacity: usize) -> Result<Datagram> {
     let info = completion.0;
     // The device counts the 40 bytes in front in the length.
     let len = (info.byte_len as usize).saturating_sub(GRH_LEN);
     if len > capacity {
         return Err(Error::DatagramTruncated {
-            qpn,
+            qpn: info.datagram.qp_num,
             capacity,
             len: Some(len),
         });

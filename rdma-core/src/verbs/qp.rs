@@ -243,10 +243,12 @@ impl QueuePair {
         pd: &ProtectionDomain,
         send_cq: &CompletionQueue,
         recv_cq: &CompletionQueue,
+        srq: Option<&SharedReceiveQueue>,
         options: QpOptions,
         datagram: crate::ud::DatagramQp,
     ) -> Result<QueuePair> {
-        let qp = Self::create(pd, send_cq, recv_cq, None, options, Some(datagram))?;
+        let recv_cq = srq.map_or(recv_cq, |srq| srq.cq());
+        let qp = Self::create(pd, send_cq, recv_cq, srq, options, Some(datagram))?;
         use ibv_qp_attr_mask as M;
         // SAFETY: ibv_qp_attr is plain C data.
         let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };

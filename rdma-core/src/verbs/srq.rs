@@ -110,6 +110,11 @@ impl SharedReceiveQueue {
     /// Posts a receive into `buffers`; resolves when a message for any attached queue pair
     /// lands there.
     pub fn recv<B: Buffers>(&self, buffers: B) -> Op<B, Recv> {
+        self.recv_as(buffers)
+    }
+
+    /// Posts a receive into `buffers`, whose completion `O` reads.
+    pub(crate) fn recv_as<B: Buffers, O: crate::op::Outcome>(&self, buffers: B) -> Op<B, O> {
         let shared = &self.shared;
         let queue = WorkQueueRef {
             status: &shared.status,
