@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyrdma::ud::{self, UdListener, UdSessionOptions};
 use anyrdma::{Access, Error, Result};
 
-const USAGE: &str = "usage: ud-ping --listen ADDR[:PORT]\n       ud-ping --connect ADDR[:PORT] [--clients N] [--count N] [--size N]";
+const USAGE: &str = "usage: ud-ping --listen ADDR[:PORT]
+       ud-ping --connect ADDR[:PORT] [--clients N] [--count N] [--size N]";
 
 const DEFAULT_PORT: u16 = 7474;
 
@@ -177,8 +178,9 @@ async fn ping(connect: &str, clients: u32, count: u64, size: usize) -> Result<()
     let answered = samples.len();
     let (median, p99) = common::median_p99(&mut samples);
     println!(
-        "ud-ping: {clients} client(s) x {count} pings of {size} bytes to {addr}: {answered} answered \
-         (every byte checked), {lost} lost; round trip median {:.2} µs, p99 {:.2} µs; {:.0} pings/s",
+        "ud-ping: {clients} client(s) x {count} pings of {size} bytes to {addr}: \
+         {answered} answered (every byte checked), {lost} lost; round trip median {:.2} µs, \
+         p99 {:.2} µs; {:.0} pings/s",
         median.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6,
         answered as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),

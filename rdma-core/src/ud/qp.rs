@@ -319,7 +319,8 @@ impl UdQueuePair {
     /// which only the last is signaled (see [`UdBatch`](crate::ud::UdBatch)).
     ///
     /// ```no_run
-    /// # async fn demo(qp: anyrdma_core::ud::UdQueuePair, peers: Vec<anyrdma_core::ud::UdPeer>, pd: anyrdma_core::ProtectionDomain) -> anyrdma_core::Result<()> {
+    /// # use anyrdma_core::{ud::{UdPeer, UdQueuePair}, ProtectionDomain, Result};
+    /// # async fn demo(qp: UdQueuePair, peers: Vec<UdPeer>, pd: ProtectionDomain) -> Result<()> {
     /// let mut batch = qp.batch();
     /// for peer in &peers {
     ///     batch = batch.send_to(pd.alloc(64, anyrdma_core::Access::LOCAL)?, peer);

@@ -127,9 +127,9 @@ fn queue_pair_on(
 ///
 /// # Errors
 /// [`Error::ConnectRefused`] when nothing listens on that port there;
-/// [`Error::Unreachable`] when the address, the route or the server cannot be reached; [`Error::ConnectTimeout`] when a
-/// step takes longer than [`UdSessionOptions::timeout`]; [`Error::TooLarge`] for private data
-/// above 56 bytes; the errors of [`UdQueuePair::new`].
+/// [`Error::Unreachable`] when the address, the route or the server cannot be reached;
+/// [`Error::ConnectTimeout`] when a step takes longer than [`UdSessionOptions::timeout`];
+/// [`Error::TooLarge`] for private data above 56 bytes; the errors of [`UdQueuePair::new`].
 pub async fn connect(addr: SocketAddr, options: UdSessionOptions) -> Result<(UdQueuePair, UdPeer)> {
     let runtime = options.runtime()?;
     resolve(addr, &options, &runtime, |device, port| {
