@@ -33,7 +33,7 @@
 
 /// The executor-neutral core, re-exported whole.
 pub use anyrdma_core as core;
-pub use anyrdma_core::{cm, device, error, msg, remote_memory, stream};
+pub use anyrdma_core::{cm, device, error, msg, remote_memory, stream, ud};
 pub use anyrdma_core::{
     default_port, devices, registered_regions, sleep, timeout, Access, Atomic, Batch, Buffers,
     ClassStats, CompletionQueue, ConnectOptions, Context, CqOptions, DeviceEvent, DeviceEventKind,

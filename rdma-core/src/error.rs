@@ -344,6 +344,29 @@ pub enum Error {
         /// How long this side waited.
         after: Duration,
     },
+    /// A datagram is longer than the path MTU, the most one unreliable datagram carries
+    /// (the port's active MTU); nothing was sent. Split the message, or send it over a
+    /// reliable connection.
+    DatagramTooLarge {
+        /// The datagram's length in bytes.
+        len: usize,
+        /// The path MTU in bytes.
+        mtu: u32,
+        /// The device whose port sets it.
+        device: String,
+    },
+    /// A datagram was longer than the buffers of the receive it landed in: only this
+    /// receive failed (what its buffers hold is unspecified), and the datagram queue pair
+    /// goes on.
+    DatagramTruncated {
+        /// The local queue pair number.
+        qpn: u32,
+        /// Bytes of payload the receive could hold.
+        capacity: usize,
+        /// The datagram's length, when the device delivered it whole (`None`: the device
+        /// dropped it and reported a length error).
+        len: Option<usize>,
+    },
     /// The connection ended: the peer disconnected (or its process died), or the device went
     /// away. Pending operations of the connection end with it (as the cause of
     /// [`Error::Flushed`]: see [`Error::is_disconnect`]).
@@ -854,6 +877,24 @@ impl fmt::Display for Error {
                 "the peer did not answer the {what} within {after:?}: is the peer's \
                  MemorySession::serve running?"
             ),
+            Error::DatagramTooLarge { len, mtu, device } => write!(
+                f,
+                "a datagram of {len} bytes is longer than the path MTU of {device}, {mtu} \
+                 bytes, the most one unreliable datagram carries; nothing was sent. Split the \
+                 message, or use a reliable connection for large messages"
+            ),
+            Error::DatagramTruncated { qpn, capacity, len } => {
+                match len {
+                    Some(len) => write!(f, "a datagram of {len} bytes")?,
+                    None => write!(f, "a datagram")?,
+                }
+                write!(
+                    f,
+                    " for queue pair {qpn} was longer than the {capacity} bytes its receive \
+                     could hold: this receive failed and the datagram is lost (the queue pair \
+                     goes on); post receives as large as the path MTU"
+                )
+            }
             Error::Disconnected { qpn, why } => {
                 write!(f, "the connection of queue pair {qpn} ended: {why}")
             }

@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod stream;
 mod sync;
 mod trace;
+pub mod ud;
 mod verbs;
 mod wire;
 

@@ -43,6 +43,17 @@ pub(crate) struct CmEvent {
     pub(crate) initiator_depth: u8,
     /// A connect request's new id, owned from here on.
     pub(crate) child: Option<CmId>,
+    /// What a datagram id's `RDMA_CM_EVENT_ESTABLISHED` carries: the peer's queue pair,
+    /// Q_Key and the address handle attributes of the path to it.
+    pub(crate) ud: Option<UdParam>,
+}
+
+/// The peer a datagram resolution found (`rdma_ud_param` without its private data).
+#[derive(Clone, Copy)]
+pub(crate) struct UdParam {
+    pub(crate) ah_attr: ibv_ah_attr,
+    pub(crate) qp_num: u32,
+    pub(crate) qkey: u32,
 }
 
 impl CmEvent {
@@ -232,6 +243,20 @@ impl EventChannel {
             )
         };
         let is_request = kind == rdma_cm_event_type::RDMA_CM_EVENT_CONNECT_REQUEST;
+        // SAFETY: the event's id is valid while it is unacknowledged (`ps` is set when it
+        // is created).
+        let datagram = !id.is_null() && unsafe { (*id).ps } == rdma_port_space::RDMA_PS_UDP;
+        let mut ud = None;
+        if datagram && kind == rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED {
+            // SAFETY: on a datagram id, an established event's `param.ud` is the valid
+            // member (rdma_cm fills it from the service ID resolution reply).
+            let param = unsafe { &(*event).param.ud };
+            ud = Some(UdParam {
+                ah_attr: param.ah_attr,
+                qp_num: param.qp_num,
+                qkey: param.qkey,
+            });
+        }
         let (mut private_data, mut responder_resources, mut initiator_depth) = (Vec::new(), 0, 0);
         if matches!(
             kind,
@@ -240,9 +265,11 @@ impl EventChannel {
                 | rdma_cm_event_type::RDMA_CM_EVENT_REJECTED
                 | rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED
         ) {
-            // SAFETY: for these connected-mode events `param.conn` is the valid member; its
-            // private data (when not null) has `private_data_len` readable bytes until the
-            // acknowledgement.
+            // SAFETY: for these connected-mode events `param.conn` is the valid member (for a
+            // datagram id `param.ud`, whose private data pointer and length sit at the same
+            // places; the other fields read are then plain bytes of its address
+            // attributes, unused); its private data (when not null) has `private_data_len`
+            // readable bytes until the acknowledgement.
             unsafe {
                 let conn = &(*event).param.conn;
                 if !conn.private_data.is_null() && conn.private_data_len > 0 {
@@ -282,6 +309,7 @@ impl EventChannel {
                 responder_resources,
                 initiator_depth,
                 child,
+                ud,
             },
         ));
         Ok(())

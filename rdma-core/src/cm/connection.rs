@@ -540,6 +540,6 @@ pub(crate) fn last_errno() -> std::io::Error {
 }
 
 /// `timeout` in whole milliseconds for librdmacm (at least 1).
-fn millis(timeout: Duration) -> i32 {
+pub(crate) fn millis(timeout: Duration) -> i32 {
     timeout.as_millis().clamp(1, i32::MAX as u128) as i32
 }

@@ -38,17 +38,19 @@ unsafe impl Sync for CmId {}
 impl CmId {
     /// A new id on `channel` (reliable connected: `RDMA_PS_TCP`).
     pub(crate) fn new(channel: &Arc<EventChannel>) -> Result<CmId> {
+        Self::in_port_space(channel, rdma_port_space::RDMA_PS_TCP)
+    }
+
+    /// A new id on `channel` in port space `ps` (`RDMA_PS_UDP` for datagrams).
+    pub(crate) fn in_port_space(
+        channel: &Arc<EventChannel>,
+        ps: rdma_port_space::Type,
+    ) -> Result<CmId> {
         let (token, mailbox) = channel.register();
         let mut raw = std::ptr::null_mut();
         // SAFETY: the channel is valid; `raw` is an out pointer; the context is the token.
-        let rc = unsafe {
-            rdma_create_id(
-                channel.raw(),
-                &mut raw,
-                token as *mut std::ffi::c_void,
-                rdma_port_space::RDMA_PS_TCP,
-            )
-        };
+        let rc =
+            unsafe { rdma_create_id(channel.raw(), &mut raw, token as *mut std::ffi::c_void, ps) };
         let Some(raw) = NonNull::new(raw).filter(|_| rc == 0) else {
             channel.unregister(token);
             return Err(Error::last_os("rdma_create_id"));

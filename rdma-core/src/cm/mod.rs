@@ -27,13 +27,13 @@
 //! [`Error::Disconnected`]: crate::Error::Disconnected
 //! [`Error::is_disconnect`]: crate::Error::is_disconnect
 
-mod channel;
-mod connection;
-mod id;
+pub(crate) mod channel;
+pub(crate) mod connection;
+pub(crate) mod id;
 mod listener;
 mod options;
 mod resources;
-mod sockaddr;
+pub(crate) mod sockaddr;
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -45,12 +45,24 @@ pub enum MessageKind {
     WriteWithImm,
 }
 
+/// A successful work completion as an [`Outcome`] reads it (nothing of it is public).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Completion(pub(crate) WcInfo);
+
+impl Completion {
+    /// What a receive reports of it.
+    pub(crate) fn received(self) -> Received {
+        received(self.0)
+    }
+}
+
 /// How an operation turns its completion into its output.
 pub trait Outcome: sealed::Sealed + Send + 'static {
     /// The output on success.
     type Output;
     #[doc(hidden)]
-    fn output<B: Buffers>(completion: Received, buffers: &B) -> Self::Output;
+    fn output<B: Buffers>(completion: Completion, buffers: &B) -> Self::Output;
 }
 
 /// Output of operations that report nothing but success.
@@ -59,7 +71,7 @@ pub enum Done {}
 impl sealed::Sealed for Done {}
 impl Outcome for Done {
     type Output = ();
-    fn output<B: Buffers>(_: Received, _: &B) {}
+    fn output<B: Buffers>(_: Completion, _: &B) {}
 }
 
 /// Output of receives.
@@ -68,8 +80,8 @@ pub enum Recv {}
 impl sealed::Sealed for Recv {}
 impl Outcome for Recv {
     type Output = Received;
-    fn output<B: Buffers>(completion: Received, _: &B) -> Received {
-        completion
+    fn output<B: Buffers>(completion: Completion, _: &B) -> Received {
+        completion.received()
     }
 }
 
@@ -79,7 +91,7 @@ pub enum Atomic {}
 impl sealed::Sealed for Atomic {}
 impl Outcome for Atomic {
     type Output = u64;
-    fn output<B: Buffers>(_: Received, buffers: &B) -> u64 {
+    fn output<B: Buffers>(_: Completion, buffers: &B) -> u64 {
         // The operation checked that the buffers are 8 bytes, in one or more pieces.
         let mut bytes = [0u8; 8];
         let mut at = 0;
@@ -204,7 +216,7 @@ impl<B: Buffers, O: Outcome> Op<B, O> {
         self.slot = None;
         let buffers = self.buffers.take()?;
         let output = match result {
-            Ok(info) => Ok(O::output(received(info), &buffers)),
+            Ok(info) => Ok(O::output(Completion(info), &buffers)),
             Err(err) => Err(*err),
         };
         Some((output, buffers))

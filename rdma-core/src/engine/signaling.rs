@@ -21,8 +21,10 @@
 //! An unsignaled request whose future is awaited with no signaled request posted after it
 //! (the tail of a burst) would wait for ever: its future then posts a *fence*, a signaled
 //! zero-length RDMA write (which the responder does not check against any key, IBA C9-88),
-//! whose completion resolves it. At most one fence per burst, and none while requests keep
-//! coming.
+//! whose completion resolves it (on an unreliable datagram queue pair, which has no RDMA
+//! writes, a zero-length send to itself under a Q_Key that is not its own, which its
+//! receive side drops: see [`crate::ud`]). At most one fence per burst, and none while
+//! requests keep coming.
 //!
 //! Buffers keep their guarantee: an unsignaled operation's buffers are returned, and its
 //! future resolves, only when the completion that covers it has been polled, that is when

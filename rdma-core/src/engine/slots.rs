@@ -37,6 +37,23 @@ pub(crate) struct WcInfo {
     pub(crate) imm: Option<u32>,
     /// A receive consumed by an RDMA write with immediate.
     pub(crate) write_with_imm: bool,
+    /// What a datagram receive reports of its sender (zero elsewhere): source queue pair,
+    /// whether a GRH sits in the first 40 bytes, source LID, service level, P_Key index.
+    pub(crate) datagram: DatagramSource,
+}
+
+/// The sender of a datagram as its receive completion reports it (`ibv_wc` fields that
+/// only unreliable datagram receives fill).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DatagramSource {
+    pub(crate) src_qp: u32,
+    /// The local queue pair that took the receive (for a shared receive queue, the one
+    /// that consumed it).
+    pub(crate) qp_num: u32,
+    pub(crate) grh: bool,
+    pub(crate) slid: u16,
+    pub(crate) sl: u8,
+    pub(crate) pkey_index: u16,
 }
 
 /// Queue pairs attached to a shared receive queue: number and status.
@@ -537,6 +554,7 @@ impl SlotTable {
             byte_len: 0,
             imm: None,
             write_with_imm: false,
+            datagram: DatagramSource::default(),
         });
         self.finish(id, result, wake, polling)
     }
@@ -616,6 +634,14 @@ impl SlotTable {
                     // SAFETY: WITH_IMM says the union holds immediate data (network order).
                     .then(|| u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data })),
                 write_with_imm: wc.opcode == ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM,
+                datagram: DatagramSource {
+                    src_qp: wc.src_qp,
+                    qp_num: wc.qp_num,
+                    grh: wc.wc_flags & ibv_wc_flags::IBV_WC_GRH.0 != 0,
+                    slid: wc.slid,
+                    sl: wc.sl,
+                    pkey_index: wc.pkey_index,
+                },
             }),
         };
         self.finish(SlotId { index, generation }, result, wake, polling)

@@ -197,6 +197,8 @@ pub(crate) struct QpShared {
     /// Set when the device reports the last receive this queue pair takes from its shared
     /// receive queue (`IBV_EVENT_QP_LAST_WQE_REACHED`).
     last_wqe_reached: std::sync::atomic::AtomicBool,
+    /// For an unreliable datagram queue pair, its Q_Key and what its fences are sent to.
+    pub(crate) datagram: Option<crate::ud::DatagramQp>,
 }
 
 // SAFETY: libibverbs QPs are thread-safe (posting and modifying from any thread); the
@@ -218,7 +220,7 @@ impl QueuePair {
         recv_cq: &CompletionQueue,
         options: QpOptions,
     ) -> Result<QueuePair> {
-        Self::create(pd, send_cq, recv_cq, None, options)
+        Self::create(pd, send_cq, recv_cq, None, options, None)
     }
 
     /// Creates a reliable connected queue pair that takes its receives from `srq`; its
@@ -232,7 +234,34 @@ impl QueuePair {
         srq: &SharedReceiveQueue,
         options: QpOptions,
     ) -> Result<QueuePair> {
-        Self::create(pd, send_cq, srq.cq(), Some(srq), options)
+        Self::create(pd, send_cq, srq.cq(), Some(srq), options, None)
+    }
+
+    /// Creates an unreliable datagram queue pair and moves it to RTS: a datagram queue pair
+    /// has no peer, so nothing is left to connect (see [`crate::ud`]).
+    pub(crate) fn new_datagram(
+        pd: &ProtectionDomain,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
+        srq: Option<&SharedReceiveQueue>,
+        options: QpOptions,
+        datagram: crate::ud::DatagramQp,
+    ) -> Result<QueuePair> {
+        let recv_cq = srq.map_or(recv_cq, |srq| srq.cq());
+        let qp = Self::create(pd, send_cq, recv_cq, srq, options, Some(datagram))?;
+        use ibv_qp_attr_mask as M;
+        // SAFETY: ibv_qp_attr is plain C data.
+        let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        attr.qp_state = ibv_qp_state::IBV_QPS_RTR;
+        qp.shared.modify(&mut attr, M::IBV_QP_STATE, "RTR")?;
+        // SAFETY: ibv_qp_attr is plain C data.
+        let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        attr.qp_state = ibv_qp_state::IBV_QPS_RTS;
+        attr.sq_psn = qp.shared.psn;
+        qp.shared
+            .modify(&mut attr, M::IBV_QP_STATE | M::IBV_QP_SQ_PSN, "RTS")?;
+        qp.shared.mark_connected();
+        Ok(qp)
     }
 
     fn create(
@@ -241,6 +270,7 @@ impl QueuePair {
         recv_cq: &CompletionQueue,
         srq: Option<&SharedReceiveQueue>,
         options: QpOptions,
+        datagram: Option<crate::ud::DatagramQp>,
     ) -> Result<QueuePair> {
         let ctx = pd.context();
         send_cq.check_device(pd)?;
@@ -258,7 +288,11 @@ impl QueuePair {
         init.send_cq = send_cq.shared.raw();
         init.recv_cq = recv_cq.shared.raw();
         init.cap = cap;
-        init.qp_type = ibv_qp_type::IBV_QPT_RC;
+        init.qp_type = if datagram.is_some() {
+            ibv_qp_type::IBV_QPT_UD
+        } else {
+            ibv_qp_type::IBV_QPT_RC
+        };
         if let Some(srq) = srq {
             init.srq = srq.raw();
         }
@@ -270,6 +304,7 @@ impl QueuePair {
         })?;
         // SAFETY: `raw` is the QP just created.
         let qpn = unsafe { (*raw.as_ptr()).qp_num };
+        let qkey = datagram.as_ref().map(|datagram| datagram.qkey);
         let shared = QpShared {
             raw,
             status: QpStatus::for_qp(qpn, options.signal_every),
@@ -282,6 +317,7 @@ impl QueuePair {
             state: AtomicU8::new(STATE_INIT),
             psn: random_psn(qpn),
             last_wqe_reached: std::sync::atomic::AtomicBool::new(false),
+            datagram,
         };
         // SAFETY: ibv_qp_attr is plain C data.
         let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
@@ -294,9 +330,18 @@ impl QueuePair {
             | ibv_access_flags::IBV_ACCESS_REMOTE_ATOMIC)
             .0;
         use ibv_qp_attr_mask as M;
+        // A datagram queue pair has a Q_Key instead of remote access rights (it takes no
+        // RDMA requests).
+        let fourth = match qkey {
+            Some(qkey) => {
+                attr.qkey = qkey;
+                M::IBV_QP_QKEY
+            }
+            None => M::IBV_QP_ACCESS_FLAGS,
+        };
         shared.modify(
             &mut attr,
-            M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS,
+            M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | fourth,
             "INIT",
         )?;
         if let Some(srq) = srq {

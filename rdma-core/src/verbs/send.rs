@@ -186,6 +186,9 @@ impl QpShared {
     /// unsignaled request before it (see [`crate::signaling`]). Its slot holds no buffers
     /// and is freed when it completes.
     pub(crate) fn post_fence(&self) -> Result<()> {
+        if let Some(datagram) = &self.datagram {
+            return self.post_datagram_fence(datagram);
+        }
         let posted =
             self.send_queue()?
                 .post(WorkKind::Write, None, 1, Signal::Fence, |id, _| {

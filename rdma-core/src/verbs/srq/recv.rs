@@ -5,7 +5,7 @@ use rdma_sys::*;
 
 use super::SharedReceiveQueue;
 use crate::buffers::Buffers;
-use crate::op::{Op, Owner, Recv};
+use crate::op::{Op, Outcome, Owner, Recv};
 use crate::queue::WorkQueueRef;
 use crate::slots::WorkQueue;
 
@@ -13,6 +13,11 @@ impl SharedReceiveQueue {
     /// Posts a receive into `buffers`; resolves when a message for any attached queue pair
     /// lands there.
     pub fn recv<B: Buffers>(&self, buffers: B) -> Op<B, Recv> {
+        self.recv_as(buffers)
+    }
+
+    /// Posts a receive into `buffers`, whose completion `O` reads.
+    pub(crate) fn recv_as<B: Buffers, O: Outcome>(&self, buffers: B) -> Op<B, O> {
         let shared = &self.shared;
         let queue = WorkQueueRef {
             status: &shared.status,
