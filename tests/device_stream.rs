@@ -7,7 +7,8 @@
 //! reader that stops reading holds the writer back without memory growing, a killed peer ends
 //! pending reads and writes with an error, a stream dropped in the middle of a write leaves
 //! nothing registered, 64 streams share a listener, and the `futures::io` and `tokio::io`
-//! utilities (copy, buffered lines) run over it.
+//! utilities (copy, buffered lines) run over it; a vectored write (a frame's header and
+//! payload) goes as one message.
 //!
 //! The data is a seeded byte sequence whose every 8-byte word depends on its position, and each
 //! reader checks every byte it gets against the same sequence: a byte lost, duplicated or out of
@@ -565,6 +566,92 @@ async fn flush_means_the_peer_has_everything(rt: Rt) {
     within(30, "flush", client.flush()).await.expect("flush");
     drop(client);
     within(30, "the reader", reader).await;
+}
+
+/// Whose `write_vectored` a test calls: `futures::io`'s or Tokio's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    FuturesIo,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    Tokio,
+}
+
+/// Vectored writes as h2, hyper and tonic make them (a frame's header, then its payload): the
+/// sizes of one call's slices, and how many bytes that call must take, as one message.
+const VECTORED: [(&[usize], usize); 4] = [
+    // Under the eager limit: every slice, gathered into one message.
+    (&[9, 100, 0, 2000], 2109),
+    // An HTTP/2 frame of 16 KiB: one message as large as the eager limit takes.
+    (&[9, 16384], EAGER),
+    // Slices that fill exactly one message.
+    (&[1, EAGER - 2, 1, 5], EAGER),
+    // A large slice in front goes alone, read by the peer from this side's memory.
+    (&[0, 100 << 10, 9], 100 << 10),
+];
+
+/// One `write_vectored` of each case of [`VECTORED`] takes the bytes it must and sends them as
+/// one message (the peer's `fill_buf` lends exactly them), in the order of the slices; the
+/// rest of each case is written with `write_all`, and every byte is checked.
+async fn vectored_writes_gather_into_one_message(rt: Rt, via: Via) {
+    let (mut client, mut server) = pair().await;
+    let what = format!("{}: vectored writes through {via:?}", rt.name());
+    let mut expect = Expect::new(81, &what);
+    let mut at = 0u64;
+    for (sizes, takes) in VECTORED {
+        let total: usize = sizes.iter().sum();
+        let bytes = data(81, at, total);
+        let mut slices = Vec::new();
+        let mut from = 0;
+        for &len in sizes {
+            slices.push(io::IoSlice::new(&bytes[from..from + len]));
+            from += len;
+        }
+        let n = match via {
+            Via::FuturesIo => AsyncWriteExt::write_vectored(&mut client, &slices).await,
+            #[cfg(feature = "tokio")]
+            Via::Tokio => {
+                assert!(
+                    ::tokio::io::AsyncWrite::is_write_vectored(&client),
+                    "{what}: Tokio is told the stream takes vectored writes"
+                );
+                ::tokio::io::AsyncWriteExt::write_vectored(&mut client, &slices).await
+            }
+            #[cfg(not(feature = "tokio"))]
+            Via::Tokio => unreachable!("Tokio's traits need the tokio feature"),
+        }
+        .unwrap_or_else(|err| panic!("{what}: write_vectored of {sizes:?}: {err}"));
+        assert_eq!(
+            n, takes,
+            "{what}: bytes one write_vectored of {sizes:?} takes"
+        );
+        client.write_all(&bytes[n..]).await.expect("the rest");
+        within(10, "flush", client.flush()).await.expect("flush");
+        let got = within(10, "fill_buf", server.fill_buf())
+            .await
+            .expect("fill_buf");
+        assert_eq!(
+            got.len(),
+            takes,
+            "{what}: the message one write_vectored of {sizes:?} made"
+        );
+        expect.check(got);
+        server.consume_unpin(takes);
+        let mut rest = vec![0; total - takes];
+        within(10, "the rest", server.read_exact(&mut rest))
+            .await
+            .expect("read the rest");
+        expect.check(&rest);
+        at += total as u64;
+    }
+}
+
+async fn vectored_writes(rt: Rt) {
+    if !support::device_present("vectored_writes") {
+        return;
+    }
+    let _beside = beside_others();
+    let _limit = limit(rt, "vectored_writes");
+    vectored_writes_gather_into_one_message(rt, Via::FuturesIo).await;
 }
 
 /// `close` returns once the peer has every byte and the end of stream; a peer that reads to
@@ -1384,6 +1471,7 @@ runtime_tests!(
     stream_peer_process,
     a_peer_that_breaks_the_framing_is_cut_off,
     a_dropped_write_half_ends_its_direction_after_its_bytes,
+    vectored_writes,
 );
 
 /// Tokio's own I/O traits on the same stream, no compat wrapper: `tokio::io::copy` and
@@ -1392,7 +1480,8 @@ runtime_tests!(
 #[cfg(feature = "tokio")]
 mod tokio_io {
     use super::{
-        all_lines, check_line, data, limit, pair, support, within, Expect, Rng, Rt, LINES,
+        all_lines, check_line, data, limit, pair, support, vectored_writes_gather_into_one_message,
+        within, Expect, Rng, Rt, Via, LINES,
     };
     use ::tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -1416,6 +1505,27 @@ mod tokio_io {
     fn lines_current_thread() {
         let rt = Rt::TokioCurrentThread;
         rt.block_on(lines(rt));
+    }
+
+    #[test]
+    fn vectored_multi_thread() {
+        Rt::Tokio.block_on(vectored(Rt::Tokio));
+    }
+
+    #[test]
+    fn vectored_current_thread() {
+        let rt = Rt::TokioCurrentThread;
+        rt.block_on(vectored(rt));
+    }
+
+    /// Tokio's `write_vectored` (`is_write_vectored` true), as h2 calls it.
+    async fn vectored(rt: Rt) {
+        if !support::device_present("tokio_io::vectored") {
+            return;
+        }
+        let _beside = super::beside_others();
+        let _limit = limit(rt, "tokio_io::vectored");
+        vectored_writes_gather_into_one_message(rt, Via::Tokio).await;
     }
 
     /// Writes `bytes` with Tokio's `write_all` in pieces of random sizes, then shuts down.

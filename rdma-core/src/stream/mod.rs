@@ -17,8 +17,12 @@
 //!   the peer: backpressure, with memory bounded by one message. Gathered bytes go out as
 //!   soon as the stream is polled again in either direction (a write, a read, `flush` or
 //!   `close`) and the peer has room: like a buffered writer, a writer that then waits for
-//!   something else must `flush`. A write larger than the eager limit is sent as one
-//!   message, read by the peer straight from a registration of its own (rendezvous).
+//!   something else must `flush`. A write of 64 KiB or more is sent as one message, read by
+//!   the peer straight from a registration of its own (rendezvous); a smaller one above the
+//!   eager limit takes one eager message's worth per call. A vectored write
+//!   (`poll_write_vectored`: h2, hyper and tonic hand a frame's header and payload over in
+//!   one call) gathers its slices into one message up to the eager limit, under the same
+//!   rules (a large slice in front goes alone, by rendezvous).
 //! - **`flush`** returns when the peer has every byte written before it: the device
 //!   acknowledged each send, and the peer read each large write.
 //! - **`close`** (`shutdown` for Tokio) is a half-close: the rest is sent, then an end of
@@ -50,11 +54,10 @@
 //! ```
 
 mod frame;
+mod io;
 mod listener;
 mod rdma_stream;
 mod read_half;
-#[cfg(feature = "tokio-io")]
-mod tokio_io;
 mod write_half;
 
 pub use frame::FrameProblem;

@@ -1,8 +1,7 @@
 //! The writing side of a stream: bytes copied into registered memory and posted, gathered
 //! into one message while the peer has no receive free.
 
-use std::io;
-use std::pin::Pin;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
@@ -94,13 +93,21 @@ impl Writer {
         messenger.poll_post_at(cx, &mut self.place, &mut self.pending)
     }
 
+    /// Accepts bytes from the front of `bufs`, as many as one message takes: into the
+    /// message being gathered while there is one, else into a new message of their own,
+    /// sent now if the peer has room. Slices are gathered into one message up to the eager
+    /// limit (a frame's header and payload travel together); a large slice in front goes
+    /// alone, by rendezvous.
     fn poll_write(
         &mut self,
         messenger: &Messenger,
         cx: &mut TaskContext<'_>,
-        buf: &[u8],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<Result<usize>> {
-        if buf.is_empty() {
+        let total = bufs
+            .iter()
+            .fold(0usize, |n, buf| n.saturating_add(buf.len()));
+        if total == 0 {
             return Poll::Ready(Ok(0));
         }
         loop {
@@ -111,9 +118,9 @@ impl Writer {
             };
             if room > 0 {
                 let pending = self.pending.as_mut().expect("checked");
-                let (at, n) = (pending.len(), room.min(buf.len()));
+                let (at, n) = (pending.len(), room.min(total));
                 pending.set_len(at + n);
-                pending.payload_mut()[at..at + n].copy_from_slice(&buf[..n]);
+                gather(bufs, &mut pending.payload_mut()[at..at + n]);
                 self.try_push(messenger, cx)?;
                 return Poll::Ready(Ok(n));
             }
@@ -126,22 +133,30 @@ impl Writer {
         }
         // Nothing pending: the write becomes a message of its own, sent now if it can go.
         let limit = messenger.eager_limit();
-        let n = if buf.len() >= RENDEZVOUS_FROM.max(limit + 1) {
-            buf.len().min(LARGEST_WRITE).min(messenger.max_message())
+        let first = bufs.iter().find(|buf| !buf.is_empty()).expect("total > 0");
+        let n = if first.len() >= RENDEZVOUS_FROM.max(limit + 1) {
+            let n = first.len().min(LARGEST_WRITE).min(messenger.max_message());
+            self.pending = Some(messenger.outgoing(&first[..n], None)?);
+            n
         } else {
-            buf.len().min(limit)
+            let n = total.min(limit);
+            let mut message = messenger.eager_outgoing(n, None)?;
+            gather(bufs, message.payload_mut());
+            self.pending = Some(message);
+            n
         };
-        self.pending = Some(messenger.outgoing(&buf[..n], None)?);
         self.gathering = false;
         self.try_push(messenger, cx)?;
-        if n < limit && self.pending.is_some() {
-            // The peer has no receive free: later writes gather with this one, into one
-            // message as large as a receive.
-            let mut gathering = messenger.eager_outgoing(limit, None)?;
-            gathering.payload_mut()[..n].copy_from_slice(&buf[..n]);
-            gathering.set_len(n);
-            self.pending = Some(gathering);
-            self.gathering = true;
+        if n < limit {
+            if let Some(unsent) = &mut self.pending {
+                // The peer has no receive free: later writes gather with this one, into
+                // one message as large as a receive.
+                let mut gathering = messenger.eager_outgoing(limit, None)?;
+                gathering.payload_mut()[..n].copy_from_slice(unsent.payload_mut());
+                gathering.set_len(n);
+                self.pending = Some(gathering);
+                self.gathering = true;
+            }
         }
         Poll::Ready(Ok(n))
     }
@@ -184,10 +199,12 @@ impl WriteHalf {
         self.shared.peer
     }
 
-    pub(super) fn poll_write_bytes(
+    /// Writes from the front of `bufs` (one slice for a plain write), as
+    /// [`Writer::poll_write`].
+    pub(super) fn poll_write_slices(
         &self,
         cx: &mut TaskContext<'_>,
-        buf: &[u8],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let mut writer = lock(&self.shared.writer);
         if writer.closed {
@@ -197,7 +214,7 @@ impl WriteHalf {
             )));
         }
         writer
-            .poll_write(&self.shared.messenger, cx, buf)
+            .poll_write(&self.shared.messenger, cx, bufs)
             .map_err(io::Error::from)
     }
 
@@ -216,21 +233,19 @@ impl WriteHalf {
     }
 }
 
-impl futures_io::AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_bytes(cx, buf)
-    }
+super::io::impl_write!(WriteHalf, |half| half);
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.poll_flush_bytes(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.poll_close_bytes(cx)
+/// Copies the front of `bufs` into `out`, as many bytes as `out` holds (at most what
+/// `bufs` has).
+fn gather(bufs: &[IoSlice<'_>], out: &mut [u8]) {
+    let mut at = 0;
+    for buf in bufs {
+        if at == out.len() {
+            break;
+        }
+        let n = buf.len().min(out.len() - at);
+        out[at..at + n].copy_from_slice(&buf[..n]);
+        at += n;
     }
 }
 
