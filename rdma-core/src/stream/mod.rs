@@ -5,7 +5,8 @@
 //! It implements `futures_io::{AsyncRead, AsyncBufRead, AsyncWrite}` (smol, async-std and
 //! runtime-neutral libraries), and with the `tokio-io` feature of this crate (turned on by
 //! the `anyrdma` facade's `tokio` feature) also `tokio::io::{AsyncRead, AsyncBufRead,
-//! AsyncWrite}`, on the same types: no compat wrapper.
+//! AsyncWrite}`, on the same types: no compat wrapper. With the `tonic` feature, tonic's
+//! server takes a [`StreamListener::incoming`] as it is ([`ConnectInfo`]).
 //!
 //! A stream is a [`Messenger`](crate::msg::Messenger) underneath, and inherits its flow
 //! control and its failures:
@@ -53,6 +54,7 @@
 //! # Ok(()) }
 //! ```
 
+mod connect_info;
 mod frame;
 mod io;
 mod listener;
@@ -60,6 +62,7 @@ mod rdma_stream;
 mod read_half;
 mod write_half;
 
+pub use connect_info::ConnectInfo;
 pub use frame::FrameProblem;
 pub use listener::{Incoming, StreamListener};
 pub use rdma_stream::{RdmaStream, ReuniteError};
