@@ -22,8 +22,8 @@
 //!   the peer straight from a registration of its own (rendezvous); a smaller one above the
 //!   eager limit takes one eager message's worth per call. A vectored write
 //!   (`poll_write_vectored`: h2, hyper and tonic hand a frame's header and payload over in
-//!   one call) gathers its slices into one message up to the eager limit, under the same
-//!   rules (a large slice in front goes alone, by rendezvous).
+//!   one call) is taken as one buffer of all its slices would be, copied once into the
+//!   message.
 //! - **`flush`** returns when the peer has every byte written before it: the device
 //!   acknowledged each send, and the peer read each large write.
 //! - **`close`** (`shutdown` for Tokio) is a half-close: the rest is sent, then an end of

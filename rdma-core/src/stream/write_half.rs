@@ -95,9 +95,8 @@ impl Writer {
 
     /// Accepts bytes from the front of `bufs`, as many as one message takes: into the
     /// message being gathered while there is one, else into a new message of their own,
-    /// sent now if the peer has room. Slices are gathered into one message up to the eager
-    /// limit (a frame's header and payload travel together); a large slice in front goes
-    /// alone, by rendezvous.
+    /// sent now if the peer has room. The slices are taken as if they were one buffer (a
+    /// frame's header and payload travel together).
     fn poll_write(
         &mut self,
         messenger: &Messenger,
@@ -132,19 +131,15 @@ impl Writer {
             }
         }
         // Nothing pending: the write becomes a message of its own, sent now if it can go.
+        // The slices are taken as one buffer would be: a large write by rendezvous (what
+        // hyper hands over as a head and a 64 KiB chunk goes as one message, not eight).
         let limit = messenger.eager_limit();
-        let first = bufs.iter().find(|buf| !buf.is_empty()).expect("total > 0");
-        let n = if first.len() >= RENDEZVOUS_FROM.max(limit + 1) {
-            let n = first.len().min(LARGEST_WRITE).min(messenger.max_message());
-            self.pending = Some(messenger.outgoing(&first[..n], None)?);
-            n
+        let n = if total >= RENDEZVOUS_FROM.max(limit + 1) {
+            total.min(LARGEST_WRITE).min(messenger.max_message())
         } else {
-            let n = total.min(limit);
-            let mut message = messenger.eager_outgoing(n, None)?;
-            gather(bufs, message.payload_mut());
-            self.pending = Some(message);
-            n
+            total.min(limit)
         };
+        self.pending = Some(messenger.outgoing_filled(n, None, |out| gather(bufs, out))?);
         self.gathering = false;
         self.try_push(messenger, cx)?;
         if n < limit {
