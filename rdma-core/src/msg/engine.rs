@@ -303,8 +303,30 @@ impl Engine {
         keep: usize,
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
+        self.poll_sends(state, keep, false, cx)
+    }
+
+    /// Ready once every send finished, even after the messenger failed (a failed queue pair
+    /// flushes what it holds at once): a flush learns so whether each reached the peer. A
+    /// flush that gave up at the failure failed for a credit message still in flight, or a
+    /// send whose good completion was not taken yet, when the peer had every byte.
+    pub(crate) fn poll_sends_finished(
+        &self,
+        state: &mut State,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        self.poll_sends(state, 0, true, cx)
+    }
+
+    fn poll_sends(
+        &self,
+        state: &mut State,
+        keep: usize,
+        past_failure: bool,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
         self.collect_sends(state);
-        while state.sending.len() > keep && state.failure().is_none() {
+        while state.sending.len() > keep && (past_failure || state.failure().is_none()) {
             state.waiters.register(cx.waker());
             let Some(front) = state.sending.front_mut() else {
                 break;

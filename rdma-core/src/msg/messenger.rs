@@ -571,7 +571,7 @@ impl Messenger {
         loop {
             let before = state.sending.len();
             let mut progressed = engine.pump(state, cx);
-            let sent = engine.poll_sends_down_to(state, 0, cx);
+            let sent = engine.poll_sends_finished(state, cx);
             progressed |= state.sending.len() < before;
             engine.learn_disconnect(state);
             // Everything delivered is a flush done, even when the connection failed just
@@ -579,7 +579,9 @@ impl Messenger {
             if sent.is_ready() && state.sending.is_empty() && state.protocol.delivered() {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(failure) = state.failure() {
+            // A failure is the answer once no send is in flight: one that is may still turn
+            // out delivered.
+            if let (Poll::Ready(()), Some(failure)) = (sent, state.failure()) {
                 return Poll::Ready(Err(engine.failed(failure)));
             }
             if !progressed {

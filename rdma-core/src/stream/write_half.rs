@@ -39,6 +39,12 @@ pub(super) struct Writer {
     closed: bool,
     /// The end of stream is in `pending` or was posted.
     end_queued: bool,
+    /// `close` is waiting for the peer to have every byte before it sends the end of
+    /// stream (which a push must not send meanwhile).
+    ending: bool,
+    /// Every byte written was known delivered before the end of stream was sent: a peer that
+    /// leaves without it (it read what it wanted and went) fails neither `close` nor `flush`.
+    delivered_before_end: bool,
     /// Its place among the messenger's waiters while a call waits.
     place: Place,
 }
@@ -63,7 +69,7 @@ impl Writer {
             } else if !messenger.try_post(cx, &mut self.pending)? {
                 return Ok(()); // the peer has no room yet
             }
-            if !self.closed || self.end_queued {
+            if !self.closed || self.end_queued || self.ending {
                 return Ok(());
             }
             self.pending = Some(messenger.eager_outgoing(0, Some(END_OF_STREAM))?);
@@ -158,18 +164,38 @@ impl Writer {
 
     fn poll_flush(&mut self, messenger: &Messenger, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
         match self.poll_post_pending(messenger, cx) {
-            Poll::Ready(Ok(())) => messenger.poll_flush_at(cx, &mut self.place),
+            Poll::Ready(Ok(())) => self.poll_delivered(messenger, cx),
             other => other,
         }
     }
 
+    /// Waits until the peer has everything posted. A disconnect after every byte written
+    /// was known delivered is no failure: only the end of stream may be missing, and a peer
+    /// that left does not need it.
+    fn poll_delivered(
+        &mut self,
+        messenger: &Messenger,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<()>> {
+        match messenger.poll_flush_at(cx, &mut self.place) {
+            Poll::Ready(Err(err)) if err.is_disconnect() && self.delivered_before_end => {
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    /// Sends what is pending, waits until the peer has every byte, then sends the end of
+    /// stream and waits for it: the end goes only once the bytes before it are known
+    /// delivered, so that a peer that reads them all and leaves at once (hyper's client
+    /// does) makes no error of the end it never needed.
     fn poll_close(&mut self, messenger: &Messenger, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
         self.closed = true;
         if !self.end_queued {
-            match self.poll_post_pending(messenger, cx) {
-                Poll::Ready(Ok(())) => {}
-                other => return other,
-            }
+            self.ending = true;
+            std::task::ready!(self.poll_flush(messenger, cx))?;
+            self.ending = false;
+            self.delivered_before_end = true;
             self.pending = Some(messenger.eager_outgoing(0, Some(END_OF_STREAM))?);
             self.gathering = false;
             self.end_queued = true;
@@ -184,7 +210,7 @@ impl Writer {
             }
             other => return other,
         }
-        messenger.poll_flush_at(cx, &mut self.place)
+        self.poll_delivered(messenger, cx)
     }
 }
 
@@ -260,6 +286,8 @@ impl Drop for WriteHalf {
         let waker = Waker::from(Arc::new(NoWake));
         let mut cx = TaskContext::from_waker(&waker);
         writer.closed = true;
+        // A close that was waiting for delivery is not waited for any more.
+        writer.ending = false;
         let _ = writer.try_push(messenger, &mut cx);
         messenger.abandon(&mut writer.place);
     }
