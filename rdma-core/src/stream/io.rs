@@ -22,18 +22,7 @@ macro_rules! impl_read {
         }
 
         impl futures_io::AsyncBufRead for $ty {
-            fn poll_fill_buf(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<&[u8]>> {
-                let $this = self.get_mut();
-                $crate::stream::ReadHalf::poll_fill($half, cx)
-            }
-
-            fn consume(self: std::pin::Pin<&mut Self>, amt: usize) {
-                let $this = self.get_mut();
-                $crate::stream::ReadHalf::consume($half, amt);
-            }
+            $crate::stream::io::buf_read_methods!(|$this| $half);
         }
 
         #[cfg(feature = "tokio-io")]
@@ -50,18 +39,25 @@ macro_rules! impl_read {
 
         #[cfg(feature = "tokio-io")]
         impl tokio::io::AsyncBufRead for $ty {
-            fn poll_fill_buf(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<&[u8]>> {
-                let $this = self.get_mut();
-                $crate::stream::ReadHalf::poll_fill($half, cx)
-            }
+            $crate::stream::io::buf_read_methods!(|$this| $half);
+        }
+    };
+}
 
-            fn consume(self: std::pin::Pin<&mut Self>, amt: usize) {
-                let $this = self.get_mut();
-                $crate::stream::ReadHalf::consume($half, amt);
-            }
+/// The methods of `AsyncBufRead`, the same in `futures_io` and Tokio.
+macro_rules! buf_read_methods {
+    (|$this:ident| $half:expr) => {
+        fn poll_fill_buf(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<&[u8]>> {
+            let $this = self.get_mut();
+            $crate::stream::ReadHalf::poll_fill($half, cx)
+        }
+
+        fn consume(self: std::pin::Pin<&mut Self>, amt: usize) {
+            let $this = self.get_mut();
+            $crate::stream::ReadHalf::consume($half, amt);
         }
     };
 }
@@ -73,90 +69,58 @@ macro_rules! impl_read {
 macro_rules! impl_write {
     ($ty:ty, |$this:ident| $half:expr) => {
         impl futures_io::AsyncWrite for $ty {
-            fn poll_write(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                let $this = &*self;
-                $crate::stream::WriteHalf::poll_write_slices(
-                    $half,
-                    cx,
-                    &[std::io::IoSlice::new(buf)],
-                )
-            }
-
-            fn poll_write_vectored(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                bufs: &[std::io::IoSlice<'_>],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                let $this = &*self;
-                $crate::stream::WriteHalf::poll_write_slices($half, cx, bufs)
-            }
-
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                let $this = &*self;
-                $crate::stream::WriteHalf::poll_flush_bytes($half, cx)
-            }
-
-            fn poll_close(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                let $this = &*self;
-                $crate::stream::WriteHalf::poll_close_bytes($half, cx)
-            }
+            $crate::stream::io::write_methods!(|$this| $half, poll_close);
         }
 
         #[cfg(feature = "tokio-io")]
         impl tokio::io::AsyncWrite for $ty {
-            fn poll_write(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                let $this = &*self;
-                $crate::stream::WriteHalf::poll_write_slices(
-                    $half,
-                    cx,
-                    &[std::io::IoSlice::new(buf)],
-                )
-            }
-
-            fn poll_write_vectored(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                bufs: &[std::io::IoSlice<'_>],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                let $this = &*self;
-                $crate::stream::WriteHalf::poll_write_slices($half, cx, bufs)
-            }
+            $crate::stream::io::write_methods!(|$this| $half, poll_shutdown);
 
             fn is_write_vectored(&self) -> bool {
                 true
-            }
-
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                let $this = &*self;
-                $crate::stream::WriteHalf::poll_flush_bytes($half, cx)
-            }
-
-            fn poll_shutdown(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                let $this = &*self;
-                $crate::stream::WriteHalf::poll_close_bytes($half, cx)
             }
         }
     };
 }
 
-pub(super) use {impl_read, impl_write};
+/// The methods of `AsyncWrite`, the same in `futures_io` and Tokio but for the name of the
+/// half-close (`$close`).
+macro_rules! write_methods {
+    (|$this:ident| $half:expr, $close:ident) => {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let $this = &*self;
+            $crate::stream::WriteHalf::poll_write_slices($half, cx, &[std::io::IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let $this = &*self;
+            $crate::stream::WriteHalf::poll_write_slices($half, cx, bufs)
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let $this = &*self;
+            $crate::stream::WriteHalf::poll_flush_bytes($half, cx)
+        }
+
+        fn $close(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let $this = &*self;
+            $crate::stream::WriteHalf::poll_close_bytes($half, cx)
+        }
+    };
+}
+
+pub(super) use {buf_read_methods, impl_read, impl_write, write_methods};
