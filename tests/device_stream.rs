@@ -7,7 +7,8 @@
 //! reader that stops reading holds the writer back without memory growing, a killed peer ends
 //! pending reads and writes with an error, a stream dropped in the middle of a write leaves
 //! nothing registered, 64 streams share a listener, and the `futures::io` and `tokio::io`
-//! utilities (copy, buffered lines) run over it.
+//! utilities (copy, buffered lines) run over it; a vectored write (a frame's header and
+//! payload) goes as one message.
 //!
 //! The data is a seeded byte sequence whose every 8-byte word depends on its position, and each
 //! reader checks every byte it gets against the same sequence: a byte lost, duplicated or out of
@@ -565,6 +566,243 @@ async fn flush_means_the_peer_has_everything(rt: Rt) {
     within(30, "flush", client.flush()).await.expect("flush");
     drop(client);
     within(30, "the reader", reader).await;
+}
+
+/// Set in the child process of `streams_in_bursts_under_cq_cleaning`: the burst test runs
+/// there with mlx5's CQ cleaning emulated (process-wide, so not beside the other tests).
+const CQ_CLEAN_ENV: &str = "ANYRDMA_TEST_STREAM_CQ_CLEAN";
+
+/// Stream pairs of the burst test, at once: both ends of each are connections of one
+/// device, whose queue pairs share its completion queues.
+const BURST_PAIRS: usize = 12;
+
+/// Runs a future on this thread and blocks the thread for 10 ms before every 8th poll: the
+/// completions of everything in flight pile up in the shared completion queue meanwhile,
+/// and the next poll takes them all at once, for every stream.
+struct Stutter<F> {
+    future: std::pin::Pin<Box<F>>,
+    polls: u64,
+}
+
+impl<F: std::future::Future> std::future::Future for Stutter<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.polls += 1;
+        if self.polls % 8 == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.future.as_mut().poll(cx)
+    }
+}
+
+/// 12 stream pairs write 256 KiB each way at once (random sizes: small, around the eager
+/// limit, and large) and read the other's, every byte checked, all on the test's one
+/// thread, which stops now and then so that completions come in bursts; then each stream
+/// closes and is dropped at once, with the peer's last acknowledgements and credits still
+/// arriving. In the child process of `streams_in_bursts_under_cq_cleaning` it runs with
+/// mlx5's CQ cleaning emulated, and then every registration must be gone after the drops.
+async fn streams_in_bursts(rt: Rt) {
+    if !support::device_present("streams_in_bursts") {
+        return;
+    }
+    let cleaning = std::env::var_os(CQ_CLEAN_ENV).is_some();
+    // The registration count is the process's: alone here, but in the child, which runs
+    // nothing else.
+    let _beside = beside_others();
+    let _limit = limit(rt, "streams_in_bursts");
+    if cleaning {
+        anyrdma::QueuePair::emulate_cq_clean_on_reset(true);
+    }
+    const TOTAL: u64 = 256 << 10;
+    let baseline = registered_regions();
+    let pairs = futures_util::future::join_all((0..BURST_PAIRS).map(|_| pair())).await;
+    let what = |i: usize, who: &str| {
+        format!(
+            "{}: stream {i} of {BURST_PAIRS}{}: {who}",
+            rt.name(),
+            if cleaning { " (CQ cleaning)" } else { "" }
+        )
+    };
+    let transfers = pairs.into_iter().enumerate().map(|(i, (client, server))| {
+        let (mut client_r, mut client_w) = client.split();
+        let (mut server_r, mut server_w) = server.split();
+        let seed = 100 + 2 * i as u64;
+        async move {
+            let (client_w, server_w, from_client, from_server) = futures_util::future::join4(
+                async {
+                    write_data(&mut client_w, seed, TOTAL, seed).await?;
+                    client_w.close().await
+                },
+                async {
+                    write_data(&mut server_w, seed + 1, TOTAL, seed + 1).await?;
+                    server_w.close().await
+                },
+                read_data(&mut server_r, seed, seed, &what(i, "the server reads")),
+                read_data(
+                    &mut client_r,
+                    seed + 1,
+                    seed + 1,
+                    &what(i, "the client reads"),
+                ),
+            )
+            .await;
+            client_w.unwrap_or_else(|err| panic!("{}: {err}", what(i, "the client writes")));
+            server_w.unwrap_or_else(|err| panic!("{}: {err}", what(i, "the server writes")));
+            assert_eq!(from_client, TOTAL, "{}", what(i, "bytes the server read"));
+            assert_eq!(from_server, TOTAL, "{}", what(i, "bytes the client read"));
+            // Every half is dropped here, at once.
+        }
+    });
+    let all = futures_util::future::join_all(transfers);
+    let stutter = Stutter {
+        future: Box::pin(all),
+        polls: 0,
+    };
+    within(90, "12 stream pairs in bursts", stutter).await;
+    if cleaning {
+        // Buffers are released on the CQ driver's thread just after the queue pairs go.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while registered_regions() > baseline {
+            assert!(
+                Instant::now() < deadline,
+                "{}: {} registrations left 10 s after the streams were dropped under CQ \
+                 cleaning ({baseline} before)",
+                rt.name(),
+                registered_regions()
+            );
+            anyrdma::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// `streams_in_bursts` again in a child process with mlx5's CQ cleaning emulated
+/// (`QueuePair::emulate_cq_clean_on_reset`): a queue pair reset or destroyed before its
+/// completions were taken loses them there, which a teardown must survive.
+async fn streams_in_bursts_under_cq_cleaning(rt: Rt) {
+    if std::env::var_os(CQ_CLEAN_ENV).is_some()
+        || !support::device_present("streams_in_bursts_under_cq_cleaning")
+    {
+        return;
+    }
+    let _limit = limit(rt, "streams_in_bursts_under_cq_cleaning");
+    let test = format!("{}::streams_in_bursts", rt.module());
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(CQ_CLEAN_ENV, "1")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the child process");
+    let status = within(100, "the child process", async {
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the child") {
+                return status;
+            }
+            anyrdma::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        status.success(),
+        "{}: streams_in_bursts under CQ cleaning: {status}",
+        rt.name()
+    );
+}
+
+/// Whose `write_vectored` a test calls: `futures::io`'s or Tokio's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    FuturesIo,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    Tokio,
+}
+
+/// Vectored writes as h2, hyper and tonic make them (a frame's header, then its payload): the
+/// sizes of one call's slices, and how many bytes that call must take, as one message.
+const VECTORED: [(&[usize], usize); 4] = [
+    // Under the eager limit: every slice, gathered into one message.
+    (&[9, 100, 0, 2000], 2109),
+    // An HTTP/2 frame of 16 KiB: one message as large as the eager limit takes.
+    (&[9, 16384], EAGER),
+    // Slices that fill exactly one message.
+    (&[1, EAGER - 2, 1, 5], EAGER),
+    // 64 KiB and more: one message, read by the peer from this side's memory (hyper's head
+    // and a body chunk, say).
+    (&[200, 0, 100 << 10, 9], 200 + (100 << 10) + 9),
+];
+
+/// One `write_vectored` of each case of [`VECTORED`] takes the bytes it must and sends them as
+/// one message (the peer's `fill_buf` lends exactly them), in the order of the slices; the
+/// rest of each case is written with `write_all`, and every byte is checked.
+async fn vectored_writes_gather_into_one_message(rt: Rt, via: Via) {
+    let (mut client, mut server) = pair().await;
+    let what = format!("{}: vectored writes through {via:?}", rt.name());
+    let mut expect = Expect::new(81, &what);
+    let mut at = 0u64;
+    for (sizes, takes) in VECTORED {
+        let total: usize = sizes.iter().sum();
+        let bytes = data(81, at, total);
+        let mut slices = Vec::new();
+        let mut from = 0;
+        for &len in sizes {
+            slices.push(io::IoSlice::new(&bytes[from..from + len]));
+            from += len;
+        }
+        let n = match via {
+            Via::FuturesIo => AsyncWriteExt::write_vectored(&mut client, &slices).await,
+            #[cfg(feature = "tokio")]
+            Via::Tokio => {
+                assert!(
+                    ::tokio::io::AsyncWrite::is_write_vectored(&client),
+                    "{what}: Tokio is told the stream takes vectored writes"
+                );
+                ::tokio::io::AsyncWriteExt::write_vectored(&mut client, &slices).await
+            }
+            #[cfg(not(feature = "tokio"))]
+            Via::Tokio => unreachable!("Tokio's traits need the tokio feature"),
+        }
+        .unwrap_or_else(|err| panic!("{what}: write_vectored of {sizes:?}: {err}"));
+        assert_eq!(
+            n, takes,
+            "{what}: bytes one write_vectored of {sizes:?} takes"
+        );
+        client.write_all(&bytes[n..]).await.expect("the rest");
+        // The peer reads while the flush waits: it reads a large message when it is polled.
+        let reading = async {
+            let got = server.fill_buf().await.expect("fill_buf");
+            assert_eq!(
+                got.len(),
+                takes,
+                "{what}: the message one write_vectored of {sizes:?} made"
+            );
+            expect.check(got);
+            server.consume_unpin(takes);
+            let mut rest = vec![0; total - takes];
+            server.read_exact(&mut rest).await.expect("read the rest");
+            expect.check(&rest);
+        };
+        let (flushed, ()) = within(
+            10,
+            "flush and read",
+            futures_util::future::join(client.flush(), reading),
+        )
+        .await;
+        flushed.expect("flush");
+        at += total as u64;
+    }
+}
+
+async fn vectored_writes(rt: Rt) {
+    if !support::device_present("vectored_writes") {
+        return;
+    }
+    let _beside = beside_others();
+    let _limit = limit(rt, "vectored_writes");
+    vectored_writes_gather_into_one_message(rt, Via::FuturesIo).await;
 }
 
 /// `close` returns once the peer has every byte and the end of stream; a peer that reads to
@@ -1384,6 +1622,9 @@ runtime_tests!(
     stream_peer_process,
     a_peer_that_breaks_the_framing_is_cut_off,
     a_dropped_write_half_ends_its_direction_after_its_bytes,
+    vectored_writes,
+    streams_in_bursts,
+    streams_in_bursts_under_cq_cleaning,
 );
 
 /// Tokio's own I/O traits on the same stream, no compat wrapper: `tokio::io::copy` and
@@ -1392,30 +1633,41 @@ runtime_tests!(
 #[cfg(feature = "tokio")]
 mod tokio_io {
     use super::{
-        all_lines, check_line, data, limit, pair, support, within, Expect, Rng, Rt, LINES,
+        all_lines, check_line, data, limit, pair, support, vectored_writes_gather_into_one_message,
+        within, Expect, Rng, Rt, Via, LINES,
     };
     use ::tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
-    #[test]
-    fn copy_multi_thread() {
-        Rt::Tokio.block_on(copy(Rt::Tokio));
+    /// Each test on both of Tokio's schedulers.
+    macro_rules! on_both_schedulers {
+        ($($multi:ident, $current:ident => $body:ident;)*) => {$(
+            #[test]
+            fn $multi() {
+                Rt::Tokio.block_on($body(Rt::Tokio));
+            }
+
+            #[test]
+            fn $current() {
+                let rt = Rt::TokioCurrentThread;
+                rt.block_on($body(rt));
+            }
+        )*};
     }
 
-    #[test]
-    fn copy_current_thread() {
-        let rt = Rt::TokioCurrentThread;
-        rt.block_on(copy(rt));
+    on_both_schedulers! {
+        copy_multi_thread, copy_current_thread => copy;
+        lines_multi_thread, lines_current_thread => lines;
+        vectored_multi_thread, vectored_current_thread => vectored;
     }
 
-    #[test]
-    fn lines_multi_thread() {
-        Rt::Tokio.block_on(lines(Rt::Tokio));
-    }
-
-    #[test]
-    fn lines_current_thread() {
-        let rt = Rt::TokioCurrentThread;
-        rt.block_on(lines(rt));
+    /// Tokio's `write_vectored` (`is_write_vectored` true), as h2 calls it.
+    async fn vectored(rt: Rt) {
+        if !support::device_present("tokio_io::vectored") {
+            return;
+        }
+        let _beside = super::beside_others();
+        let _limit = limit(rt, "tokio_io::vectored");
+        vectored_writes_gather_into_one_message(rt, Via::Tokio).await;
     }
 
     /// Writes `bytes` with Tokio's `write_all` in pieces of random sizes, then shuts down.

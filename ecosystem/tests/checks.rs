@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use anyrdma_ecosystem::grpc::{self, ConnectInfo, TonicIo};
+use anyrdma_ecosystem::grpc;
 use anyrdma_ecosystem::http::{self, Client, Protocol};
 use anyrdma_ecosystem::BoxError;
 use support::{Fault, Flavor, Tamper, Trigger};
@@ -87,13 +87,8 @@ fn http2_checks_catch_a_lost_duplicated_or_reordered_byte() {
 /// server on the other end.
 async fn grpc_pair(fault: Fault) -> (grpc::PatternsClient<tonic::transport::Channel>, Trigger) {
     let (client_end, server_end) = tokio::io::duplex(PIPE);
-    let info = ConnectInfo {
-        peer: None,
-        local: None,
-    };
-    let incoming = tokio_stream::iter([Ok::<_, std::io::Error>(TonicIo::with_info(
-        server_end, info,
-    ))]);
+    // tonic takes a pipe as it is (it is `Connected`, with no addresses).
+    let incoming = tokio_stream::iter([Ok::<_, std::io::Error>(server_end)]);
     tokio::spawn(
         tonic::transport::Server::builder().serve_with_incoming(grpc::service(), incoming),
     );

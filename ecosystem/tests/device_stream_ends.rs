@@ -9,6 +9,8 @@ mod support;
 use std::time::Duration;
 
 use anyrdma::stream::{RdmaStream, StreamListener};
+use anyrdma_ecosystem::error_chain;
+use anyrdma_ecosystem::http::{self, Client, Protocol};
 use support::{device_present, listen_addr, Flavor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -95,5 +97,57 @@ async fn shutdown_after_the_peer_closed_and_left() {
 fn shutdown_after_the_peer_closed_and_left_succeeds() {
     if device_present("shutdown_after_the_peer_closed_and_left_succeeds") {
         Flavor::MultiThread.run("shutdown", 30, shutdown_after_the_peer_closed_and_left());
+    }
+}
+
+/// hyper's HTTP/1.1 and HTTP/2 servers on streams whose clients made their requests and left,
+/// as the HTTP bench's clients do when they stop: every connection ends without an error
+/// (the bench server printed "error writing a body to connection ... the peer disconnected"
+/// for connections whose clients had every response).
+async fn servers_end_cleanly_when_their_clients_leave(protocol: Protocol) {
+    let listener = StreamListener::bind(listen_addr()).expect("bind");
+    let addr = listener.local_addr();
+    let mut failures = Vec::new();
+    for round in 0..16u64 {
+        let client = tokio::spawn(async move {
+            let mut client = Client::connect(addr, protocol).await?;
+            for i in 0..4 {
+                let seed = round << 8 | i;
+                client.echo(seed, 64 << (3 * i)).await?;
+                client.pattern(seed, 100 << (3 * i)).await?;
+            }
+            // Gone, with every response read, as a bench client that stops.
+            drop(client);
+            Ok::<(), anyrdma_ecosystem::BoxError>(())
+        });
+        let stream = listener.accept().await.expect("accept");
+        let served = http::serve_connection(stream).await;
+        client
+            .await
+            .expect("client task")
+            .unwrap_or_else(|err| panic!("round {round}: the client: {}", error_chain(&*err)));
+        if let Err(err) = served {
+            failures.push(format!("round {round}: {}", error_chain(&*err)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}: {} of 16 connections whose client left ended with an error:\n{}",
+        protocol.name(),
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn http_servers_end_cleanly_when_their_clients_leave() {
+    if device_present("http_servers_end_cleanly_when_their_clients_leave") {
+        for protocol in [Protocol::Http1, Protocol::Http2] {
+            Flavor::MultiThread.run(
+                protocol.name(),
+                60,
+                servers_end_cleanly_when_their_clients_leave(protocol),
+            );
+        }
     }
 }

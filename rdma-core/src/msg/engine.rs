@@ -303,8 +303,30 @@ impl Engine {
         keep: usize,
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
+        self.poll_sends(state, keep, false, cx)
+    }
+
+    /// Ready once every send finished, even after the messenger failed (a failed queue pair
+    /// flushes what it holds at once): a flush learns so whether each reached the peer. A
+    /// flush that gave up at the failure failed for a credit message still in flight, or a
+    /// send whose good completion was not taken yet, when the peer had every byte.
+    pub(crate) fn poll_sends_finished(
+        &self,
+        state: &mut State,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        self.poll_sends(state, 0, true, cx)
+    }
+
+    fn poll_sends(
+        &self,
+        state: &mut State,
+        keep: usize,
+        past_failure: bool,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
         self.collect_sends(state);
-        while state.sending.len() > keep && state.failure().is_none() {
+        while state.sending.len() > keep && (past_failure || state.failure().is_none()) {
             state.waiters.register(cx.waker());
             let Some(front) = state.sending.front_mut() else {
                 break;
@@ -394,9 +416,49 @@ impl Engine {
     }
 
     pub(crate) fn failed(&self, failure: &Arc<Error>) -> Error {
-        Error::QpInError {
-            qpn: self.qp.qpn(),
-            cause: failure.clone(),
+        in_error(self.qp.qpn(), failure)
+    }
+}
+
+/// The error a call of a messenger whose queue pair `qpn` failed with `failure` returns.
+/// A failure that is already "queue pair `qpn` is in the error state" (a post refused
+/// after the queue pair failed) is not wrapped again: its text would say so twice.
+fn in_error(qpn: u32, failure: &Arc<Error>) -> Error {
+    let cause = match &**failure {
+        Error::QpInError { qpn: failed, cause } if *failed == qpn => cause.clone(),
+        _ => failure.clone(),
+    };
+    Error::QpInError { qpn, cause }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::QpShutdownReason;
+
+    /// The error state is named once, whether the messenger's failure was recorded as the
+    /// queue pair's cause or as a post refused because of it.
+    #[test]
+    fn in_error_names_the_error_state_once() {
+        let cause = Arc::new(Error::Shutdown {
+            qpn: 7,
+            reason: QpShutdownReason::Application,
+        });
+        let refused = Arc::new(Error::QpInError {
+            qpn: 7,
+            cause: cause.clone(),
+        });
+        for failure in [&cause, &refused] {
+            let text = in_error(7, failure).to_string();
+            assert_eq!(text.matches("is in the error state").count(), 1, "{text}");
+            assert!(text.contains(&cause.to_string()), "{text}");
         }
+        // Another queue pair's error state is a cause worth telling.
+        let other = Arc::new(Error::QpInError { qpn: 8, cause });
+        let text = in_error(7, &other).to_string();
+        assert!(
+            text.contains("queue pair 8 is in the error state"),
+            "{text}"
+        );
     }
 }

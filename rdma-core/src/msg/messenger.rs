@@ -324,23 +324,35 @@ impl Messenger {
     /// buffer up to the eager limit, or, above it, into memory registered for it alone that
     /// the peer will read (with a rendezvous request to send).
     pub(crate) fn outgoing(&self, data: &[u8], imm: Option<u32>) -> Result<Outgoing> {
+        self.outgoing_filled(data.len(), imm, |payload| payload.copy_from_slice(data))
+    }
+
+    /// A message of `len` bytes as [`outgoing`](Messenger::outgoing) makes it, its bytes
+    /// written in place by `fill` (given exactly `len` bytes): a vectored write's slices
+    /// are copied once, straight into the registered memory that is sent or read.
+    pub(crate) fn outgoing_filled(
+        &self,
+        len: usize,
+        imm: Option<u32>,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Outgoing> {
         let engine = &*self.inner;
-        if data.len() > engine.peer_max_message {
+        if len > engine.peer_max_message {
             return Err(Error::TooLarge {
                 what: "message (Messenger::max_message)",
-                len: data.len(),
+                len,
                 max: engine.peer_max_message,
             });
         }
-        let route = lock(&engine.state).protocol.route(data.len());
+        let route = lock(&engine.state).protocol.route(len);
         if route == Route::Eager {
-            let mut outgoing = self.eager_outgoing(data.len(), imm)?;
-            outgoing.payload_mut().copy_from_slice(data);
+            let mut outgoing = self.eager_outgoing(len, imm)?;
+            fill(outgoing.payload_mut());
             return Ok(outgoing);
         }
         // Rendezvous: the message in memory of its own that the peer may read.
-        let mut exposed = engine.qp.pd().alloc(data.len(), Access::REMOTE_READ)?;
-        exposed.copy_from_slice(data);
+        let mut exposed = engine.qp.pd().alloc(len, Access::REMOTE_READ)?;
+        fill(&mut exposed);
         let remote = exposed.remote()?;
         Ok(Outgoing {
             kind: Kind::Request,
@@ -549,7 +561,7 @@ impl Messenger {
         loop {
             let before = state.sending.len();
             let mut progressed = engine.pump(state, cx);
-            let sent = engine.poll_sends_down_to(state, 0, cx);
+            let sent = engine.poll_sends_finished(state, cx);
             progressed |= state.sending.len() < before;
             engine.learn_disconnect(state);
             // Everything delivered is a flush done, even when the connection failed just
@@ -557,7 +569,9 @@ impl Messenger {
             if sent.is_ready() && state.sending.is_empty() && state.protocol.delivered() {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(failure) = state.failure() {
+            // A failure is the answer once no send is in flight: one that is may still turn
+            // out delivered.
+            if let (Poll::Ready(()), Some(failure)) = (sent, state.failure()) {
                 return Poll::Ready(Err(engine.failed(failure)));
             }
             if !progressed {

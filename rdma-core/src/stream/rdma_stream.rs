@@ -1,10 +1,8 @@
 //! [`RdmaStream`]: a connected byte stream, and what its halves share.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
+use std::task::Context as TaskContext;
 
 use super::read_half::ReadHalf;
 use super::write_half::{WriteHalf, Writer};
@@ -109,43 +107,8 @@ impl RdmaStream {
     }
 }
 
-impl futures_io::AsyncRead for RdmaStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut().read.poll_read_into(cx, buf)
-    }
-}
-
-impl futures_io::AsyncBufRead for RdmaStream {
-    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<&[u8]>> {
-        self.get_mut().read.poll_fill(cx)
-    }
-
-    fn consume(self: Pin<&mut Self>, amt: usize) {
-        self.get_mut().read.consume(amt);
-    }
-}
-
-impl futures_io::AsyncWrite for RdmaStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.write.poll_write_bytes(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.write.poll_flush_bytes(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.write.poll_close_bytes(cx)
-    }
-}
+super::io::impl_read!(RdmaStream, |stream| &mut stream.read);
+super::io::impl_write!(RdmaStream, |stream| &stream.write);
 
 impl std::fmt::Debug for RdmaStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

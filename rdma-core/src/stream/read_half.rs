@@ -2,7 +2,6 @@
 //! registered memory they arrived in.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
@@ -112,37 +111,39 @@ impl ReadHalf {
         if into.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let available = match self.poll_fill(cx) {
-            Poll::Ready(Ok(available)) => available,
-            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-            Poll::Pending => return Poll::Pending,
-        };
-        let n = available.len().min(into.len());
-        into[..n].copy_from_slice(&available[..n]);
+        self.poll_copy(cx, into.len(), |bytes| {
+            into[..bytes.len()].copy_from_slice(bytes)
+        })
+    }
+
+    /// Copies what there is to read into the unfilled part of `buf` (Tokio's `poll_read`).
+    #[cfg(feature = "tokio-io")]
+    pub(super) fn poll_read_buf(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_copy(cx, buf.remaining(), |bytes| buf.put_slice(bytes))
+            .map_ok(drop)
+    }
+
+    /// Hands up to `room` bytes of what there is to read to `put` and marks them read;
+    /// returns how many.
+    fn poll_copy(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        room: usize,
+        put: impl FnOnce(&[u8]),
+    ) -> Poll<io::Result<usize>> {
+        let available = std::task::ready!(self.poll_fill(cx))?;
+        let n = available.len().min(room);
+        put(&available[..n]);
         self.consume(n);
         Poll::Ready(Ok(n))
     }
 }
 
-impl futures_io::AsyncRead for ReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_read_into(cx, buf)
-    }
-}
-
-impl futures_io::AsyncBufRead for ReadHalf {
-    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<&[u8]>> {
-        self.get_mut().poll_fill(cx)
-    }
-
-    fn consume(self: Pin<&mut Self>, amt: usize) {
-        self.get_mut().consume(amt);
-    }
-}
+super::io::impl_read!(ReadHalf, |half| half);
 
 impl Drop for ReadHalf {
     fn drop(&mut self) {

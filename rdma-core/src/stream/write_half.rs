@@ -1,8 +1,7 @@
 //! The writing side of a stream: bytes copied into registered memory and posted, gathered
 //! into one message while the peer has no receive free.
 
-use std::io;
-use std::pin::Pin;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
@@ -40,6 +39,12 @@ pub(super) struct Writer {
     closed: bool,
     /// The end of stream is in `pending` or was posted.
     end_queued: bool,
+    /// `close` is waiting for the peer to have every byte before it sends the end of
+    /// stream (which a push must not send meanwhile).
+    ending: bool,
+    /// Every byte written was known delivered before the end of stream was sent: a peer that
+    /// leaves without it (it read what it wanted and went) fails neither `close` nor `flush`.
+    delivered_before_end: bool,
     /// Its place among the messenger's waiters while a call waits.
     place: Place,
 }
@@ -64,7 +69,7 @@ impl Writer {
             } else if !messenger.try_post(cx, &mut self.pending)? {
                 return Ok(()); // the peer has no room yet
             }
-            if !self.closed || self.end_queued {
+            if !self.closed || self.end_queued || self.ending {
                 return Ok(());
             }
             self.pending = Some(messenger.eager_outgoing(0, Some(END_OF_STREAM))?);
@@ -94,13 +99,20 @@ impl Writer {
         messenger.poll_post_at(cx, &mut self.place, &mut self.pending)
     }
 
+    /// Accepts bytes from the front of `bufs`, as many as one message takes: into the
+    /// message being gathered while there is one, else into a new message of their own,
+    /// sent now if the peer has room. The slices are taken as if they were one buffer (a
+    /// frame's header and payload travel together).
     fn poll_write(
         &mut self,
         messenger: &Messenger,
         cx: &mut TaskContext<'_>,
-        buf: &[u8],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<Result<usize>> {
-        if buf.is_empty() {
+        let total = bufs
+            .iter()
+            .fold(0usize, |n, buf| n.saturating_add(buf.len()));
+        if total == 0 {
             return Poll::Ready(Ok(0));
         }
         loop {
@@ -111,9 +123,9 @@ impl Writer {
             };
             if room > 0 {
                 let pending = self.pending.as_mut().expect("checked");
-                let (at, n) = (pending.len(), room.min(buf.len()));
+                let (at, n) = (pending.len(), room.min(total));
                 pending.set_len(at + n);
-                pending.payload_mut()[at..at + n].copy_from_slice(&buf[..n]);
+                gather(bufs, &mut pending.payload_mut()[at..at + n]);
                 self.try_push(messenger, cx)?;
                 return Poll::Ready(Ok(n));
             }
@@ -125,41 +137,65 @@ impl Writer {
             }
         }
         // Nothing pending: the write becomes a message of its own, sent now if it can go.
+        // The slices are taken as one buffer would be: a large write by rendezvous (what
+        // hyper hands over as a head and a 64 KiB chunk goes as one message, not eight).
         let limit = messenger.eager_limit();
-        let n = if buf.len() >= RENDEZVOUS_FROM.max(limit + 1) {
-            buf.len().min(LARGEST_WRITE).min(messenger.max_message())
+        let n = if total >= RENDEZVOUS_FROM.max(limit + 1) {
+            total.min(LARGEST_WRITE).min(messenger.max_message())
         } else {
-            buf.len().min(limit)
+            total.min(limit)
         };
-        self.pending = Some(messenger.outgoing(&buf[..n], None)?);
+        self.pending = Some(messenger.outgoing_filled(n, None, |out| gather(bufs, out))?);
         self.gathering = false;
         self.try_push(messenger, cx)?;
-        if n < limit && self.pending.is_some() {
-            // The peer has no receive free: later writes gather with this one, into one
-            // message as large as a receive.
-            let mut gathering = messenger.eager_outgoing(limit, None)?;
-            gathering.payload_mut()[..n].copy_from_slice(&buf[..n]);
-            gathering.set_len(n);
-            self.pending = Some(gathering);
-            self.gathering = true;
+        if n < limit {
+            if let Some(unsent) = &mut self.pending {
+                // The peer has no receive free: later writes gather with this one, into
+                // one message as large as a receive.
+                let mut gathering = messenger.eager_outgoing(limit, None)?;
+                gathering.payload_mut()[..n].copy_from_slice(unsent.payload_mut());
+                gathering.set_len(n);
+                self.pending = Some(gathering);
+                self.gathering = true;
+            }
         }
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(&mut self, messenger: &Messenger, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
         match self.poll_post_pending(messenger, cx) {
-            Poll::Ready(Ok(())) => messenger.poll_flush_at(cx, &mut self.place),
+            Poll::Ready(Ok(())) => self.poll_delivered(messenger, cx),
             other => other,
         }
     }
 
+    /// Waits until the peer has everything posted. A disconnect after every byte written
+    /// was known delivered is no failure: only the end of stream may be missing, and a peer
+    /// that left does not need it.
+    fn poll_delivered(
+        &mut self,
+        messenger: &Messenger,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<()>> {
+        match messenger.poll_flush_at(cx, &mut self.place) {
+            Poll::Ready(Err(err)) if err.is_disconnect() && self.delivered_before_end => {
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    /// Sends what is pending, waits until the peer has every byte, then sends the end of
+    /// stream and waits for it: the end goes only once the bytes before it are known
+    /// delivered, so that a peer that reads them all and leaves at once (hyper's client
+    /// does) makes no error of the end it never needed.
     fn poll_close(&mut self, messenger: &Messenger, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
         self.closed = true;
         if !self.end_queued {
-            match self.poll_post_pending(messenger, cx) {
-                Poll::Ready(Ok(())) => {}
-                other => return other,
-            }
+            self.ending = true;
+            std::task::ready!(self.poll_flush(messenger, cx))?;
+            self.ending = false;
+            self.delivered_before_end = true;
             self.pending = Some(messenger.eager_outgoing(0, Some(END_OF_STREAM))?);
             self.gathering = false;
             self.end_queued = true;
@@ -174,7 +210,7 @@ impl Writer {
             }
             other => return other,
         }
-        messenger.poll_flush_at(cx, &mut self.place)
+        self.poll_delivered(messenger, cx)
     }
 }
 
@@ -184,10 +220,12 @@ impl WriteHalf {
         self.shared.peer
     }
 
-    pub(super) fn poll_write_bytes(
+    /// Writes from the front of `bufs` (one slice for a plain write), as
+    /// [`Writer::poll_write`].
+    pub(super) fn poll_write_slices(
         &self,
         cx: &mut TaskContext<'_>,
-        buf: &[u8],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let mut writer = lock(&self.shared.writer);
         if writer.closed {
@@ -197,7 +235,7 @@ impl WriteHalf {
             )));
         }
         writer
-            .poll_write(&self.shared.messenger, cx, buf)
+            .poll_write(&self.shared.messenger, cx, bufs)
             .map_err(io::Error::from)
     }
 
@@ -216,21 +254,19 @@ impl WriteHalf {
     }
 }
 
-impl futures_io::AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_bytes(cx, buf)
-    }
+super::io::impl_write!(WriteHalf, |half| half);
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.poll_flush_bytes(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.poll_close_bytes(cx)
+/// Copies the front of `bufs` into `out`, as many bytes as `out` holds (at most what
+/// `bufs` has).
+fn gather(bufs: &[IoSlice<'_>], out: &mut [u8]) {
+    let mut at = 0;
+    for buf in bufs {
+        if at == out.len() {
+            break;
+        }
+        let n = buf.len().min(out.len() - at);
+        out[at..at + n].copy_from_slice(&buf[..n]);
+        at += n;
     }
 }
 
@@ -250,6 +286,8 @@ impl Drop for WriteHalf {
         let waker = Waker::from(Arc::new(NoWake));
         let mut cx = TaskContext::from_waker(&waker);
         writer.closed = true;
+        // A close that was waiting for delivery is not waited for any more.
+        writer.ending = false;
         let _ = writer.try_push(messenger, &mut cx);
         messenger.abandon(&mut writer.place);
     }
