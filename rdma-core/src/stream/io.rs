@@ -17,7 +17,7 @@ macro_rules! impl_read {
                 buf: &mut [u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
                 let $this = self.get_mut();
-                $crate::stream::ReadHalf::poll_read_into($half, cx, buf)
+                ($half).poll_read_into(cx, buf)
             }
         }
 
@@ -33,7 +33,7 @@ macro_rules! impl_read {
                 buf: &mut tokio::io::ReadBuf<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
                 let $this = self.get_mut();
-                $crate::stream::ReadHalf::poll_read_buf($half, cx, buf)
+                ($half).poll_read_buf(cx, buf)
             }
         }
 
@@ -52,12 +52,12 @@ macro_rules! buf_read_methods {
             cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<std::io::Result<&[u8]>> {
             let $this = self.get_mut();
-            $crate::stream::ReadHalf::poll_fill($half, cx)
+            ($half).poll_fill(cx)
         }
 
         fn consume(self: std::pin::Pin<&mut Self>, amt: usize) {
             let $this = self.get_mut();
-            $crate::stream::ReadHalf::consume($half, amt);
+            ($half).consume(amt);
         }
     };
 }
@@ -93,7 +93,7 @@ macro_rules! write_methods {
             buf: &[u8],
         ) -> std::task::Poll<std::io::Result<usize>> {
             let $this = &*self;
-            $crate::stream::WriteHalf::poll_write_slices($half, cx, &[std::io::IoSlice::new(buf)])
+            ($half).poll_write_slices(cx, &[std::io::IoSlice::new(buf)])
         }
 
         fn poll_write_vectored(
@@ -102,7 +102,7 @@ macro_rules! write_methods {
             bufs: &[std::io::IoSlice<'_>],
         ) -> std::task::Poll<std::io::Result<usize>> {
             let $this = &*self;
-            $crate::stream::WriteHalf::poll_write_slices($half, cx, bufs)
+            ($half).poll_write_slices(cx, bufs)
         }
 
         fn poll_flush(
@@ -110,7 +110,7 @@ macro_rules! write_methods {
             cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<std::io::Result<()>> {
             let $this = &*self;
-            $crate::stream::WriteHalf::poll_flush_bytes($half, cx)
+            ($half).poll_flush_bytes(cx)
         }
 
         fn $close(
@@ -118,7 +118,7 @@ macro_rules! write_methods {
             cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<std::io::Result<()>> {
             let $this = &*self;
-            $crate::stream::WriteHalf::poll_close_bytes($half, cx)
+            ($half).poll_close_bytes(cx)
         }
     };
 }

@@ -1,11 +1,10 @@
-//! [`RdmaStream`]: a connected byte stream, and what its halves share.
+//! [`RdmaStream`]: a connected byte stream.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::task::Context as TaskContext;
 
 use super::read_half::ReadHalf;
-use super::write_half::{WriteHalf, Writer};
+use super::write_half::{Shared, WriteHalf, Writer};
 use super::StreamOptions;
 use crate::error::Result;
 use crate::msg::Messenger;
@@ -25,26 +24,6 @@ use crate::msg::Messenger;
 pub struct RdmaStream {
     pub(super) read: ReadHalf,
     pub(super) write: WriteHalf,
-}
-
-/// What the two halves of a stream share.
-pub(super) struct Shared {
-    pub(super) messenger: Messenger,
-    pub(super) writer: Mutex<Writer>,
-    pub(super) local: SocketAddr,
-    pub(super) peer: SocketAddr,
-}
-
-impl Shared {
-    /// Posts bytes the writer gathered if the peer has room now: any poll of the stream
-    /// does, so that they do not wait for the writer's next call.
-    pub(super) fn push_gathered(&self, cx: &mut TaskContext<'_>) {
-        // A writer busy in another task pushes them itself.
-        if let Ok(mut writer) = self.writer.try_lock() {
-            // A failure shows in the next call of either half.
-            let _ = writer.try_push(&self.messenger, cx);
-        }
-    }
 }
 
 impl RdmaStream {
@@ -109,6 +88,20 @@ impl RdmaStream {
 
 super::io::impl_read!(RdmaStream, |stream| &mut stream.read);
 super::io::impl_write!(RdmaStream, |stream| &stream.write);
+
+impl ReadHalf {
+    /// Joins the halves of one stream again.
+    ///
+    /// # Errors
+    /// Gives both back when they are halves of different streams.
+    pub fn reunite(self, write: WriteHalf) -> Result<RdmaStream, ReuniteError> {
+        if Arc::ptr_eq(&self.shared, &write.shared) {
+            Ok(RdmaStream { read: self, write })
+        } else {
+            Err(ReuniteError { read: self, write })
+        }
+    }
+}
 
 impl std::fmt::Debug for RdmaStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -6,14 +6,12 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use super::frame::{Frame, Frames};
-use super::rdma_stream::Shared;
-use super::write_half::WriteHalf;
-use super::{RdmaStream, ReuniteError};
+use super::write_half::Shared;
 use crate::error::Error;
 use crate::mr::LocalBuf;
 use crate::msg::Place;
 
-/// The read half of an [`RdmaStream`] (from [`RdmaStream::split`]): `AsyncRead` and
+/// The read half of an [`RdmaStream`](super::RdmaStream) (from [`RdmaStream::split`](super::RdmaStream::split)): `AsyncRead` and
 /// `AsyncBufRead`, for a task of its own.
 pub struct ReadHalf {
     pub(super) shared: Arc<Shared>,
@@ -37,18 +35,6 @@ impl ReadHalf {
         ReadHalf {
             shared,
             reader: Reader::default(),
-        }
-    }
-
-    /// Joins the halves of one stream again.
-    ///
-    /// # Errors
-    /// Gives both back when they are halves of different streams.
-    pub fn reunite(self, write: WriteHalf) -> Result<RdmaStream, ReuniteError> {
-        if Arc::ptr_eq(&self.shared, &write.shared) {
-            Ok(RdmaStream { read: self, write })
-        } else {
-            Err(ReuniteError { read: self, write })
         }
     }
 

@@ -1,15 +1,36 @@
 //! The writing side of a stream: bytes copied into registered memory and posted, gathered
-//! into one message while the peer has no receive free.
+//! into one message while the peer has no receive free; and what the two halves share (the
+//! messenger and the writer, since reads push gathered bytes too).
 
 use std::io::{self, IoSlice};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
 use super::frame::END_OF_STREAM;
-use super::rdma_stream::Shared;
 use crate::error::Result;
 use crate::msg::{Messenger, Outgoing, Place};
 use crate::wake::lock;
+
+/// What the two halves of a stream share.
+pub(super) struct Shared {
+    pub(super) messenger: Messenger,
+    pub(super) writer: Mutex<Writer>,
+    pub(super) local: SocketAddr,
+    pub(super) peer: SocketAddr,
+}
+
+impl Shared {
+    /// Posts bytes the writer gathered if the peer has room now: any poll of the stream
+    /// does, so that they do not wait for the writer's next call.
+    pub(super) fn push_gathered(&self, cx: &mut TaskContext<'_>) {
+        // A writer busy in another task pushes them itself.
+        if let Ok(mut writer) = self.writer.try_lock() {
+            // A failure shows in the next call of either half.
+            let _ = writer.try_push(&self.messenger, cx);
+        }
+    }
+}
 
 /// The most bytes of one write sent as one message (by rendezvous): a larger write takes
 /// this much, and what is accepted at once stays bounded.
