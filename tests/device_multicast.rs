@@ -303,17 +303,27 @@ async fn join_errors_are_typed(rt: Rt) {
         "{}: {err}",
         rt.name()
     );
+    // An IPv6 group from an IPv4 address.
+    let err = qp
+        .join_with(IpAddr::from([0xff0e, 0, 0, 0, 0, 0, 0, 0x77]), options())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidArgument(_)),
+        "{}: {err}",
+        rt.name()
+    );
     // A local address of no interface here.
     let nowhere = MulticastOptions {
         bind: Some(IpAddr::from([192, 0, 2, 1])),
         ..MulticastOptions::default()
     };
     let err = qp.join_with(group, nowhere).await.unwrap_err();
-    assert!(
-        matches!(err, Error::MulticastJoin { stage: "binding the local address", group: g, .. } if g == group),
-        "{}: {err}",
-        rt.name()
+    let bind_failed = matches!(
+        &err,
+        Error::MulticastJoin { stage: "binding the local address", group: g, .. } if *g == group
     );
+    assert!(bind_failed, "{}: {err}", rt.name());
     // A queue pair whose Q_Key is not the group's: it could never receive the group's
     // datagrams, so the join is refused (and left).
     let other = node.qp_with(UdOptions {

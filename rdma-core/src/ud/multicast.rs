@@ -30,9 +30,11 @@ pub const MULTICAST_QPN: u32 = 0x00ff_ffff;
 /// Options of [`UdQueuePair::join_with`].
 #[derive(Debug, Clone)]
 pub struct MulticastOptions {
-    /// The local address to join from: an IP address of the queue pair's device. `None`:
-    /// the address of the queue pair's GID when it is an IPv4-mapped one (RoCE v2 over
-    /// IPv4); on other ports it must be given.
+    /// The local address to join from: an IP address of the queue pair's device, of the
+    /// group's address family. `None`: the address of the queue pair's GID when it is an
+    /// IPv4-mapped one (RoCE v2 over IPv4); on other ports it must be given. An IPv6
+    /// link-local address cannot be bound without its interface, which `IpAddr` does not
+    /// carry: join IPv6 groups from a global address.
     pub bind: Option<IpAddr>,
     /// How long the connection manager may take to answer. Default 5 s.
     pub timeout: Duration,
@@ -60,7 +62,9 @@ impl Default for MulticastOptions {
 /// after a join may reach the network before the switches know of the group.
 ///
 /// A member may receive its own sends: whether a datagram sent to a group comes back to
-/// the sending queue pair when that queue pair is attached is the device's choice. Compare
+/// the sending queue pair when that queue pair is attached is the device's choice
+/// (Soft-RoCE delivers it; ConnectX adapters do unless the queue pair was created to
+/// block it). Compare
 /// [`Datagram::src_qpn`](super::Datagram::src_qpn) with your own queue pair number to skip
 /// them. Errors the connection manager reports after the join (a network interface going
 /// away) are not watched: the group then simply stops delivering.
@@ -137,6 +141,13 @@ impl UdQueuePair {
                 }
             },
         };
+        if local.is_ipv4() != group.is_ipv4() {
+            // The kernel refuses it too (on RoCE with ENOTSUPP), less legibly.
+            return Err(Error::InvalidArgument(format!(
+                "multicast group {group} and local address {local} are of different address \
+                 families: join an IPv6 group from an IPv6 address of the device"
+            )));
+        }
         let failed = |stage, source| Error::MulticastJoin {
             group,
             stage,
