@@ -366,8 +366,46 @@ async fn join_errors_are_typed(rt: Rt) {
     drop(joined);
 }
 
+/// Two memberships of one queue pair in one group: the queue pair stays attached until the
+/// last is dropped.
+async fn a_queue_pair_joined_twice_stays_until_the_last_leaves(rt: Rt) {
+    if !support::device_present("a_queue_pair_joined_twice_stays_until_the_last_leaves") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let group = group(4, rt);
+    let node = Node::new();
+    let (member, sender) = (node.qp(), node.qp());
+    let first = within(20, "join", member.join_with(group, options()))
+        .await
+        .expect("first join");
+    let second = within(20, "join", member.join_with(group, options()))
+        .await
+        .expect("second join");
+    let to_group = first.peer().clone();
+    drop(first);
+    let recv = member.recv(node.blank(256));
+    let (sent, _) = sender.send_to(node.patterned(64, 9), &to_group).await;
+    sent.expect("send");
+    let (got, buf) = within(20, "after one of two memberships left", recv).await;
+    let got = got.unwrap_or_else(|err| panic!("{}: {err}", rt.name()));
+    assert_eq!(got.len, 64, "{}", rt.name());
+    assert!(holds_pattern(&buf[..64], 9));
+    drop(second);
+    let recv = member.recv(node.blank(256));
+    let (sent, _) = sender.send_to(node.patterned(64, 10), &to_group).await;
+    sent.expect("send");
+    let late = anyrdma::timeout(Duration::from_millis(300), recv).await;
+    assert!(
+        late.is_err(),
+        "{}: the queue pair still got the group's datagrams after its last membership left",
+        rt.name()
+    );
+}
+
 runtime_tests!(
     multicast_reaches_every_member,
     leaving_on_drop_stops_delivery,
     join_errors_are_typed,
+    a_queue_pair_joined_twice_stays_until_the_last_leaves,
 );

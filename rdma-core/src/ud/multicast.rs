@@ -349,3 +349,21 @@ impl Drop for Membership {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: &T) {}
+
+    /// A join moves between threads with its task (a multi-threaded runtime's), and a
+    /// membership with its owner: both must be `Send`. Creating the future does nothing.
+    #[test]
+    fn joins_and_memberships_are_send() {
+        fn joining(qp: &UdQueuePair, membership: &Membership) {
+            is_send(&qp.join(IpAddr::from([239, 0, 0, 1])));
+            is_send(membership);
+        }
+        let _ = joining;
+    }
+}
