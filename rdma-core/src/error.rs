@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -366,6 +366,24 @@ pub enum Error {
         /// The datagram's length, when the device delivered it whole (`None`: the device
         /// dropped it and reported a length error).
         len: Option<usize>,
+    },
+    /// Joining a multicast group failed; nothing of the join stays behind.
+    MulticastJoin {
+        /// The group's address.
+        group: IpAddr,
+        /// Which step failed, e.g. `binding the local address` or `the connection
+        /// manager's answer (RDMA_CM_EVENT_MULTICAST_ERROR)`.
+        stage: &'static str,
+        /// What the step reported.
+        source: io::Error,
+    },
+    /// The connection manager did not answer a multicast join in time (see
+    /// [`MulticastOptions::timeout`](crate::ud::MulticastOptions::timeout)).
+    MulticastTimeout {
+        /// The group's address.
+        group: IpAddr,
+        /// How long it was given.
+        after: Duration,
     },
     /// The connection ended: the peer disconnected (or its process died), or the device went
     /// away. Pending operations of the connection end with it (as the cause of
@@ -898,6 +916,21 @@ impl fmt::Display for Error {
             Error::Disconnected { qpn, why } => {
                 write!(f, "the connection of queue pair {qpn} ended: {why}")
             }
+            Error::MulticastJoin {
+                group,
+                stage,
+                source,
+            } => write!(
+                f,
+                "cannot join multicast group {group} ({stage} failed: {source}); the group \
+                 must be a multicast address of the local address's family, and the local \
+                 address must belong to the queue pair's RDMA device (`rdma link`)"
+            ),
+            Error::MulticastTimeout { group, after } => write!(
+                f,
+                "joining multicast group {group}: the connection manager did not answer within \
+                 {after:?}"
+            ),
         }
     }
 }
@@ -922,7 +955,9 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         let kind = match err.root_cause() {
             _ if err.is_disconnect() => io::ErrorKind::ConnectionReset,
-            Error::ConnectTimeout { .. } => io::ErrorKind::TimedOut,
+            Error::ConnectTimeout { .. } | Error::MulticastTimeout { .. } => {
+                io::ErrorKind::TimedOut
+            }
             Error::ConnectRefused { .. } | Error::ConnectRejected { .. } => {
                 io::ErrorKind::ConnectionRefused
             }
@@ -939,7 +974,8 @@ impl std::error::Error for Error {
         match self {
             Error::Verbs { source, .. }
             | Error::Runtime { source, .. }
-            | Error::Unreachable { source, .. } => Some(source),
+            | Error::Unreachable { source, .. }
+            | Error::MulticastJoin { source, .. } => Some(source),
             Error::Flushed {
                 cause: Some(cause), ..
             }

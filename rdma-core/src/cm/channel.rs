@@ -44,7 +44,8 @@ pub(crate) struct CmEvent {
     /// A connect request's new id, owned from here on.
     pub(crate) child: Option<CmId>,
     /// What a datagram id's `RDMA_CM_EVENT_ESTABLISHED` carries: the peer's queue pair,
-    /// Q_Key and the address handle attributes of the path to it.
+    /// Q_Key and the address handle attributes of the path to it; for
+    /// `RDMA_CM_EVENT_MULTICAST_JOIN`, the group's.
     pub(crate) ud: Option<UdParam>,
 }
 
@@ -247,9 +248,11 @@ impl EventChannel {
         // is created).
         let datagram = !id.is_null() && unsafe { (*id).ps } == rdma_port_space::RDMA_PS_UDP;
         let mut ud = None;
-        if datagram && kind == rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED {
+        let joined = kind == rdma_cm_event_type::RDMA_CM_EVENT_MULTICAST_JOIN;
+        if (datagram && kind == rdma_cm_event_type::RDMA_CM_EVENT_ESTABLISHED) || joined {
             // SAFETY: on a datagram id, an established event's `param.ud` is the valid
-            // member (rdma_cm fills it from the service ID resolution reply).
+            // member (rdma_cm fills it from the service ID resolution reply); a multicast
+            // join's is too (the group's address attributes, QPN 0xFFFFFF and Q_Key).
             let param = unsafe { &(*event).param.ud };
             ud = Some(UdParam {
                 ah_attr: param.ah_attr,

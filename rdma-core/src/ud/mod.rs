@@ -29,6 +29,12 @@
 //! Datagrams from one sender to one receiver arrive in order or not at all on a single
 //! path, but nothing reorders or deduplicates for you.
 //!
+//! # Multicast
+//! [`UdQueuePair::join`] joins a multicast group by IP address through the connection
+//! manager and attaches the queue pair to it; the [`Membership`] it returns names the group
+//! as a [`UdPeer`] to send to, and leaves the group when dropped. See
+//! [`Membership`] for what a member receives.
+//!
 //! # Sizes
 //! A datagram is at most the path MTU (the port's active MTU,
 //! [`UdQueuePair::max_datagram`]); a longer send is refused before posting with
@@ -47,6 +53,7 @@
 mod ah;
 mod batch;
 mod grh;
+mod multicast;
 mod qp;
 mod session;
 mod srq;
@@ -54,6 +61,7 @@ mod srq;
 pub use ah::{live_address_handles, AddressHandle};
 pub use batch::UdBatch;
 pub use grh::GRH_LEN;
+pub use multicast::{Membership, MulticastOptions, MULTICAST_QPN};
 pub use qp::{Datagram, UdAddress, UdOptions, UdPeer, UdQueuePair, UdRecv, UdSend, DEFAULT_QKEY};
 pub use session::{connect, UdListener, UdSessionOptions};
 pub use srq::UdSharedReceiveQueue;

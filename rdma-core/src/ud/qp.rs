@@ -1,8 +1,9 @@
 //! Unreliable datagram queue pairs: sends to address handles, receives with the GRH hidden.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
 use rdma_sys::*;
@@ -175,6 +176,10 @@ struct UdShared {
     /// The 40-byte blocks receives put in front of the user's buffers, and the blocks they
     /// put behind those shorter than the MTU.
     pool: MemoryPool,
+    /// The multicast groups (MGID, MLID) the queue pair is attached to, with how many
+    /// memberships hold each: attached on the first, detached with the last, so that two
+    /// memberships of one group do not detach each other.
+    attached: Mutex<HashMap<(Gid, u16), usize>>,
 }
 
 impl UdQueuePair {
@@ -226,6 +231,7 @@ impl UdQueuePair {
                 mtu: ctx.mtu,
                 cache: AhCache::new(pd),
                 pool,
+                attached: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -300,6 +306,11 @@ impl UdQueuePair {
 
     pub(crate) fn shared(&self) -> &Arc<QpShared> {
         &self.qp.shared
+    }
+
+    /// The multicast groups the queue pair is attached to, with their memberships.
+    pub(super) fn attached(&self) -> &Mutex<HashMap<(Gid, u16), usize>> {
+        &self.extra.attached
     }
 
     /// Destinations whose address handles the cache holds.
