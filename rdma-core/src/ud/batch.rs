@@ -3,12 +3,13 @@
 use rdma_sys::*;
 
 use super::qp::{Addressed, Held, UdPeer, UdQueuePair, UdSend};
+use crate::batch::post_linked;
 use crate::buffers::check_pd;
 use crate::error::{Error, Result};
 use crate::mr::LocalBuf;
 use crate::op::{Op, Owner};
 use crate::qp::QpShared;
-use crate::queue::{PartlyPosted, Posted};
+use crate::queue::PartlyPosted;
 use crate::signaling::Signal;
 use crate::slots::SlotId;
 use crate::wc::WorkKind;
@@ -182,23 +183,9 @@ fn post(
                     remote_qkey: peer.qkey(),
                 };
             }
-            for i in 0..last {
-                let next: *mut ibv_send_wr = &mut wrs[i + 1];
-                wrs[i].next = next;
-            }
-            let mut bad = std::ptr::null_mut();
-            // SAFETY: the QP is valid; the WR chain and SGEs live across the call; the
-            // buffers and address handles are owned by the Op (or its slot) until the last
-            // WR completes.
-            let rc = unsafe { ibv_post_send(shared.raw(), wrs.as_mut_ptr(), &mut bad) };
-            let accepted = if rc == 0 || bad.is_null() {
-                0
-            } else {
-                // SAFETY: `bad` points into `wrs` (the verbs contract for a failed post).
-                let refused_at = unsafe { bad.offset_from(wrs.as_ptr()) };
-                u32::try_from(refused_at).unwrap_or(0)
-            };
-            Posted { rc, accepted }
+            // SAFETY: the WRs' SGEs live across the call; the buffers and address handles
+            // are owned by the Op (or its slot) until the last WR completes.
+            unsafe { post_linked(shared, &mut wrs) }
         })
         .map(|posted| posted.id)
 }

@@ -176,23 +176,36 @@ impl Batch {
                     }
                     kind.encode(wr, !buf.is_empty() && buf.len() <= max_inline);
                 }
-                for i in 0..last {
-                    let next: *mut ibv_send_wr = &mut wrs[i + 1];
-                    wrs[i].next = next;
-                }
-                let mut bad = std::ptr::null_mut();
-                // SAFETY: the QP is valid; the WR chain and SGEs live across the call; the
-                // buffers are owned by the Op (or its slot) until the last WR completes.
-                let rc = unsafe { ibv_post_send(shared.raw(), wrs.as_mut_ptr(), &mut bad) };
-                let accepted = if rc == 0 || bad.is_null() {
-                    0
-                } else {
-                    // SAFETY: `bad` points into `wrs` (the verbs contract for a failed post).
-                    let refused_at = unsafe { bad.offset_from(wrs.as_ptr()) };
-                    u32::try_from(refused_at).unwrap_or(0)
-                };
-                Posted { rc, accepted }
+                // SAFETY: the WRs' SGEs (`sges`) live across the call; the buffers are owned
+                // by the Op (or its slot) until the last WR completes.
+                unsafe { post_linked(shared, &mut wrs) }
             })
             .map(|posted| posted.id)
     }
+}
+
+/// Links `wrs` into one chain and posts it with one doorbell; how many the device accepted
+/// before one it refused, as the verbs contract reports it.
+///
+/// # Safety
+/// Every work request must be valid for `ibv_post_send` on `shared`'s queue pair: its SGEs
+/// live across the call, and the memory and address handles they name stay alive (owned by
+/// an operation or its slot) until the request completes.
+pub(crate) unsafe fn post_linked(shared: &QpShared, wrs: &mut [ibv_send_wr]) -> Posted {
+    for i in 1..wrs.len() {
+        let next: *mut ibv_send_wr = &mut wrs[i];
+        wrs[i - 1].next = next;
+    }
+    let mut bad = std::ptr::null_mut();
+    // SAFETY: the QP is valid while `shared` lives; the chain lives across the call, and
+    // what it names is valid by the caller's contract.
+    let rc = unsafe { ibv_post_send(shared.raw(), wrs.as_mut_ptr(), &mut bad) };
+    let accepted = if rc == 0 || bad.is_null() {
+        0
+    } else {
+        // SAFETY: `bad` points into `wrs` (the verbs contract for a failed post).
+        let refused_at = unsafe { bad.offset_from(wrs.as_ptr()) };
+        u32::try_from(refused_at).unwrap_or(0)
+    };
+    Posted { rc, accepted }
 }
