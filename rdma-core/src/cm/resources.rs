@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use super::options::{ConnectionOptions, ConnectionResources};
 use crate::context::Context;
 use crate::cq::{CompletionQueue, CqOptions, PollMode};
-use crate::device::{DeviceSpec, PortSelection};
+use crate::device::PortSelection;
 use crate::error::{Error, Result};
 use crate::pd::ProtectionDomain;
 use crate::qp::{QpOptions, QpShared, QueuePair};
@@ -120,11 +120,7 @@ fn shared(
     {
         return Ok(share);
     }
-    let selection = PortSelection::for_spec(&DeviceSpec {
-        name: device.to_owned(),
-        port: Some(port),
-        gid_index: None,
-    })?;
+    let selection = PortSelection::for_port(device, port)?;
     let ctx = Context::open_port(&selection)?.with_runtime(runtime.clone());
     let share = Arc::new(DeviceShare {
         pd: ctx.alloc_pd()?,

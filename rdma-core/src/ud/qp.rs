@@ -19,7 +19,7 @@ use crate::mr::LocalBuf;
 use crate::op::{Completion, Done, Op, Outcome, Owner};
 use crate::pd::ProtectionDomain;
 use crate::pool::{MemoryPool, PoolOptions};
-use crate::qp::{QpOptions, QpShared, QueuePair};
+use crate::qp::{check_option, QpOptions, QpShared, QueuePair};
 use crate::queue::PostedSlot;
 use crate::signaling::Signal;
 use crate::srq::SharedReceiveQueue;
@@ -90,8 +90,8 @@ impl UdPeer {
     /// [`Error::OptionOutOfRange`] when `qpn` is above 24 bits or `qkey` has its top bit
     /// set (a controlled Q_Key).
     pub fn new(ah: AddressHandle, qpn: u32, qkey: u32) -> Result<UdPeer> {
-        check_range("UdPeer qpn", qpn, MAX_QPN)?;
-        check_range("UdPeer qkey", qkey, MAX_QKEY)?;
+        check_option("UdPeer qpn", qpn, MAX_QPN)?;
+        check_option("UdPeer qkey", qkey, MAX_QKEY)?;
         Ok(UdPeer { ah, qpn, qkey })
     }
 
@@ -206,7 +206,7 @@ impl UdQueuePair {
         srq: Option<&SharedReceiveQueue>,
         options: UdOptions,
     ) -> Result<UdQueuePair> {
-        check_range("UdOptions::qkey", options.qkey, MAX_QKEY)?;
+        check_option("UdOptions::qkey", options.qkey, MAX_QKEY)?;
         let ctx = &pd.context().inner;
         // Fences (see `post_datagram_fence`) go to this queue pair's own port.
         let fence = AddressHandle::new(pd, ctx.gid, ctx.lid)?;
@@ -271,8 +271,8 @@ impl UdQueuePair {
     /// [`Error::OptionOutOfRange`] for a QP number above 24 bits or a controlled Q_Key;
     /// [`Error::Verbs`] when the address handle cannot be created.
     pub fn peer(&self, address: &UdAddress) -> Result<UdPeer> {
-        check_range("UdAddress::qpn", address.qpn, MAX_QPN)?;
-        check_range("UdAddress::qkey", address.qkey, MAX_QKEY)?;
+        check_option("UdAddress::qpn", address.qpn, MAX_QPN)?;
+        check_option("UdAddress::qkey", address.qkey, MAX_QKEY)?;
         let ah = self.extra.cache.get(address.gid, address.lid)?;
         Ok(UdPeer {
             ah,
@@ -523,17 +523,6 @@ pub(crate) fn with_blocks<B: Buffers>(
         overflow,
     };
     (with_grh, allocated)
-}
-
-fn check_range(option: &'static str, value: u32, max: u32) -> Result<()> {
-    if value > max {
-        return Err(Error::OptionOutOfRange {
-            option,
-            value: value.into(),
-            max: max.into(),
-        });
-    }
-    Ok(())
 }
 
 impl QpShared {

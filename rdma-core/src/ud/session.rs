@@ -25,7 +25,7 @@ use crate::cm::id::{CmId, MAX_ACCEPT_DATA, MAX_CONNECT_DATA};
 use crate::cm::sockaddr;
 use crate::context::Context;
 use crate::cq::{CompletionQueue, CqOptions};
-use crate::device::{DeviceSpec, PortSelection};
+use crate::device::PortSelection;
 use crate::error::{Error, Result};
 use crate::qp::QpOptions;
 use crate::runtime::{default_runtime, RuntimeHandle};
@@ -83,11 +83,7 @@ fn queue_pair_on(
     runtime: &RuntimeHandle,
     options: &UdSessionOptions,
 ) -> Result<UdQueuePair> {
-    let selection = PortSelection::for_spec(&DeviceSpec {
-        name: device.to_owned(),
-        port: Some(port),
-        gid_index: None,
-    })?;
+    let selection = PortSelection::for_port(device, port)?;
     let ctx = Context::open_port(&selection)?.with_runtime(runtime.clone());
     let pd = ctx.alloc_pd()?;
     let cq = CompletionQueue::new(

@@ -914,6 +914,16 @@ impl PortSelection {
         })
     }
 
+    /// Port `port` of device `name`, with that port's preferred GID: the port the
+    /// connection manager routed to.
+    pub(crate) fn for_port(name: &str, port: u8) -> Result<PortSelection> {
+        PortSelection::for_spec(&DeviceSpec {
+            name: name.to_owned(),
+            port: Some(port),
+            gid_index: None,
+        })
+    }
+
     /// The choice a [`DeviceSpec`] describes (as from `ANYRDMA_DEVICE`): a given port must
     /// be active and a given GID index must be a used entry.
     ///

@@ -130,16 +130,27 @@ impl ConnectOptions {
             ("ConnectOptions::min_rnr_timer", self.min_rnr_timer, 31),
         ];
         for (option, value, max) in fields {
-            if value > max {
-                return Err(Error::OptionOutOfRange {
-                    option,
-                    value: value.into(),
-                    max: max.into(),
-                });
-            }
+            check_option(option, value, max)?;
         }
         Ok(())
     }
+}
+
+/// `Err(OptionOutOfRange)` when option `option`'s `value` is above `max` (the bits the
+/// device or the transport carries it in).
+pub(crate) fn check_option<T: Into<u64> + PartialOrd>(
+    option: &'static str,
+    value: T,
+    max: T,
+) -> Result<()> {
+    if value > max {
+        return Err(Error::OptionOutOfRange {
+            option,
+            value: value.into(),
+            max: max.into(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether RESET and destroy drop the queue pair's completions still in its CQs, as libmlx5
