@@ -67,6 +67,7 @@ mod handshake;
 mod header;
 mod message;
 mod messenger;
+mod owned;
 mod protocol;
 #[cfg(test)]
 mod simulation;
@@ -79,6 +80,7 @@ pub(crate) use messenger::Outgoing;
 pub(crate) use header::{Header, Kind, HEADER_LEN};
 pub use message::Message;
 pub use messenger::{Messages, Messenger};
+pub use owned::{OwnedResult, SendOwnedError};
 pub(crate) use waiting::Place;
 
 /// Sizes of a [`Messenger`]. Messengers made by [`Messenger::connect`] and
