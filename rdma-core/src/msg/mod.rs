@@ -34,6 +34,9 @@
 //!   working). `send` returns once the message (or its request) is posted, as a socket's
 //!   write returns once the bytes are buffered, so a task may send a large message and then
 //!   receive; [`Messenger::flush`] waits until the peer has everything.
+//!   [`Messenger::send_owned`] sends memory the caller owns without the copy: it is
+//!   registered where it is and exposed as it is, and given back once the peer has read it
+//!   and the registration is gone.
 //! - **Bounds**: messages in flight are bounded by the peer's depth (credits), the send
 //!   queue's room, and large messages exposed at once by 4. What a peer can
 //!   make this side hold is bounded too: its large messages are read two at a time, and at
