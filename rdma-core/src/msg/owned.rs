@@ -275,7 +275,7 @@ impl Messenger {
             // Not posted: the registration is still in `outgoing`. Posting failed: the
             // messenger failed, which took it down and sent it home.
             let data = match outgoing.take().and_then(Outgoing::into_exposed) {
-                Some(exposed) => exposed.buf.into_owned().ok(),
+                Some(exposed) => take_back(exposed.buf),
                 None => std::future::poll_fn(|cx| homing.poll_home(cx)).await.0,
             };
             return Err(SendOwnedError::new(error, data));
