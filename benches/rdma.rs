@@ -41,7 +41,9 @@
 //!   stream is built on, over the same rdma_cm connection; these four connect through
 //!   rdma_cm at `--cm-addr IP` (an RDMA interface's address; skipped without it).
 //!   `tcp_bw`, `tcp_lat`: the same loops over the runtime's TCP on 127.0.0.1, in event mode
-//!   only (orientation: the kernel's loopback, not a NIC). `--tests stream` runs all six.
+//!   only (orientation: the kernel's loopback, not a NIC). `stream_owned_bw`: `stream_bw`
+//!   with `RdmaStream::write_owned` (no copy: the peer reads the writer's own buffer, which
+//!   comes back once read) instead of `write_all`. `--tests stream` runs all seven.
 //!   Not for `raw`.
 //!
 //! Latency is half the round trip (except reads): median and 99th percentile of the
@@ -86,10 +88,11 @@ enum Test {
     CmMsgLat,
     TcpBw,
     TcpLat,
+    StreamOwnedBw,
 }
 
 impl Test {
-    const ALL: [Test; 14] = [
+    const ALL: [Test; 15] = [
         Test::WriteLat,
         Test::WriteImmLat,
         Test::SendLat,
@@ -104,6 +107,7 @@ impl Test {
         Test::CmMsgLat,
         Test::TcpBw,
         Test::TcpLat,
+        Test::StreamOwnedBw,
     ];
 
     fn name(self) -> &'static str {
@@ -122,6 +126,7 @@ impl Test {
             Test::CmMsgLat => "cm_msg_lat",
             Test::TcpBw => "tcp_bw",
             Test::TcpLat => "tcp_lat",
+            Test::StreamOwnedBw => "stream_owned_bw",
         }
     }
 
@@ -140,6 +145,7 @@ impl Test {
         matches!(
             self,
             Test::StreamBw
+                | Test::StreamOwnedBw
                 | Test::StreamLat
                 | Test::CmMsgBw
                 | Test::CmMsgLat
@@ -155,7 +161,10 @@ impl Test {
 
     /// A stream row measured in MB/s (the others are round trips).
     fn is_bw(self) -> bool {
-        matches!(self, Test::StreamBw | Test::CmMsgBw | Test::TcpBw)
+        matches!(
+            self,
+            Test::StreamBw | Test::StreamOwnedBw | Test::CmMsgBw | Test::TcpBw
+        )
     }
 
     fn code(self) -> u8 {

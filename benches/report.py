@@ -139,7 +139,7 @@ rows = [r for r in rows if not r.get("test", "").startswith("msg_")]
 meta["messaging"] = msg_rows
 # Byte stream rows (issue 23: benches/rdma/streaming.rs, ecosystem/benches/http.rs), with the
 # messenger over rdma_cm and TCP they are compared with: a section of their own.
-STREAM_TESTS = ("stream_bw", "stream_lat", "cm_msg_bw", "cm_msg_lat", "tcp_bw", "tcp_lat", "http1_rps")
+STREAM_TESTS = ("stream_bw", "stream_owned_bw", "stream_lat", "cm_msg_bw", "cm_msg_lat", "tcp_bw", "tcp_lat", "http1_rps")
 stream_rows = [r for r in rows if r.get("test") in STREAM_TESTS]
 rows = [r for r in rows if r.get("test") not in STREAM_TESTS]
 meta["streams"] = stream_rows
@@ -802,6 +802,26 @@ def streams_section():
         md.append(f"Goal (issue 23): {what}: {len(held)}/{len(pairs)} runtime and mode rows hold; "
                   f"{'lowest' if at_least else 'highest'} {far[0]:.2f}x ({far[1]}): "
                   f"{'met' if len(held) == len(pairs) else 'missed'}.")
+        md.append("")
+
+    owned = [(rt, mode, get("stream_owned_bw", rt, mode), get("stream_bw", rt, mode))
+             for rt in RUNTIMES for mode in ("busy", "event")]
+    owned = [o for o in owned if o[2]]
+    if owned:
+        owned_name = size_name(owned[0][2]["size"])
+        md.append(f"**Zero-copy writes** (`stream_owned_bw`): the bandwidth loop with `write_owned` of one "
+                  f"{owned_name} `Vec` of the client's, again and again, instead of `write_all`: no copy (the "
+                  f"server's stream reads the client's buffer where it is, registered for that write alone), and "
+                  f"the buffer comes back once read and deregistered, so one write is in flight at a time where "
+                  f"`write_all` returns once its copy is posted.")
+        md.append("")
+        md.append(f"| runtime | mode | write_owned {owned_name} (MB/s) | write_all {bw_name} (MB/s) | "
+                  f"write_owned / write_all |")
+        md.append("|---|---|---:|---:|---:|")
+        for rt, mode, o, c in owned:
+            x = ratio(o["mb_s"], c["mb_s"] if c else None)
+            md.append(f"| {rt} | {mode} | {cell(o['mb_s'], prec=1)} | {cell(c['mb_s'] if c else None, prec=1)} | "
+                      f"{'-' if x is None else f'{x:.2f}x'} |")
         md.append("")
 
     tcp = [(rt, get("tcp_bw", rt, "event"), get("tcp_lat", rt, "event")) for rt in RUNTIMES]

@@ -4,6 +4,9 @@
 //! * `stream_bw`: the client writes `iters` writes of `size` bytes (1 MiB) and reads one
 //!   byte back; the server reads until it has every byte, then writes that byte. MB/s from
 //!   the first write to the byte back.
+//! * `stream_owned_bw`: `stream_bw` with `write_owned` of one 1 MiB `Vec` (by default, the
+//!   same size) instead of `write_all`: no copy, the server's stream reads the client's own
+//!   buffer, which comes back once read, so one write is in flight at a time.
 //! * `stream_lat`: the client writes `size` bytes (64 B) and reads as many back; the server
 //!   reads them and writes them back. Half the round trip, as `msg_lat`.
 //! * `cm_msg_bw`, `cm_msg_lat`: `msg_rate` (1 sender) and `msg_lat` of a `Messenger` on a
@@ -85,7 +88,7 @@ pub(super) async fn measure(
     cm: Option<IpAddr>,
 ) -> Res<Outcome> {
     match spec.test {
-        Test::StreamBw | Test::StreamLat => {
+        Test::StreamBw | Test::StreamOwnedBw | Test::StreamLat => {
             let ip = cm_ip(cm)?;
             let options = stream_options(ctx, mode);
             let stream = if client {
@@ -96,6 +99,9 @@ pub(super) async fn measure(
                 send_port(ctl, listener.local_addr().port())?;
                 listener.accept().await?
             };
+            if spec.test == Test::StreamOwnedBw {
+                return owned_run(stream, spec, client, ctl).await;
+            }
             io_run(stream, spec, client, ctl).await
         }
         Test::CmMsgBw | Test::CmMsgLat => {
@@ -258,6 +264,44 @@ where
         return Err(format!("answer {answer:?}, not \"!\"").into());
     }
     Ok(Some(elapsed))
+}
+
+/// `stream_owned_bw`: the server reads as in [`bandwidth`]; the client writes one buffer of
+/// its own again and again with `write_owned`, which gives it back once the server's stream
+/// has read it.
+async fn owned_run(
+    mut s: RdmaStream,
+    spec: &Spec,
+    client: bool,
+    ctl: &mut TcpStream,
+) -> Res<Outcome> {
+    let outcome = if !client {
+        bandwidth(&mut s, spec, client, ctl).await?;
+        Outcome::default()
+    } else {
+        barrier(ctl)?;
+        let mut data = vec![FILL; spec.size];
+        let start = Instant::now();
+        for _ in 0..spec.iters {
+            data = s
+                .write_owned(data)
+                .await
+                .map_err(step("writing an owned buffer"))?;
+        }
+        s.flush().await.map_err(step("flushing the writes"))?;
+        let mut answer = [0u8; 1];
+        s.read_exact(&mut answer)
+            .await
+            .map_err(step("reading the answer"))?;
+        let elapsed = start.elapsed();
+        if answer != *b"!" {
+            return Err(format!("answer {answer:?}, not \"!\"").into());
+        }
+        rate(spec.iters, spec.size, elapsed)
+    };
+    barrier(ctl)?;
+    drop(s);
+    Ok(outcome)
 }
 
 /// Request and response of `size` bytes: no flush between, as a socket program writes and

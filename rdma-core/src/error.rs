@@ -303,6 +303,8 @@ pub enum Error {
         /// What was wrong with it.
         problem: crate::stream::FrameProblem,
     },
+    /// A write to a byte stream after its write side was closed (`close`, `shutdown`).
+    StreamClosed,
     /// A control message of remote memory from the peer broke the protocol (see
     /// [`remote_memory`](crate::remote_memory)); nothing of it was used.
     BadControlMessage {
@@ -862,6 +864,10 @@ impl fmt::Display for Error {
                 "the peer sent a message that breaks the messaging protocol ({problem}); the \
                  connection was shut down"
             ),
+            Error::StreamClosed => write!(
+                f,
+                "written after the stream's write side was closed (close or shutdown ends it)"
+            ),
             Error::BadStreamFrame { problem } => write!(
                 f,
                 "the peer sent a message that breaks the byte stream's framing ({problem}); \
@@ -950,7 +956,7 @@ fn bigger(queue: &str) -> &'static str {
 /// error inside is this one ([`io::Error::get_ref`], [`io::Error::into_inner`]), of a kind a
 /// socket user checks: `ConnectionReset` for a disconnect, `TimedOut` for a connect that
 /// did not finish, `InvalidInput` and `InvalidData` for bad arguments and a peer's bad
-/// messages, `Other` else.
+/// messages, `BrokenPipe` for a write after `close`, `Other` else.
 impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         let kind = match err.root_cause() {
@@ -963,6 +969,7 @@ impl From<Error> for io::Error {
             }
             Error::InvalidArgument(_) | Error::TooLarge { .. } => io::ErrorKind::InvalidInput,
             Error::BadMessage { .. } | Error::BadStreamFrame { .. } => io::ErrorKind::InvalidData,
+            Error::StreamClosed => io::ErrorKind::BrokenPipe,
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)

@@ -16,9 +16,9 @@ use std::any::Any;
 /// # Safety
 /// For as long as the value lives and only [`as_mut_ptr`](StableBytes::as_mut_ptr) and
 /// [`len`](StableBytes::len) are called on it, `as_mut_ptr()` must return the same pointer to
-/// `len()` bytes that the value owns, valid for reads and writes, which do not move when the
-/// value moves (heap or mapped memory, never inline storage) and are not reached by anything
-/// else; dropping the value may free them.
+/// `len()` initialized bytes that the value owns, valid for reads and writes, which do not
+/// move when the value moves (heap or mapped memory, never inline storage) and are not
+/// reached by anything else; dropping the value may free them.
 pub unsafe trait StableBytes: Send + 'static {
     /// The first byte.
     fn as_mut_ptr(&mut self) -> *mut u8;
@@ -72,6 +72,18 @@ unsafe impl StableBytes for memmap2::MmapMut {
     fn len(&self) -> usize {
         <[u8]>::len(self)
     }
+}
+
+/// The bytes of `data`, read in place (to copy a small message out of it).
+pub(crate) fn bytes_of<T: StableBytes>(data: &mut T) -> &[u8] {
+    let len = data.len();
+    let ptr = data.as_mut_ptr();
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: by StableBytes, `ptr` points to `len` initialized bytes owned by `data`, which
+    // the returned borrow of `data` keeps alive, unmoved and unchanged.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
 }
 
 /// A registered container, kept (type-erased) until the registration is gone.

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use super::header::{Header, Kind, Rendezvous, DONE_LEN, HEADER_LEN};
+use super::owned::Exposed;
 use super::protocol::{Action, Incoming, Protocol};
 use super::waiting::Waiters;
 use super::Message;
@@ -51,7 +52,7 @@ pub(crate) struct State {
     /// that the send queue's room is known and a failed send fails the messenger.
     pub(crate) sending: VecDeque<Op<LocalBuf, Done>>,
     /// Our large messages the peer may be reading, by token: exposed until it says done.
-    pub(crate) exposed: HashMap<u32, LocalBuf>,
+    pub(crate) exposed: HashMap<u32, Exposed>,
     /// Tasks waiting in `send`, `recv` or `flush`, and the one the operations will wake.
     pub(crate) waiters: Waiters,
 }
@@ -172,9 +173,15 @@ impl Engine {
                     }
                 }
                 Action::Unexpose(token) => {
-                    state.exposed.remove(&token);
+                    if let Some(exposed) = state.exposed.remove(&token) {
+                        exposed.take_down(true);
+                    }
                 }
-                Action::UnexposeAll => state.exposed.clear(),
+                Action::UnexposeAll => {
+                    for (_, exposed) in state.exposed.drain() {
+                        exposed.take_down(false);
+                    }
+                }
             }
         }
     }

@@ -9,6 +9,7 @@ use std::task::{Context as TaskContext, Poll};
 use super::engine::{Engine, State};
 use super::handshake::{self, PeerSizes};
 use super::header::{Kind, Rendezvous, HEADER_LEN, REQUEST_LEN};
+use super::owned::Exposed;
 use super::protocol::{Gate, Limits, Protocol, Route, CONTROL_RECEIVES, READS_IN_FLIGHT};
 use super::waiting::{self, Place};
 use super::{Message, MessengerOptions};
@@ -30,11 +31,32 @@ pub(crate) struct Outgoing {
     message: LocalBuf,
     /// Bytes of the payload that are sent (at most what `message` has room for).
     len: usize,
-    /// For a rendezvous request: the copy the peer reads, and where it is.
-    exposed: Option<(LocalBuf, RemoteRegion)>,
+    /// For a rendezvous request: the memory the peer reads, and where it is.
+    exposed: Option<(Exposed, RemoteRegion)>,
 }
 
 impl Outgoing {
+    /// A rendezvous request in `message` for `exposed`, which the peer reads at `remote`.
+    pub(crate) fn request(
+        imm: Option<u32>,
+        message: LocalBuf,
+        exposed: Exposed,
+        remote: RemoteRegion,
+    ) -> Outgoing {
+        Outgoing {
+            kind: Kind::Request,
+            imm,
+            message,
+            len: REQUEST_LEN,
+            exposed: Some((exposed, remote)),
+        }
+    }
+
+    /// What a rendezvous request would have exposed (it was never posted).
+    pub(crate) fn into_exposed(self) -> Option<Exposed> {
+        self.exposed.map(|(exposed, _)| exposed)
+    }
+
     /// The payload, to fill in place (an eager message's).
     pub(crate) fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.message[HEADER_LEN..HEADER_LEN + self.len]
@@ -246,6 +268,11 @@ impl Messenger {
         }
     }
 
+    /// The engine under every clone.
+    pub(super) fn engine(&self) -> &Engine {
+        &self.inner
+    }
+
     /// The connection, for a messenger made by [`connect`](Messenger::connect) or
     /// [`accept`](Messenger::accept).
     pub fn connection(&self) -> Option<&Connection> {
@@ -354,13 +381,12 @@ impl Messenger {
         let mut exposed = engine.qp.pd().alloc(len, Access::REMOTE_READ)?;
         fill(&mut exposed);
         let remote = exposed.remote()?;
-        Ok(Outgoing {
-            kind: Kind::Request,
+        Ok(Outgoing::request(
             imm,
-            message: engine.pool.alloc(HEADER_LEN + REQUEST_LEN)?,
-            len: REQUEST_LEN,
-            exposed: Some((exposed, remote)),
-        })
+            engine.pool.alloc(HEADER_LEN + REQUEST_LEN)?,
+            Exposed::copy(exposed),
+            remote,
+        ))
     }
 
     /// An empty eager message with room for `capacity` bytes (at most the
@@ -379,7 +405,7 @@ impl Messenger {
     /// Posts `outgoing` once a credit and a place in the send queue are free (and, for a
     /// rendezvous request, once fewer than the peer's depth of messages are exposed). A poll
     /// with the state locked; `outgoing` is taken when it is posted.
-    fn poll_post(
+    pub(super) fn poll_post(
         engine: &Engine,
         state: &mut State,
         cx: &mut TaskContext<'_>,

@@ -34,6 +34,9 @@
 //!   working). `send` returns once the message (or its request) is posted, as a socket's
 //!   write returns once the bytes are buffered, so a task may send a large message and then
 //!   receive; [`Messenger::flush`] waits until the peer has everything.
+//!   [`Messenger::send_owned`] sends memory the caller owns without the copy: it is
+//!   registered where it is and exposed as it is, and given back once the peer has read it
+//!   and the registration is gone.
 //! - **Bounds**: messages in flight are bounded by the peer's depth (credits), the send
 //!   queue's room, and large messages exposed at once by 4. What a peer can
 //!   make this side hold is bounded too: its large messages are read two at a time, and at
@@ -67,6 +70,7 @@ mod handshake;
 mod header;
 mod message;
 mod messenger;
+mod owned;
 mod protocol;
 #[cfg(test)]
 mod simulation;
@@ -79,6 +83,7 @@ pub(crate) use messenger::Outgoing;
 pub(crate) use header::{Header, Kind, HEADER_LEN};
 pub use message::Message;
 pub use messenger::{Messages, Messenger};
+pub use owned::{OwnedResult, SendOwnedError};
 pub(crate) use waiting::Place;
 
 /// Sizes of a [`Messenger`]. Messengers made by [`Messenger::connect`] and

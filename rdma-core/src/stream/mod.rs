@@ -23,7 +23,8 @@
 //!   eager limit takes one eager message's worth per call. A vectored write
 //!   (`poll_write_vectored`: h2, hyper and tonic hand a frame's header and payload over in
 //!   one call) is taken as one buffer of all its slices would be, copied once into the
-//!   message.
+//!   message. [`RdmaStream::write_owned`] writes memory the caller owns without a copy:
+//!   the peer reads it where it is, and it comes back once read and deregistered.
 //! - **`flush`** returns when the peer has every byte written before it: the device
 //!   acknowledged each send, and the peer read each large write. That is one round trip of
 //!   the transport (the peer's device acknowledges; its application need not run), and more

@@ -7,7 +7,8 @@ use super::read_half::ReadHalf;
 use super::write_half::{Shared, WriteHalf, Writer};
 use super::StreamOptions;
 use crate::error::Result;
-use crate::msg::Messenger;
+use crate::msg::{Messenger, OwnedResult};
+use crate::owned::StableBytes;
 
 /// A connected byte stream over RDMA, with the semantics of a TCP socket: see the
 /// [module documentation](super).
@@ -77,6 +78,26 @@ impl RdmaStream {
     /// The messenger underneath (its queue pair, credits and state, for diagnostics).
     pub fn messenger(&self) -> &Messenger {
         &self.read.shared.messenger
+    }
+
+    /// Writes all of `data`, memory the caller owns, without copying it when it is large,
+    /// and gives it back once the peer has read it and its registration is gone: see
+    /// [`WriteHalf::write_owned`].
+    ///
+    /// ```no_run
+    /// # async fn demo(mut stream: anyrdma_core::stream::RdmaStream) -> anyrdma_core::Result<()> {
+    /// let mut block = vec![0u8; 16 << 20];
+    /// for round in 0..4u8 {
+    ///     block.fill(round);
+    ///     block = stream.write_owned(block).await?; // the same allocation, read by the peer
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`WriteHalf::write_owned`].
+    pub async fn write_owned<T: StableBytes>(&mut self, data: T) -> OwnedResult<T> {
+        self.write.write_owned(data).await
     }
 
     /// Splits the stream into halves that two tasks own: one reads, the other writes.

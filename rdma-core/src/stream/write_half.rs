@@ -2,14 +2,16 @@
 //! into one message while the peer has no receive free; and what the two halves share (the
 //! messenger and the writer, since reads push gathered bytes too).
 
+use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
 use super::frame::END_OF_STREAM;
-use crate::error::Result;
-use crate::msg::{Messenger, Outgoing, Place};
+use crate::error::{Error, Result};
+use crate::msg::{Messenger, Outgoing, OwnedResult, Place, SendOwnedError};
+use crate::owned::StableBytes;
 use crate::wake::lock;
 
 /// What the two halves of a stream share.
@@ -105,6 +107,19 @@ impl Writer {
         messenger: &Messenger,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Result<()>> {
+        let mut place = std::mem::take(&mut self.place);
+        let poll = self.poll_post_pending_at(messenger, cx, &mut place);
+        self.place = place;
+        poll
+    }
+
+    /// Posts what is pending, waiting for the peer's room at `place` among the waiters.
+    fn poll_post_pending_at(
+        &mut self,
+        messenger: &Messenger,
+        cx: &mut TaskContext<'_>,
+        place: &mut Place,
+    ) -> Poll<Result<()>> {
         if self
             .pending
             .as_ref()
@@ -117,7 +132,7 @@ impl Writer {
         if self.pending.is_none() {
             return Poll::Ready(Ok(()));
         }
-        messenger.poll_post_at(cx, &mut self.place, &mut self.pending)
+        messenger.poll_post_at(cx, place, &mut self.pending)
     }
 
     /// Accepts bytes from the front of `bufs`, as many as one message takes: into the
@@ -250,10 +265,7 @@ impl WriteHalf {
     ) -> Poll<io::Result<usize>> {
         let mut writer = lock(&self.shared.writer);
         if writer.closed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "written after the stream's write side was closed",
-            )));
+            return Poll::Ready(Err(Error::StreamClosed.into()));
         }
         writer
             .poll_write(&self.shared.messenger, cx, bufs)
@@ -272,6 +284,87 @@ impl WriteHalf {
         writer
             .poll_close(&self.shared.messenger, cx)
             .map_err(io::Error::from)
+    }
+}
+
+impl WriteHalf {
+    /// Writes all of `data`, memory the caller owns ([`StableBytes`]: `Vec<u8>`,
+    /// `Box<[u8]>`, and with features `bytes::BytesMut` and memory mappings), without copying
+    /// it when it is large, and gives it back once the peer has read it.
+    ///
+    /// Bytes written before and still gathered in the stream go first; then `data` goes as
+    /// one message, by [`Messenger::send_owned`]: above the eager limit its bytes are
+    /// registered where they are, for this write alone, with remote read rights only, and
+    /// the peer reads them straight from `data`. The future resolves once the peer has read
+    /// them **and the registration is gone** (its key no longer works), giving `data` back,
+    /// the same allocation, for the next write. Up to the eager limit the bytes are copied as
+    /// a write's are and `data` comes back at once. Order is kept: what is written after
+    /// comes after.
+    ///
+    /// Dropping the future before `data` was posted (while earlier bytes or the peer's room
+    /// are waited for) sends none of it and leaves nothing exposed; dropping it after, the
+    /// bytes still arrive and `data` is dropped once the peer has read them (see
+    /// [`Messenger::send_owned`]). Takes at most the messenger's
+    /// [`max_message`](Messenger::max_message) bytes (64 MiB by default) at once.
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: anyrdma_core::stream::RdmaStream) -> anyrdma_core::Result<()> {
+    /// let (_read, mut write) = stream.split();
+    /// let mut block = vec![0u8; 16 << 20];
+    /// for round in 0..4u8 {
+    ///     block.fill(round); // the peer's old key is dead: it cannot see this
+    ///     block = write.write_owned(block).await?; // not copied; back once the peer read it
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A [`SendOwnedError`] giving `data` back (see [`Messenger::send_owned`]):
+    /// [`Error::StreamClosed`] after `close`, [`Error::TooLarge`] above `max_message`, the
+    /// registration's errors, and the stream's failure (a killed peer, say), as a write's.
+    /// It converts into an [`io::Error`] as a write's error would be.
+    pub async fn write_owned<T: StableBytes>(&mut self, data: T) -> OwnedResult<T> {
+        let shared = &*self.shared;
+        let messenger = &shared.messenger;
+        // The bytes gathered before go first, from a place among the waiters that this future
+        // gives up if it is dropped.
+        let mut waiting = Waiting {
+            messenger,
+            place: Place::default(),
+        };
+        let earlier = poll_fn(|cx| {
+            let mut writer = lock(&shared.writer);
+            if writer.closed {
+                return Poll::Ready(Err(Error::StreamClosed));
+            }
+            writer.poll_post_pending_at(messenger, cx, &mut waiting.place)
+        })
+        .await;
+        drop(waiting);
+        if let Err(error) = earlier {
+            return Err(SendOwnedError {
+                error,
+                data: Some(data),
+            });
+        }
+        if data.is_empty() {
+            // An empty message would break the framing; nothing to send.
+            return Ok(data);
+        }
+        // Nothing is gathered now, and nothing else writes while this borrows the half.
+        messenger.send_owned_message(data, None).await
+    }
+}
+
+/// A place among the messenger's waiters, given up when dropped.
+struct Waiting<'a> {
+    messenger: &'a Messenger,
+    place: Place,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.messenger.abandon(&mut self.place);
     }
 }
 
