@@ -45,6 +45,10 @@
 //!   with `RdmaStream::write_owned` (no copy: the peer reads the writer's own buffer, which
 //!   comes back once read) instead of `write_all`. `--tests stream` runs all seven.
 //!   Not for `raw`.
+//! * `ud_send_lat`, `ud_send_rate`: unreliable datagrams (`anyrdma::ud`, benches/rdma/datagrams.rs),
+//!   as perftest's `ib_send_lat -c UD` and `ib_send_bw -c UD`: sizes `--ud-sizes 8,64,512,4096`
+//!   (at most the port's MTU) and the rate of `--ud-rate-size 64` datagrams on `--ud-qps 1,4`
+//!   queue pairs (`--rate-iters` per queue pair). `--tests ud` runs both. Not for `raw`.
 //!
 //! Latency is half the round trip (except reads): median and 99th percentile of the
 //! per-iteration times, in microseconds, as perftest's `t_typical` and `99% percentile`.
@@ -61,6 +65,8 @@ use anyrdma::{
     ProtectionDomain, QpOptions, Recv, RemoteRegion, SharedRegion,
 };
 
+#[path = "rdma/datagrams.rs"]
+mod datagrams;
 #[path = "rdma/messaging.rs"]
 mod messaging;
 #[path = "rdma/streaming.rs"]
@@ -89,10 +95,12 @@ enum Test {
     TcpBw,
     TcpLat,
     StreamOwnedBw,
+    UdSendLat,
+    UdSendRate,
 }
 
 impl Test {
-    const ALL: [Test; 15] = [
+    const ALL: [Test; 17] = [
         Test::WriteLat,
         Test::WriteImmLat,
         Test::SendLat,
@@ -108,6 +116,8 @@ impl Test {
         Test::TcpBw,
         Test::TcpLat,
         Test::StreamOwnedBw,
+        Test::UdSendLat,
+        Test::UdSendRate,
     ];
 
     fn name(self) -> &'static str {
@@ -127,6 +137,8 @@ impl Test {
             Test::TcpBw => "tcp_bw",
             Test::TcpLat => "tcp_lat",
             Test::StreamOwnedBw => "stream_owned_bw",
+            Test::UdSendLat => "ud_send_lat",
+            Test::UdSendRate => "ud_send_rate",
         }
     }
 
@@ -152,6 +164,11 @@ impl Test {
                 | Test::TcpBw
                 | Test::TcpLat
         )
+    }
+
+    /// Over unreliable datagrams (benches/rdma/datagrams.rs).
+    fn is_ud(self) -> bool {
+        matches!(self, Test::UdSendLat | Test::UdSendRate)
     }
 
     /// Over rdma_cm, so only with `--cm-addr`.
@@ -249,6 +266,9 @@ struct Opts {
     stream_bw_size: usize,
     stream_bw_iters: Option<usize>,
     stream_lat_size: usize,
+    ud_sizes: Vec<usize>,
+    ud_rate_size: usize,
+    ud_qps: Vec<usize>,
     json: Option<String>,
 }
 
@@ -279,6 +299,9 @@ fn parse_opts() -> Res<Opts> {
         stream_bw_size: 1 << 20,
         stream_bw_iters: None,
         stream_lat_size: 64,
+        ud_sizes: vec![8, 64, 512, 4096],
+        ud_rate_size: 64,
+        ud_qps: vec![1, 4],
         json: None,
     };
     let mut args = std::env::args().skip(1);
@@ -302,14 +325,13 @@ fn parse_opts() -> Res<Opts> {
                 let mut tests = Vec::new();
                 for t in val()?.split(',') {
                     match t {
-                        "lat" => tests.extend(
-                            Test::ALL
-                                .iter()
-                                .filter(|t| !t.is_rate() && !t.is_msg() && !t.is_stream()),
-                        ),
+                        "lat" => tests.extend(Test::ALL.iter().filter(|t| {
+                            !t.is_rate() && !t.is_msg() && !t.is_stream() && !t.is_ud()
+                        })),
                         "rate" => tests.extend(Test::ALL.iter().filter(|t| t.is_rate())),
                         "msg" => tests.extend(Test::ALL.iter().filter(|t| t.is_msg())),
                         "stream" => tests.extend(Test::ALL.iter().filter(|t| t.is_stream())),
+                        "ud" => tests.extend(Test::ALL.iter().filter(|t| t.is_ud())),
                         _ => tests.push(
                             *Test::ALL
                                 .iter()
@@ -335,6 +357,9 @@ fn parse_opts() -> Res<Opts> {
             "--stream-bw-size" => o.stream_bw_size = num(&val()?)?,
             "--stream-bw-iters" => o.stream_bw_iters = Some(num(&val()?)?),
             "--stream-lat-size" => o.stream_lat_size = num(&val()?)?,
+            "--ud-sizes" => o.ud_sizes = list(&val()?, num)?,
+            "--ud-rate-size" => o.ud_rate_size = num(&val()?)?,
+            "--ud-qps" => o.ud_qps = list(&val()?, num)?,
             "--json" => o.json = Some(val()?),
             "--smoke" => {
                 o.iters = 200;
@@ -824,6 +849,10 @@ async fn measure(
     mut ctl: TcpStream,
     cm: Option<std::net::IpAddr>,
 ) -> Res<(Outcome, TcpStream)> {
+    if spec.test.is_ud() {
+        let outcome = datagrams::measure(&ctx, mode, &spec, client, &mut ctl).await?;
+        return Ok((outcome, ctl));
+    }
     if spec.test.is_stream() {
         // It keeps the connection until both sides are done.
         let outcome = streaming::measure(&ctx, rt, mode, &spec, client, &mut ctl, cm).await?;
@@ -1365,7 +1394,8 @@ fn specs(o: &Opts, rt: Rt, mode: Mode) -> Vec<Spec> {
     for &test in &o.tests {
         // Memory polling has no event mode; raw verbs measure latency only.
         if (test == Test::WriteLat && mode == Mode::Event)
-            || (rt == Rt::Raw && (test.is_rate() || test.is_msg() || test.is_stream()))
+            || (rt == Rt::Raw
+                && (test.is_rate() || test.is_msg() || test.is_stream() || test.is_ud()))
             // TCP has no poll mode: one pass is enough.
             || (matches!(test, Test::TcpBw | Test::TcpLat) && mode == Mode::Busy)
             || (test.needs_cm() && o.cm_addr.is_none())
@@ -1382,6 +1412,23 @@ fn specs(o: &Opts, rt: Rt, mode: Mode) -> Vec<Spec> {
             inline: o.inline,
             senders: 1,
         };
+        if test == Test::UdSendLat {
+            for &size in &o.ud_sizes {
+                out.push(Spec { size, ..base });
+            }
+            continue;
+        }
+        if test == Test::UdSendRate {
+            for &qps in &o.ud_qps {
+                out.push(Spec {
+                    size: o.ud_rate_size,
+                    iters: o.rate_iters,
+                    qps,
+                    ..base
+                });
+            }
+            continue;
+        }
         if test == Test::MsgLat {
             for &size in &o.msg_lat_sizes {
                 // Large messages go by rendezvous: a registration each, far slower.

@@ -23,7 +23,8 @@ builds = {}  # "current" / "baseline" -> {"hash": ..., "name": ...}
 perftest_notes = []
 
 ansi = re.compile(r"\x1b\[[0-9;]*m")
-lat_re = re.compile(r"^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)")
+# perftest prints "-nan" for the standard deviation now and then (seen with -c UD on rxe).
+lat_re = re.compile(r"^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+|-?nan)\s+([\d.]+|-?nan)\s+([\d.]+)")
 bw_re = re.compile(r"^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
 
 
@@ -143,6 +144,10 @@ STREAM_TESTS = ("stream_bw", "stream_owned_bw", "stream_lat", "cm_msg_bw", "cm_m
 stream_rows = [r for r in rows if r.get("test") in STREAM_TESTS]
 rows = [r for r in rows if r.get("test") not in STREAM_TESTS]
 meta["streams"] = stream_rows
+# Datagram rows (issue 24: benches/rdma/datagrams.rs and perftest -c UD): a section of their own.
+ud_rows = [r for r in rows if r.get("test", "").startswith("ud_")]
+rows = [r for r in rows if not r.get("test", "").startswith("ud_")]
+meta["datagrams"] = ud_rows
 
 # Instructions per round trip: the difference of the shortest and the longest run over their
 # difference in round trips (set-up and tear-down cancel).
@@ -156,7 +161,7 @@ meta["cpu_cost"] = list(cpu.values())
 meta["builds"] = builds
 meta["notes"] = perftest_notes
 
-json.dump({"meta": meta, "rows": rows + msg_rows + stream_rows}, open(f"{out_dir}/results.json", "w"), indent=1)
+json.dump({"meta": meta, "rows": rows + msg_rows + stream_rows + ud_rows}, open(f"{out_dir}/results.json", "w"), indent=1)
 
 
 # ---- Markdown ------------------------------------------------------------------------------
@@ -721,6 +726,90 @@ def messaging_section():
     md.append("")
 
 
+def datagrams_section():
+    if not ud_rows:
+        return
+
+    def get(impl, test, mode, size, rt=None, qps=1):
+        for r in ud_rows:
+            if (r["impl"] == impl and r["test"] == test and r["mode"] == mode and r["size"] == size
+                    and r.get("qps", 1) == qps and (rt is None or r["runtime"] == rt)):
+                return r
+        return None
+
+    md.append("### Datagrams (UD, `anyrdma::ud`)")
+    md.append("")
+    md.append("`UdQueuePair` against perftest's `ib_send_lat -c UD` and `ib_send_bw -c UD` on the same device "
+              "in the same boot (benches/rdma/datagrams.rs), measured the way perftest measures: each side posts "
+              "`min(iters, 16000)` receives before the first send (perftest's receive depth for UD; receive "
+              "buffers of the MTU, the 40-byte header in anyrdma's own block) and none inside the timed loop. "
+              "Latency: a ping-pong of datagram sends, each send signaled and awaited; half the round trip, "
+              "median and 99th percentile, µs. Message rate: 64 B datagrams, 128 sends in flight per QP, each "
+              "client QP sending to its own server QP; Mmsg/s of the sender from the first post to the last "
+              "completion (perftest's figure; perftest moderates completions every 100 sends, anyrdma signals "
+              "every 16th). Ratios are against perftest.")
+    md.append("")
+    sizes = sorted({r["size"] for r in ud_rows if r["test"] == "ud_send_lat"})
+    for metric, title in (("median_us", "median"), ("p99_us", "99th percentile")):
+        md.append(f"**Latency, {title} (µs)**")
+        md.append("")
+        md.append("| mode | size | perftest | " + " | ".join(f"anyrdma {rt}" for rt in RUNTIMES) + " |")
+        md.append("|---|---:|---:|" + "---:|" * len(RUNTIMES))
+        for mode in ("busy", "event"):
+            for size in sizes:
+                p = get("perftest", "ud_send_lat", mode, size)
+                pv = p[metric] if p else None
+                cells = [cell(pv)]
+                found = p is not None
+                for rt in RUNTIMES:
+                    r = get("anyrdma", "ud_send_lat", mode, size, rt)
+                    found |= r is not None
+                    v = r[metric] if r else None
+                    cells.append(cell(v, ratio(v, pv)))
+                if found:
+                    md.append(f"| {mode} | {size} | " + " | ".join(cells) + " |")
+        md.append("")
+    qps_list = sorted({r.get("qps", 1) for r in ud_rows if r["test"] == "ud_send_rate"})
+    if qps_list:
+        md.append("**Message rate, 64 B (Mmsg/s)**")
+        md.append("")
+        md.append("| mode | QPs | perftest | " + " | ".join(f"anyrdma {rt}" for rt in RUNTIMES) + " |")
+        md.append("|---|---:|---:|" + "---:|" * len(RUNTIMES))
+        for mode in ("busy", "event"):
+            for qps in qps_list:
+                p = get("perftest", "ud_send_rate", mode, 64, qps=qps)
+                pv = p["mmsg_s"] if p else None
+                cells = [cell(pv, None, 4)]
+                for rt in RUNTIMES:
+                    r = get("anyrdma", "ud_send_rate", mode, 64, rt, qps)
+                    v = r["mmsg_s"] if r else None
+                    cells.append(cell(v, ratio(v, pv), 4))
+                md.append(f"| {mode} | {qps} | " + " | ".join(cells) + " |")
+        md.append("")
+
+    goals = []
+    for mode, limit in (("busy", 1.1), ("event", 1.2)):
+        pairs = []
+        for size in sizes:
+            p = get("perftest", "ud_send_lat", mode, size)
+            for rt in RUNTIMES:
+                r = get("anyrdma", "ud_send_lat", mode, size, rt)
+                if p and r:
+                    pairs.append((ratio(r["median_us"], p["median_us"]), f"{rt} {size} B"))
+        goals.append(bound_goal(f"{mode} datagram latency (median) <= {limit}x perftest", pairs, limit))
+    for qps in qps_list:
+        pairs = []
+        for mode in ("busy", "event"):
+            p = get("perftest", "ud_send_rate", mode, 64, qps=qps)
+            for rt in RUNTIMES:
+                r = get("anyrdma", "ud_send_rate", mode, 64, rt, qps)
+                if p and r:
+                    pairs.append((ratio(r["mmsg_s"], p["mmsg_s"]), f"{rt} {mode}"))
+        goals.append(bound_goal(f"64 B datagram rate, {qps} QP{'s' if qps > 1 else ''}: >= 0.95x perftest",
+                                pairs, 0.95, at_least=True))
+    goals_table("Goals (issue 24: datagrams)", goals)
+
+
 def streams_section():
     if not stream_rows:
         return
@@ -869,6 +958,7 @@ if run_mode != "callgrind":
     full_run_tables()
     messaging_section()
     streams_section()
+    datagrams_section()
     wakeups_section()
     pool_section()
 callgrind_section()
