@@ -39,9 +39,9 @@ pub use anyrdma_core::{
     ClassStats, CompletionQueue, ConnectOptions, Context, CqOptions, DeviceEvent, DeviceEventKind,
     DeviceInfo, DeviceLimits, DeviceSpec, Done, Elapsed, Endpoint, Error, Gid, GidEntry, GidType,
     LinkLayer, LocalBuf, MemoryPool, MemoryRegion, MessageKind, NextEvent, Op, Outcome, PollMode,
-    PoolOptions, PoolStats, PortInfo, PortSelection, PortState, ProtectionDomain, QpOptions,
-    QpShutdownReason, QueuePair, ReadinessFd, Received, Recv, RemoteRegion, Result, Runtime,
-    RuntimeHandle, SharedReceiveQueue, SharedRegion, SrqOptions, StableBytes, WcStatus,
+    PoolOptions, PoolStats, PortCounters, PortInfo, PortSelection, PortState, ProtectionDomain,
+    QpOptions, QpShutdownReason, QueuePair, ReadinessFd, Received, Recv, RemoteRegion, Result,
+    Runtime, RuntimeHandle, SharedReceiveQueue, SharedRegion, SrqOptions, StableBytes, WcStatus,
     WireProblem, WorkKind, DEVICE_ENV, MAX_SGE,
 };
 

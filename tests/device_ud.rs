@@ -330,6 +330,7 @@ async fn a_flood_into_too_few_receives_loses_without_failing(rt: Rt) {
     let senders: Vec<UdQueuePair> = (0..16).map(|_| node.qp()).collect();
     const RECEIVES: usize = 8;
     const EACH: usize = 8;
+    let counted_before = node.ctx.port_counters().expect("read the port's counters");
     let mut posted: Vec<_> = (0..RECEIVES)
         .map(|_| receiver.recv(node.blank(64)))
         .collect();
@@ -385,6 +386,40 @@ async fn a_flood_into_too_few_receives_loses_without_failing(rt: Rt) {
         senders.len() * EACH - received
     );
     assert!(received < senders.len() * EACH, "some were lost");
+    // The device's counters saw the flood: its packets (Soft-RoCE's `rcvd_pkts`, the standard
+    // `port_rcv_packets` elsewhere), and, where the device counts them, the drops.
+    let counted = node.ctx.port_counters().expect("read the port's counters");
+    let packets = ["rcvd_pkts", "port_rcv_packets"]
+        .into_iter()
+        .find_map(|name| Some((name, counted_before.get(name)?, counted.get(name)?)))
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no received-packets counter among {:?}",
+                rt.name(),
+                counted.iter().collect::<Vec<_>>()
+            )
+        });
+    assert!(
+        packets.2 - packets.1 >= (received + 1) as u64,
+        "{}: {} went from {} to {} while {} datagrams arrived",
+        rt.name(),
+        packets.0,
+        packets.1,
+        packets.2,
+        received + 1
+    );
+    if let (Some(before), Some(after)) = (
+        counted_before.receive_queue_drops(),
+        counted.receive_queue_drops(),
+    ) {
+        assert!(
+            after - before >= (senders.len() * EACH - received) as u64,
+            "{}: the device counted {} drops for {} datagrams lost",
+            rt.name(),
+            after - before,
+            senders.len() * EACH - received
+        );
+    }
 }
 
 async fn a_wrong_qkey_is_dropped_silently(rt: Rt) {

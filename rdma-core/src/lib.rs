@@ -43,7 +43,7 @@ pub use engine::signaling;
 pub(crate) use engine::{cq, op, queue, slots, wake, wc};
 pub(crate) use memory::{buffers, hot_slots, mr, owned, pool, remote, shared, span};
 pub use verbs::device;
-pub(crate) use verbs::{batch, context, endpoint, pd, qp, send, srq};
+pub(crate) use verbs::{batch, context, endpoint, pd, port_counters, qp, send, srq};
 
 pub use batch::Batch;
 pub use buffers::{Buffers, MAX_SGE};
@@ -61,6 +61,7 @@ pub use op::{Atomic, Done, MessageKind, Op, Outcome, Received, Recv};
 pub use owned::StableBytes;
 pub use pd::ProtectionDomain;
 pub use pool::{ClassStats, MemoryPool, PoolOptions, PoolStats};
+pub use port_counters::PortCounters;
 pub use qp::{ConnectOptions, QpOptions, QueuePair};
 pub use remote::RemoteRegion;
 pub use runtime::{sleep, timeout, Elapsed, ReadinessFd, Runtime, RuntimeHandle};

@@ -13,7 +13,10 @@
 //! acknowledged or retried. A datagram is lost, with no error on either side, when
 //! - the receiving queue pair has no receive posted when it arrives (a full receive queue
 //!   is the same thing: datagrams beyond the posted receives are dropped); keep receives
-//!   posted ahead of the traffic;
+//!   posted ahead of the traffic. Devices that count these drops show them in
+//!   [`Context::port_counters`](crate::Context::port_counters)'s
+//!   [`receive_queue_drops`](crate::PortCounters::receive_queue_drops) (mlx5's
+//!   `out_of_buffer`, for the whole port); Soft-RoCE does not count them;
 //! - it carries a Q_Key other than the receiving queue pair's: the device drops it silently
 //!   (ports count these as Q_Key violations where they count them);
 //! - the network drops it (congestion, a peer that is gone, a wrong address): a send to a

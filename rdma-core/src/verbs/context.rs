@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use rdma_sys::*;
 
-use crate::device::{self, DeviceHandle, Gid, PortSelection, PortState};
+use crate::device::{self, DeviceHandle, Gid, PortSelection, PortState, SYSFS_INFINIBAND};
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, NextEvent};
+use crate::port_counters::PortCounters;
 use crate::runtime::{set_nonblocking, RuntimeHandle};
 
 /// An opened RDMA device, bound to the port and GID its queue pairs use, and to the async
@@ -186,6 +187,22 @@ impl Context {
     pub fn port_state(&self) -> Result<PortState> {
         let attr = self.inner.device.query_port(self.inner.port)?;
         Ok(PortState::from_raw(attr.state))
+    }
+
+    /// The counters the device keeps for the port queue pairs use, read now: traffic,
+    /// errors, and the drops no completion reports (a datagram that found no receive posted:
+    /// [`PortCounters::receive_queue_drops`]). Reads sysfs; a few dozen small files, not for
+    /// a hot path.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) when sysfs has no such port
+    /// (the device went away).
+    pub fn port_counters(&self) -> Result<PortCounters> {
+        PortCounters::read(
+            std::path::Path::new(SYSFS_INFINIBAND),
+            &self.inner.name,
+            self.inner.port,
+        )
     }
 
     /// Waits for the device's next asynchronous event: a queue pair or completion queue

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub use super::device_env::DEVICE_ENV;
 
 /// Where the kernel publishes GID attributes (type, network device).
-const SYSFS_INFINIBAND: &str = "/sys/class/infiniband";
+pub(crate) const SYSFS_INFINIBAND: &str = "/sys/class/infiniband";
 
 // `enum ibv_link_layer` values (the header defines them as macros bindgen does not keep).
 const IBV_LINK_LAYER_UNSPECIFIED: u8 = 0;

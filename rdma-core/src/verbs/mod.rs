@@ -8,6 +8,7 @@ pub mod device;
 pub(crate) mod device_env;
 pub(crate) mod endpoint;
 pub(crate) mod pd;
+pub(crate) mod port_counters;
 pub(crate) mod qp;
 pub(crate) mod send;
 pub(crate) mod srq;
