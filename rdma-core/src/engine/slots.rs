@@ -104,6 +104,7 @@ impl QpStatus {
     /// Why the queue pair is in error, as its operations report it: the first failure, or
     /// the end of the connection that came after it and explains it (a peer that died shows
     /// first as a failed read or a retry error, then as a disconnect).
+    #[inline]
     pub(crate) fn cause(&self) -> Option<Arc<Error>> {
         self.disconnect.get().or(self.failure.get()).cloned()
     }
