@@ -405,9 +405,9 @@ impl SlotTable {
     }
 
     /// Ends every pending slot of `owner`, whose queue was destroyed or reset (so the
-    /// device no longer touches the buffers): a dropped operation's buffers go to
-    /// `wake.released`; a waiting one ends with a flush error caused by `cause` (its task's
-    /// waker goes to `wakers`), or, without a cause, is freed.
+    /// device no longer touches the buffers): a dropped operation's buffers go to `wake`
+    /// (released before any task is woken); a waiting one ends with a flush error caused by
+    /// `cause` (its task's waker goes to `wakers`), or, without a cause, is freed.
     pub(crate) fn end_owner(
         &mut self,
         owner: &Arc<QpStatus>,
@@ -434,7 +434,7 @@ impl SlotTable {
             self.outstanding = self.outstanding.saturating_sub(info.cq_entries);
             let waiting = abandoned.is_none();
             if let Some(buffers) = abandoned.take() {
-                wake.released.push(buffers);
+                wake.release(buffers);
             }
             match cause {
                 Some(cause) if waiting => {
@@ -578,7 +578,7 @@ impl SlotTable {
             return None;
         };
         if let Some(buffers) = abandoned.take() {
-            wake.released.push(buffers);
+            wake.release(buffers);
             self.free_slot(id.index);
             return None;
         }
