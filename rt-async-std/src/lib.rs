@@ -77,4 +77,10 @@ impl ReadinessFd for AsyncStdFd {
             }
         }
     }
+
+    /// async-io's interest is one-shot and level-triggered: re-armed by `poll_readable`
+    /// after `WouldBlock`, it reports a descriptor that is still readable at once.
+    fn level_triggered(&self) -> bool {
+        true
+    }
 }

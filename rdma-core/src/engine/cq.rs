@@ -525,9 +525,10 @@ impl CqShared {
         }
     }
 
-    /// One round of the driver: takes every event of the channel and leaves the CQ's own
-    /// waker with the reactor (one `poll_read_with`, which drains the channel until it would
-    /// block), acknowledges the events, polls the CQ until it is empty (dispatching every
+    /// One round of the driver: takes the channel's events and leaves the CQ's own waker
+    /// with the reactor (one `poll_read_with`, which drains the channel until it would
+    /// block, or takes one event where the reactor reports readiness by level, which reports
+    /// the rest again), acknowledges the events, polls the CQ until it is empty (dispatching every
     /// completion, waking their tasks outside the lock) and, while a task waits, arms the CQ
     /// and polls once more, then reads the device's events. The waker is with the reactor
     /// before the arm, so an event raised after it is never missed. Ends with the channel
@@ -555,9 +556,17 @@ impl CqShared {
             };
             let mut events = 0u32;
             let mut channel_cx = TaskContext::from_waker(&self.channel_waker);
+            // A reactor that reports readiness by level reports an event left in the channel
+            // again once interest is re-armed: one event per readiness is enough there, and
+            // saves the read that would find the channel empty. (The CQ is armed at most
+            // once per taken event, so there is seldom more than one.)
+            let one_per_readiness = watch.level_triggered();
             let watched = watch.poll_read_with(&mut channel_cx, &mut || loop {
                 self.get_event()?;
                 events += 1;
+                if one_per_readiness {
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
             });
             let registered = watched.is_pending();
             let mut state = lock(&self.state);

@@ -1,7 +1,7 @@
 //! Wake-up plumbing of the completion engine.
 
 use std::any::Any;
-use std::mem::MaybeUninit;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Wake, Waker};
@@ -136,23 +136,32 @@ impl Wake for WakerSet {
 /// it costs nothing until used: no initialised array, and no allocation for the first
 /// `POLL_BATCH` wakers. One signaled completion can complete many unsignaled requests (up
 /// to `signal_every - 1` before it), each with a task to wake, so a poll may gather more:
-/// those spill into a vector.
+/// those spill, with the buffers of dropped operations, into one boxed overflow that a poll
+/// without either never allocates (and its drop checks one pointer).
 pub(crate) struct WakeList {
     wakers: [MaybeUninit<Waker>; POLL_BATCH],
     len: usize,
+    /// Taken by every [`WakeList::run`], the drop's included, so it needs no drop glue of
+    /// its own (which would not be inlined: a call on every poll).
+    overflow: ManuallyDrop<Option<Box<Overflow>>>,
+}
+
+/// What a [`WakeList`] seldom holds.
+#[derive(Default)]
+struct Overflow {
     /// Wakers past the first `POLL_BATCH`.
     spilled: Vec<Waker>,
     /// Buffers of dropped operations, freed outside the lock.
-    pub(crate) released: Vec<Box<dyn Any + Send>>,
+    released: Vec<Box<dyn Any + Send>>,
 }
 
 impl WakeList {
+    #[inline]
     pub(crate) fn new() -> Self {
         WakeList {
             wakers: [const { MaybeUninit::uninit() }; POLL_BATCH],
             len: 0,
-            spilled: Vec::new(),
-            released: Vec::new(),
+            overflow: ManuallyDrop::new(None),
         }
     }
 
@@ -163,13 +172,23 @@ impl WakeList {
             self.wakers[self.len].write(waker);
             self.len += 1;
         } else {
-            self.spilled.push(waker);
+            self.overflow().spilled.push(waker);
         }
+    }
+
+    /// Adds the buffers of a dropped operation, to be freed by the next [`WakeList::run`]
+    /// (before any task is woken).
+    pub(crate) fn release(&mut self, buffers: Box<dyn Any + Send>) {
+        self.overflow().released.push(buffers);
+    }
+
+    fn overflow(&mut self) -> &mut Overflow {
+        self.overflow.get_or_insert_with(Box::default)
     }
 
     #[inline]
     pub(crate) fn run(&mut self) {
-        if self.len != 0 || !self.spilled.is_empty() || !self.released.is_empty() {
+        if self.len != 0 || self.overflow.is_some() {
             self.wake_and_release();
         }
     }
@@ -179,15 +198,24 @@ impl WakeList {
         // The buffers of dropped operations go first: a task woken by a completion of the
         // same batch then finds them unregistered already (a count of registrations taken
         // right after its operation returned sees them gone).
-        self.released.clear();
+        let spilled = match self.overflow.take() {
+            Some(overflow) => {
+                let Overflow { spilled, released } = *overflow;
+                drop(released);
+                spilled
+            }
+            None => Vec::new(),
+        };
         let len = std::mem::take(&mut self.len);
         for waker in &self.wakers[..len] {
             // SAFETY: the first `len` entries were written by push and are read once: `len`
             // is reset first, so neither run nor drop reads them again.
             unsafe { waker.assume_init_read() }.wake();
         }
-        for waker in self.spilled.drain(..) {
-            waker.wake();
+        if !spilled.is_empty() {
+            for waker in spilled {
+                waker.wake();
+            }
         }
     }
 }
@@ -195,6 +223,7 @@ impl WakeList {
 impl Drop for WakeList {
     #[inline]
     fn drop(&mut self) {
+        // Leaves `overflow` empty: nothing is left for its `ManuallyDrop` to leak.
         self.run();
     }
 }
@@ -293,7 +322,7 @@ mod tests {
             saw_released: AtomicBool::new(false),
         });
         let mut wake = WakeList::new();
-        wake.released.push(Box::new(Buffer(released)));
+        wake.release(Box::new(Buffer(released)));
         wake.push(Waker::from(task.clone()));
         wake.run();
         assert!(

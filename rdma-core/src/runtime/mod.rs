@@ -141,6 +141,18 @@ pub trait ReadinessFd: Send + Sync {
         cx: &mut Context<'_>,
         op: &mut dyn FnMut() -> io::Result<()>,
     ) -> Poll<io::Result<()>>;
+
+    /// Whether `op` may stop before the source is drained: true when the reactor reports
+    /// readiness by level, that is, when interest re-armed after `op` said `WouldBlock`
+    /// reports a descriptor that is still readable at once, whether or not `op` had read it
+    /// to the end (async-io's reactor, with its one-shot, level-triggered epoll interest).
+    /// The core then takes one completion event per readiness instead of reading on to an
+    /// empty channel (a system call per wake-up saved); an event left in the channel is
+    /// reported again. False (the default) for a reactor that clears readiness on
+    /// `WouldBlock` and reports only new edges (Tokio's): the core then drains the channel.
+    fn level_triggered(&self) -> bool {
+        false
+    }
 }
 
 /// A cheap, shared handle to a [`Runtime`]: what a [`Context`](crate::Context) holds.
