@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::device::SYSFS_INFINIBAND;
 use crate::error::{Error, Result};
 
 /// A snapshot of a port's counters: the standard port counters
