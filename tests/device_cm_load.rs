@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,13 +25,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn ip() -> IpAddr {
-    std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
 }
 
 /// A client written against librdmacm directly that sends a connect request and then
@@ -176,7 +169,8 @@ async fn a_silent_handshake_does_not_stall_accept(rt: Rt) {
     // one before the others give up.
     let mut options = ListenerOptions::default();
     options.connection.connect_timeout = Duration::from_secs(30);
-    let listener = Listener::bind_with(SocketAddr::new(ip(), 0), options).expect("bind");
+    let listener =
+        Listener::bind_with(SocketAddr::new(support::cm_ip(), 0), options).expect("bind");
     let addr = listener.local_addr();
     let server = rt.spawn(async move {
         let mut accepted = Vec::new();
@@ -234,7 +228,7 @@ async fn hundreds_of_messengers_held_open(rt: Rt) {
     /// Handshakes in progress at once, so that none waits for its turn past its timeout.
     const AT_ONCE: usize = 25;
     let started = Instant::now();
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let addr = listener.local_addr();
     let server = rt.spawn(async move {
         let mut echoers = Vec::new();
@@ -333,7 +327,8 @@ async fn connections_opened_and_closed_leave_nothing(rt: Rt) {
         connection: patient(),
         ..ListenerOptions::default()
     };
-    let listener = Listener::bind_with(SocketAddr::new(ip(), 0), listening).expect("bind");
+    let listener =
+        Listener::bind_with(SocketAddr::new(support::cm_ip(), 0), listening).expect("bind");
     let addr = listener.local_addr();
     let clients_done = Arc::new(AtomicBool::new(false));
     let server_stops = clients_done.clone();

@@ -10,7 +10,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -33,13 +33,6 @@ const PEER_ENV: &str = "ANYRDMA_TEST_CM_PEER";
 const MAX_MESSAGE: usize = 64 << 10;
 /// Receives an echo server keeps posted per connection.
 const DEPTH: usize = 8;
-
-fn ip() -> IpAddr {
-    std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
-}
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
@@ -152,7 +145,7 @@ async fn connect_echo_close(rt: Rt) {
         return;
     }
     let _serial = serial();
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let addr = listener.local_addr();
     assert_ne!(addr.port(), 0, "port 0 picks a free port");
     let server = rt.spawn(async move {
@@ -216,7 +209,7 @@ async fn refusals_are_typed(rt: Rt) {
     }
     let _serial = serial();
     // Nothing listens: a port bound and released.
-    let free_port = Listener::bind(SocketAddr::new(ip(), 0))
+    let free_port = Listener::bind(SocketAddr::new(support::cm_ip(), 0))
         .expect("bind")
         .local_addr();
     let started = Instant::now();
@@ -232,7 +225,7 @@ async fn refusals_are_typed(rt: Rt) {
     }
     println!("refused after {:?}", started.elapsed());
 
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let addr = listener.local_addr();
     let rejecting = rt.spawn(async move {
         let incoming = listener.incoming().await.expect("incoming");
@@ -286,7 +279,7 @@ async fn many_clients_at_once(rt: Rt) {
     let _serial = serial();
     const CLIENTS: usize = 64;
     const ECHOES: usize = 250;
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let addr = listener.local_addr();
     let server = rt.spawn(serve(rt, listener));
     let mut clients = Vec::new();
@@ -316,7 +309,7 @@ async fn dropped_connections_release_everything(rt: Rt) {
     let _serial = serial();
     let before = resources();
     let regions = registered_regions();
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let addr = listener.local_addr();
     let server = rt.spawn(async move {
         let mut accepted = Vec::new();
@@ -395,7 +388,8 @@ async fn backlog_is_bounded(rt: Rt) {
         backlog: BACKLOG,
         ..ListenerOptions::default()
     };
-    let listener = Listener::bind_with(SocketAddr::new(ip(), 0), options).expect("bind");
+    let listener =
+        Listener::bind_with(SocketAddr::new(support::cm_ip(), 0), options).expect("bind");
     let addr = listener.local_addr();
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
@@ -472,7 +466,7 @@ async fn killed_peer_ends_operations(rt: Rt) {
     );
 
     // The peer is the client: this side is the server.
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let (mut child, _) = spawn_peer(rt, "client", Some(listener.local_addr()));
     let conn = within(15, "accept", listener.accept())
         .await
@@ -540,7 +534,7 @@ async fn peer_process(_rt: Rt) {
         return;
     };
     let keep: (Connection, Option<Listener>) = if role == "server" {
-        let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+        let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
         println!("READY {}", listener.local_addr());
         let conn = listener.accept().await.expect("accept");
         (conn, Some(listener))
@@ -569,7 +563,7 @@ async fn own_resources_are_used(rt: Rt) {
         return;
     }
     let _serial = serial();
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let addr = listener.local_addr();
     let server = rt.spawn(serve(rt, listener));
     let resources_of = |device: &str| {

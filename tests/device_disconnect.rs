@@ -11,7 +11,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -28,13 +28,6 @@ const MESSAGES: usize = 4;
 const MESSAGE_LEN: usize = 512;
 /// Set in the child process that plays the peer of `a_disconnect_after_a_failure_is_reported`.
 const PEER_ENV: &str = "ANYRDMA_TEST_DISCONNECT_PEER";
-
-fn ip() -> IpAddr {
-    std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
-}
 
 /// A protection domain and a completion queue of their own, for one side of a connection:
 /// each side polls only its own CQ, so that one side's completions wait unpolled while the
@@ -82,7 +75,7 @@ async fn completions_before_a_disconnect_are_delivered(rt: Rt) {
     QueuePair::emulate_cq_clean_on_reset(true);
     let ctx = Context::open("rxe0").expect("open rxe0");
     let (server_side, client_side) = (own_resources(&ctx), own_resources(&ctx));
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let addr = listener.local_addr();
     let server_options = with_resources(&server_side);
     let server_pd = server_side.pd.clone();
@@ -167,7 +160,7 @@ async fn a_disconnect_after_a_failure_is_reported(rt: Rt) {
     }
     let ctx = Context::open("rxe0").expect("open rxe0");
     let resources = own_resources(&ctx);
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let mut peer = Peer::spawn(rt, listener.local_addr());
     let incoming = within(15, "incoming", listener.incoming())
         .await

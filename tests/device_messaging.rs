@@ -2,7 +2,7 @@
 //! of "receiver not ready", receive futures that can be dropped without losing a message,
 //! many senders, and a peer that breaks the protocol.
 
-// HEAVY orders tests (each holds its guard across its awaits), not tasks.
+// support::alone orders tests (each holds its guard across its awaits), not tasks.
 #![allow(clippy::await_holding_lock)]
 
 mod support;
@@ -18,22 +18,6 @@ use anyrdma::msg::{HeaderProblem, Messenger, MessengerOptions};
 use anyrdma::{Error, QpOptions};
 use futures_core::Stream;
 use support::{within, HandPolled, Pair, Rt, SharedCqPairs};
-
-/// The two heaviest tests (a hundred thousand hostile messages; sixteen connections with
-/// their own timeouts) run alone: on the 2-vCPU guest, beside other tests, they can miss
-/// their time limits (sixteen connections did, twice, on smol in full runs). They take the
-/// lock for writing, every other test for reading, so the others still run side by side.
-static HEAVY: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-/// Taken by every test that is not one of the heaviest (see [`HEAVY`]).
-fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
-    HEAVY.read().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Taken by the heaviest tests (see [`HEAVY`]).
-fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
-    HEAVY.write().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A pair of queue pairs deep enough for the messengers, and a messenger on each.
 fn messengers(options: MessengerOptions) -> (Pair, Messenger, Messenger) {
@@ -70,7 +54,7 @@ async fn slow_receiver_holds_sender_back(rt: Rt) {
     if !support::device_present("slow_receiver_holds_sender_back") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     const COUNT: u64 = 10_000;
     let options = MessengerOptions {
         depth: 32,
@@ -123,7 +107,7 @@ async fn dropped_receives_lose_nothing(rt: Rt) {
     if !support::device_present("dropped_receives_lose_nothing") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     const COUNT: u64 = 10_000;
     let (_pair, a, b) = messengers(MessengerOptions::default());
     let sender = rt.spawn(async move {
@@ -171,7 +155,7 @@ async fn sizes_from_zero_to_sixteen_mib(rt: Rt) {
     if !support::device_present("sizes_from_zero_to_sixteen_mib") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let options = MessengerOptions {
         depth: 8,
         eager_limit: 4096,
@@ -244,7 +228,7 @@ async fn large_sender_that_never_receives_flushes(rt: Rt) {
     if !support::device_present("large_sender_that_never_receives_flushes") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     const COUNT: u64 = 300;
     let options = MessengerOptions {
         depth: 64,
@@ -275,7 +259,7 @@ async fn many_senders_share_a_messenger(rt: Rt) {
     if !support::device_present("many_senders_share_a_messenger") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     const SENDERS: u64 = 64;
     const EACH: u64 = 200;
     let (_pair, a, b) = messengers(MessengerOptions::default());
@@ -320,7 +304,7 @@ async fn broken_messages_are_refused(rt: Rt) {
     if !support::device_present("broken_messages_are_refused") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     type Case = (&'static [u8], fn(&HeaderProblem) -> bool);
     let cases: [Case; 8] = [
         (&[0x10, 0, 0], |p| {
@@ -558,7 +542,7 @@ async fn hostile_peer_gets_typed_errors(rt: Rt) {
     if !support::device_present("hostile_peer_gets_typed_errors") {
         return;
     }
-    let _alone = alone();
+    let _alone = support::alone();
     let messages: usize = if matches!(rt, Rt::Tokio) {
         100_000
     } else {
@@ -690,7 +674,7 @@ async fn messengers_by_address(rt: Rt) {
     if !support::device_present("messengers_by_address") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let listener = Listener::bind(SocketAddr::from(([169, 254, 77, 1], 0))).expect("bind");
     let addr = listener.local_addr();
     let server_options = MessengerOptions {
@@ -766,7 +750,7 @@ async fn sixteen_connections_at_once(rt: Rt) {
     if !support::device_present("sixteen_connections_at_once") {
         return;
     }
-    let _alone = alone();
+    let _alone = support::alone();
     const CONNECTIONS: usize = 16;
     const SENDERS: u64 = 4;
     const EACH: u64 = 25;
@@ -885,7 +869,7 @@ async fn a_dropped_call_hands_its_turn_on(rt: Rt) {
     if !support::device_present("a_dropped_call_hands_its_turn_on") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _ = rt;
     let options = MessengerOptions {
         depth: 2,
@@ -935,7 +919,7 @@ async fn a_messenger_short_of_receives_is_refused(rt: Rt) {
     if !support::device_present("a_messenger_short_of_receives_is_refused") {
         return;
     }
-    let _others = beside_others();
+    let _others = support::beside_others();
     let pair = Pair::with(
         anyrdma::CqOptions {
             entries: 8,

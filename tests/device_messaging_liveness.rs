@@ -3,13 +3,13 @@
 //! killed in the middle of a rendezvous (the survivor gets the messages in order up to the
 //! failure, then the failure, never a gap).
 
-// QUIET orders tests (each holds its guard across its awaits), not tasks.
+// support::alone orders tests (each holds its guard across its awaits), not tasks.
 #![allow(clippy::await_holding_lock)]
 
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -20,21 +20,6 @@ use support::{within, Pair, Rt};
 
 /// Set in the child process that plays the killed peer.
 const PEER_ENV: &str = "ANYRDMA_TEST_MSG_PEER";
-
-fn ip() -> IpAddr {
-    std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
-}
-
-/// The packet count of `idle_messengers_stay_quiet` must see no other test's traffic: it
-/// runs alone (write), the others side by side (read).
-static QUIET: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
-    QUIET.read().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A pair of queue pairs and a messenger on each.
 fn messengers(options: MessengerOptions) -> (Pair, Messenger, Messenger) {
@@ -65,7 +50,7 @@ async fn both_sides_send_large_at_once_at_depth_two(rt: Rt) {
     if !support::device_present("both_sides_send_large_at_once_at_depth_two") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     const ROUNDS: u64 = 40;
     let options = MessengerOptions {
         depth: 2,
@@ -128,7 +113,7 @@ async fn idle_messengers_stay_quiet(rt: Rt) {
     if !support::device_present("idle_messengers_stay_quiet") {
         return;
     }
-    let _alone = QUIET.write().unwrap_or_else(|p| p.into_inner());
+    let _alone = support::alone();
     // Two messengers answering each other's credit messages for ever never let their task
     // yield to a timer: only a watchdog thread ends that.
     let _watchdog = support::watchdog(60, "idle messengers that never stop talking");
@@ -211,8 +196,8 @@ async fn different_eager_limits_both_ways(rt: Rt) {
     if !support::device_present("different_eager_limits_both_ways") {
         return;
     }
-    let _beside = beside_others();
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let _beside = support::beside_others();
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let addr = listener.local_addr();
     let server_options = MessengerOptions {
         eager_limit: 4096,
@@ -283,8 +268,8 @@ async fn killed_peer_mid_rendezvous_leaves_no_gap(rt: Rt) {
     if !support::device_present("killed_peer_mid_rendezvous_leaves_no_gap") {
         return;
     }
-    let _beside = beside_others();
-    let listener = Listener::bind(SocketAddr::new(ip(), 0)).expect("bind");
+    let _beside = support::beside_others();
+    let listener = Listener::bind(SocketAddr::new(support::cm_ip(), 0)).expect("bind");
     let (mut child, mut lines) = spawn_peer(rt, listener.local_addr());
     let incoming = within(15, "the peer's request", listener.incoming())
         .await

@@ -23,15 +23,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const MEMBERS: usize = 4;
 
-/// rxe0's address in the guest, the local address joins are made from;
-/// `ANYRDMA_TEST_CM_ADDR` overrides it.
-fn cm_ip() -> IpAddr {
-    std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
-}
-
 /// The device behind [`cm_ip`]; `ANYRDMA_TEST_CM_DEVICE` overrides it.
 fn cm_device() -> String {
     std::env::var("ANYRDMA_TEST_CM_DEVICE").unwrap_or_else(|_| "rxe0".to_owned())
@@ -45,7 +36,7 @@ fn group(test: u8, rt: Rt) -> IpAddr {
 
 fn options() -> MulticastOptions {
     MulticastOptions {
-        bind: Some(cm_ip()),
+        bind: Some(support::cm_ip()),
         ..MulticastOptions::default()
     }
 }
@@ -297,7 +288,7 @@ async fn join_errors_are_typed(rt: Rt) {
     let node = Node::new();
     let qp = node.qp();
     // Not a multicast address.
-    let err = qp.join_with(cm_ip(), options()).await.unwrap_err();
+    let err = qp.join_with(support::cm_ip(), options()).await.unwrap_err();
     assert!(
         matches!(err, Error::InvalidArgument(_)),
         "{}: {err}",

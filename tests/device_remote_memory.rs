@@ -1092,16 +1092,6 @@ async fn answer_cut_off(rt: Rt, answer: Control, expected: fn(&ControlProblem) -
 /// `killed_holder_leaves_nothing_registered`, and the address it connects to.
 const HOLDER_ENV: &str = "ANYRDMA_TEST_RMEM_HOLDER";
 
-/// rxe0's address in the guest (rdma_cm cannot route 127.0.0.1).
-fn ip() -> std::net::IpAddr {
-    std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
-            169, 254, 77, 1,
-        )))
-}
-
 /// The holder, a process of its own connected by address, asks for three regions and takes
 /// a grant, then is killed (SIGKILL): the owner's serve ends with the disconnect, and every
 /// registration the owner made for it is gone.
@@ -1113,7 +1103,8 @@ async fn killed_holder_leaves_nothing_registered(rt: Rt) {
     }
     let _serial = one_at_a_time();
     let before = registered_regions();
-    let listener = anyrdma::cm::Listener::bind(std::net::SocketAddr::new(ip(), 0)).expect("listen");
+    let listener = anyrdma::cm::Listener::bind(std::net::SocketAddr::new(support::cm_ip(), 0))
+        .expect("listen");
     let test = format!("{}::holder_process", rt.module());
     let mut child = Command::new(std::env::current_exe().expect("the test binary"))
         .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])

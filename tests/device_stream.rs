@@ -16,16 +16,16 @@
 //!
 //! Listeners bind rxe0's address in the guest, 169.254.77.1 (`ANYRDMA_TEST_CM_ADDR` overrides it).
 
-// COUNTING orders tests (each holds its guard across its awaits), not tasks.
+// support::alone orders tests (each holds its guard across its awaits), not tasks.
 #![allow(clippy::await_holding_lock)]
 
 mod support;
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyrdma::cm::ConnectionOptions;
@@ -44,27 +44,8 @@ const HELLO: &[u8] = b"hello from the peer process\n";
 /// The default messenger's eager limit: writes just below and above it take different paths.
 const EAGER: usize = 8192;
 
-fn ip() -> IpAddr {
-    std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
-}
-
 fn any_port() -> SocketAddr {
-    SocketAddr::new(ip(), 0)
-}
-
-/// `registered_regions()` counts the whole process: the tests that compare it run alone
-/// (write), the others side by side (read).
-static COUNTING: RwLock<()> = RwLock::new(());
-
-fn beside_others() -> RwLockReadGuard<'static, ()> {
-    COUNTING.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn alone() -> RwLockWriteGuard<'static, ()> {
-    COUNTING.write().unwrap_or_else(|p| p.into_inner())
+    SocketAddr::new(support::cm_ip(), 0)
 }
 
 /// The time limit of every test: a watchdog ends the process if the test is still running
@@ -99,22 +80,14 @@ impl Drop for Limit {
     }
 }
 
-/// splitmix64's output function of `z`.
-fn mix(z: u64) -> u64 {
-    let z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Bytes `offset..offset + out.len()` of the data seeded by `seed`. Each 8-byte word depends
 /// on the seed and on its position (and the seed is mixed first, so two seeds never give
 /// shifted copies of one sequence): a byte lost, duplicated or moved changes what follows.
 fn data_at(seed: u64, offset: u64, out: &mut [u8]) {
-    let key = mix(seed);
+    let key = support::mix(seed);
     let (mut pos, mut i) = (offset, 0);
     while i < out.len() {
-        let word = mix(key ^ (pos / 8)).to_le_bytes();
+        let word = support::mix(key ^ (pos / 8)).to_le_bytes();
         let start = (pos % 8) as usize;
         let n = (8 - start).min(out.len() - i);
         out[i..i + n].copy_from_slice(&word[start..start + n]);
@@ -134,12 +107,12 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(mix(seed ^ 0x5eed))
+        Rng(support::mix(seed ^ 0x5eed))
     }
 
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(1);
-        mix(self.0)
+        support::mix(self.0)
     }
 
     /// `0..n`.
@@ -332,7 +305,7 @@ async fn random_writes_both_ways_arrive_intact(rt: Rt) {
     if !support::device_present("random_writes_both_ways_arrive_intact") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "random_writes_both_ways_arrive_intact");
     const TOTAL: u64 = 4 << 20;
     let started = Instant::now();
@@ -387,7 +360,7 @@ async fn a_write_is_delivered_without_flush(rt: Rt) {
     if !support::device_present("a_write_is_delivered_without_flush") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "a_write_is_delivered_without_flush");
     let sizes: Vec<usize> = (1..=8)
         .chain(EAGER - 16..=EAGER + 16)
@@ -481,7 +454,7 @@ async fn half_close_ends_reads_and_leaves_the_other_way_open(rt: Rt) {
     if !support::device_present("half_close_ends_reads_and_leaves_the_other_way_open") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "half_close_ends_reads_and_leaves_the_other_way_open");
     let (client, server) = pair().await;
     half_close(rt, client, server, "the client closes").await;
@@ -532,7 +505,7 @@ async fn flush_means_the_peer_has_everything(rt: Rt) {
     if !support::device_present("flush_means_the_peer_has_everything") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "flush_means_the_peer_has_everything");
     // 48 writes fit the peer's receives (64 by default) however they are coalesced, so the
     // flush needs no reader.
@@ -612,7 +585,7 @@ async fn streams_in_bursts(rt: Rt) {
     let cleaning = std::env::var_os(CQ_CLEAN_ENV).is_some();
     // The registration count is the process's: alone here, but in the child, which runs
     // nothing else.
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "streams_in_bursts");
     if cleaning {
         anyrdma::QueuePair::emulate_cq_clean_on_reset(true);
@@ -800,7 +773,7 @@ async fn vectored_writes(rt: Rt) {
     if !support::device_present("vectored_writes") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "vectored_writes");
     vectored_writes_gather_into_one_message(rt, Via::FuturesIo).await;
 }
@@ -815,7 +788,7 @@ async fn close_survives_a_peer_that_leaves(rt: Rt) {
     if !support::device_present("close_survives_a_peer_that_leaves") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "close_survives_a_peer_that_leaves");
     const ROUNDS: usize = 4;
     let mut failed = Vec::new();
@@ -861,7 +834,7 @@ async fn split_halves_echo_full_duplex(rt: Rt) {
     if !support::device_present("split_halves_echo_full_duplex") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "split_halves_echo_full_duplex");
     const TOTAL: u64 = 2 << 20;
     let (client, server) = pair().await;
@@ -990,7 +963,7 @@ async fn a_reader_that_does_not_read_holds_the_writer_back(rt: Rt) {
     if !support::device_present("a_reader_that_does_not_read_holds_the_writer_back") {
         return;
     }
-    let _alone = alone();
+    let _alone = support::alone();
     let _limit = limit(rt, "a_reader_that_does_not_read_holds_the_writer_back");
     const TOTAL: u64 = 16 << 20;
     /// What a writer may get accepted while the peer reads nothing: the messenger holds at
@@ -1105,7 +1078,7 @@ async fn a_killed_peer_ends_pending_reads_and_writes(rt: Rt) {
     if !support::device_present("a_killed_peer_ends_pending_reads_and_writes") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "a_killed_peer_ends_pending_reads_and_writes");
     let listener = StreamListener::bind(any_port()).expect("bind");
     let (mut peer, stream) = peer_process(rt, &listener).await;
@@ -1170,7 +1143,7 @@ async fn a_stream_dropped_mid_write_leaves_nothing_registered(rt: Rt) {
     if !support::device_present("a_stream_dropped_mid_write_leaves_nothing_registered") {
         return;
     }
-    let _alone = alone();
+    let _alone = support::alone();
     let _limit = limit(rt, "a_stream_dropped_mid_write_leaves_nothing_registered");
     let baseline = registered_regions();
     let listener = StreamListener::bind(any_port()).expect("bind");
@@ -1229,7 +1202,7 @@ async fn sixty_four_streams_on_one_listener(rt: Rt) {
     }
     // 64 handshakes at once load the guest enough to slow the other tests' connects past
     // their timeouts: alone.
-    let _alone = alone();
+    let _alone = support::alone();
     let _limit = limit(rt, "sixty_four_streams_on_one_listener");
     const STREAMS: u64 = 64;
     let listener = StreamListener::bind_with(any_port(), patient()).expect("bind");
@@ -1332,7 +1305,7 @@ async fn futures_io_copy(rt: Rt) {
     if !support::device_present("futures_io_copy") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "futures_io_copy");
     const TOTAL: u64 = 1 << 20;
     let (mut client, server) = pair().await;
@@ -1438,7 +1411,7 @@ async fn futures_io_lines(rt: Rt) {
     if !support::device_present("futures_io_lines") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "futures_io_lines");
     let (mut client, server) = pair().await;
     let server_side = rt.spawn(async move {
@@ -1486,7 +1459,7 @@ async fn a_peer_that_breaks_the_framing_is_cut_off(rt: Rt) {
     if !support::device_present("a_peer_that_breaks_the_framing_is_cut_off") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(rt, "a_peer_that_breaks_the_framing_is_cut_off");
     use anyrdma::msg::{Messenger, MessengerOptions};
     let listener = StreamListener::bind(any_port()).expect("bind a stream listener");
@@ -1553,7 +1526,7 @@ async fn a_dropped_write_half_ends_its_direction_after_its_bytes(rt: Rt) {
     if !support::device_present("a_dropped_write_half_ends_its_direction_after_its_bytes") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let _limit = limit(
         rt,
         "a_dropped_write_half_ends_its_direction_after_its_bytes",
@@ -1665,7 +1638,7 @@ mod tokio_io {
         if !support::device_present("tokio_io::vectored") {
             return;
         }
-        let _beside = super::beside_others();
+        let _beside = super::support::beside_others();
         let _limit = limit(rt, "tokio_io::vectored");
         vectored_writes_gather_into_one_message(rt, Via::Tokio).await;
     }
@@ -1686,7 +1659,7 @@ mod tokio_io {
         if !support::device_present("tokio_io::copy") {
             return;
         }
-        let _beside = super::beside_others();
+        let _beside = super::support::beside_others();
         let _limit = limit(rt, "tokio_io::copy");
         const TOTAL: usize = 1 << 20;
         let (mut client, server) = pair().await;
@@ -1728,7 +1701,7 @@ mod tokio_io {
         if !support::device_present("tokio_io::lines") {
             return;
         }
-        let _beside = super::beside_others();
+        let _beside = super::support::beside_others();
         let _limit = limit(rt, "tokio_io::lines");
         let (mut client, server) = pair().await;
         let server_side = rt.spawn(async move {

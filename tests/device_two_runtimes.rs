@@ -257,10 +257,7 @@ fn a_poller_that_cannot_sleep_still_reads_the_connection_end() {
     use anyrdma::cm::{
         Connection, ConnectionOptions, ConnectionResources, Listener, ListenerOptions,
     };
-    let ip = std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(std::net::IpAddr::from([169, 254, 77, 1]));
+    let ip = support::cm_ip();
     let smol_handle = RuntimeHandle::from(anyrdma_smol::Smol);
     let on_smol = ConnectionOptions {
         runtime: Some(smol_handle.clone()),

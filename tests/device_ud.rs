@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -593,22 +593,13 @@ async fn a_batch_reaches_many_peers_with_one_doorbell(rt: Rt) {
     }
 }
 
-/// rxe0's address in the guest (rdma_cm cannot route 127.0.0.1); `ANYRDMA_TEST_CM_ADDR`
-/// overrides it.
-fn cm_ip() -> IpAddr {
-    std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
-}
-
 async fn peers_find_each_other_by_address(rt: Rt) {
     if !support::device_present("peers_find_each_other_by_address") {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let listener = UdListener::bind_with(
-        SocketAddr::new(cm_ip(), 0),
+        SocketAddr::new(support::cm_ip(), 0),
         UdSessionOptions {
             private_data: b"welcome".to_vec(),
             ..UdSessionOptions::default()
@@ -672,7 +663,7 @@ async fn peers_find_each_other_by_address(rt: Rt) {
             rt.name()
         );
         assert!(data[1..].iter().all(|&b| b == 0), "{}: padding", rt.name());
-        assert_eq!(client.ip(), cm_ip());
+        assert_eq!(client.ip(), support::cm_ip());
     }
     for recv in inbox {
         let (got, buf) = within(20, "ping", recv).await;

@@ -9,16 +9,15 @@
 //!
 //! Listeners bind rxe0's address in the guest, 169.254.77.1 (`ANYRDMA_TEST_CM_ADDR` overrides it).
 
-// COUNTING orders tests (each holds its guard across its awaits), not tasks.
+// support::alone orders tests (each holds its guard across its awaits), not tasks.
 #![allow(clippy::await_holding_lock)]
 
 mod support;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use anyrdma::cm::{ConnectionOptions, Listener};
@@ -43,47 +42,20 @@ const BIG: usize = 16 << 20;
 /// How long a write must stay pending while the peer does not read.
 const HELD: Duration = Duration::from_millis(300);
 
-fn ip() -> IpAddr {
-    std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(IpAddr::from([169, 254, 77, 1]))
-}
-
 fn any_port() -> SocketAddr {
-    SocketAddr::new(ip(), 0)
-}
-
-/// `registered_regions()` counts the whole process: the tests that compare it run alone
-/// (write), the others side by side (read).
-static COUNTING: RwLock<()> = RwLock::new(());
-
-fn beside_others() -> RwLockReadGuard<'static, ()> {
-    COUNTING.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn alone() -> RwLockWriteGuard<'static, ()> {
-    COUNTING.write().unwrap_or_else(|p| p.into_inner())
-}
-
-/// splitmix64's output function of `z`.
-fn mix(z: u64) -> u64 {
-    let z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    SocketAddr::new(support::cm_ip(), 0)
 }
 
 /// Bytes `offset..offset + len` of the sequence seeded by `seed`: each 8-byte word depends on
 /// its position, so a byte lost, duplicated or moved changes what follows.
 fn data(seed: u64, offset: usize, len: usize) -> Vec<u8> {
-    let key = mix(seed);
+    let key = support::mix(seed);
     // Whole words from the one holding `offset` (fast in an unoptimized build), then cut.
     let first = offset / 8;
     let words = (offset + len).div_ceil(8) - first;
     let mut out = Vec::with_capacity(words * 8);
     for word in first..first + words {
-        out.extend_from_slice(&mix(key ^ word as u64).to_le_bytes());
+        out.extend_from_slice(&support::mix(key ^ word as u64).to_le_bytes());
     }
     out.drain(..offset % 8);
     out.truncate(len);
@@ -146,7 +118,7 @@ async fn write_owned_gives_back_the_allocation_once_read(rt: Rt) {
     if !support::device_present("write_owned_gives_back_the_allocation_once_read") {
         return;
     }
-    let _alone = alone();
+    let _alone = support::alone();
     let (mut client, mut server) = pair().await;
     let mut at = 0;
     for len in [EAGER - 1, EAGER, EAGER + 1, (64 << 10) + 3, BIG] {
@@ -201,7 +173,7 @@ async fn write_owned_keeps_the_order_of_writes(rt: Rt) {
     if !support::device_present("write_owned_keeps_the_order_of_writes") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let (client, mut server) = pair().await;
     let (_read, mut write) = client.split();
     let what = format!("{}: write, write_owned, write", rt.name());
@@ -259,7 +231,7 @@ async fn a_dropped_write_owned_leaves_nothing_registered(rt: Rt) {
     if !support::device_present("a_dropped_write_owned_leaves_nothing_registered") {
         return;
     }
-    let _alone = alone();
+    let _alone = support::alone();
     let what = format!("{}: a write_owned dropped after posting", rt.name());
     let (mut client, mut server) = pair().await;
     // Warm the reader's pool for the size, so that only the writer's registrations count.
@@ -339,7 +311,7 @@ async fn send_owned_messages_arrive_in_order(rt: Rt) {
     if !support::device_present("send_owned_messages_arrive_in_order") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let listener = Listener::bind(any_port()).expect("bind");
     let addr = listener.local_addr();
     let options = MessengerOptions::default();
@@ -425,7 +397,7 @@ async fn a_killed_peer_ends_write_owned(rt: Rt) {
     if !support::device_present("a_killed_peer_ends_write_owned") {
         return;
     }
-    let _beside = beside_others();
+    let _beside = support::beside_others();
     let listener = StreamListener::bind(any_port()).expect("bind");
     let test = format!("{}::zero_copy_peer_process", rt.module());
     let child = Command::new(std::env::current_exe().expect("the test binary"))

@@ -97,6 +97,40 @@ impl Rt {
         }
     }
 }
+/// Tests of one binary that must not share the process with the others (they compare
+/// process-wide counts such as `registered_regions()` or the device's packet counters, or are
+/// heavy enough to push the others past their time limits) take this lock for writing
+/// ([`alone`]); every other test of such a binary takes it for reading ([`beside_others`]),
+/// so those still run side by side.
+static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Runs the calling test with the others of its binary (see [`ALONE`]).
+pub fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
+    ALONE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the calling test with no other test of its binary (see [`ALONE`]).
+pub fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    ALONE.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// splitmix64's output function of `z`: a well-mixed 64-bit value per index, for contents
+/// and sizes that a test can recompute at the other end.
+pub fn mix(z: u64) -> u64 {
+    let z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The address rdma_cm tests connect and listen on: rxe0's in the guest, 169.254.77.1
+/// (rdma_cm cannot route 127.0.0.1); `ANYRDMA_TEST_CM_ADDR` overrides it.
+pub fn cm_ip() -> std::net::IpAddr {
+    std::env::var("ANYRDMA_TEST_CM_ADDR")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(std::net::IpAddr::from([169, 254, 77, 1]))
+}
 
 /// True when an RDMA device is present. With none: when `ANYRDMA_REQUIRE_DEVICE=1` (as CI
 /// and `scripts/test` set it inside the VM) the test fails; otherwise it says loudly that it
