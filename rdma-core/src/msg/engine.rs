@@ -9,8 +9,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Waker};
 
+use super::exposed::Exposed;
 use super::header::{Header, Kind, Rendezvous, DONE_LEN, HEADER_LEN};
-use super::owned::Exposed;
 use super::protocol::{Action, Incoming, Protocol};
 use super::waiting::Waiters;
 use super::Message;

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
 use super::engine::{Engine, State};
+use super::exposed::Exposed;
 use super::handshake::{self, PeerSizes};
 use super::header::{Kind, Rendezvous, HEADER_LEN, REQUEST_LEN};
-use super::owned::Exposed;
 use super::protocol::{Gate, Limits, Protocol, Route, CONTROL_RECEIVES, READS_IN_FLIGHT};
 use super::waiting::{self, Place};
 use super::{Message, MessengerOptions};

@@ -66,6 +66,7 @@
 //! ```
 
 mod engine;
+mod exposed;
 mod handshake;
 mod header;
 mod message;

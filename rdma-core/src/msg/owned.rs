@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use super::engine::{Engine, State};
+use super::exposed::{Exposed, Home};
 use super::header::{HEADER_LEN, REQUEST_LEN};
 use super::messenger::Outgoing;
 use super::protocol::Route;
@@ -16,37 +17,6 @@ use crate::mr::{Access, LocalBuf};
 use crate::owned::{bytes_of, StableBytes};
 use crate::remote::RemoteRegion;
 use crate::wake::lock;
-
-/// A large message of this side the peer may read: its registration, and, for the caller's
-/// own memory, where it goes once taken down.
-pub(crate) struct Exposed {
-    buf: LocalBuf,
-    home: Option<Arc<dyn Home>>,
-}
-
-impl Exposed {
-    /// Memory the messenger copied the message into: freed once taken down.
-    pub(crate) fn copy(buf: LocalBuf) -> Exposed {
-        Exposed { buf, home: None }
-    }
-
-    /// The peer has read it (`read`), or the messenger failed: the registration goes now (its
-    /// key stops working), and the caller's memory goes home. Dropped without this (the
-    /// messenger dropped, or the message never posted), the registration goes all the same.
-    pub(crate) fn take_down(self, read: bool) {
-        match self.home {
-            None => drop(self.buf),
-            Some(home) => home.come_home(self.buf, read),
-        }
-    }
-}
-
-/// Where an exposed registration of the caller's memory goes when it is taken down.
-trait Home: Send + Sync {
-    /// Deregisters `buf` and keeps what it held for the caller; `read` says whether the peer
-    /// read it (else the messenger failed first).
-    fn come_home(&self, buf: LocalBuf, read: bool);
-}
 
 /// The caller's container on its way back: what a [`Messenger::send_owned`] waits for.
 struct Homing<T> {
@@ -275,7 +245,7 @@ impl Messenger {
             // Not posted: the registration is still in `outgoing`. Posting failed: the
             // messenger failed, which took it down and sent it home.
             let data = match outgoing.take().and_then(Outgoing::into_exposed) {
-                Some(exposed) => take_back(exposed.buf),
+                Some(exposed) => take_back(exposed.into_buf()),
                 None => std::future::poll_fn(|cx| homing.poll_home(cx)).await.0,
             };
             return Err(SendOwnedError::new(error, data));
@@ -327,10 +297,7 @@ impl Messenger {
             Ok((remote, message)) => Ok(Outgoing::request(
                 imm,
                 message,
-                Exposed {
-                    buf,
-                    home: Some(home),
-                },
+                Exposed::homed(buf, home),
                 remote,
             )),
             Err(error) => Err(SendOwnedError {
