@@ -1060,16 +1060,7 @@ async fn peer_process(rt: Rt, listener: &StreamListener) -> (Peer, RdmaStream) {
 
 /// The child process of `peer_process` (does nothing in a normal run).
 async fn stream_peer_process(_rt: Rt) {
-    let Ok(addr) = std::env::var(PEER_ENV) else {
-        return;
-    };
-    let addr: SocketAddr = addr.parse().expect("the address");
-    let mut stream = RdmaStream::connect(addr).await.expect("the peer connects");
-    stream.write_all(HELLO).await.expect("the peer writes");
-    stream.flush().await.expect("the peer flushes");
-    // Reads nothing, so that the test's writes fill what the stream holds; the test kills
-    // this process long before the minute is over.
-    anyrdma::sleep(Duration::from_secs(60)).await;
+    support::silent_stream_peer(PEER_ENV, HELLO).await;
 }
 
 /// A peer process that reads nothing is killed while this side has a write pending (held

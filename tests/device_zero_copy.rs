@@ -378,17 +378,9 @@ impl Drop for Peer {
     }
 }
 
-/// The child process of `a_killed_peer_ends_write_owned` (does nothing in a normal run):
-/// connects, writes `HELLO`, then reads nothing until killed.
+/// The child process of `a_killed_peer_ends_write_owned` (does nothing in a normal run).
 async fn zero_copy_peer_process(_rt: Rt) {
-    let Ok(addr) = std::env::var(PEER_ENV) else {
-        return;
-    };
-    let addr: SocketAddr = addr.parse().expect("the address");
-    let mut stream = RdmaStream::connect(addr).await.expect("the peer connects");
-    stream.write_all(HELLO).await.expect("the peer writes");
-    stream.flush().await.expect("the peer flushes");
-    anyrdma::sleep(Duration::from_secs(60)).await;
+    support::silent_stream_peer(PEER_ENV, HELLO).await;
 }
 
 /// A peer process that never reads is killed while an owned 16 MiB write waits for it: the

@@ -253,7 +253,15 @@ where
     for _ in 0..spec.iters {
         s.write_all(&data).await.map_err(step("writing"))?;
     }
-    // Nothing stays gathered on this side; the peer's answer says it has everything.
+    Ok(Some(until_the_peer_has_it(s, start).await?))
+}
+
+/// The end of a client's bandwidth loop: flushes (nothing stays gathered on this side) and
+/// waits for the peer's answer, which says it has every byte; the time since `start`.
+async fn until_the_peer_has_it<S>(s: &mut S, start: Instant) -> Res<Duration>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
     s.flush().await.map_err(step("flushing the writes"))?;
     let mut answer = [0u8; 1];
     s.read_exact(&mut answer)
@@ -263,7 +271,7 @@ where
     if answer != *b"!" {
         return Err(format!("answer {answer:?}, not \"!\"").into());
     }
-    Ok(Some(elapsed))
+    Ok(elapsed)
 }
 
 /// `stream_owned_bw`: the server reads as in [`bandwidth`]; the client writes one buffer of
@@ -288,15 +296,7 @@ async fn owned_run(
                 .await
                 .map_err(step("writing an owned buffer"))?;
         }
-        s.flush().await.map_err(step("flushing the writes"))?;
-        let mut answer = [0u8; 1];
-        s.read_exact(&mut answer)
-            .await
-            .map_err(step("reading the answer"))?;
-        let elapsed = start.elapsed();
-        if answer != *b"!" {
-            return Err(format!("answer {answer:?}, not \"!\"").into());
-        }
+        let elapsed = until_the_peer_has_it(&mut s, start).await?;
         rate(spec.iters, spec.size, elapsed)
     };
     barrier(ctl)?;

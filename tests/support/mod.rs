@@ -123,6 +123,24 @@ pub fn mix(z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The body of a child process that plays a stream peer which stops reading (for tests that
+/// kill it): when `env` names an address, connects a stream to it, writes and flushes
+/// `hello`, then reads nothing for a minute (the test kills it long before); in a normal
+/// run (`env` unset) it does nothing.
+pub async fn silent_stream_peer(env: &str, hello: &[u8]) {
+    use futures_util::AsyncWriteExt;
+    let Ok(addr) = std::env::var(env) else {
+        return;
+    };
+    let addr: std::net::SocketAddr = addr.parse().expect("the address");
+    let mut stream = anyrdma::stream::RdmaStream::connect(addr)
+        .await
+        .expect("the peer connects");
+    stream.write_all(hello).await.expect("the peer writes");
+    stream.flush().await.expect("the peer flushes");
+    anyrdma::sleep(std::time::Duration::from_secs(60)).await;
+}
+
 /// The address rdma_cm tests connect and listen on: rxe0's in the guest, 169.254.77.1
 /// (rdma_cm cannot route 127.0.0.1); `ANYRDMA_TEST_CM_ADDR` overrides it.
 pub fn cm_ip() -> std::net::IpAddr {
