@@ -23,7 +23,7 @@ mod support;
 
 use std::io;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1025,37 +1025,10 @@ async fn a_reader_that_does_not_read_holds_the_writer_back(rt: Rt) {
     within(10, "the writer", writer).await;
 }
 
-/// Kills its child process when dropped, so that a failing test leaves no peer behind.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs this test binary again as a peer that connects to `listener`, writes `HELLO` and then
 /// reads nothing until killed; returns it and its accepted stream, `HELLO` read.
-async fn peer_process(rt: Rt, listener: &StreamListener) -> (Peer, RdmaStream) {
-    let test = format!("{}::stream_peer_process", rt.module());
-    let child = Command::new(std::env::current_exe().expect("the test binary"))
-        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
-        .env(PEER_ENV, listener.local_addr().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the peer process");
-    let peer = Peer(child);
-    let mut stream = within(30, "the peer process connects", listener.accept())
-        .await
-        .expect("accept the peer process");
-    let mut hello = vec![0; HELLO.len()];
-    within(10, "the peer's hello", stream.read_exact(&mut hello))
-        .await
-        .expect("read the peer's hello");
-    assert_eq!(hello, HELLO, "the peer's hello");
-    (peer, stream)
+async fn peer_process(rt: Rt, listener: &StreamListener) -> (support::PeerProcess, RdmaStream) {
+    support::start_silent_stream_peer(rt, "stream_peer_process", PEER_ENV, HELLO, listener).await
 }
 
 /// The child process of `peer_process` (does nothing in a normal run).

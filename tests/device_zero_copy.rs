@@ -17,7 +17,6 @@ mod support;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyrdma::cm::{ConnectionOptions, Listener};
@@ -368,16 +367,6 @@ async fn send_owned_messages_arrive_in_order(rt: Rt) {
     assert_eq!(messenger.exposed(), 0, "{what}");
 }
 
-/// Kills its child process when dropped, so that a failing test leaves no peer behind.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The child process of `a_killed_peer_ends_write_owned` (does nothing in a normal run).
 async fn zero_copy_peer_process(_rt: Rt) {
     support::silent_stream_peer(PEER_ENV, HELLO).await;
@@ -391,23 +380,9 @@ async fn a_killed_peer_ends_write_owned(rt: Rt) {
     }
     let _beside = support::beside_others();
     let listener = StreamListener::bind(any_port()).expect("bind");
-    let test = format!("{}::zero_copy_peer_process", rt.module());
-    let child = Command::new(std::env::current_exe().expect("the test binary"))
-        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
-        .env(PEER_ENV, listener.local_addr().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the peer process");
-    let mut peer = Peer(child);
-    let mut stream = within(30, "the peer process connects", listener.accept())
-        .await
-        .expect("accept the peer process");
-    let mut hello = vec![0; HELLO.len()];
-    within(10, "the peer's hello", stream.read_exact(&mut hello))
-        .await
-        .expect("read the peer's hello");
-    assert_eq!(hello, HELLO);
+    let (mut peer, mut stream) =
+        support::start_silent_stream_peer(rt, "zero_copy_peer_process", PEER_ENV, HELLO, &listener)
+            .await;
     let what = format!("{}: write_owned to a killed peer", rt.name());
     let buf = vec![0x5a; BIG];
     let ptr = buf.as_ptr();

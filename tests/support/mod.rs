@@ -123,6 +123,48 @@ pub fn mix(z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A child process that is killed (and reaped) when this is dropped, so that a failing test
+/// leaves no peer behind.
+pub struct PeerProcess(pub std::process::Child);
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs this test binary again as its test `child` of runtime `rt` (a body that calls
+/// [`silent_stream_peer`] with `env` and `hello`), with `env` set to `listener`'s address;
+/// returns the child and the stream it connected, its `hello` read.
+pub async fn start_silent_stream_peer(
+    rt: Rt,
+    child: &str,
+    env: &str,
+    hello: &[u8],
+    listener: &anyrdma::stream::StreamListener,
+) -> (PeerProcess, anyrdma::stream::RdmaStream) {
+    use futures_util::AsyncReadExt;
+    let test = format!("{}::{child}", rt.module());
+    let process = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, listener.local_addr().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start the peer process");
+    let peer = PeerProcess(process);
+    let mut stream = within(30, "the peer process connects", listener.accept())
+        .await
+        .expect("accept the peer process");
+    let mut got = vec![0; hello.len()];
+    within(10, "the peer's hello", stream.read_exact(&mut got))
+        .await
+        .expect("read the peer's hello");
+    assert_eq!(got, hello, "the peer's hello");
+    (peer, stream)
+}
+
 /// The body of a child process that plays a stream peer which stops reading (for tests that
 /// kill it): when `env` names an address, connects a stream to it, writes and flushes
 /// `hello`, then reads nothing for a minute (the test kills it long before); in a normal
