@@ -220,7 +220,8 @@ impl WorkQueueRef<'_> {
         pd: *mut ibv_pd,
         raw_post: impl FnOnce(&mut ibv_recv_wr, &mut *mut ibv_recv_wr) -> i32,
     ) -> Result<SlotId> {
-        let mut sges = SgeList::collect(buffers, max_sge, pd)?;
+        let mut sges = SgeList::new();
+        sges.collect(buffers, max_sge, pd)?;
         self.post(WorkKind::Recv, None, 1, Signal::Always, |id, _| {
             let (sg_list, num_sge) = sges.entries();
             let mut wr = ibv_recv_wr {

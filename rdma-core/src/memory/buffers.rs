@@ -111,30 +111,41 @@ pub(crate) struct SgeList {
 }
 
 impl SgeList {
-    /// Collects the entries of `buffers`, checking their count, protection domain and
-    /// lengths.
+    /// An empty list, to be filled in place by [`SgeList::collect`].
     #[inline]
-    pub(crate) fn collect<B: Buffers>(buffers: &B, max: u32, pd: *mut ibv_pd) -> Result<SgeList> {
-        let mut list = SgeList {
+    pub(crate) fn new() -> SgeList {
+        SgeList {
             inline: [const { MaybeUninit::uninit() }; INLINE_SGES],
             spill: Vec::new(),
             len: 0,
             total: 0,
-        };
+        }
+    }
+
+    /// Collects the entries of `buffers` into this empty list, checking their count,
+    /// protection domain and lengths. In place, not returned: the list (over 100 bytes) would
+    /// otherwise be copied out of a `Result` on every post.
+    #[inline]
+    pub(crate) fn collect<B: Buffers>(
+        &mut self,
+        buffers: &B,
+        max: u32,
+        pd: *mut ibv_pd,
+    ) -> Result<()> {
+        debug_assert_eq!(self.len, 0, "collect fills an empty list");
         if let Some(piece) = buffers.single_piece() {
             // One entry always fits (a queue pair takes at least one).
             if piece.pd_raw() != pd {
                 return Err(foreign_pd());
             }
             if piece.len() > 0 {
-                list.inline[0].write(piece.sge()?);
-                list.len = 1;
-                list.total = piece.len();
+                self.inline[0].write(piece.sge()?);
+                self.len = 1;
+                self.total = piece.len();
             }
-            return Ok(list);
+            return Ok(());
         }
-        list.collect_pieces(buffers, max, pd)?;
-        Ok(list)
+        self.collect_pieces(buffers, max, pd)
     }
 
     fn collect_pieces<B: Buffers>(&mut self, buffers: &B, max: u32, pd: *mut ibv_pd) -> Result<()> {

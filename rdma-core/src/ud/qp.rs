@@ -358,7 +358,8 @@ impl UdQueuePair {
                     .into(),
             ));
         }
-        let mut sges = SgeList::collect(buffers, shared.caps.max_send_sge, shared.pd.raw())?;
+        let mut sges = SgeList::new();
+        sges.collect(buffers, shared.caps.max_send_sge, shared.pd.raw())?;
         if sges.total > self.extra.mtu as usize {
             return Err(Error::DatagramTooLarge {
                 len: sges.total,

@@ -155,7 +155,8 @@ impl SendKind {
 
 impl QpShared {
     fn post_send_one<B: Buffers>(&self, buffers: &B, kind: SendKind) -> Result<PostedSlot> {
-        let mut sges = SgeList::collect(buffers, self.caps.max_send_sge, self.pd.raw())?;
+        let mut sges = SgeList::new();
+        sges.collect(buffers, self.caps.max_send_sge, self.pd.raw())?;
         let ctx = self.pd.context();
         kind.validate(sges.total, ctx.device_name(), ctx.limits().atomics)?;
         let inline_ok = sges.total > 0 && sges.total <= self.caps.max_inline_data as usize;
