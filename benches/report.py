@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""Turns the console log of scripts/bench into results.json and results.md.
+"""Turns the console log of scripts/bench into results.json, results.md and plots.
 
 Usage: report.py GUEST_LOG OUT_DIR MODE DEVICE
        report.py --results RESULTS_JSON OUT_DIR
 
 The first form reads the log of a run; the second the results.json of an earlier one (it holds every
 row, the run's mode and device), which gives the same report. MODE is the run of scripts/bench: full,
-smoke or callgrind (--callgrind-only: results.md holds only the callgrind section). Only a full run
-rewrites the results section of BENCHMARKS.md.
+smoke or callgrind (--callgrind-only: results.md holds only the callgrind section). Plots
+(benches/plots.py, matplotlib) go to OUT_DIR/plots and are linked from results.md above the tables.
+Only a full run rewrites the results section of BENCHMARKS.md (two levels above OUT_DIR), with the
+plots copied next to it into bench-plots/; without matplotlib it leaves BENCHMARKS.md alone and fails.
 """
 import json
+import os
 import re
+import shutil
 import sys
 from collections import defaultdict
 
@@ -1025,22 +1029,69 @@ if meta["times_s"]:
     md.append("Run times in the guest: " + ", ".join(f"{k} {v} s" for k, v in meta["times_s"].items()) + ".")
     md.append("")
 
-text = "\n".join(md)
+def draw_plots():
+    """Draws the plots of this run into OUT_DIR/plots: ([(file, description)], None) or ([], why not)."""
+    if run_mode == "callgrind":
+        return [], None
+    try:
+        import plots  # benches/plots.py; needs matplotlib
+    except ImportError as e:
+        return [], f"no plots: {e} (scripts/bench installs matplotlib into target/bench/plot-venv)"
+    folder = os.path.join(out_dir, "plots")
+    shutil.rmtree(folder, ignore_errors=True)  # no plot of an earlier run stays behind
+    try:
+        return plots.draw(rows + msg_rows + stream_rows + ud_rows, folder), None
+    except Exception as e:  # a plot that fails must not cost the tables of a run
+        import traceback
+        traceback.print_exc()
+        return [], f"no plots: drawing them failed: {e!r}"
+
+
+def with_plots(folder):
+    """The report with its plots, linked from `folder` (relative to the Markdown file), above the tables."""
+    if not plot_files:
+        return "\n".join(md)
+    links = ["### Plots", "",
+             "Medians of this run, drawn from results.json by benches/plots.py; the tables below have every "
+             "figure, with the 99th percentiles and the ratios. Latency and bandwidth axes are logarithmic. "
+             "perftest has no event mode for RDMA writes (`ib_write_bw -e`) and no `write_with_imm` test, whose "
+             "reference is the raw verbs loop.", ""]
+    for name, description in plot_files:
+        links += [f"![{description}]({folder}/{name})", ""]
+    return "\n".join(md[:2] + links + md[2:])
+
+
+plot_files, plot_error = draw_plots()
+if plot_error:
+    print(f"report.py: {plot_error}", file=sys.stderr)
+text = with_plots("plots")
 open(f"{out_dir}/results.md", "w").write(text)
 print(text)
 
-# A full run replaces the results section of BENCHMARKS.md (between the markers) with this text.
-doc = f"{out_dir}/../../BENCHMARKS.md"
+# A full run replaces the results section of BENCHMARKS.md (between the markers) with this text, its
+# plots copied into bench-plots/ next to it; not without its plots (the last full run's stay).
+root = os.path.normpath(os.path.join(out_dir, "..", ".."))
+doc = os.path.join(root, "BENCHMARKS.md")
 begin, end = "<!-- results:begin (scripts/bench writes this part) -->", "<!-- results:end -->"
+if run_mode == "full" and plot_error:
+    print(f"report.py: {doc} is left as it was ({plot_error})", file=sys.stderr)
+    sys.exit(1)
 if run_mode == "full":
     try:
         old = open(doc).read()
         if begin in old and end in old:
+            shown = os.path.join(root, "bench-plots")
+            os.makedirs(shown, exist_ok=True)
+            for name in os.listdir(shown):
+                if name.endswith(".svg") and name not in dict(plot_files):
+                    os.remove(os.path.join(shown, name))
+            for name, _ in plot_files:
+                shutil.copyfile(os.path.join(out_dir, "plots", name), os.path.join(shown, name))
             head, rest = old.split(begin, 1)
-            open(doc, "w").write(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
-            print(f"updated {doc}")
-    except OSError:
-        pass
+            open(doc, "w").write(head + begin + "\n" + with_plots("bench-plots") + "\n" + end + rest.split(end, 1)[1])
+            print(f"updated {doc} and {shown}")
+    except OSError as e:
+        print(f"report.py: cannot update {doc}: {e}", file=sys.stderr)
 
 if run_mode == "callgrind":
     failed = [n for n in perftest_notes if n.startswith("callgrind")]
