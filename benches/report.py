@@ -1,24 +1,38 @@
 #!/usr/bin/env python3
-"""Turns the console log of scripts/bench into results.json and results.md.
+"""Turns the console log of scripts/bench into results.json, results.md and plots.
 
 Usage: report.py GUEST_LOG OUT_DIR MODE DEVICE
+       report.py --results RESULTS_JSON OUT_DIR
 
-MODE is the run of scripts/bench: full, smoke or callgrind (--callgrind-only: results.md holds only
-the callgrind section). Only a full run rewrites the results section of BENCHMARKS.md.
+The first form reads the log of a run; the second the results.json of an earlier one (it holds every
+row, the run's mode and device), which gives the same report. MODE is the run of scripts/bench: full,
+smoke or callgrind (--callgrind-only: results.md holds only the callgrind section). Plots
+(benches/plots.py, matplotlib) go to OUT_DIR/plots and are linked from results.md above the tables.
+Only a full run rewrites the results section of BENCHMARKS.md (two levels above OUT_DIR), with the
+plots copied next to it into bench-plots/; without matplotlib it leaves BENCHMARKS.md alone and fails.
 """
 import json
+import os
 import re
+import shutil
 import sys
 from collections import defaultdict
 
-log_path, out_dir, run_mode, device = sys.argv[1:5]
+if len(sys.argv) == 4 and sys.argv[1] == "--results":
+    results_path, out_dir = sys.argv[2:4]
+    log_path = None
+elif len(sys.argv) == 5:
+    log_path, out_dir, run_mode, device = sys.argv[1:5]
+else:
+    sys.exit(__doc__.strip())
 RUNTIMES = ["tokio-ct", "tokio-mt", "async-std", "smol"]
 
 rows = []
-meta = {"mode": run_mode, "device": device, "times_s": {}}
+meta = {"times_s": {}}
 cg = defaultdict(dict)  # (build, runtime, mode) -> {round trips: Ir of the client}
 annotate = defaultdict(list)  # (kind, build, runtime, mode, round trips) -> lines
 cg_tried = set()  # (build, runtime, mode) of every callgrind run, failed ones too
+cg_runs = []  # every callgrind run as results.json keeps it: build, runtime, mode, round trips, Ir or None
 builds = {}  # "current" / "baseline" -> {"hash": ..., "name": ...}
 perftest_notes = []
 
@@ -34,98 +48,133 @@ def arg(args, flag, default):
     return default
 
 
-pt = None
-block = None
-for raw_line in open(log_path, errors="replace"):
-    line = ansi.sub("", raw_line.rstrip("\r\n"))
-    if block is not None:
-        if line.startswith("@@CG-ANNOTATE-END") or line.startswith("@@CG-INCL-END"):
-            block = None
-        else:
-            annotate[block].append(line)
-        continue
-    if pt is not None:
-        if line.startswith("@@PT-END"):
-            if not pt["found"]:
-                perftest_notes.append(f"{pt['tool']} {' '.join(pt['args'])}: {pt['err'] or 'no result'}")
-            pt = None
-            continue
-        m = lat_re.match(line)
-        if m and pt["test"].endswith("_lat"):
-            pt["found"] = True
-            rows.append({
-                "impl": "perftest", "runtime": "-", "mode": pt["mode"], "test": pt["test"],
-                "size": int(m.group(1)), "qps": 1, "batch": 1, "iters": int(m.group(2)),
-                "median_us": float(m.group(5)), "p99_us": float(m.group(8)),
-                "mmsg_s": None, "mb_s": None,
-            })
-            continue
-        m = bw_re.match(line)
-        if m and pt["test"].endswith("_rate"):
-            pt["found"] = True
-            size, mpps = int(m.group(1)), float(m.group(5))
-            rows.append({
-                "impl": "perftest", "runtime": "-", "mode": pt["mode"], "test": pt["test"],
-                "size": size, "qps": int(arg(pt["args"], "-q", "1")), "batch": 1,
-                "iters": int(m.group(2)), "median_us": None, "p99_us": None,
-                "mmsg_s": mpps, "mb_s": mpps * size,
-            })
-            continue
-        if re.search(r"not available|not supported|Error|error|Couldn't|Unable", line) and not pt["err"]:
-            pt["err"] = line.strip()
-        continue
-    if line.startswith("@@PT "):
-        parts = line.split()
-        test, mode = parts[1].split(":")
-        pt = {"test": test, "mode": mode, "tool": parts[2], "args": parts[3:], "found": False, "err": ""}
-    elif line.startswith("@@JSON "):
-        try:
-            rows.append(json.loads(line[len("@@JSON "):]))
-        except ValueError:
-            pass
-    elif line.startswith("@@CG "):
-        # "@@CG BUILD RUNTIME MODE N rc=.. ir=.."; logs of before the baseline had "@@CG RUNTIME N ..."
-        # (the current program, event mode).
-        m = (re.match(r"@@CG (\S+) (\S+) (busy|event) (\d+) rc=(\d+) ir=(\d*)", line)
-             or re.match(r"@@CG ()(\S+) ()(\d+) rc=(\d+) ir=(\d*)", line))
-        if m:
-            build, rt, mode, n, rc, ir = m.groups()
-            key = (build or "current", rt, mode or "event")
-            cg_tried.add(key)
-            if rc == "0" and ir:
-                cg[key][int(n)] = int(ir)
+def read_log(path):
+    """The rows and notes of a run, from its console log."""
+    pt = None
+    block = None
+    for raw_line in open(path, errors="replace"):
+        line = ansi.sub("", raw_line.rstrip("\r\n"))
+        if block is not None:
+            if line.startswith("@@CG-ANNOTATE-END") or line.startswith("@@CG-INCL-END"):
+                block = None
             else:
-                perftest_notes.append(f"callgrind {' '.join(key)} {n} round trips failed: rc={rc}"
-                                      + ("" if ir else ", no profile"))
-    elif line.startswith("@@CG-ANNOTATE-BEGIN") or line.startswith("@@CG-INCL-BEGIN"):
-        # "... BUILD RUNTIME MODE N"; before the baseline, "... RUNTIME" (current, event, longer run).
-        kind = "self" if "ANNOTATE" in line else "inclusive"
-        what = line.split()[1:]
-        block = (kind, *what) if len(what) == 4 else (kind, "current", (what or ["?"])[0], "event", None)
-    elif line.startswith("@@BUILD "):
-        parts = (line.split(None, 3) + ["", ""])[:4]
-        builds[parts[1]] = {"hash": parts[2], "name": parts[3].strip()}
-    elif line.startswith("@@VALGRIND "):
-        meta["valgrind"] = line.split(None, 1)[1]
-    elif line.startswith("@@NOTE "):
-        perftest_notes.append(line.split(None, 1)[1])
-    elif line.startswith("@@TIME "):
-        _, what, secs = line.split()
-        meta["times_s"][what] = int(secs)
-    elif line.startswith("@@DATE "):
-        meta["date"] = line.split(None, 1)[1]
-    elif line.startswith("@@KERNEL "):
-        meta["kernel"] = line.split(None, 1)[1]
-    elif line.startswith("@@CPU "):
-        meta["cpu"] = line.split(None, 1)[1]
-    elif line.startswith("@@DEVICE "):
-        meta["device_info"] = line.split(None, 1)[1]
-    elif line.startswith("@@PERFTEST-VERSION "):
-        meta["perftest"] = line.split(None, 1)[1]
-    elif line.startswith("@@BENCH-END ") and not line.endswith("rc=0"):
-        perftest_notes.append("anyrdma bench " + line[len("@@BENCH-END "):])
-    elif line.startswith("@@PEER ") and not line.endswith("rc=0"):
-        perftest_notes.append("async-rdma " + line[len("@@PEER "):])
+                annotate[block].append(line)
+            continue
+        if pt is not None:
+            if line.startswith("@@PT-END"):
+                if not pt["found"]:
+                    perftest_notes.append(f"{pt['tool']} {' '.join(pt['args'])}: {pt['err'] or 'no result'}")
+                pt = None
+                continue
+            m = lat_re.match(line)
+            if m and pt["test"].endswith("_lat"):
+                pt["found"] = True
+                rows.append({
+                    "impl": "perftest", "runtime": "-", "mode": pt["mode"], "test": pt["test"],
+                    "size": int(m.group(1)), "qps": 1, "batch": 1, "iters": int(m.group(2)),
+                    "median_us": float(m.group(5)), "p99_us": float(m.group(8)),
+                    "mmsg_s": None, "mb_s": None,
+                })
+                continue
+            m = bw_re.match(line)
+            if m and pt["test"].endswith("_rate"):
+                pt["found"] = True
+                size, mpps = int(m.group(1)), float(m.group(5))
+                rows.append({
+                    "impl": "perftest", "runtime": "-", "mode": pt["mode"], "test": pt["test"],
+                    "size": size, "qps": int(arg(pt["args"], "-q", "1")), "batch": 1,
+                    "iters": int(m.group(2)), "median_us": None, "p99_us": None,
+                    "mmsg_s": mpps, "mb_s": mpps * size,
+                })
+                continue
+            if re.search(r"not available|not supported|Error|error|Couldn't|Unable", line) and not pt["err"]:
+                pt["err"] = line.strip()
+            continue
+        if line.startswith("@@PT "):
+            parts = line.split()
+            test, mode = parts[1].split(":")
+            pt = {"test": test, "mode": mode, "tool": parts[2], "args": parts[3:], "found": False, "err": ""}
+        elif line.startswith("@@JSON "):
+            try:
+                rows.append(json.loads(line[len("@@JSON "):]))
+            except ValueError:
+                pass
+        elif line.startswith("@@CG "):
+            # "@@CG BUILD RUNTIME MODE N rc=.. ir=.."; logs of before the baseline had "@@CG RUNTIME N ..."
+            # (the current program, event mode).
+            m = (re.match(r"@@CG (\S+) (\S+) (busy|event) (\d+) rc=(\d+) ir=(\d*)", line)
+                 or re.match(r"@@CG ()(\S+) ()(\d+) rc=(\d+) ir=(\d*)", line))
+            if m:
+                build, rt, mode, n, rc, ir = m.groups()
+                key = (build or "current", rt, mode or "event")
+                cg_tried.add(key)
+                ok = rc == "0" and bool(ir)
+                cg_runs.append({"build": key[0], "runtime": rt, "mode": key[2], "round_trips": int(n),
+                                "ir": int(ir) if ok else None})
+                if ok:
+                    cg[key][int(n)] = int(ir)
+                else:
+                    perftest_notes.append(f"callgrind {' '.join(key)} {n} round trips failed: rc={rc}"
+                                          + ("" if ir else ", no profile"))
+        elif line.startswith("@@CG-ANNOTATE-BEGIN") or line.startswith("@@CG-INCL-BEGIN"):
+            # "... BUILD RUNTIME MODE N"; before the baseline, "... RUNTIME" (current, event, longer run).
+            kind = "self" if "ANNOTATE" in line else "inclusive"
+            what = line.split()[1:]
+            block = (kind, *what) if len(what) == 4 else (kind, "current", (what or ["?"])[0], "event", None)
+        elif line.startswith("@@BUILD "):
+            parts = (line.split(None, 3) + ["", ""])[:4]
+            builds[parts[1]] = {"hash": parts[2], "name": parts[3].strip()}
+        elif line.startswith("@@VALGRIND "):
+            meta["valgrind"] = line.split(None, 1)[1]
+        elif line.startswith("@@NOTE "):
+            perftest_notes.append(line.split(None, 1)[1])
+        elif line.startswith("@@TIME "):
+            _, what, secs = line.split()
+            meta["times_s"][what] = int(secs)
+        elif line.startswith("@@DATE "):
+            meta["date"] = line.split(None, 1)[1]
+        elif line.startswith("@@KERNEL "):
+            meta["kernel"] = line.split(None, 1)[1]
+        elif line.startswith("@@CPU "):
+            meta["cpu"] = line.split(None, 1)[1]
+        elif line.startswith("@@DEVICE "):
+            meta["device_info"] = line.split(None, 1)[1]
+        elif line.startswith("@@PERFTEST-VERSION "):
+            meta["perftest"] = line.split(None, 1)[1]
+        elif line.startswith("@@BENCH-END ") and not line.endswith("rc=0"):
+            perftest_notes.append("anyrdma bench " + line[len("@@BENCH-END "):])
+        elif line.startswith("@@PEER ") and not line.endswith("rc=0"):
+            perftest_notes.append("async-rdma " + line[len("@@PEER "):])
+
+
+def read_results(path):
+    """The rows and notes of a run, from the results.json an earlier report wrote."""
+    global run_mode, device
+    data = json.load(open(path))
+    old = data["meta"]
+    run_mode, device = old["mode"], old["device"]
+    meta.update(old)
+    rows.extend(data["rows"] + old.get("wakeups", []) + old.get("pool", []))
+    builds.update(old.get("builds", {}))
+    perftest_notes.extend(old.get("notes", []))
+    # Every callgrind run, failed ones too; a results.json of before they were kept has the
+    # instructions of the successful pairs only.
+    for run in old.get("callgrind_runs") or [
+            {"build": c["build"], "runtime": c["runtime"], "mode": c["mode"], "round_trips": n, "ir": ir}
+            for c in old.get("cpu_cost", []) for n, ir in zip(c["iters"], c["ir"])]:
+        key = (run["build"], run["runtime"], run["mode"])
+        cg_tried.add(key)
+        if run["ir"] is not None:
+            cg[key][run["round_trips"]] = run["ir"]
+    for top in old.get("callgrind_top", []):
+        annotate[top["kind"], top["build"], top["runtime"], top["mode"], top["round_trips"]] = top["lines"]
+
+
+if log_path is not None:
+    read_log(log_path)
+else:
+    read_results(results_path)
+meta.update(mode=run_mode, device=device)
 
 # Wake-ups per completion (benches/wakeups.rs) are rows of their own kind.
 wakeup_rows = [r for r in rows if r.get("test") == "wakeups"]
@@ -160,6 +209,11 @@ for (build, rt, mode), runs in cg.items():
 meta["cpu_cost"] = list(cpu.values())
 meta["builds"] = builds
 meta["notes"] = perftest_notes
+if log_path is not None:
+    # What a report from this results.json needs besides the rows (report.py --results).
+    meta["callgrind_runs"] = cg_runs
+    meta["callgrind_top"] = [{"kind": k[0], "build": k[1], "runtime": k[2], "mode": k[3], "round_trips": k[4],
+                              "lines": v} for k, v in annotate.items()]
 
 json.dump({"meta": meta, "rows": rows + msg_rows + stream_rows + ud_rows}, open(f"{out_dir}/results.json", "w"), indent=1)
 
@@ -975,22 +1029,69 @@ if meta["times_s"]:
     md.append("Run times in the guest: " + ", ".join(f"{k} {v} s" for k, v in meta["times_s"].items()) + ".")
     md.append("")
 
-text = "\n".join(md)
+def draw_plots():
+    """Draws the plots of this run into OUT_DIR/plots: ([(file, description)], None) or ([], why not)."""
+    if run_mode == "callgrind":
+        return [], None
+    try:
+        import plots  # benches/plots.py; needs matplotlib
+    except ImportError as e:
+        return [], f"no plots: {e} (scripts/bench installs matplotlib into target/bench/plot-venv)"
+    folder = os.path.join(out_dir, "plots")
+    shutil.rmtree(folder, ignore_errors=True)  # no plot of an earlier run stays behind
+    try:
+        return plots.draw(rows + msg_rows + stream_rows + ud_rows, folder), None
+    except Exception as e:  # a plot that fails must not cost the tables of a run
+        import traceback
+        traceback.print_exc()
+        return [], f"no plots: drawing them failed: {e!r}"
+
+
+def with_plots(folder):
+    """The report with its plots, linked from `folder` (relative to the Markdown file), above the tables."""
+    if not plot_files:
+        return "\n".join(md)
+    links = ["### Plots", "",
+             "Medians of this run, drawn from results.json by benches/plots.py; the tables below have every "
+             "figure, with the 99th percentiles and the ratios. Latency and bandwidth axes are logarithmic. "
+             "perftest has no event mode for RDMA writes (`ib_write_bw -e`) and no `write_with_imm` test, whose "
+             "reference is the raw verbs loop.", ""]
+    for name, description in plot_files:
+        links += [f"![{description}]({folder}/{name})", ""]
+    return "\n".join(md[:2] + links + md[2:])
+
+
+plot_files, plot_error = draw_plots()
+if plot_error:
+    print(f"report.py: {plot_error}", file=sys.stderr)
+text = with_plots("plots")
 open(f"{out_dir}/results.md", "w").write(text)
 print(text)
 
-# A full run replaces the results section of BENCHMARKS.md (between the markers) with this text.
-doc = f"{out_dir}/../../BENCHMARKS.md"
+# A full run replaces the results section of BENCHMARKS.md (between the markers) with this text, its
+# plots copied into bench-plots/ next to it; not without its plots (the last full run's stay).
+root = os.path.normpath(os.path.join(out_dir, "..", ".."))
+doc = os.path.join(root, "BENCHMARKS.md")
 begin, end = "<!-- results:begin (scripts/bench writes this part) -->", "<!-- results:end -->"
+if run_mode == "full" and plot_error:
+    print(f"report.py: {doc} is left as it was ({plot_error})", file=sys.stderr)
+    sys.exit(1)
 if run_mode == "full":
     try:
         old = open(doc).read()
         if begin in old and end in old:
+            shown = os.path.join(root, "bench-plots")
+            os.makedirs(shown, exist_ok=True)
+            for name in os.listdir(shown):
+                if name.endswith(".svg") and name not in dict(plot_files):
+                    os.remove(os.path.join(shown, name))
+            for name, _ in plot_files:
+                shutil.copyfile(os.path.join(out_dir, "plots", name), os.path.join(shown, name))
             head, rest = old.split(begin, 1)
-            open(doc, "w").write(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
-            print(f"updated {doc}")
-    except OSError:
-        pass
+            open(doc, "w").write(head + begin + "\n" + with_plots("bench-plots") + "\n" + end + rest.split(end, 1)[1])
+            print(f"updated {doc} and {shown}")
+    except OSError as e:
+        print(f"report.py: cannot update {doc}: {e}", file=sys.stderr)
 
 if run_mode == "callgrind":
     failed = [n for n in perftest_notes if n.startswith("callgrind")]
