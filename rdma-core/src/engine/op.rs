@@ -282,14 +282,14 @@ impl<B: Buffers, O: Outcome> Drop for Op<B, O> {
 fn received(info: WcInfo) -> Received {
     // For a write with immediate, byte_len is the write's length (rxe, mlx5): nothing of it
     // is in the receive buffers.
-    let (len, kind) = match (info.write_with_imm, info.imm) {
+    let (len, kind) = match (info.write_with_imm(), info.imm()) {
         (true, _) => (0, MessageKind::WriteWithImm),
         (false, Some(_)) => (info.byte_len as usize, MessageKind::SendWithImm),
         (false, None) => (info.byte_len as usize, MessageKind::Send),
     };
     Received {
         len,
-        imm: info.imm,
+        imm: info.imm(),
         kind,
     }
 }

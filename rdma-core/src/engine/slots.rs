@@ -30,28 +30,112 @@ pub(crate) enum WorkQueue {
     Recv,
 }
 
-/// What a successful completion reports.
+/// What a successful completion reports. Packed (20 bytes): it is moved on every completion,
+/// inside a `Result` and an `Option`, and every byte of it costs instructions there.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WcInfo {
     pub(crate) byte_len: u32,
-    pub(crate) imm: Option<u32>,
+    /// The immediate data, valid with [`WcInfo::HAS_IMM`].
+    imm_data: u32,
+    /// `HAS_IMM`, `WRITE_WITH_IMM` and `GRH` in the low bits; a datagram's source queue pair
+    /// (24 bits) above [`WcInfo::SRC_QP_SHIFT`]; its service level (4 bits) at `SL_SHIFT`.
+    bits: u32,
+    /// The local queue pair that took a receive (for a shared receive queue, the one that
+    /// consumed it); zero for a send.
+    qp_num: u32,
+    slid: u16,
+    pkey_index: u16,
+}
+
+impl WcInfo {
+    const HAS_IMM: u32 = 1;
+    const WRITE_WITH_IMM: u32 = 1 << 1;
+    const GRH: u32 = 1 << 2;
+    const SL_SHIFT: u32 = 4;
+    const SRC_QP_SHIFT: u32 = 8;
+
+    /// A successful completion that reports nothing (an unsignaled request covered by a
+    /// later one).
+    pub(crate) const EMPTY: WcInfo = WcInfo {
+        byte_len: 0,
+        imm_data: 0,
+        bits: 0,
+        qp_num: 0,
+        slid: 0,
+        pkey_index: 0,
+    };
+
+    /// What `wc` reports; a receive's (`recv`) also its sender's fields, which only datagram
+    /// receives fill (a send's completion skips them).
+    #[inline(always)]
+    fn from_wc(wc: &ibv_wc, recv: bool) -> WcInfo {
+        let has_imm = wc.wc_flags & ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0;
+        let mut bits = (u32::from(has_imm) * Self::HAS_IMM)
+            | (u32::from(wc.opcode == ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM)
+                * Self::WRITE_WITH_IMM);
+        let mut info = WcInfo {
+            byte_len: wc.byte_len,
+            imm_data: if has_imm {
+                // SAFETY: WITH_IMM says the union holds immediate data (network order).
+                u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data })
+            } else {
+                0
+            },
+            bits: 0,
+            qp_num: 0,
+            slid: 0,
+            pkey_index: 0,
+        };
+        if recv {
+            bits |= (u32::from(wc.wc_flags & ibv_wc_flags::IBV_WC_GRH.0 != 0) * Self::GRH)
+                | (u32::from(wc.sl & 0xf) << Self::SL_SHIFT)
+                | ((wc.src_qp & 0x00ff_ffff) << Self::SRC_QP_SHIFT);
+            info.qp_num = wc.qp_num;
+            info.slid = wc.slid;
+            info.pkey_index = wc.pkey_index;
+        }
+        info.bits = bits;
+        info
+    }
+
+    /// The immediate data, if the completion carried any.
+    #[inline]
+    pub(crate) fn imm(&self) -> Option<u32> {
+        (self.bits & Self::HAS_IMM != 0).then_some(self.imm_data)
+    }
+
     /// A receive consumed by an RDMA write with immediate.
-    pub(crate) write_with_imm: bool,
-    /// What a datagram receive reports of its sender (zero elsewhere): source queue pair,
-    /// whether a GRH sits in the first 40 bytes, source LID, service level, P_Key index.
-    pub(crate) datagram: DatagramSource,
+    #[inline]
+    pub(crate) fn write_with_imm(&self) -> bool {
+        self.bits & Self::WRITE_WITH_IMM != 0
+    }
+
+    /// What a datagram receive reports of its sender (zero elsewhere).
+    pub(crate) fn datagram(&self) -> DatagramSource {
+        DatagramSource {
+            src_qp: self.bits >> Self::SRC_QP_SHIFT,
+            qp_num: self.qp_num,
+            grh: self.bits & Self::GRH != 0,
+            slid: self.slid,
+            sl: ((self.bits >> Self::SL_SHIFT) & 0xf) as u8,
+            pkey_index: self.pkey_index,
+        }
+    }
 }
 
 /// The sender of a datagram as its receive completion reports it (`ibv_wc` fields that
 /// only unreliable datagram receives fill).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct DatagramSource {
+    /// The sender's queue pair number (24 bits).
     pub(crate) src_qp: u32,
     /// The local queue pair that took the receive (for a shared receive queue, the one
     /// that consumed it).
     pub(crate) qp_num: u32,
+    /// Whether a GRH sits in the first 40 bytes of the receive.
     pub(crate) grh: bool,
     pub(crate) slid: u16,
+    /// The service level (4 bits).
     pub(crate) sl: u8,
     pub(crate) pkey_index: u16,
 }
@@ -552,12 +636,7 @@ impl SlotTable {
         };
         self.outstanding = self.outstanding.saturating_sub(info.cq_entries);
         info.qp.release(info.queue, info.wrs);
-        let result = Ok(WcInfo {
-            byte_len: 0,
-            imm: None,
-            write_with_imm: false,
-            datagram: DatagramSource::default(),
-        });
+        let result = Ok(WcInfo::EMPTY);
         self.finish(id, result, wake, polling)
     }
 
@@ -633,25 +712,7 @@ impl SlotTable {
         }
         let result = match first_error.take() {
             Some(err) => Err(err),
-            None => Ok(WcInfo {
-                byte_len: wc.byte_len,
-                imm: (wc.wc_flags & ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0)
-                    // SAFETY: WITH_IMM says the union holds immediate data (network order).
-                    .then(|| u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data })),
-                write_with_imm: wc.opcode == ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM,
-                // Only a receive has a sender to report: a send's completion skips the copy.
-                datagram: match info.queue {
-                    WorkQueue::Recv => DatagramSource {
-                        src_qp: wc.src_qp,
-                        qp_num: wc.qp_num,
-                        grh: wc.wc_flags & ibv_wc_flags::IBV_WC_GRH.0 != 0,
-                        slid: wc.slid,
-                        sl: wc.sl,
-                        pkey_index: wc.pkey_index,
-                    },
-                    WorkQueue::Send => DatagramSource::default(),
-                },
-            }),
+            None => Ok(WcInfo::from_wc(wc, info.queue == WorkQueue::Recv)),
         };
         self.finish(SlotId { index, generation }, result, wake, polling)
     }

@@ -665,18 +665,18 @@ fn datagram(completion: Completion, grh: Option<&LocalBuf>, capacity: usize) -> 
     let len = (info.byte_len as usize).saturating_sub(GRH_LEN);
     if len > capacity {
         return Err(Error::DatagramTruncated {
-            qpn: info.datagram.qp_num,
+            qpn: info.datagram().qp_num,
             capacity,
             len: Some(len),
         });
     }
-    let source = info.datagram;
+    let source = info.datagram();
     let src_gid = grh
         .and_then(|grh| <&[u8; GRH_LEN]>::try_from(&grh[..]).ok())
         .and_then(|bytes| sender_gid(bytes, source.grh));
     Ok(Datagram {
         len,
-        imm: info.imm,
+        imm: info.imm(),
         src_qpn: source.src_qp,
         src_gid,
         slid: source.slid,

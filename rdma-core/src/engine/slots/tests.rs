@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Wake, Waker};
 
-use rdma_sys::{ibv_wc, ibv_wc_opcode};
+use rdma_sys::{ibv_wc, ibv_wc_flags, ibv_wc_opcode};
 
 use super::*;
 use crate::signaling::Signal;
@@ -369,4 +369,63 @@ fn the_count_of_waiting_tasks_follows_every_way_a_wait_ends() {
         .expect("done")
         .expect("a success");
     assert_nothing_held(&table, &qp);
+}
+
+/// A receive's completion keeps every field a datagram's sender reports, at their widest
+/// (24-bit queue pair number, 4-bit service level), and its immediate data, through the
+/// packed `WcInfo`; a send's keeps none of them.
+#[test]
+fn a_completion_keeps_the_immediate_and_the_datagram_sender() {
+    // SAFETY: ibv_wc is a plain C struct (integers and a union of integers): all zeroes is a
+    // valid value.
+    let mut wc: ibv_wc = unsafe { std::mem::zeroed() };
+    wc.opcode = ibv_wc_opcode::IBV_WC_RECV;
+    wc.byte_len = 1064;
+    wc.wc_flags = ibv_wc_flags::IBV_WC_WITH_IMM.0 | ibv_wc_flags::IBV_WC_GRH.0;
+    wc.imm_data_invalidated_rkey_union.imm_data = 0xdead_beef_u32.to_be();
+    wc.src_qp = 0x00ff_fffe;
+    wc.qp_num = 0x00ab_cdef;
+    wc.slid = 0xfffe;
+    wc.sl = 15;
+    wc.pkey_index = 0xfffd;
+    let info = WcInfo::from_wc(&wc, true);
+    assert_eq!(info.byte_len, 1064);
+    assert_eq!(info.imm(), Some(0xdead_beef));
+    assert!(!info.write_with_imm());
+    let source = info.datagram();
+    assert_eq!(
+        (
+            source.src_qp,
+            source.qp_num,
+            source.grh,
+            source.slid,
+            source.sl,
+            source.pkey_index
+        ),
+        (0x00ff_fffe, 0x00ab_cdef, true, 0xfffe, 15, 0xfffd)
+    );
+
+    wc.opcode = ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM;
+    wc.wc_flags = ibv_wc_flags::IBV_WC_WITH_IMM.0;
+    wc.imm_data_invalidated_rkey_union.imm_data = 0;
+    let info = WcInfo::from_wc(&wc, true);
+    assert_eq!((info.imm(), info.write_with_imm()), (Some(0), true));
+    assert!(!info.datagram().grh);
+
+    wc.wc_flags = 0;
+    let sent = WcInfo::from_wc(&wc, false);
+    assert_eq!(sent.imm(), None);
+    let source = sent.datagram();
+    assert_eq!(
+        (source.src_qp, source.qp_num, source.sl, source.slid),
+        (0, 0, 0, 0)
+    );
+}
+
+#[test]
+fn a_completion_report_stays_small() {
+    // It is moved on every completion (see WcInfo): 20 bytes, and its Result no larger than
+    // before the datagram fields came.
+    assert_eq!(std::mem::size_of::<WcInfo>(), 20);
+    assert_eq!(std::mem::size_of::<SlotResult>(), 24);
 }
