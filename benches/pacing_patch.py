@@ -1,12 +1,13 @@
-"""Gives an older revision's benches/rdma.rs the callgrind pacing of the current one.
+"""Gives an older revision's benches/rdma.rs the callgrind pacing of the current anyrdma-perf.
 
-scripts/bench --baseline REV measures REV's library with REV's bench program. Instruction counts
-are comparable only when both programs pace their ping-pong the same way (ANYRDMA_BENCH_PACE, see
-`Pacing` in benches/rdma.rs), so this inserts the same hooks into a bench that predates them: the
-`Pacing` type (copied from the current file), and its calls at the same places of the anyrdma and
-raw verbs write-with-immediate loops. A file that has them already is left as it is.
+scripts/bench --baseline REV measures REV's library with REV's benchmark program; before anyrdma-perf
+(perf/) that was the bench target benches/rdma.rs. Instruction counts are comparable only when both
+programs pace their ping-pong the same way (ANYRDMA_BENCH_PACE, see `Pacing` in perf/src/pacing.rs),
+so this inserts the same hooks into a bench that predates them: the `Pacing` type (copied from the
+current file), and its calls at the same places of the anyrdma and raw verbs write-with-immediate
+loops. A file that has them already is left as it is.
 
-    python3 benches/pacing_patch.py CURRENT_RDMA_RS OLD_RDMA_RS
+    python3 benches/pacing_patch.py perf/src/pacing.rs OLD_RDMA_RS
 """
 
 import re

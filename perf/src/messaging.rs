@@ -1,4 +1,4 @@
-//! Messaging (`anyrdma::msg`) over the bench's connected queue pair, for the rows of issue 11:
+//! Messaging (`anyrdma::msg`) over the connected queue pair of `rc.rs`:
 //!
 //! * `msg_lat`: ping-pong of `Messenger::send` / `recv` (each side sends what it received);
 //!   half the round trip, as `send_lat`. Above the eager limit (8 KiB by default) each
@@ -11,16 +11,20 @@
 //! application gets without tuning.
 
 use std::future::Future;
+use std::net::TcpStream;
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use anyrdma::msg::{Messenger, MessengerOptions};
 
-use super::*;
+use crate::rc::{step, Side};
+use crate::wire::{barrier, Spec};
+use crate::Res;
 
 /// The messenger of each side: receives for 64 messages in flight (its queue pair is made
 /// deep enough for them and for the control messages).
-pub(super) fn options() -> MessengerOptions {
+pub fn options() -> MessengerOptions {
     MessengerOptions {
         depth: 64,
         ..MessengerOptions::default()
@@ -31,7 +35,7 @@ fn messenger(s: &Side) -> Res<Messenger> {
     Ok(Messenger::new(&s.qps[0], options())?)
 }
 
-/// Checks that a message is the one expected (its length and first byte): the bench must
+/// Checks that a message is the one expected (its length and first byte): a measurement must
 /// not count what did not arrive whole.
 fn check(data: &[u8], len: usize, first: u8) -> Res<()> {
     if data.len() != len || data.first().is_some_and(|&b| b != first) {
@@ -40,7 +44,7 @@ fn check(data: &[u8], len: usize, first: u8) -> Res<()> {
     Ok(())
 }
 
-pub(super) async fn msg_lat(
+pub async fn msg_lat(
     s: &Side,
     spec: &Spec,
     client: bool,
@@ -50,7 +54,7 @@ pub(super) async fn msg_lat(
 }
 
 /// `msg_lat` on any messenger (also one connected by rdma_cm: `cm_msg_lat`).
-pub(super) async fn ping_pong(
+pub async fn ping_pong(
     messenger: &Messenger,
     spec: &Spec,
     client: bool,
@@ -100,7 +104,7 @@ async fn join_all(futures: Vec<Pin<Box<dyn Future<Output = Res<()>> + Send + '_>
     .await
 }
 
-pub(super) async fn msg_rate(
+pub async fn msg_rate(
     s: &Side,
     spec: &Spec,
     client: bool,
@@ -110,7 +114,7 @@ pub(super) async fn msg_rate(
 }
 
 /// `msg_rate` on any messenger (also one connected by rdma_cm: `cm_msg_bw`).
-pub(super) async fn one_way(
+pub async fn one_way(
     messenger: &Messenger,
     spec: &Spec,
     client: bool,

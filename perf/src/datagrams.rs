@@ -1,11 +1,11 @@
-//! Unreliable datagrams (`anyrdma::ud`) for the rows of issue 24, measured as perftest's
+//! Unreliable datagrams (`anyrdma::ud`), measured as perftest's
 //! `ib_send_lat -c UD` and `ib_send_bw -c UD` measure (perftest 4.5's `run_iter_lat_send`,
 //! `run_iter_bw` and `run_iter_bw_server`, with the defaults they run with on Soft-RoCE):
 //!
 //! * `ud_send_lat`: a ping-pong of datagram sends between one `UdQueuePair` on each side.
 //!   Like perftest with UD, each side posts `min(iters, 16000)` receives before the first
 //!   send (its `rx_depth` for UD is the iteration count, capped at 16,000) and posts another
-//!   only for what is left beyond them, so with the bench's iteration counts no receive is
+//!   only for what is left beyond them, so with iteration counts up to 16,000 no receive is
 //!   posted inside the timed loop; every send is signaled and awaited (perftest's latency
 //!   `tx_depth` is 1, so its CQ moderation is 1). The client stamps each send; the latency is
 //!   half the time between consecutive stamps, median and 99th percentile, as perftest's
@@ -25,20 +25,31 @@
 //! Receive buffers are `max_datagram()` (the port's MTU) long, the size that holds any
 //! datagram; anyrdma puts the 40-byte routing header in a block of its own in front (perftest
 //! posts `size + 40` bytes in one piece). The peers' addresses (GID, QPN, Q_Key) go over the
-//! bench's TCP control channel, as the RC rows exchange their endpoints (perftest `-c UD`
+//! control channel, as the RC rows exchange their endpoints (perftest `-c UD`
 //! uses its own TCP exchange the same way). Inline sends follow `--inline` (0 on Soft-RoCE,
 //! as perftest's). Not for `raw`.
 
-use anyrdma::ud::{UdAddress, UdOptions, UdPeer, UdQueuePair, UdRecv, DEFAULT_QKEY};
-use anyrdma::Gid;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
-use super::*;
+use anyrdma::core::CompletionQueue;
+use anyrdma::ud::{UdAddress, UdOptions, UdPeer, UdQueuePair, UdRecv, DEFAULT_QKEY};
+use anyrdma::{Access, Context, CqOptions, Gid, LocalBuf, ProtectionDomain, QpOptions};
+
+use crate::catalog::Test;
+use crate::pacing::Pacing;
+use crate::rc::{pool, step};
+use crate::stats::{latency, rate, Outcome};
+use crate::wire::{barrier, recv_exact, send_all, Spec};
+use crate::Res;
 
 /// perftest's largest receive queue for UD and UC (`UC_MAX_RX`): receives posted up front.
 const MAX_RX: usize = 16_000;
 
 /// How long the rate server waits for its datagrams beyond what the run should take: a lost
-/// datagram must not hang the bench.
+/// datagram must not hang the server.
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// GID, LID, QPN and Q_Key of a datagram queue pair, as sent over the control channel.
@@ -72,7 +83,7 @@ struct Ud {
     _cq: CompletionQueue,
 }
 
-fn setup(ctx: &Context, mode: Mode, spec: &Spec, ctl: &mut TcpStream) -> Res<Ud> {
+fn setup(ctx: &Context, spec: &Spec, ctl: &mut TcpStream) -> Res<Ud> {
     let pd = ctx.alloc_pd()?;
     let recv_depth = spec.iters.clamp(1, MAX_RX);
     let send_depth = if spec.test == Test::UdSendRate {
@@ -84,7 +95,7 @@ fn setup(ctx: &Context, mode: Mode, spec: &Spec, ctl: &mut TcpStream) -> Res<Ud>
         ctx,
         CqOptions {
             entries: (spec.qps * (send_depth + recv_depth) + 64) as u32,
-            poll_mode: mode.poll_mode(),
+            poll_mode: spec.mode.poll_mode(),
         },
     )?;
     let options = UdOptions {
@@ -179,14 +190,14 @@ async fn patiently<T>(
     waited.map_err(|_| format!("{what}: nothing after {patience:?} (a datagram lost?)"))?
 }
 
-pub(super) async fn measure(
+/// One datagram measurement; the client returns the figures.
+pub async fn measure(
     ctx: &Context,
-    mode: Mode,
     spec: &Spec,
     client: bool,
     ctl: &mut TcpStream,
 ) -> Res<Outcome> {
-    let ud = setup(ctx, mode, spec, ctl)?;
+    let ud = setup(ctx, spec, ctl)?;
     let outcome = match spec.test {
         Test::UdSendLat => latency(&lat(&ud, spec, client, ctl).await?, true),
         Test::UdSendRate => match rate_run(ctx, &ud, spec, client, ctl).await? {
@@ -213,7 +224,7 @@ async fn lat(ud: &Ud, spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Vec
     // Both sides' receives are posted before either sends.
     barrier(ctl)?;
     // No deadline around the timed loop (as in perftest and the RC rows: nothing but the
-    // ping-pong is polled); the bench's caller bounds the run.
+    // ping-pong is polled); whoever runs the measurement bounds it.
     for _ in 0..spec.iters {
         if client {
             stamps.push(Instant::now());
@@ -278,7 +289,7 @@ async fn rate_run(
             // The client's figure is its own sending rate (perftest's): a loss is reported,
             // not fatal.
             eprintln!(
-                "rdma bench: ud_send_rate server: {got} of {total} datagrams arrived ({err})"
+                "anyrdma-perf server: ud_send_rate: {got} of {total} datagrams arrived ({err})"
             );
         }
         return Ok(None);

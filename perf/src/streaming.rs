@@ -1,5 +1,4 @@
-//! Byte streams (`anyrdma::stream`) for the rows of issue 23, with what they are compared
-//! with measured the same way:
+//! Byte streams (`anyrdma::stream`), with what they are compared with measured the same way:
 //!
 //! * `stream_bw`: the client writes `iters` writes of `size` bytes (1 MiB) and reads one
 //!   byte back; the server reads until it has every byte, then writes that byte. MB/s from
@@ -12,29 +11,37 @@
 //! * `cm_msg_bw`, `cm_msg_lat`: `msg_rate` (1 sender) and `msg_lat` of a `Messenger` on a
 //!   connection made by rdma_cm, which is what a stream is built on. The stream's goals are
 //!   ratios to these rows: same device, same connection set-up, same messenger options.
-//! * `tcp_bw`, `tcp_lat`: the stream's loops over the runtime's own TCP on 127.0.0.1, for
-//!   orientation only: the kernel's loopback against an emulated NIC says nothing about
-//!   RDMA hardware against TCP. Poll modes do not apply; they run in the event pass.
+//! * `tcp_bw`, `tcp_lat`: the stream's loops over the runtime's own TCP, to the server's
+//!   address of the control channel, for orientation only (on one machine, the kernel's
+//!   loopback against an emulated NIC says nothing about RDMA hardware against TCP). Poll
+//!   modes do not apply; they run in the event pass.
 //!
-//! Streams and messengers connect through rdma_cm at `--cm-addr` (the address of an
-//! interface with an RDMA device: rdma_cm cannot route 127.0.0.1, so in the VM it is rxe0's
-//! 169.254.77.1), on a port the server picks and sends over the control channel. The same
+//! Streams and messengers connect through rdma_cm to the server's `--cm-addr` (the address
+//! of its interface with an RDMA device: rdma_cm cannot route 127.0.0.1, so in the test VM it
+//! is rxe0's 169.254.77.1), on a port the server picks and sends over the control channel. The same
 //! loops run on every runtime through `futures-io`: on Tokio the stream's Tokio traits are
 //! the same poll functions, and Tokio's TCP goes through a small adapter (`TokioTcp`).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use anyrdma::cm::{ConnectionOptions, Listener, ListenerOptions};
 use anyrdma::msg::Messenger;
 use anyrdma::stream::{RdmaStream, StreamListener, StreamOptions};
+use anyrdma::Context;
 use futures_util::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
 };
 
-use super::*;
+use crate::catalog::{Mode, Rt, Test};
+use crate::messaging;
+use crate::rc::step;
+use crate::stats::{latency, rate, Outcome};
+use crate::wire::{barrier, recv_exact, send_all, Spec};
+use crate::Res;
 
 /// The byte every written byte of the bandwidth rows has, checked on arrival.
 const FILL: u8 = 0xa5;
@@ -43,8 +50,8 @@ const FILL: u8 = 0xa5;
 /// that the copy out of the kernel is not split finer than the stream's.
 const TCP_BUFFER: usize = 256 << 10;
 
-/// The connection options of both sides: the bench's poll mode, on the runtime the bench
-/// runs (the process default would pick one of the several that are built in).
+/// The connection options of both sides: the measurement's poll mode, on its runtime (the
+/// process default would pick one of the several that are built in).
 fn connection(ctx: &Context, mode: Mode) -> ConnectionOptions {
     ConnectionOptions {
         poll_mode: mode.poll_mode(),
@@ -70,7 +77,9 @@ fn recv_port(ctl: &mut TcpStream) -> Res<u16> {
 }
 
 fn cm_ip(cm: Option<IpAddr>) -> Res<IpAddr> {
-    cm.ok_or_else(|| "the stream and cm_msg rows need --cm-addr (an RDMA interface's IP)".into())
+    cm.ok_or_else(|| {
+        "the stream and cm_msg rows need --cm-addr (the server's RDMA interface's IP)".into()
+    })
 }
 
 /// One measurement of a stream test; the client returns the result. Both sides keep the
@@ -78,15 +87,14 @@ fn cm_ip(cm: Option<IpAddr>) -> Res<IpAddr> {
 /// queue pairs: a client that disconnects as soon as it has its answer races the server's
 /// last flush, which then fails now and then with the queue pair's error ("the peer
 /// disconnected") though the answer arrived.
-pub(super) async fn measure(
+pub async fn measure(
     ctx: &Context,
-    rt: Rt,
-    mode: Mode,
     spec: &Spec,
     client: bool,
     ctl: &mut TcpStream,
     cm: Option<IpAddr>,
 ) -> Res<Outcome> {
+    let mode = spec.mode;
     match spec.test {
         Test::StreamBw | Test::StreamOwnedBw | Test::StreamLat => {
             let ip = cm_ip(cm)?;
@@ -135,19 +143,21 @@ pub(super) async fn measure(
             drop(messenger);
             Ok(outcome)
         }
-        Test::TcpBw | Test::TcpLat => tcp(rt, spec, client, ctl).await,
+        Test::TcpBw | Test::TcpLat => tcp(spec, client, ctl).await,
         _ => unreachable!("not a stream test"),
     }
 }
 
-/// The TCP rows on the runtime's own TCP.
-async fn tcp(rt: Rt, spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Outcome> {
-    let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    match rt {
+/// The TCP rows on the runtime's own TCP, between the addresses of the control channel: the
+/// server listens on the one the client reached it at.
+async fn tcp(spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Outcome> {
+    let local = SocketAddr::new(ctl.local_addr()?.ip(), 0);
+    let server_ip = ctl.peer_addr()?.ip();
+    match spec.rt {
         Rt::TokioCt | Rt::TokioMt => {
             let stream = if client {
                 let port = recv_port(ctl)?;
-                tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?
+                tokio::net::TcpStream::connect(SocketAddr::new(server_ip, port)).await?
             } else {
                 let listener = tokio::net::TcpListener::bind(local).await?;
                 send_port(ctl, listener.local_addr()?.port())?;
@@ -160,7 +170,7 @@ async fn tcp(rt: Rt, spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Outc
         Rt::AsyncStd => {
             let stream = if client {
                 let port = recv_port(ctl)?;
-                async_std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?
+                async_std::net::TcpStream::connect(SocketAddr::new(server_ip, port)).await?
             } else {
                 let listener = async_std::net::TcpListener::bind(local).await?;
                 send_port(ctl, listener.local_addr()?.port())?;
@@ -178,7 +188,7 @@ async fn tcp(rt: Rt, spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Outc
         Rt::Smol => {
             let stream = if client {
                 let port = recv_port(ctl)?;
-                smol::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?
+                smol::net::TcpStream::connect(SocketAddr::new(server_ip, port)).await?
             } else {
                 let listener = smol::net::TcpListener::bind(local).await?;
                 send_port(ctl, listener.local_addr()?.port())?;
@@ -202,7 +212,7 @@ async fn io_run<S>(mut s: S, spec: &Spec, client: bool, ctl: &mut TcpStream) -> 
 where
     S: AsyncBufRead + AsyncWrite + Unpin,
 {
-    let outcome = if spec.test.is_bw() {
+    let outcome = if spec.test.is_stream_bw() {
         match bandwidth(&mut s, spec, client, ctl).await? {
             Some(elapsed) => rate(spec.iters, spec.size, elapsed),
             None => Outcome::default(),
