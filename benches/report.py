@@ -187,13 +187,13 @@ meta["pool"] = pool_rows
 msg_rows = [r for r in rows if r.get("test", "").startswith("msg_")]
 rows = [r for r in rows if not r.get("test", "").startswith("msg_")]
 meta["messaging"] = msg_rows
-# Byte stream rows (issue 23: benches/rdma/streaming.rs, ecosystem/benches/http.rs), with the
+# Byte stream rows (issue 23: perf/src/streaming.rs, ecosystem/benches/http.rs), with the
 # messenger over rdma_cm and TCP they are compared with: a section of their own.
 STREAM_TESTS = ("stream_bw", "stream_owned_bw", "stream_lat", "cm_msg_bw", "cm_msg_lat", "tcp_bw", "tcp_lat", "http1_rps")
 stream_rows = [r for r in rows if r.get("test") in STREAM_TESTS]
 rows = [r for r in rows if r.get("test") not in STREAM_TESTS]
 meta["streams"] = stream_rows
-# Datagram rows (issue 24: benches/rdma/datagrams.rs and perftest -c UD): a section of their own.
+# Datagram rows (issue 24: perf/src/datagrams.rs and perftest -c UD): a section of their own.
 ud_rows = [r for r in rows if r.get("test", "").startswith("ud_")]
 rows = [r for r in rows if not r.get("test", "").startswith("ud_")]
 meta["datagrams"] = ud_rows
@@ -552,7 +552,7 @@ def callgrind_section():
               "program) natively: instructions (Ir) of the whole client process per round trip, computed as "
               "(Ir of the longer run - Ir of the shorter run) / (difference in round trips), from runs of "
               f"{runs} round trips, so that set-up and tear-down cancel. Kernel time is not counted. "
-              "The ping-pong is paced (`ANYRDMA_BENCH_PACE`, 2 ms; see `Pacing` in benches/rdma.rs), so that "
+              "The ping-pong is paced (`ANYRDMA_BENCH_PACE`, 2 ms; see `Pacing` in perf/src/pacing.rs), so that "
               "every round trip takes the same path whatever the timing: "
               "**event** (`PollMode::Event { spin: 0 }`; raw verbs: poll, arm, poll, `ibv_get_cq_event`): the "
               "server answers late, so a round trip posts and completes one write-with-imm, completes and "
@@ -719,7 +719,7 @@ def messaging_section():
     md.append("")
     md.append("`Messenger` with its default options (depth 64, eager limit 8 KiB: larger messages go by "
               "rendezvous, a registration of the copy and an RDMA read by the receiver) over one queue pair "
-              "(benches/rdma/messaging.rs). Message rate: S concurrent senders on one task, the receiver "
+              "(perf/src/messaging.rs). Message rate: S concurrent senders on one task, the receiver "
               "takes every message with `recv`; in brackets, against the `send_rate` row of the same runtime "
               "and mode (64 B, 1 QP, unbatched) and against perftest's `ib_send_bw`. Latency: half the "
               "round trip of a send/recv ping-pong; in brackets against `send_lat` of the same runtime and "
@@ -794,7 +794,7 @@ def datagrams_section():
     md.append("### Datagrams (UD, `anyrdma::ud`)")
     md.append("")
     md.append("`UdQueuePair` against perftest's `ib_send_lat -c UD` and `ib_send_bw -c UD` on the same device "
-              "in the same boot (benches/rdma/datagrams.rs), measured the way perftest measures: each side posts "
+              "in the same boot (perf/src/datagrams.rs), measured the way perftest measures: each side posts "
               "`min(iters, 16000)` receives before the first send (perftest's receive depth for UD; receive "
               "buffers of the MTU, the 40-byte header in anyrdma's own block) and none inside the timed loop. "
               "Latency: a ping-pong of datagram sends, each send signaled and awaited; half the round trip, "
@@ -889,7 +889,7 @@ def streams_section():
     bw_name, lat_name = size_name(bw_size), size_name(lat_size)
     md.append("### Byte streams (`anyrdma::stream`)")
     md.append("")
-    md.append(f"`RdmaStream` (benches/rdma/streaming.rs) against the `Messenger` it is built on, both connected "
+    md.append(f"`RdmaStream` (perf/src/streaming.rs) against the `Messenger` it is built on, both connected "
               f"by rdma_cm through the same device (rxe0 in the VM, 169.254.77.1: rdma_cm cannot route "
               f"127.0.0.1, so not rxe_lo, whose active MTU is larger) with the same messenger options "
               f"(depth 64, eager limit 8 KiB), on the same runtime and poll mode. Bandwidth: the client writes "
