@@ -5,7 +5,16 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
+/// Lists the RDMA devices of this machine and the port anyrdma would use by default
+/// (ANYRDMA_DEVICE=name[:port[:gid_index]] chooses another).
+#[derive(Parser)]
+#[command(name = "devices", version)]
+struct Args {}
+
 fn main() -> ExitCode {
+    Args::parse();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

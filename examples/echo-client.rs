@@ -3,10 +3,7 @@
 //!
 //!     cargo run --example echo-client --features tokio -- --connect 169.254.77.1 --size 64 --count 10000
 //!
-//! Options: `--connect ADDR[:PORT]` (default port 7471), `--size N` (default 16) or
-//! `--size MIN-MAX` (sizes spread over that range, message by message), `--count N` (default
-//! 1000), `--no-verify` (check only the replies' lengths: for servers that answer without
-//! echoing, such as rdma-core's `rdma_server`).
+//! `--help` lists the options.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -15,9 +12,27 @@ use std::time::{Duration, Instant};
 
 use anyrdma::cm::{Connection, ConnectionOptions};
 use anyrdma::{Access, Error, Result};
+use clap::Parser;
 
-const USAGE: &str =
-    "usage: echo-client --connect ADDR[:PORT] [--size N | --size MIN-MAX] [--count N] [--no-verify]";
+/// Echo client over an RDMA connection: sends messages to an echo server, checks every reply,
+/// and prints the round-trip latency and the message rate.
+#[derive(Parser)]
+#[command(name = "echo-client", version, args_override_self = true)]
+struct Args {
+    /// The echo server's address (default port 7471).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    connect: String,
+    /// Message size in bytes, or MIN-MAX: sizes spread over that range, message by message.
+    #[arg(long, value_name = "N|MIN-MAX", default_value = "16")]
+    size: common::Sizes,
+    /// Messages to send.
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// Check only the replies' lengths (for servers that answer without echoing, such as
+    /// rdma-core's rdma_server).
+    #[arg(long)]
+    no_verify: bool,
+}
 
 const DEFAULT_PORT: u16 = 7471;
 
@@ -93,20 +108,9 @@ fn micros(d: Duration) -> f64 {
 }
 
 fn main() {
-    let args = common::Args::parse("echo-client", USAGE, &["--no-verify"]);
-    let connect = args.required("--connect", USAGE).to_owned();
-    let sizes = match args.value("--size") {
-        None => common::Sizes { min: 16, max: 16 },
-        Some(text) => common::Sizes::parse(text).unwrap_or_else(|| {
-            common::fail(
-                "echo-client",
-                &format!("--size takes N or MIN-MAX, not {text:?}"),
-            )
-        }),
-    };
-    let count = args.number("--count", 1000) as u64;
-    let verify = !args.flag("--no-verify");
-    if let Err(err) = common::block_on(run(&connect, sizes, count, verify)) {
+    let args = Args::parse();
+    let verify = !args.no_verify;
+    if let Err(err) = common::block_on(run(&args.connect, args.size, args.count, verify)) {
         common::fail("echo-client", &err.to_string());
     }
 }

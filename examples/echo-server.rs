@@ -3,9 +3,8 @@
 //!
 //!     cargo run --example echo-server --features tokio -- --listen 169.254.77.1
 //!
-//! Options: `--listen ADDR[:PORT]` (default port 7471), `--max-size N` (the largest message,
-//! default 65536), `--depth N` (receives kept posted per connection, default 16).
-//! It talks to `echo-client` and to C programs such as rdma-core's `rdma_client`.
+//! It talks to `echo-client` and to C programs such as rdma-core's `rdma_client`. `--help`
+//! lists the options.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -14,8 +13,23 @@ use std::collections::VecDeque;
 
 use anyrdma::cm::{Incoming, Listener};
 use anyrdma::{MemoryPool, PoolOptions, Result};
+use clap::Parser;
 
-const USAGE: &str = "usage: echo-server --listen ADDR[:PORT] [--max-size N] [--depth N]";
+/// Echo server over RDMA connections: every message a client sends comes back to it on the
+/// same connection; any number of clients at once.
+#[derive(Parser)]
+#[command(name = "echo-server", version, args_override_self = true)]
+struct Args {
+    /// The address to listen on, an RDMA interface's (default port 7471).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    listen: String,
+    /// The largest message in bytes.
+    #[arg(long, default_value_t = 65536)]
+    max_size: usize,
+    /// Receives kept posted per connection.
+    #[arg(long, default_value_t = 16)]
+    depth: usize,
+}
 const DEFAULT_PORT: u16 = 7471;
 
 async fn serve(listen: &str, max_size: usize, depth: usize) -> Result<()> {
@@ -87,11 +101,9 @@ async fn echo(incoming: Incoming, max_size: usize, depth: usize) -> Result<u64> 
 }
 
 fn main() {
-    let args = common::Args::parse("echo-server", USAGE, &[]);
-    let listen = args.required("--listen", USAGE).to_owned();
-    let max_size = args.number("--max-size", 65536).max(1);
-    let depth = args.number("--depth", 16).max(1);
-    if let Err(err) = common::block_on(serve(&listen, max_size, depth)) {
+    let args = Args::parse();
+    let (max_size, depth) = (args.max_size.max(1), args.depth.max(1));
+    if let Err(err) = common::block_on(serve(&args.listen, max_size, depth)) {
         common::fail("echo-server", &err.to_string());
     }
 }

@@ -11,6 +11,14 @@
 use anyrdma::{
     Access, CompletionQueue, ConnectOptions, Context, CqOptions, QpOptions, QueuePair, Result,
 };
+use clap::Parser;
+
+/// Two queue pairs on one device, connected to each other: RDMA write, read, send/recv with
+/// immediate data, atomics and a batch, printing what happened (on the device ANYRDMA_DEVICE
+/// names, else the first active port).
+#[derive(Parser)]
+#[command(name = "loopback", version)]
+struct Args {}
 
 async fn run() -> Result<()> {
     let ctx = Context::open_default()?;
@@ -94,6 +102,7 @@ async fn run() -> Result<()> {
 }
 
 fn main() {
+    Args::parse();
     let result = block_on_enabled_runtime();
     if let Err(err) = result {
         eprintln!("loopback: {err}");

@@ -5,10 +5,8 @@
 //!     cargo run --example msg-echo --features tokio -- --listen 169.254.77.1
 //!     cargo run --example msg-echo --features smol  -- --connect 169.254.77.1 --size 1-16777216 --count 200 --senders 4
 //!
-//! Options: `--listen ADDR[:PORT]` or `--connect ADDR[:PORT]` (default port 7473); for the
-//! client `--size N` or `--size MIN-MAX` (default 64), `--count N` (default 1000), `--senders S`
-//! (tasks sending at once, default 1). The client checks every reply and prints the
-//! round-trip latency (median, p99) and messages per second.
+//! The client checks every reply and prints the round-trip latency (median, p99) and messages
+//! per second. `--help` lists the options.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -19,8 +17,31 @@ use std::time::Instant;
 use anyrdma::cm::{ConnectionOptions, Listener};
 use anyrdma::msg::{Messenger, MessengerOptions};
 use anyrdma::{Error, Result};
+use clap::Parser;
 
-const USAGE: &str = "usage: msg-echo --listen ADDR[:PORT]\n       msg-echo --connect ADDR[:PORT] [--size N | --size MIN-MAX] [--count N] [--senders S]";
+/// Echo over the messaging layer: a server (--listen) returns every message; a client
+/// (--connect) sends messages of any size up to 16 MiB from several tasks and checks the
+/// replies.
+#[derive(Parser)]
+#[command(name = "msg-echo", version, args_override_self = true)]
+#[command(group(clap::ArgGroup::new("role").required(true).args(["listen", "connect"])))]
+struct Args {
+    /// Serve on this address, an RDMA interface's (default port 7473).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    listen: Option<String>,
+    /// Connect to the server at this address (default port 7473).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    connect: Option<String>,
+    /// Client: message size in bytes, or MIN-MAX: sizes spread over that range.
+    #[arg(long, value_name = "N|MIN-MAX", default_value = "64")]
+    size: common::Sizes,
+    /// Client: messages to send.
+    #[arg(long, default_value_t = 1000)]
+    count: u32,
+    /// Client: tasks sending at once.
+    #[arg(long, default_value_t = 1)]
+    senders: u32,
+}
 const DEFAULT_PORT: u16 = 7473;
 
 async fn serve(listen: &str) -> Result<()> {
@@ -121,17 +142,14 @@ async fn run(connect: &str, sizes: common::Sizes, count: u32, senders: u32) -> R
 }
 
 fn main() {
-    let args = common::Args::parse("msg-echo", USAGE, &[]);
-    let result = if let Some(listen) = args.value("--listen") {
-        let listen = listen.to_owned();
-        common::block_on(serve(&listen))
-    } else {
-        let connect = args.required("--connect", USAGE).to_owned();
-        let sizes = common::Sizes::parse(args.value("--size").unwrap_or("64"))
-            .unwrap_or_else(|| common::fail("msg-echo", "--size takes N or MIN-MAX"));
-        let count = args.number("--count", 1000) as u32;
-        let senders = (args.number("--senders", 1) as u32).max(1);
-        common::block_on(run(&connect, sizes, count, senders))
+    let args = Args::parse();
+    let result = match (&args.listen, &args.connect) {
+        (Some(listen), _) => common::block_on(serve(listen)),
+        (None, Some(connect)) => {
+            let senders = args.senders.max(1);
+            common::block_on(run(connect, args.size, args.count, senders))
+        }
+        (None, None) => unreachable!("clap requires --listen or --connect"),
     };
     if let Err(err) = result {
         common::fail("msg-echo", &err.to_string());

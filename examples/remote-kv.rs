@@ -68,9 +68,10 @@ use anyrdma::cm::{ConnectionOptions, ConnectionResources, Incoming, Listener};
 use anyrdma::msg::{Messenger, MessengerOptions};
 use anyrdma::remote_memory::{MemorySession, RemoteGrant, Rights, SessionOptions};
 use anyrdma::{Access, CompletionQueue, Context, CqOptions, LocalBuf, PortSelection, SharedRegion};
+use clap::builder::RangedU64ValueParser;
+use clap::{Parser, Subcommand};
 
 const PROGRAM: &str = "remote-kv";
-const USAGE: &str = "usage: remote-kv serve --listen ADDR[:PORT] [--slots N]\n       remote-kv check --connect ADDR[:PORT] [--clients C] [--ops N]\n\nserve: grants a table of N slots (default 1024) to every client, until killed.\ncheck: C clients (default 4) each make N increments (default 1000) under slot locks,\n       then the counters must have grown by exactly C×N. The default port is 7472.";
 const DEFAULT_PORT: u16 = 7472;
 const DEFAULT_SLOTS: usize = 1024;
 /// 64 MiB of table at most: one RDMA read takes it all in.
@@ -466,91 +467,52 @@ async fn check(connect: &str, clients: usize, ops: u64) -> Outcome {
 // command line
 // ------------------------------------------------------------------------------------------
 
-/// `remote-kv COMMAND --name value...`, with the options that `COMMAND` takes.
-struct CommandLine {
-    command: String,
-    options: Vec<(String, String)>,
+/// A key-value table in one machine's memory that clients read, write and lock with
+/// one-sided RDMA.
+#[derive(Parser)]
+#[command(name = "remote-kv", version, args_override_self = true)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
 }
 
-impl CommandLine {
-    fn parse() -> CommandLine {
-        let mut args = std::env::args().skip(1);
-        let command = args.next().unwrap_or_default();
-        let known: &[&str] = match command.as_str() {
-            "serve" => &["--listen", "--slots"],
-            "check" => &["--connect", "--clients", "--ops"],
-            "--help" | "-h" => Self::help(),
-            "" => common::fail(PROGRAM, &format!("serve or check?\n{USAGE}")),
-            other => common::fail(PROGRAM, &format!("unknown command {other:?}\n{USAGE}")),
-        };
-        let mut options = Vec::new();
-        while let Some(name) = args.next() {
-            if name == "--help" || name == "-h" {
-                Self::help();
-            }
-            if !known.contains(&name.as_str()) {
-                common::fail(
-                    PROGRAM,
-                    &format!("{command} takes no option {name:?}\n{USAGE}"),
-                );
-            }
-            let value = args.next().unwrap_or_else(|| {
-                common::fail(PROGRAM, &format!("{name} needs a value\n{USAGE}"))
-            });
-            options.push((name, value));
-        }
-        CommandLine { command, options }
-    }
-
-    fn help() -> ! {
-        println!("{USAGE}");
-        std::process::exit(0)
-    }
-
-    fn value(&self, name: &str) -> Option<&str> {
-        self.options
-            .iter()
-            .rev()
-            .find(|(known, _)| known == name)
-            .map(|(_, value)| value.as_str())
-    }
-
-    fn required(&self, name: &str) -> &str {
-        self.value(name).unwrap_or_else(|| {
-            common::fail(PROGRAM, &format!("{} needs {name}\n{USAGE}", self.command))
-        })
-    }
-
-    /// The value of `name`, a number in `range`, or `default`.
-    fn number(&self, name: &str, default: usize, range: std::ops::RangeInclusive<usize>) -> usize {
-        let Some(text) = self.value(name) else {
-            return default;
-        };
-        match text.parse() {
-            Ok(number) if range.contains(&number) => number,
-            _ => common::fail(
-                PROGRAM,
-                &format!(
-                    "{name} takes a number from {} to {}, not {text:?}",
-                    range.start(),
-                    range.end()
-                ),
-            ),
-        }
-    }
+#[derive(Subcommand)]
+enum Command {
+    /// Grant a table to every client that connects, until killed.
+    Serve {
+        /// The address to listen on, an RDMA interface's (default port 7472).
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        listen: String,
+        /// Slots of the table.
+        #[arg(long, default_value_t = DEFAULT_SLOTS,
+              value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_SLOTS as u64))]
+        slots: usize,
+    },
+    /// Run clients that increment counters under slot locks, then check that the counters
+    /// grew by exactly clients x ops.
+    Check {
+        /// The server's address (default port 7472).
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        connect: String,
+        /// Clients at once, each on a connection of its own.
+        #[arg(long, default_value_t = 4,
+              value_parser = RangedU64ValueParser::<usize>::new().range(1..=256))]
+        clients: usize,
+        /// Increments per client.
+        #[arg(long, default_value_t = 1000,
+              value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
+        ops: u64,
+    },
 }
 
 fn main() {
-    let line = CommandLine::parse();
-    let result = if line.command == "serve" {
-        let listen = line.required("--listen").to_owned();
-        let slots = line.number("--slots", DEFAULT_SLOTS, 1..=MAX_SLOTS);
-        common::block_on(serve(&listen, slots))
-    } else {
-        let connect = line.required("--connect").to_owned();
-        let clients = line.number("--clients", 4, 1..=256);
-        let ops = line.number("--ops", 1000, 1..=u32::MAX as usize) as u64;
-        common::block_on(check(&connect, clients, ops))
+    let result = match Args::parse().command {
+        Command::Serve { listen, slots } => common::block_on(serve(&listen, slots)),
+        Command::Check {
+            connect,
+            clients,
+            ops,
+        } => common::block_on(check(&connect, clients, ops)),
     };
     if let Err(err) = result {
         common::fail(PROGRAM, &err.to_string());

@@ -7,9 +7,8 @@
 //!     cargo run --example stream-lines --features smol      -- --listen 169.254.77.1
 //!     cargo run --example stream-lines --features async-std -- --connect 169.254.77.1 --lines 10000
 //!
-//! Options: `--listen ADDR[:PORT]` or `--connect ADDR[:PORT]` (default port 7475); for the
-//! client `--lines N` (default 1000; line `i` is `i` and a run of letters, up to 2,000
-//! bytes, so lines cross the stream's messages).
+//! Line `i` is `i` and a run of letters, up to 2,000 bytes, so lines cross the stream's
+//! messages. `--help` lists the options.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -18,11 +17,26 @@ use std::time::Instant;
 
 use anyrdma::stream::{RdmaStream, StreamListener};
 use anyrdma::{Error, Result};
+use clap::Parser;
 use futures_util::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use futures_util::StreamExt;
 
-const USAGE: &str =
-    "usage: stream-lines --listen ADDR[:PORT]\n       stream-lines --connect ADDR[:PORT] [--lines N]";
+/// A byte stream over RDMA through futures::io only: a server (--listen) echoes each
+/// connection; a client (--connect) writes lines and checks the echo line by line.
+#[derive(Parser)]
+#[command(name = "stream-lines", version, args_override_self = true)]
+#[command(group(clap::ArgGroup::new("role").required(true).args(["listen", "connect"])))]
+struct Args {
+    /// Serve on this address, an RDMA interface's (default port 7475).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    listen: Option<String>,
+    /// Connect to the server at this address (default port 7475).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    connect: Option<String>,
+    /// Client: lines to write and read back.
+    #[arg(long, default_value_t = 1000)]
+    lines: usize,
+}
 const DEFAULT_PORT: u16 = 7475;
 
 async fn serve(listen: &str) -> Result<()> {
@@ -102,14 +116,11 @@ async fn run(connect: &str, lines: usize) -> Result<()> {
 }
 
 fn main() {
-    let args = common::Args::parse("stream-lines", USAGE, &[]);
-    let result = if let Some(listen) = args.value("--listen") {
-        let listen = listen.to_owned();
-        common::block_on(serve(&listen))
-    } else {
-        let connect = args.required("--connect", USAGE).to_owned();
-        let lines = args.number("--lines", 1000);
-        common::block_on(run(&connect, lines))
+    let args = Args::parse();
+    let result = match (&args.listen, &args.connect) {
+        (Some(listen), _) => common::block_on(serve(listen)),
+        (None, Some(connect)) => common::block_on(run(connect, args.lines)),
+        (None, None) => unreachable!("clap requires --listen or --connect"),
     };
     if let Err(err) = result {
         common::fail("stream-lines", &err.to_string());

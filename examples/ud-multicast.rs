@@ -7,14 +7,14 @@
 //!     cargo run --example ud-multicast --features smol -- --join 239.1.2.3 --send --count 100
 //!
 //! `--bind` is a local address of the RDMA device to join from (on RoCE it may be left out:
-//! the device's IPv4 address is used). By default the program makes `--members N` (default
-//! 4) queue pairs that join the group and one queue pair that is no member, which sends
-//! `--count` datagrams of `--size` bytes (at most the path MTU) to the group in rounds of
-//! 32; it checks that every member got every datagram of each round, every byte of it, from
-//! the sender's queue pair, and prints what arrived. With `--receive` it is one member that
-//! prints each datagram as it comes (until `--count` of them, default: forever); with
-//! `--send` one member that sends `--count` datagrams, `--interval-ms` apart (default 10),
-//! to members elsewhere. Leaving the group is dropping the membership.
+//! the device's IPv4 address is used). By default the program makes `--members N` queue
+//! pairs that join the group and one queue pair that is no member, which sends `--count`
+//! datagrams of `--size` bytes (at most the path MTU) to the group in rounds of 32; it checks
+//! that every member got every datagram of each round, every byte of it, from the sender's
+//! queue pair, and prints what arrived. With `--receive` it is one member that prints each
+//! datagram as it comes (until `--count` of them, default: forever); with `--send` one member
+//! that sends `--count` datagrams, `--interval-ms` apart, to members elsewhere. Leaving the
+//! group is dropping the membership. `--help` lists the options.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -24,11 +24,39 @@ use std::time::{Duration, Instant};
 
 use anyrdma::ud::{Membership, MulticastOptions, UdOptions, UdQueuePair};
 use anyrdma::{Access, CompletionQueue, Context, CqOptions, Error, ProtectionDomain, Result};
+use clap::Parser;
 
-const USAGE: &str =
-    "usage: ud-multicast --join GROUP [--bind ADDR] [--members N] [--count N] [--size N]
-       ud-multicast --join GROUP [--bind ADDR] --receive [--count N]
-       ud-multicast --join GROUP [--bind ADDR] --send [--count N] [--size N] [--interval-ms N]";
+/// Datagram multicast: queue pairs join a group by its IP address, one sends, every member
+/// receives and checks every datagram (or, with --receive or --send, this program is one
+/// member that only receives or only sends).
+#[derive(Parser)]
+#[command(name = "ud-multicast", version, args_override_self = true)]
+struct Args {
+    /// The multicast group's IP address.
+    #[arg(long, value_name = "GROUP")]
+    join: String,
+    /// A local address of the RDMA device to join from [default: the device's IPv4 address].
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+    /// Members that join the group (without --receive and --send).
+    #[arg(long, default_value_t = 4)]
+    members: usize,
+    /// Datagrams to send [default: 1000; with --send 100; with --receive 0, forever].
+    #[arg(long)]
+    count: Option<u64>,
+    /// Bytes per datagram (at most the path MTU).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Be one member that prints each datagram as it comes.
+    #[arg(long, conflicts_with = "send")]
+    receive: bool,
+    /// Be one member that sends to members elsewhere.
+    #[arg(long)]
+    send: bool,
+    /// With --send: milliseconds between datagrams.
+    #[arg(long, default_value_t = 10)]
+    interval_ms: u64,
+}
 
 /// Datagrams sent before the members' receives are awaited (and posted again).
 const ROUND: usize = 32;
@@ -255,26 +283,21 @@ async fn send(setup: Setup, count: u64, size: usize, interval: Duration) -> Resu
 }
 
 fn main() {
-    let args = common::Args::parse("ud-multicast", USAGE, &["--receive", "--send"]);
-    let group = args.required("--join", USAGE).to_owned();
-    let setup = match Setup::new(&group, args.value("--bind")) {
+    let args = Args::parse();
+    let setup = match Setup::new(&args.join, args.bind.as_deref()) {
         Ok(setup) => setup,
         Err(err) => common::fail("ud-multicast", &err.to_string()),
     };
-    let size = args.number("--size", 64);
-    let result = match (args.flag("--receive"), args.flag("--send")) {
-        (false, false) => {
-            let members = args.number("--members", 4).max(1);
-            let count = args.number("--count", 1000) as u64;
-            common::block_on(members_and_sender(setup, members, count, size))
-        }
-        (true, false) => common::block_on(receive(setup, args.number("--count", 0) as u64)),
-        (false, true) => {
-            let count = args.number("--count", 100) as u64;
-            let interval = Duration::from_millis(args.number("--interval-ms", 10) as u64);
-            common::block_on(send(setup, count, size, interval))
-        }
-        (true, true) => common::fail("ud-multicast", USAGE),
+    let size = args.size;
+    let result = if args.receive {
+        common::block_on(receive(setup, args.count.unwrap_or(0)))
+    } else if args.send {
+        let interval = Duration::from_millis(args.interval_ms);
+        common::block_on(send(setup, args.count.unwrap_or(100), size, interval))
+    } else {
+        let members = args.members.max(1);
+        let count = args.count.unwrap_or(1000);
+        common::block_on(members_and_sender(setup, members, count, size))
     };
     if let Err(err) = result {
         common::fail("ud-multicast", &err.to_string());

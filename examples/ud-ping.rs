@@ -5,11 +5,11 @@
 //!
 //! The server binds a datagram listener (port 7474 by default): clients find its queue pair
 //! through the connection manager by its address alone, and it answers each datagram to its
-//! sender, keeping nothing per client. Each client (`--clients N`, default 1, each a queue
-//! pair of its own in a task of its own) sends `--count` pings of `--size` bytes (default 64,
-//! at most the path MTU), checks every byte of every answer and prints the round-trip latency
-//! (median, p99). Datagrams are unreliable: a ping whose answer does not come within a second
-//! is counted as lost and the next one goes out.
+//! sender, keeping nothing per client. Each client (a queue pair of its own in a task of its
+//! own) sends `--count` pings of `--size` bytes (at most the path MTU), checks every byte of
+//! every answer and prints the round-trip latency (median, p99). Datagrams are unreliable: a
+//! ping whose answer does not come within a second is counted as lost and the next one goes
+//! out. `--help` lists the options.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -19,9 +19,30 @@ use std::time::{Duration, Instant};
 
 use anyrdma::ud::{self, UdListener, UdSessionOptions};
 use anyrdma::{Access, Error, Result};
+use clap::Parser;
 
-const USAGE: &str = "usage: ud-ping --listen ADDR[:PORT]
-       ud-ping --connect ADDR[:PORT] [--clients N] [--count N] [--size N]";
+/// Datagram ping: a server (--listen) answers every client from one unreliable datagram queue
+/// pair; clients (--connect) find it by its address, ping it and check every answer.
+#[derive(Parser)]
+#[command(name = "ud-ping", version, args_override_self = true)]
+#[command(group(clap::ArgGroup::new("role").required(true).args(["listen", "connect"])))]
+struct Args {
+    /// Serve on this address, an RDMA interface's (default port 7474).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    listen: Option<String>,
+    /// Ping the server at this address (default port 7474).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    connect: Option<String>,
+    /// Client: clients at once, each a queue pair in a task of its own.
+    #[arg(long, default_value_t = 1)]
+    clients: u32,
+    /// Client: pings per client.
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// Client: bytes per ping (at most the path MTU).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+}
 
 const DEFAULT_PORT: u16 = 7474;
 
@@ -192,16 +213,14 @@ async fn ping(connect: &str, clients: u32, count: u64, size: usize) -> Result<()
 }
 
 fn main() {
-    let args = common::Args::parse("ud-ping", USAGE, &[]);
-    let result = match (args.value("--listen"), args.value("--connect")) {
-        (Some(listen), None) => common::block_on(serve(listen)),
+    let args = Args::parse();
+    let result = match (&args.listen, &args.connect) {
+        (Some(listen), _) => common::block_on(serve(listen)),
         (None, Some(connect)) => {
-            let clients = args.number("--clients", 1).max(1) as u32;
-            let count = args.number("--count", 1000) as u64;
-            let size = args.number("--size", 64);
-            common::block_on(ping(connect, clients, count, size))
+            let clients = args.clients.max(1);
+            common::block_on(ping(connect, clients, args.count, args.size))
         }
-        _ => common::fail("ud-ping", USAGE),
+        (None, None) => unreachable!("clap requires --listen or --connect"),
     };
     if let Err(err) = result {
         common::fail("ud-ping", &err.to_string());

@@ -1,5 +1,5 @@
 //! What the connection examples share: running on the enabled runtime, spawning a task,
-//! and reading `--name value` options.
+//! message sizes and the latency summary. Each example reads its own command line with clap.
 //!
 //! The examples' own code names no runtime; these few lines pick the one whose feature is
 //! enabled (Tokio first, then async-std, then smol).
@@ -49,72 +49,6 @@ pub fn spawn_join<T: Send + 'static>(
     return Box::pin(smol::spawn(task));
 }
 
-/// The command line as `--name value` pairs and `--flag`s.
-pub struct Args {
-    program: &'static str,
-    pairs: Vec<(String, Option<String>)>,
-}
-
-impl Args {
-    /// Reads the command line; `flags` are the options that take no value.
-    pub fn parse(program: &'static str, usage: &str, flags: &[&str]) -> Args {
-        let mut pairs = Vec::new();
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            if arg == "--help" || arg == "-h" {
-                println!("{usage}");
-                std::process::exit(0);
-            }
-            if !arg.starts_with("--") {
-                fail(program, &format!("unexpected argument {arg:?}\n{usage}"));
-            }
-            let value = if flags.contains(&arg.as_str()) {
-                None
-            } else {
-                Some(
-                    args.next()
-                        .unwrap_or_else(|| fail(program, &format!("{arg} needs a value\n{usage}"))),
-                )
-            };
-            pairs.push((arg, value));
-        }
-        Args { program, pairs }
-    }
-
-    /// The value of `--name`, if given.
-    pub fn value(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .rev()
-            .find(|(key, _)| key == name)
-            .and_then(|(_, value)| value.as_deref())
-    }
-
-    /// Whether `--flag` was given.
-    pub fn flag(&self, name: &str) -> bool {
-        self.pairs.iter().any(|(key, _)| key == name)
-    }
-
-    /// The value of `--name` as a number, or `default`.
-    pub fn number(&self, name: &str, default: usize) -> usize {
-        match self.value(name) {
-            None => default,
-            Some(text) => text.parse().unwrap_or_else(|_| {
-                fail(
-                    self.program,
-                    &format!("{name} takes a number, not {text:?}"),
-                )
-            }),
-        }
-    }
-
-    /// The value of `--name`, which must be given.
-    pub fn required(&self, name: &str, usage: &str) -> &str {
-        self.value(name)
-            .unwrap_or_else(|| fail(self.program, &format!("{name} is required\n{usage}")))
-    }
-}
-
 /// Prints `message` and exits with status 1.
 pub fn fail(program: &str, message: &str) -> ! {
     eprintln!("{program}: {message}");
@@ -138,19 +72,24 @@ pub struct Sizes {
     pub max: usize,
 }
 
-impl Sizes {
-    /// `N` or `MIN-MAX`.
-    pub fn parse(text: &str) -> Option<Sizes> {
-        let (min, max) = match text.split_once('-') {
-            Some((min, max)) => (min.parse().ok()?, max.parse().ok()?),
-            None => {
-                let size = text.parse().ok()?;
-                (size, size)
-            }
-        };
-        (min <= max).then_some(Sizes { min, max })
-    }
+impl std::str::FromStr for Sizes {
+    type Err = String;
 
+    /// `N` or `MIN-MAX`.
+    fn from_str(text: &str) -> Result<Sizes, String> {
+        let number = |t: &str| t.parse::<usize>().ok();
+        let parsed = match text.split_once('-') {
+            Some((min, max)) => number(min).zip(number(max)),
+            None => number(text).map(|size| (size, size)),
+        };
+        match parsed {
+            Some((min, max)) if min <= max => Ok(Sizes { min, max }),
+            _ => Err(format!("takes N or MIN-MAX (MIN <= MAX), not {text:?}")),
+        }
+    }
+}
+
+impl Sizes {
     /// The size of message `i`: spread evenly (a stride prime to any range) over the range.
     pub fn of(self, i: u64) -> usize {
         let span = (self.max - self.min + 1) as u64;
