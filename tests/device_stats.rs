@@ -454,10 +454,12 @@ async fn grants_and_refusals_are_counted(rt: Rt) {
         }
     }
 
-    let mut refused = Refusals::default();
-    refused.lease_too_long = 1;
-    refused.too_many_regions = 1;
-    refused.access_not_allowed = 1;
+    let refused = Refusals {
+        lease_too_long: 1,
+        too_many_regions: 1,
+        access_not_allowed: 1,
+        ..Refusals::default()
+    };
     let stats = owner.stats();
     assert_eq!(
         (

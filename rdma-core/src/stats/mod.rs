@@ -46,7 +46,7 @@
 //! flows may be a few operations apart. Every count starts at zero when its object is made
 //! and only grows, except the levels: grants live, bytes live, grants held.
 //!
-//! With the `metrics` feature, [`metrics::record`](crate::metrics::record) hands the
+//! With the `metrics` feature, `metrics::record()` hands the
 //! snapshots of every live object to the [`metrics`](https://docs.rs/metrics) facade.
 
 mod counter;
