@@ -20,7 +20,7 @@
 //! // metrics_exporter_prometheus::PrometheusBuilder::new().install().unwrap();
 //! loop {
 //!     anyrdma_core::metrics::record();
-//!     anyrdma_core::sleep(std::time::Duration::from_secs(5)).await.unwrap();
+//!     anyrdma_core::sleep(std::time::Duration::from_secs(5)).await;
 //! }
 //! # }
 //! ```
@@ -220,5 +220,54 @@ fn reason_name(reason: crate::remote_memory::RefuseReason) -> &'static str {
         R::Declined => "declined",
         R::OutOfMemory => "out_of_memory",
         R::UnknownGrant => "unknown_grant",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts its exports.
+    #[derive(Default)]
+    struct Probe(AtomicUsize);
+
+    impl Exported for Probe {
+        fn export(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `record` exports every live object once per call, and forgets the dropped ones; the
+    /// list never keeps an object alive; a program that tracks objects and never records
+    /// keeps its list bounded. (One test: the list is the process's.)
+    #[test]
+    fn record_exports_the_live_objects_and_forgets_the_dropped() {
+        let kept: Vec<Arc<Probe>> = (0..3).map(|_| Arc::new(Probe::default())).collect();
+        let dropped = Arc::new(Probe::default());
+        for probe in kept.iter().chain([&dropped]) {
+            track(probe);
+        }
+        assert_eq!(Arc::strong_count(&dropped), 1, "tracked weakly");
+        let gone = Arc::downgrade(&dropped);
+        drop(dropped);
+        assert!(gone.upgrade().is_none(), "the list did not keep it alive");
+        record();
+        record();
+        for probe in &kept {
+            assert_eq!(probe.0.load(Ordering::Relaxed), 2);
+        }
+        assert!(
+            live()
+                .objects
+                .iter()
+                .all(|object| object.strong_count() > 0),
+            "dropped objects are pruned"
+        );
+
+        for _ in 0..10_000 {
+            track(&Arc::new(Probe::default()));
+        }
+        assert!(live().objects.len() < 1_000, "{}", live().objects.len());
     }
 }
