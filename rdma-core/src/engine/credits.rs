@@ -22,11 +22,11 @@ impl WorkCount {
     pub(crate) fn take(&self, wrs: u32, depth: u32) -> bool {
         // Read first: completions only make room, so a stale value can refuse (the poster
         // then takes what the CQ holds and tries again) but never admits too much.
-        let completed = self.completed.load(Ordering::Acquire);
+        let limit = self.completed.load(Ordering::Acquire) + u64::from(depth);
         self.posted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |posted| {
-                let held = posted.saturating_sub(completed);
-                (held + u64::from(wrs) <= u64::from(depth)).then(|| posted + u64::from(wrs))
+                let taken = posted + u64::from(wrs);
+                (taken <= limit).then_some(taken)
             })
             .is_ok()
     }
