@@ -47,7 +47,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runtime::{default_runtime, set_nonblocking, ReadinessFd, RuntimeHandle};
 use crate::slots::{QpStatus, SlotId, SlotInfo, SlotResult, SlotTable};
-use crate::stats::CqStats;
+use crate::stats::{CqCounters, CqStats};
 use crate::wake::{lock, DriveState, WakeList, POLL_BATCH};
 
 /// Polls of an empty CQ in busy mode before yielding to the executor: a yield costs more
@@ -159,7 +159,7 @@ struct CqState {
     /// The failure of `ibv_poll_cq`, until the task that takes it fails the CQ's queue pairs.
     poll_error: Option<Arc<Error>>,
     /// What it counts as it polls, sleeps and wakes (tasks woken: the slot table's count).
-    stats: CqStats,
+    counters: CqCounters,
 }
 
 /// The waker the reactor holds for a CQ's completion channel: a wake-up drives the CQ (see
@@ -234,7 +234,7 @@ impl CompletionQueue {
                     watch_error: None,
                     broken: false,
                     poll_error: None,
-                    stats: CqStats::default(),
+                    counters: CqCounters::default(),
                 }),
                 driving: DriveState::default(),
                 channel_waker: Waker::from(Arc::new(ChannelWaker(weak.clone()))),
@@ -313,10 +313,7 @@ impl CqShared {
     /// A snapshot of its counters.
     fn stats(&self) -> CqStats {
         let state = lock(&self.state);
-        CqStats {
-            tasks_woken: state.table.tasks_woken(),
-            ..state.stats
-        }
+        state.counters.snapshot(state.table.tasks_woken())
     }
 
     /// Takes a slot for `info`, reserving CQ room for its work requests.
@@ -595,7 +592,7 @@ impl CqShared {
             let mut state = lock(&self.state);
             if events > 0 {
                 state.armed = false;
-                state.stats.wakeups += u64::from(events);
+                state.counters.wakeups += u64::from(events);
                 state.unacked += events;
                 if state.unacked >= ACK_BATCH {
                     // SAFETY: the CQ is valid; `unacked` events were taken from it.
@@ -712,7 +709,7 @@ impl CqShared {
             return Err(Error::from_code("ibv_req_notify_cq", rc));
         }
         state.armed = true;
-        state.stats.sleeps += 1;
+        state.counters.sleeps += 1;
         Ok(())
     }
 
@@ -753,13 +750,17 @@ impl CqShared {
             }));
             return (0, None);
         };
-        state.stats.poll(n);
+        state.counters.polls += 1;
         let mut own = None;
-        for wc in &wcs[..n] {
-            // SAFETY: ibv_poll_cq initialised the first `n` entries.
-            let wc = unsafe { wc.assume_init_ref() };
-            if let Some(result) = state.table.dispatch(wc, wake, polling) {
-                own = Some(result);
+        if n != 0 {
+            // Counted only here: an empty poll costs its count and no more.
+            state.counters.found(n);
+            for wc in &wcs[..n] {
+                // SAFETY: ibv_poll_cq initialised the first `n` entries.
+                let wc = unsafe { wc.assume_init_ref() };
+                if let Some(result) = state.table.dispatch(wc, wake, polling) {
+                    own = Some(result);
+                }
             }
         }
         (n, own)

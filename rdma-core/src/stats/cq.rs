@@ -27,13 +27,36 @@ pub struct CqStats {
     pub tasks_woken: u64,
 }
 
-impl CqStats {
-    /// Counts one poll that found `found` completions: what a poll adds, once per poll, with
-    /// no branch of its own.
+/// What a completion queue counts as it works, a plain field each, under its state lock:
+/// the snapshot's numbers, with the empty polls derived from the polls that found something,
+/// so that an empty poll (most polls of a queue that sleeps) adds one count and no more.
+#[derive(Debug, Default)]
+pub(crate) struct CqCounters {
+    pub(crate) polls: u64,
+    /// Polls that found at least one completion.
+    pub(crate) fruitful_polls: u64,
+    pub(crate) completions: u64,
+    pub(crate) sleeps: u64,
+    pub(crate) wakeups: u64,
+}
+
+impl CqCounters {
+    /// A poll found `found` (at least one) completions.
     #[inline]
-    pub(crate) fn poll(&mut self, found: usize) {
-        self.polls += 1;
-        self.empty_polls += u64::from(found == 0);
+    pub(crate) fn found(&mut self, found: usize) {
+        self.fruitful_polls += 1;
         self.completions += found as u64;
+    }
+
+    /// The snapshot, with `tasks_woken` (counted by the queue's slot table).
+    pub(crate) fn snapshot(&self, tasks_woken: u64) -> CqStats {
+        CqStats {
+            polls: self.polls,
+            empty_polls: self.polls - self.fruitful_polls,
+            completions: self.completions,
+            sleeps: self.sleeps,
+            wakeups: self.wakeups,
+            tasks_woken,
+        }
     }
 }

@@ -36,7 +36,8 @@
 //!   there was one that went up and down.
 //! - A count that the path updates under a lock it holds anyway is a plain field of that
 //!   locked state (a completion queue's, under its state lock, once per poll, not per
-//!   completion; a messenger's and a memory session's, under theirs), or, when it must be
+//!   completion, and an empty poll one count only; a messenger's and a memory session's,
+//!   under theirs), or, when it must be
 //!   read without that lock, a Relaxed load and store (the bytes of a send-queue post,
 //!   counted under the queue's signaling lock).
 //! - What happens off the hot path (failures, flushes, fences, waits for room) is a Relaxed
@@ -57,6 +58,7 @@ pub mod metrics;
 mod qp;
 mod session;
 
+pub(crate) use cq::CqCounters;
 pub use cq::CqStats;
 pub use messenger::MessengerStats;
 pub(crate) use qp::QpCounters;
