@@ -33,16 +33,19 @@
 
 /// The executor-neutral core, re-exported whole.
 pub use anyrdma_core as core;
-pub use anyrdma_core::{cm, device, error, msg, remote_memory, stream, ud};
+/// Every object's counters exported through the `metrics` facade (feature `metrics`).
+#[cfg(feature = "metrics")]
+pub use anyrdma_core::metrics;
+pub use anyrdma_core::{cm, device, error, msg, remote_memory, stats, stream, ud};
 pub use anyrdma_core::{
     default_port, devices, registered_regions, sleep, timeout, Access, Atomic, Batch, Buffers,
-    ClassStats, CompletionQueue, ConnectOptions, Context, CqOptions, DeviceEvent, DeviceEventKind,
-    DeviceInfo, DeviceLimits, DeviceSpec, Done, Elapsed, Endpoint, Error, Gid, GidEntry, GidType,
-    LinkLayer, LocalBuf, MemoryPool, MemoryRegion, MessageKind, NextEvent, Op, Outcome, PollMode,
-    PoolOptions, PoolStats, PortCounters, PortInfo, PortSelection, PortState, ProtectionDomain,
-    QpOptions, QpShutdownReason, QueuePair, ReadinessFd, Received, Recv, RemoteRegion, Result,
-    Runtime, RuntimeHandle, SharedReceiveQueue, SharedRegion, SrqOptions, StableBytes, WcStatus,
-    WireProblem, WorkKind, DEVICE_ENV, MAX_SGE,
+    ClassStats, CompletionQueue, ConnectOptions, Context, CqOptions, CqStats, DeviceEvent,
+    DeviceEventKind, DeviceInfo, DeviceLimits, DeviceSpec, Done, Elapsed, Endpoint, Error, Gid,
+    GidEntry, GidType, LinkLayer, LocalBuf, MemoryPool, MemoryRegion, MessageKind, NextEvent, Op,
+    Outcome, PollMode, PoolOptions, PoolStats, PortCounters, PortInfo, PortSelection, PortState,
+    ProtectionDomain, QpOptions, QpShutdownReason, QpStats, QueuePair, ReadinessFd, Received, Recv,
+    RemoteRegion, Result, Runtime, RuntimeHandle, SharedReceiveQueue, SharedRegion, SrqOptions,
+    StableBytes, WcStatus, WireProblem, WorkKind, DEVICE_ENV, MAX_SGE,
 };
 
 #[cfg(not(any(feature = "tokio", feature = "async-std", feature = "smol")))]

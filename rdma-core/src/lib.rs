@@ -31,6 +31,7 @@ mod memory;
 pub mod msg;
 pub mod remote_memory;
 pub mod runtime;
+pub mod stats;
 pub mod stream;
 mod sync;
 mod trace;
@@ -40,7 +41,7 @@ mod wire;
 
 // The layers' modules under their short names, as the rest of the crate uses them.
 pub use engine::signaling;
-pub(crate) use engine::{cq, op, queue, slots, wake, wc};
+pub(crate) use engine::{cq, credits, op, queue, slots, wake, wc};
 pub(crate) use memory::{buffers, hot_slots, mr, owned, pool, remote, shared, span};
 pub use verbs::device;
 pub(crate) use verbs::{batch, context, endpoint, pd, port_counters, qp, send, srq};
@@ -67,4 +68,7 @@ pub use remote::RemoteRegion;
 pub use runtime::{sleep, timeout, Elapsed, ReadinessFd, Runtime, RuntimeHandle};
 pub use shared::SharedRegion;
 pub use srq::{SharedReceiveQueue, SrqOptions};
+#[cfg(feature = "metrics")]
+pub use stats::metrics;
+pub use stats::{CqStats, QpStats};
 pub use wc::{WcStatus, WorkKind};

@@ -47,6 +47,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runtime::{default_runtime, set_nonblocking, ReadinessFd, RuntimeHandle};
 use crate::slots::{QpStatus, SlotId, SlotInfo, SlotResult, SlotTable};
+use crate::stats::{CqCounters, CqStats};
 use crate::wake::{lock, DriveState, WakeList, POLL_BATCH};
 
 /// Polls of an empty CQ in busy mode before yielding to the executor: a yield costs more
@@ -157,6 +158,8 @@ struct CqState {
     broken: bool,
     /// The failure of `ibv_poll_cq`, until the task that takes it fails the CQ's queue pairs.
     poll_error: Option<Arc<Error>>,
+    /// What it counts as it polls, sleeps and wakes (tasks woken: the slot table's count).
+    counters: CqCounters,
 }
 
 /// The waker the reactor holds for a CQ's completion channel: a wake-up drives the CQ (see
@@ -212,7 +215,7 @@ impl CompletionQueue {
         };
         // SAFETY: `raw` is the CQ just created; ibv_create_cq may round the size up.
         let entries = unsafe { (*raw.as_ptr()).cqe }.max(1) as u32;
-        Ok(CompletionQueue {
+        let cq = CompletionQueue {
             shared: Arc::new_cyclic(|weak| CqShared {
                 raw,
                 channel,
@@ -231,6 +234,7 @@ impl CompletionQueue {
                     watch_error: None,
                     broken: false,
                     poll_error: None,
+                    counters: CqCounters::default(),
                 }),
                 driving: DriveState::default(),
                 channel_waker: Waker::from(Arc::new(ChannelWaker(weak.clone()))),
@@ -239,7 +243,10 @@ impl CompletionQueue {
                 mode: options.poll_mode,
                 ctx: ctx.clone(),
             }),
-        })
+        };
+        #[cfg(feature = "metrics")]
+        crate::stats::metrics::track(&cq.shared);
+        Ok(cq)
     }
 
     /// Checks that this CQ and `pd` belong to the same device context.
@@ -277,6 +284,13 @@ impl CompletionQueue {
         self.shared.runtime.get().cloned()
     }
 
+    /// What this completion queue did since it was created: polls, empty polls,
+    /// completions, sleeps on its channel and wake-ups (see [`CqStats`]). Takes the queue's
+    /// lock for a moment.
+    pub fn stats(&self) -> CqStats {
+        self.shared.stats()
+    }
+
     /// Polls the CQ once and dispatches what it finds, without waiting. Operations' futures
     /// do this themselves; call it to release the buffers of dropped operations when no
     /// future is pending on this CQ.
@@ -294,6 +308,12 @@ impl CqShared {
     #[inline]
     pub(crate) fn raw(&self) -> *mut ibv_cq {
         self.raw.as_ptr()
+    }
+
+    /// A snapshot of its counters.
+    fn stats(&self) -> CqStats {
+        let state = lock(&self.state);
+        state.counters.snapshot(state.table.tasks_woken())
     }
 
     /// Takes a slot for `info`, reserving CQ room for its work requests.
@@ -572,6 +592,7 @@ impl CqShared {
             let mut state = lock(&self.state);
             if events > 0 {
                 state.armed = false;
+                state.counters.wakeups += u64::from(events);
                 state.unacked += events;
                 if state.unacked >= ACK_BATCH {
                     // SAFETY: the CQ is valid; `unacked` events were taken from it.
@@ -688,6 +709,7 @@ impl CqShared {
             return Err(Error::from_code("ibv_req_notify_cq", rc));
         }
         state.armed = true;
+        state.counters.sleeps += 1;
         Ok(())
     }
 
@@ -728,12 +750,17 @@ impl CqShared {
             }));
             return (0, None);
         };
+        state.counters.polls += 1;
         let mut own = None;
-        for wc in &wcs[..n] {
-            // SAFETY: ibv_poll_cq initialised the first `n` entries.
-            let wc = unsafe { wc.assume_init_ref() };
-            if let Some(result) = state.table.dispatch(wc, wake, polling) {
-                own = Some(result);
+        if n != 0 {
+            // Counted only here: an empty poll costs its count and no more.
+            state.counters.found(n);
+            for wc in &wcs[..n] {
+                // SAFETY: ibv_poll_cq initialised the first `n` entries.
+                let wc = unsafe { wc.assume_init_ref() };
+                if let Some(result) = state.table.dispatch(wc, wake, polling) {
+                    own = Some(result);
+                }
             }
         }
         (n, own)
@@ -767,6 +794,16 @@ impl CqShared {
             drop(state);
             wake.run();
         }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl crate::stats::metrics::Exported for CqShared {
+    fn export(&self) {
+        let stats = self.stats();
+        // SAFETY: the CQ is valid for the life of self; reading its handle field.
+        let handle = unsafe { (*self.raw()).handle };
+        crate::stats::metrics::record_cq(&stats, self.ctx.device_name(), handle);
     }
 }
 

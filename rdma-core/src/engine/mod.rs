@@ -3,6 +3,7 @@
 //! of operations, and work completion statuses.
 
 pub(crate) mod cq;
+pub(crate) mod credits;
 pub(crate) mod op;
 pub(crate) mod queue;
 pub mod signaling;

@@ -1,12 +1,12 @@
 //! Posting on a work queue: take credits and a completion slot, post, undo on failure.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use rdma_sys::{ibv_pd, ibv_recv_wr};
 
 use crate::buffers::{Buffers, SgeList};
 use crate::cq::CqShared;
+use crate::credits::WorkCount;
 use crate::error::{Error, Result};
 use crate::remote::RemoteRegion;
 use crate::signaling::{Placement, Signal};
@@ -24,17 +24,6 @@ pub(crate) struct WorkQueueRef<'a> {
     pub(crate) name: &'static str,
     /// The verbs call that posts on it, for errors.
     pub(crate) call: &'static str,
-}
-
-/// Takes `wrs` of the credits counted by `used`, unless that would exceed `depth`. A
-/// compare and swap, never an add undone afterwards: a poster that does not fit must not
-/// make a concurrent one that does fit see a full queue.
-#[inline]
-fn take_credits(used: &AtomicU32, wrs: u32, depth: u32) -> bool {
-    used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
-        taken.checked_add(wrs).filter(|&total| total <= depth)
-    })
-    .is_ok()
 }
 
 /// What a posting function reports: the verbs return code, and how many work requests of
@@ -62,11 +51,8 @@ pub(crate) struct PostedSlot {
 }
 
 impl WorkQueueRef<'_> {
-    fn used(&self) -> &AtomicU32 {
-        match self.queue {
-            WorkQueue::Send => &self.status.sq_used,
-            WorkQueue::Recv => &self.status.rq_used,
-        }
+    fn work(&self) -> &WorkCount {
+        self.status.work(self.queue)
     }
 
     /// Reserves `wrs` entries of the queue and a completion slot, runs `post` (which gets
@@ -109,7 +95,7 @@ impl WorkQueueRef<'_> {
         }
         // The last places of the queue always go to a signaled request, so that a full queue
         // has a completion coming that makes room.
-        let nearly_full = self.used().load(Ordering::Relaxed) + 2 * wrs > self.depth;
+        let nearly_full = self.work().in_flight() + 2 * u64::from(wrs) > u64::from(self.depth);
         self.status
             .signaling
             .post(wrs, signal, nearly_full, |placement| {
@@ -164,14 +150,14 @@ impl WorkQueueRef<'_> {
         };
         let mut reaped = false;
         let id = loop {
-            if take_credits(self.used(), wrs, self.depth) {
+            if self.work().take(wrs, self.depth) {
                 match self.cq.reserve(info()) {
                     Ok(id) => break id,
                     Err(err) if reaped || !matches!(err, Error::QueueFull { .. }) => {
-                        self.status.release(self.queue, wrs);
+                        self.work().unpost(wrs);
                         return Err(refused(err));
                     }
-                    Err(_) => self.status.release(self.queue, wrs),
+                    Err(_) => self.work().unpost(wrs),
                 }
             } else if reaped {
                 return Err(refused(Error::QueueFull {
@@ -181,6 +167,7 @@ impl WorkQueueRef<'_> {
             }
             // Completions that free room may sit unpolled (their operations' futures were
             // dropped, or nobody awaits right now): take them before saying the queue is full.
+            self.status.counters.room_waits.add(1);
             self.cq.reap();
             reaped = true;
         };
@@ -200,11 +187,11 @@ impl WorkQueueRef<'_> {
         };
         if accepted == 0 {
             self.cq.unreserve(id);
-            self.status.release(self.queue, wrs);
+            self.work().unpost(wrs);
             return Err(refused(error));
         }
         self.cq.shrink(id, accepted);
-        self.status.release(self.queue, wrs - accepted);
+        self.work().unpost(wrs - accepted);
         Err(PartlyPosted {
             error,
             slot: Some(id),
@@ -234,36 +221,5 @@ impl WorkQueueRef<'_> {
             raw_post(&mut wr, &mut bad)
         })
         .map(|posted| posted.id)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Barrier;
-
-    /// 56 of 64 credits taken; a poster of 16 (cannot fit) races one of 8 (fits exactly):
-    /// the one that fits must always get in.
-    #[test]
-    fn a_poster_that_does_not_fit_never_blocks_one_that_does() {
-        let used = AtomicU32::new(0);
-        let start = Barrier::new(2);
-        for _ in 0..20_000 {
-            used.store(56, Ordering::Release);
-            let (big, small) = std::thread::scope(|scope| {
-                let big = scope.spawn(|| {
-                    start.wait();
-                    take_credits(&used, 16, 64)
-                });
-                let small = scope.spawn(|| {
-                    start.wait();
-                    take_credits(&used, 8, 64)
-                });
-                (big.join().unwrap(), small.join().unwrap())
-            });
-            assert!(!big, "16 more than 56 of 64 must not fit");
-            assert!(small, "8 more than 56 of 64 fit, but were refused");
-            assert_eq!(used.load(Ordering::Acquire), 64);
-        }
     }
 }

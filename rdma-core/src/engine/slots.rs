@@ -12,9 +12,11 @@ use std::task::Waker;
 
 use rdma_sys::*;
 
+use crate::credits::WorkCount;
 use crate::error::{Error, Result};
 use crate::remote::RemoteRegion;
 use crate::signaling::{Placement, Signaling};
+use crate::stats::{QpCounters, QpStats};
 use crate::wake::{lock, WakeList};
 use crate::wc::{WcStatus, WorkKind};
 
@@ -156,8 +158,12 @@ pub(crate) struct QpStatus {
     /// The end of the connection, when it came after a failed completion that it explains
     /// (see [`QpStatus::cause`]).
     pub(crate) disconnect: std::sync::OnceLock<Arc<Error>>,
-    pub(crate) sq_used: std::sync::atomic::AtomicU32,
-    pub(crate) rq_used: std::sync::atomic::AtomicU32,
+    /// The send queue's work requests posted and completed: its credits, and its statistics.
+    pub(crate) sq: WorkCount,
+    /// The receive queue's.
+    pub(crate) rq: WorkCount,
+    /// The rest of its statistics.
+    pub(crate) counters: QpCounters,
     /// Which of its send-queue requests are signaled, and those that are not, in flight.
     pub(crate) signaling: Signaling,
 }
@@ -179,8 +185,9 @@ impl QpStatus {
             attached,
             failure: std::sync::OnceLock::new(),
             disconnect: std::sync::OnceLock::new(),
-            sq_used: std::sync::atomic::AtomicU32::new(0),
-            rq_used: std::sync::atomic::AtomicU32::new(0),
+            sq: WorkCount::default(),
+            rq: WorkCount::default(),
+            counters: QpCounters::default(),
             signaling: Signaling::new(signal_every),
         })
     }
@@ -213,13 +220,37 @@ impl QpStatus {
         }
     }
 
+    /// The work requests and credits of `queue`.
+    #[inline]
+    pub(crate) fn work(&self, queue: WorkQueue) -> &WorkCount {
+        match queue {
+            WorkQueue::Send => &self.sq,
+            WorkQueue::Recv => &self.rq,
+        }
+    }
+
+    /// `wrs` requests of `queue` completed: their credits are free again.
     #[inline]
     pub(crate) fn release(&self, queue: WorkQueue, wrs: u32) {
-        use std::sync::atomic::Ordering::Release;
-        match queue {
-            WorkQueue::Send => self.sq_used.fetch_sub(wrs, Release),
-            WorkQueue::Recv => self.rq_used.fetch_sub(wrs, Release),
+        self.work(queue).complete(wrs);
+    }
+
+    /// Work requests the queue pair holds on both queues.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.sq.in_flight() + self.rq.in_flight()
+    }
+
+    /// A snapshot of its statistics.
+    pub(crate) fn stats(&self) -> QpStats {
+        let mut stats = QpStats {
+            sends_posted: self.sq.posted(),
+            sends_completed: self.sq.completed(),
+            receives_posted: self.rq.posted(),
+            receives_completed: self.rq.completed(),
+            ..QpStats::default()
         };
+        self.counters.fill(&mut stats);
+        stats
     }
 }
 
@@ -289,6 +320,8 @@ pub(crate) struct SlotTable {
     capacity: u32,
     /// Pending slots that hold a waker: tasks asleep until their completion is dispatched.
     waiting: usize,
+    /// Tasks woken by the dispatch of their completion (a statistic of the CQ).
+    woken: u64,
 }
 
 impl SlotTable {
@@ -299,6 +332,7 @@ impl SlotTable {
             outstanding: 0,
             capacity,
             waiting: 0,
+            woken: 0,
         }
     }
 
@@ -307,6 +341,11 @@ impl SlotTable {
     #[inline]
     pub(crate) fn has_waiters(&self) -> bool {
         self.waiting != 0
+    }
+
+    /// Tasks woken so far by the dispatch of their completion.
+    pub(crate) fn tasks_woken(&self) -> u64 {
+        self.woken
     }
 
     /// Slots taken: operations in flight, or completed and not yet collected.
@@ -515,6 +554,10 @@ impl SlotTable {
                 continue;
             }
             info.qp.release(info.queue, info.wrs);
+            if cause.is_some() {
+                // The device let go of them without a completion: flushed all the same.
+                info.qp.counters.flushed.add(u64::from(info.wrs));
+            }
             self.outstanding = self.outstanding.saturating_sub(info.cq_entries);
             let waiting = abandoned.is_none();
             if let Some(buffers) = abandoned.take() {
@@ -672,6 +715,7 @@ impl SlotTable {
         slot.state = SlotState::Done(result);
         if let Some(waker) = waker {
             self.waiting -= 1;
+            self.woken += 1;
             wake.push(waker);
         }
         None
@@ -699,8 +743,13 @@ impl SlotTable {
         else {
             return None;
         };
-        if wc.status != ibv_wc_status::IBV_WC_SUCCESS && first_error.is_none() {
-            *first_error = Some(Box::new(completion_error(wc, info)));
+        if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
+            info.qp
+                .counters
+                .failed_completion(wc.status == ibv_wc_status::IBV_WC_WR_FLUSH_ERR);
+            if first_error.is_none() {
+                *first_error = Some(Box::new(completion_error(wc, info)));
+            }
         }
         if !last {
             return None;

@@ -21,6 +21,7 @@ use crate::op::{Done, Op, Received, Recv};
 use crate::pool::MemoryPool;
 use crate::qp::QueuePair;
 use crate::remote::RemoteRegion;
+use crate::stats::MessengerStats;
 
 pub(crate) struct Engine {
     pub(crate) qp: QueuePair,
@@ -55,6 +56,8 @@ pub(crate) struct State {
     pub(crate) exposed: HashMap<u32, Exposed>,
     /// Tasks waiting in `send`, `recv` or `flush`, and the one the operations will wake.
     pub(crate) waiters: Waiters,
+    /// What the messenger counts (under this lock).
+    pub(crate) stats: MessengerStats,
 }
 
 impl State {
@@ -66,6 +69,7 @@ impl State {
             sending: VecDeque::new(),
             exposed: HashMap::new(),
             waiters: Waiters::default(),
+            stats: MessengerStats::default(),
         }
     }
 
@@ -210,8 +214,7 @@ impl Engine {
                 break;
             };
             taken = true;
-            state.protocol.on_read(read, result.map(|()| data));
-            self.apply(state);
+            self.finished_read(state, read, result.map(|()| data));
         }
         taken
     }
@@ -228,9 +231,15 @@ impl Engine {
         let Some((read, _)) = state.reads.pop_front() else {
             return false;
         };
-        state.protocol.on_read(read, result.map(|()| data));
-        self.apply(state);
+        self.finished_read(state, read, result.map(|()| data));
         true
+    }
+
+    /// The read `read` of a large message of the peer finished with `result`.
+    fn finished_read(&self, state: &mut State, read: u64, result: Result<LocalBuf>) {
+        state.stats.rendezvous_received += u64::from(result.is_ok());
+        state.protocol.on_read(read, result);
+        self.apply(state);
     }
 
     /// A receive completed with `result` into `buf`.
@@ -381,7 +390,10 @@ impl Engine {
         let next = state.protocol.take();
         self.apply(state);
         match next? {
-            Ok((data, imm)) => Some(Ok(Message { data, imm })),
+            Ok((data, imm)) => {
+                state.stats.received(data.len());
+                Some(Ok(Message { data, imm }))
+            }
             Err(failure) => Some(Err(self.failed(&failure))),
         }
     }
@@ -424,6 +436,16 @@ impl Engine {
 
     pub(crate) fn failed(&self, failure: &Arc<Error>) -> Error {
         in_error(self.qp.qpn(), failure)
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl crate::stats::metrics::Exported for Engine {
+    fn export(&self) {
+        use crate::stats::metrics;
+        let stats = crate::wake::lock(&self.state).stats;
+        let labels = metrics::qp_labels(self.qp.pd().context().device_name(), self.qp.qpn());
+        metrics::record_messenger(&stats, &labels);
     }
 }
 

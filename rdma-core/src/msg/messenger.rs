@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
 
 use super::engine::{Engine, State};
 use super::exposed::Exposed;
@@ -20,6 +21,7 @@ use crate::op::{Op, Recv};
 use crate::pool::{MemoryPool, PoolOptions};
 use crate::qp::QueuePair;
 use crate::remote::RemoteRegion;
+use crate::stats::MessengerStats;
 use crate::wake::lock;
 
 /// A message in registered memory, ready to post (what [`Messenger::send`] makes before it
@@ -33,6 +35,8 @@ pub(crate) struct Outgoing {
     len: usize,
     /// For a rendezvous request: the memory the peer reads, and where it is.
     exposed: Option<(Exposed, RemoteRegion)>,
+    /// When it first found no credit, if it did (for the messenger's statistics).
+    waiting_since: Option<Instant>,
 }
 
 impl Outgoing {
@@ -49,6 +53,7 @@ impl Outgoing {
             message,
             len: REQUEST_LEN,
             exposed: Some((exposed, remote)),
+            waiting_since: None,
         }
     }
 
@@ -254,7 +259,7 @@ impl Messenger {
             max_message: options.max_message,
             send_limit,
         });
-        Messenger {
+        let messenger = Messenger {
             inner: Arc::new(Engine {
                 qp,
                 pool: posted.pool,
@@ -265,7 +270,10 @@ impl Messenger {
                 state: Mutex::new(State::new(protocol, posted.posted)),
                 connection,
             }),
-        }
+        };
+        #[cfg(feature = "metrics")]
+        crate::stats::metrics::track(&messenger.inner);
+        messenger
     }
 
     /// The engine under every clone.
@@ -295,6 +303,13 @@ impl Messenger {
     /// yet known to be read).
     pub fn exposed(&self) -> usize {
         lock(&self.inner.state).exposed.len()
+    }
+
+    /// What this messenger (with its clones) did since it was made: messages and bytes each
+    /// way, rendezvous, and the time sends waited for credits (see [`MessengerStats`]).
+    /// Takes the messenger's lock for a moment.
+    pub fn stats(&self) -> MessengerStats {
+        lock(&self.inner.state).stats
     }
 
     /// The queue pair the messages travel on.
@@ -399,6 +414,7 @@ impl Messenger {
             message: self.inner.pool.alloc(HEADER_LEN + capacity)?,
             len: capacity,
             exposed: None,
+            waiting_since: None,
         })
     }
 
@@ -440,6 +456,11 @@ impl Messenger {
                 progressed |= state.sending.len() < before;
             }
             if !progressed {
+                if !state.protocol.has_credit() {
+                    if let Some(outgoing) = outgoing.as_mut() {
+                        outgoing.waiting_since.get_or_insert_with(Instant::now);
+                    }
+                }
                 state.waiters.wait(cx.waker());
                 return Poll::Pending;
             }
@@ -450,10 +471,15 @@ impl Messenger {
             mut message,
             len,
             exposed,
+            waiting_since,
         }) = outgoing.take()
         else {
             unreachable!("checked above");
         };
+        // The payload's bytes: the message's own, or those the peer will read.
+        let bytes = exposed
+            .as_ref()
+            .map_or(len as u64, |(_, remote)| remote.len);
         if HEADER_LEN + len < message.len() {
             drop(message.split_off(HEADER_LEN + len));
         }
@@ -472,7 +498,12 @@ impl Messenger {
         }
         // Posted under the lock: the credits it returns and the order of messages are those
         // of this moment.
-        Poll::Ready(engine.post(state, kind, imm, message))
+        let posted = engine.post(state, kind, imm, message);
+        if posted.is_ok() {
+            let waited = waiting_since.map(|since| since.elapsed());
+            state.stats.sent(bytes, kind == Kind::Request, waited);
+        }
+        Poll::Ready(posted)
     }
 
     /// Runs one poll of a messenger call for a caller that keeps its own [`Place`] among

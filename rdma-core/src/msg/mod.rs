@@ -80,6 +80,7 @@ mod waiting;
 pub use header::HeaderProblem;
 pub(crate) use messenger::Outgoing;
 // The wire format, for the stream framing's fuzz test (messages decoded as they arrive).
+pub use crate::stats::MessengerStats;
 #[cfg(test)]
 pub(crate) use header::{Header, Kind, HEADER_LEN};
 pub use message::Message;

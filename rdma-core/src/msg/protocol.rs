@@ -393,6 +393,12 @@ impl<M> Protocol<M> {
         self.control();
     }
 
+    /// Whether this side has the credits a message needs (one of the peer's receives for it,
+    /// and one kept for control messages).
+    pub(crate) fn has_credit(&self) -> bool {
+        self.credits >= 2
+    }
+
     /// Whether a message by `route` may be posted now.
     pub(crate) fn gate(&self, route: Route) -> Gate {
         if let Some(failure) = &self.failure {
@@ -404,7 +410,7 @@ impl<M> Protocol<M> {
         let room = self.sending + 2 <= self.limits.send_limit;
         let exposable =
             route == Route::Eager || self.exposed.len() < Self::exposed_max(&self.limits);
-        if self.credits >= 2 && room && exposable && self.done_to_send.is_empty() {
+        if self.has_credit() && room && exposable && self.done_to_send.is_empty() {
             Gate::Open
         } else {
             Gate::Wait

@@ -142,6 +142,7 @@ mod policy;
 mod session;
 mod terms;
 
+pub use crate::stats::{Refusals, SessionStats};
 pub use control::{Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS};
 pub use grant::{Grant, GrantProblem, RemoteGrant};
 pub use policy::{Decide, DecideRenewal, GrantPolicy, RegionRequest, RenewalRequest};

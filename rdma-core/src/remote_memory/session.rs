@@ -15,6 +15,7 @@ use crate::qp::QueuePair;
 use crate::remote::RemoteRegion;
 use crate::runtime::{default_runtime, with_sleep, RuntimeHandle};
 use crate::shared::SharedRegion;
+use crate::stats::SessionStats;
 use crate::wake::lock;
 
 use super::control::{Control, ControlProblem, RefuseReason, RevokeReason, Rights, MAX_LEASE_MS};
@@ -92,6 +93,8 @@ struct Granted {
     _key: RangeKey,
     /// For a grant made for the peer's request: the memory, and its length for the policy.
     requested: Option<(SharedRegion, u64)>,
+    /// The bytes its key reaches.
+    len: u64,
 }
 
 /// What a request of this side's asked for: the answers it may get differ.
@@ -157,6 +160,8 @@ struct State {
     /// Messages to send, from code that cannot wait (drops, the serve loop's answers).
     outbox: VecDeque<Control>,
     serve_waker: Option<Waker>,
+    /// What the session counts (its levels, grants live and held, are the tables' sizes).
+    stats: SessionStats,
 }
 
 impl State {
@@ -169,7 +174,23 @@ impl State {
         }
     }
 
+    /// Owner: files grant `id`, made now.
+    fn made(&mut self, id: u64, granted: Granted) {
+        self.stats.grants_made += 1;
+        self.stats.bytes_granted += granted.len;
+        self.stats.bytes_live += granted.len;
+        self.granted.insert(id, granted);
+    }
+
+    /// The keys of grants of `bytes` in all are deregistered: they are live no more.
+    fn retired(&mut self, bytes: u64) {
+        self.stats.bytes_live = self.stats.bytes_live.saturating_sub(bytes);
+    }
+
     fn send_later(&mut self, message: Control) {
+        if let Control::Refuse { reason, .. } = message {
+            self.stats.refused.count(reason);
+        }
         self.outbox.push_back(message);
         if let Some(waker) = self.serve_waker.take() {
             waker.wake();
@@ -208,7 +229,7 @@ impl MemorySession {
     /// A session over `messenger`, which it takes over: every message on it from now on is a
     /// control message.
     pub fn new(messenger: Messenger, options: SessionOptions) -> MemorySession {
-        MemorySession {
+        let session = MemorySession {
             inner: Arc::new_cyclic(|me| Inner {
                 qp: messenger.queue_pair().clone(),
                 messenger,
@@ -217,7 +238,10 @@ impl MemorySession {
                 serving: std::sync::atomic::AtomicBool::new(false),
                 me: me.clone(),
             }),
-        }
+        };
+        #[cfg(feature = "metrics")]
+        crate::stats::metrics::track(&session.inner);
+        session
     }
 
     /// The queue pair the one-sided operations go on.
@@ -282,11 +306,12 @@ impl MemorySession {
         let id = state.last_grant;
         let now = Instant::now();
         let ends = state.leases.grant(id, remote.len, rights, lease, now);
-        state.granted.insert(
+        state.made(
             id,
             Granted {
                 _key: key,
                 requested: None,
+                len: remote.len,
             },
         );
         state.send_later(grant_message(id, 0, remote, rights, ms));
@@ -439,6 +464,13 @@ impl MemorySession {
         self.inner.end(None);
     }
 
+    /// What this session did since it was made: grants live and their bytes, grants made and
+    /// held, refusals each way by reason (see [`SessionStats`]). Takes the session's lock
+    /// for a moment.
+    pub fn stats(&self) -> SessionStats {
+        self.inner.stats()
+    }
+
     /// Grants made that are still live (not released, revoked or expired).
     pub fn granted(&self) -> usize {
         let state = lock(&self.inner.state);
@@ -495,6 +527,15 @@ enum Woken {
 type Sending<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Control>> + Send + 'a>>;
 
+#[cfg(feature = "metrics")]
+impl crate::stats::metrics::Exported for Inner {
+    fn export(&self) {
+        use crate::stats::metrics;
+        let labels = metrics::qp_labels(self.qp.pd().context().device_name(), self.qp.qpn());
+        metrics::record_session(&self.stats(), &labels);
+    }
+}
+
 // The expiry thread reaches the session through this (see `expiry::Expire`).
 impl expiry::Expire for Inner {
     fn expire(&self, now: Instant) {
@@ -505,6 +546,16 @@ impl expiry::Expire for Inner {
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// A snapshot of its counters.
+    fn stats(&self) -> SessionStats {
+        let state = self.state();
+        SessionStats {
+            grants_live: (state.granted.len() + state.retiring.len()) as u64,
+            grants_held: state.held.len() as u64,
+            ..state.stats
+        }
     }
 
     fn runtime(&self) -> Result<RuntimeHandle> {
@@ -652,6 +703,7 @@ impl Inner {
             return;
         }
         let ids: Vec<u64> = ended.iter().map(|(id, _)| *id).collect();
+        let bytes = ended.iter().map(|(_, granted)| granted.len).sum();
         state.retiring.extend(ids.iter().copied());
         drop(state);
         drop(ended); // deregisters
@@ -659,6 +711,7 @@ impl Inner {
         for id in ids {
             state.retiring.remove(&id);
         }
+        state.retired(bytes);
     }
 
     /// Owner: ends the grants whose lease has run out by `now` (called by the expiry
@@ -762,11 +815,13 @@ impl Inner {
         drop(state);
         drop(arrived); // outside the lock: a dropped grant releases, which locks
         let ids: Vec<u64> = made.keys().copied().collect();
+        let bytes = made.values().map(|granted| granted.len).sum();
         drop(made); // every key deregistered
         let mut state = self.state();
         for id in ids {
             state.retiring.remove(&id);
         }
+        state.retired(bytes);
         drop(state);
         for waker in wakers {
             waker.wake();
@@ -976,6 +1031,7 @@ impl Inner {
                 }
             }
             Control::Refuse { request, reason } => {
+                state.stats.refused_by_peer.count(reason);
                 match Self::waiting(&state, request) {
                     Some(_) => Self::answer(&mut state, request, Answer::Refused(reason)),
                     // Given up by this side: nothing to do.
@@ -1122,11 +1178,12 @@ impl Inner {
                     state
                         .leases
                         .grant(id, asked.len, asked.rights, asked.lease, Instant::now());
-                state.granted.insert(
+                state.made(
                     id,
                     Granted {
                         _key: key,
                         requested: Some((region, asked.len)),
+                        len: remote.len,
                     },
                 );
                 if let Some(at) = ends {

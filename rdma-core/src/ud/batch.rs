@@ -185,7 +185,20 @@ fn post(
             }
             // SAFETY: the WRs' SGEs live across the call; the buffers and address handles
             // are owned by the Op (or its slot) until the last WR completes.
-            unsafe { post_linked(shared, &mut wrs) }
+            let posted = unsafe { post_linked(shared, &mut wrs) };
+            // Under the send queue's signaling lock, as every send-queue post.
+            let taken = if posted.rc == 0 {
+                items.len()
+            } else {
+                posted.accepted as usize
+            };
+            let bytes: usize = items[..taken].iter().map(|(buf, _, _)| buf.len()).sum();
+            shared
+                .status
+                .counters
+                .bytes_sent
+                .add_exclusive(bytes as u64);
+            posted
         })
         .map(|posted| posted.id)
 }

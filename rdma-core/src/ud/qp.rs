@@ -241,6 +241,12 @@ impl UdQueuePair {
         self.qp.qpn()
     }
 
+    /// What this queue pair did since it was created: datagrams and bytes sent, receives,
+    /// failures (see [`QpStats`](crate::QpStats)).
+    pub fn stats(&self) -> crate::QpStats {
+        self.qp.stats()
+    }
+
     /// The Q_Key datagrams to this queue pair must carry.
     pub fn qkey(&self) -> u32 {
         self.extra.qkey
@@ -402,7 +408,16 @@ impl UdQueuePair {
                 // SAFETY: the QP is valid; `wr` and its SGE list live across the call; the
                 // memory the SGEs name and the address handle are owned by the Op (or its
                 // slot) until the completion that covers the request.
-                unsafe { ibv_post_send(shared.raw(), &mut wr, &mut bad) }
+                let rc = unsafe { ibv_post_send(shared.raw(), &mut wr, &mut bad) };
+                if rc == 0 {
+                    // Under the send queue's signaling lock, as every send-queue post.
+                    shared
+                        .status
+                        .counters
+                        .bytes_sent
+                        .add_exclusive(sges.total as u64);
+                }
+                rc
             })
     }
 
@@ -559,6 +574,7 @@ impl QpShared {
         self.send_cq
             .shared
             .abandon(posted.id, Box::new(datagram.fence.clone()));
+        self.status.counters.fences.add(1);
         Ok(())
     }
 }

@@ -178,7 +178,17 @@ impl Batch {
                 }
                 // SAFETY: the WRs' SGEs (`sges`) live across the call; the buffers are owned
                 // by the Op (or its slot) until the last WR completes.
-                unsafe { post_linked(shared, &mut wrs) }
+                let posted = unsafe { post_linked(shared, &mut wrs) };
+                // Under the send queue's signaling lock, as every send-queue post.
+                let taken = if posted.rc == 0 {
+                    items.len()
+                } else {
+                    posted.accepted as usize
+                };
+                for (buf, kind) in &items[..taken] {
+                    kind.count_posted(&shared.status.counters, buf.len());
+                }
+                posted
             })
             .map(|posted| posted.id)
     }

@@ -15,6 +15,7 @@ use crate::pd::ProtectionDomain;
 use crate::queue::WorkQueueRef;
 use crate::slots::{QpStatus, WorkQueue};
 use crate::srq::SharedReceiveQueue;
+use crate::stats::QpStats;
 
 /// Sizes of a queue pair; each is capped at what the device allows.
 #[derive(Debug, Clone, Copy)]
@@ -359,6 +360,8 @@ impl QueuePair {
             srq.shared.status.attach(&shared.status);
         }
         let shared = Arc::new(shared);
+        #[cfg(feature = "metrics")]
+        crate::stats::metrics::track(&shared);
         let events = &ctx.inner.events;
         events.register_qp(raw.as_ptr(), Arc::downgrade(&shared));
         if let Some(failure) = events.failure.get() {
@@ -460,6 +463,13 @@ impl QueuePair {
     /// The queue pair number.
     pub fn qpn(&self) -> u32 {
         self.shared.status.qpn
+    }
+
+    /// What this queue pair did since it was created: requests posted and completed on
+    /// each queue, failed and flushed, bytes sent, written and read (see [`QpStats`]). A
+    /// few atomic loads, no lock: cheap enough to call as often as wanted.
+    pub fn stats(&self) -> QpStats {
+        self.shared.status.stats()
     }
 
     /// The largest send or write that goes inline.
@@ -727,6 +737,15 @@ impl QpShared {
     }
 }
 
+#[cfg(feature = "metrics")]
+impl crate::stats::metrics::Exported for QpShared {
+    fn export(&self) {
+        use crate::stats::metrics;
+        let labels = metrics::qp_labels(self.pd.context().device_name(), self.status.qpn);
+        metrics::record_qp(&self.status.stats(), &labels);
+    }
+}
+
 // The device's events reach the queue pair through this (the events module is below the
 // queue pairs it serves, and does not name their type).
 impl crate::events::EventQp for QpShared {
@@ -756,9 +775,7 @@ impl crate::events::EventQp for QpShared {
 impl Drop for QpShared {
     fn drop(&mut self) {
         let ctx = &self.pd.context().inner;
-        let busy = self.status.sq_used.load(Ordering::Acquire)
-            + self.status.rq_used.load(Ordering::Acquire)
-            > 0;
+        let busy = self.status.in_flight() > 0;
         if busy || self.srq.is_some() {
             // Stop the device working on the dropped operations before destroying.
             let _ = self.to_error();

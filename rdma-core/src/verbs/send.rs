@@ -11,6 +11,7 @@ use crate::qp::{QpShared, QueuePair};
 use crate::queue::PostedSlot;
 use crate::remote::RemoteRegion;
 use crate::signaling::Signal;
+use crate::stats::QpCounters;
 use crate::wc::WorkKind;
 
 /// A send-queue work request, before it is encoded.
@@ -81,6 +82,19 @@ impl SendKind {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Counts the `bytes` of a posted request of this kind in `counters`. Called from inside
+    /// the send-queue post, under the queue's signaling lock (see [`QpCounters`]).
+    #[inline]
+    pub(crate) fn count_posted(self, counters: &QpCounters, bytes: usize) {
+        let bytes = bytes as u64;
+        match self {
+            SendKind::Send { .. } => counters.bytes_sent.add_exclusive(bytes),
+            SendKind::Write { .. } => counters.bytes_written.add_exclusive(bytes),
+            SendKind::Read { .. } => counters.bytes_read.add_exclusive(bytes),
+            SendKind::CompareSwap { .. } | SendKind::FetchAdd { .. } => {}
         }
     }
 
@@ -178,7 +192,11 @@ impl QpShared {
                 // SAFETY: the QP is valid; `wr` and its SGE list live across the call; the
                 // memory the SGEs name is owned by the Op (or its slot) until the completion
                 // that covers it (its own, or a later signaled request's).
-                unsafe { ibv_post_send(self.raw(), &mut wr, &mut bad) }
+                let rc = unsafe { ibv_post_send(self.raw(), &mut wr, &mut bad) };
+                if rc == 0 {
+                    kind.count_posted(&self.status.counters, sges.total);
+                }
+                rc
             },
         )
     }
@@ -204,6 +222,7 @@ impl QpShared {
                     unsafe { ibv_post_send(self.raw(), &mut wr, &mut bad) }
                 })?;
         self.send_cq.shared.abandon(posted.id, Box::new(()));
+        self.status.counters.fences.add(1);
         Ok(())
     }
 }

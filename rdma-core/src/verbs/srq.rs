@@ -3,7 +3,6 @@
 mod recv;
 
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rdma_sys::*;
@@ -13,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::pd::ProtectionDomain;
 use crate::qp::DyingQp;
 use crate::slots::QpStatus;
+use crate::stats::QpStats;
 use crate::wake::lock;
 
 /// Sizes of a shared receive queue; capped at what the device allows.
@@ -108,7 +108,13 @@ impl SharedReceiveQueue {
 
     /// Receives posted and not yet consumed.
     pub fn posted(&self) -> u32 {
-        self.shared.status.rq_used.load(Ordering::Acquire)
+        u32::try_from(self.shared.status.rq.in_flight()).unwrap_or(u32::MAX)
+    }
+
+    /// What this shared receive queue did since it was created: its receives posted and
+    /// completed, failed and flushed (the queue pairs attached to it count none of them).
+    pub fn stats(&self) -> QpStats {
+        self.shared.status.stats()
     }
 
     /// Attached queue pairs whose last handle is gone but that the device has not yet

@@ -49,7 +49,7 @@ impl Posted {
 /// Posts one RDMA write on the send queue of `qp` as the posting path does (queue credit,
 /// selective signaling, slot), and registers a waiting task on its slot.
 fn post_write(table: &mut SlotTable, qp: &Arc<QpStatus>) -> Posted {
-    qp.sq_used.fetch_add(1, Ordering::AcqRel);
+    assert!(qp.sq.take(1, u32::MAX));
     let (id, placement) = qp
         .signaling
         .post(1, Signal::Selective, false, |placement| {
@@ -119,7 +119,7 @@ fn assert_nothing_held(table: &SlotTable, qp: &QpStatus) {
     assert_eq!(table.in_use(), 0, "slots still taken");
     assert!(!table.has_waiters(), "a task still counted as waiting");
     assert_eq!(table.outstanding, 0, "CQ entries still reserved");
-    assert_eq!(qp.sq_used.load(Ordering::Acquire), 0, "send credits leaked");
+    assert_eq!(qp.sq.in_flight(), 0, "send credits leaked");
     assert!(
         !qp.signaling.has_unsignaled(),
         "unsignaled requests still listed"
