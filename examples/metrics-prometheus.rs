@@ -19,20 +19,33 @@ use std::time::{Duration, Instant};
 
 use anyrdma::msg::{Messenger, MessengerOptions};
 use anyrdma::{CompletionQueue, ConnectOptions, Context, CqOptions, QpOptions, QueuePair, Result};
-use common::Args;
+use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-const USAGE: &str = "\
-usage: metrics-prometheus [--listen ADDR] [--messages N] [--size BYTES] [--large BYTES]
-                          [--serve-for SECS]
-
-Two messengers on the default RDMA device (ANYRDMA_DEVICE picks another): a sends N messages
-of BYTES and two of --large BYTES (by rendezvous) to b, b answers each small one with 10 bytes.
-Then the counters are served at http://ADDR/metrics (default 127.0.0.1:9464), recorded once a
-second, for SECS seconds (default 0: until stopped).
-
-Once the traffic is done it prints one line:
-  ready url=http://ADDR/metrics qp_a=QPN qp_b=QPN messages=N size=BYTES large=BYTES reply=10";
+/// Two messengers on the default RDMA device (ANYRDMA_DEVICE picks another): a sends
+/// --messages messages of --size bytes and two of --large bytes (by rendezvous) to b, b answers
+/// each small one with 10 bytes. Then the counters are served at http://ADDR/metrics, recorded
+/// once a second. Once the traffic is done it prints one line:
+/// `ready url=http://ADDR/metrics qp_a=QPN qp_b=QPN messages=N size=BYTES large=BYTES reply=10`.
+#[derive(Parser)]
+#[command(name = "metrics-prometheus", version, args_override_self = true)]
+struct Args {
+    /// Serve the counters over HTTP at this address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    listen: SocketAddr,
+    /// Small messages a sends (each answered).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    messages: usize,
+    /// Bytes of each small message.
+    #[arg(long, value_name = "BYTES", default_value_t = 1000)]
+    size: usize,
+    /// Bytes of each of the two large messages.
+    #[arg(long, value_name = "BYTES", default_value_t = 100_000)]
+    large: usize,
+    /// Seconds to serve the counters for (0: until stopped).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    serve_for: u64,
+}
 
 /// The bytes of each answer.
 const REPLY: usize = 10;
@@ -97,18 +110,14 @@ async fn exchange(traffic: &Traffic) -> Result<Endpoints> {
 }
 
 fn main() {
-    let args = Args::parse("metrics-prometheus", USAGE, &[]);
-    let listen: SocketAddr = args
-        .value("--listen")
-        .unwrap_or("127.0.0.1:9464")
-        .parse()
-        .unwrap_or_else(|e| common::fail("metrics-prometheus", &format!("--listen: {e}")));
+    let args = Args::parse();
+    let listen = args.listen;
     let traffic = Traffic {
-        messages: args.number("--messages", 100),
-        size: args.number("--size", 1000),
-        large: args.number("--large", 100_000),
+        messages: args.messages,
+        size: args.size,
+        large: args.large,
     };
-    let serve_for = args.number("--serve-for", 0);
+    let serve_for = args.serve_for;
 
     // Prometheus's recorder, its HTTP endpoint on a thread of its own (outside any runtime
     // here, so whatever the runtime feature).
@@ -129,7 +138,7 @@ fn main() {
             traffic.large,
         );
         let start = Instant::now();
-        while serve_for == 0 || start.elapsed() < Duration::from_secs(serve_for as u64) {
+        while serve_for == 0 || start.elapsed() < Duration::from_secs(serve_for) {
             anyrdma::sleep(Duration::from_secs(1)).await;
             anyrdma::metrics::record();
         }
