@@ -49,6 +49,7 @@ mod rc;
 mod server;
 mod stats;
 mod streaming;
+mod watchdog;
 mod wire;
 
 use std::process::ExitCode;

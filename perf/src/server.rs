@@ -6,6 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use anyrdma::Context;
 
 use crate::cli::ServerArgs;
+use crate::watchdog::Watchdog;
 use crate::wire::{greet_client, recv_exact, ServerHello, Spec, END, MEASURE};
 use crate::{measure, open_device, Res};
 
@@ -48,7 +49,11 @@ fn session(ctx: &Context, device: &str, mut ctl: TcpStream) -> Res<usize> {
             END => return Ok(count),
             MEASURE => {
                 let spec = Spec::decode(&recv_exact::<{ Spec::LEN }>(&mut ctl)?)?;
-                let (_, back) = measure::run(ctx.clone(), spec, false, ctl, hello.cm)
+                // A client that dies mid-run would leave the measurement waiting for ever.
+                let watchdog = Watchdog::start(&ctl)?;
+                let measured = measure::run(ctx.clone(), spec, false, ctl, hello.cm);
+                watchdog.done();
+                let (_, back) = measured
                     .map_err(|e| format!("{} on {}: {e}", spec.test.name(), spec.rt.name()))?;
                 ctl = back;
                 count += 1;

@@ -264,3 +264,63 @@ fn one_server_serves_every_runtime() {
         check_row(row, 30.0);
     }
 }
+
+/// A client killed in the middle of a measurement: the server's queue pairs wait on receives
+/// that never come, so it must see the control connection close and exit with an error
+/// instead of hanging (within its grace of 10 s).
+#[test]
+fn a_server_whose_client_dies_mid_measurement_exits() {
+    if !device_present("a_server_whose_client_dies_mid_measurement_exits") {
+        return;
+    }
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let port = "18613";
+    let start = Instant::now();
+    let mut server = Running::start(&["server", "--port", port, "--once"], Stdio::null());
+    let host = host();
+    // Long enough to be under way when it is killed (a million round trips).
+    let mut client = Running::start(
+        &[
+            "client",
+            &host,
+            "--port",
+            port,
+            "--json",
+            "--progress",
+            "never",
+            "--test",
+            "send_lat",
+            "--runtime",
+            "tokio-ct",
+            "--mode",
+            "busy",
+            "--sizes",
+            "8",
+            "--iters",
+            "1000000",
+        ],
+        Stdio::null(),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        matches!(client.0.try_wait(), Ok(None)),
+        "the client ended before it could be killed mid-measurement"
+    );
+    client.0.kill().expect("killing the client");
+    let killed = Instant::now();
+    loop {
+        if let Some(status) = server.0.try_wait().expect("waiting") {
+            assert!(
+                !status.success(),
+                "the server ended with success ({status})"
+            );
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the server still waits 60 s after its client was killed mid-measurement"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(start.elapsed() < PATIENCE);
+}
