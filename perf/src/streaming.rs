@@ -153,30 +153,31 @@ pub async fn measure(
 async fn tcp(spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Outcome> {
     let local = SocketAddr::new(ctl.local_addr()?.ip(), 0);
     let server_ip = ctl.peer_addr()?.ip();
-    match spec.rt {
-        Rt::TokioCt | Rt::TokioMt => {
+    // The same steps on each runtime's `net` module: the server listens on a free port and
+    // tells the client, which connects.
+    macro_rules! connect {
+        ($net:path) => {{
+            use $net as net;
             let stream = if client {
                 let port = recv_port(ctl)?;
-                tokio::net::TcpStream::connect(SocketAddr::new(server_ip, port)).await?
+                net::TcpStream::connect(SocketAddr::new(server_ip, port)).await?
             } else {
-                let listener = tokio::net::TcpListener::bind(local).await?;
+                let listener = net::TcpListener::bind(local).await?;
                 send_port(ctl, listener.local_addr()?.port())?;
                 listener.accept().await?.0
             };
             stream.set_nodelay(true)?;
+            stream
+        }};
+    }
+    match spec.rt {
+        Rt::TokioCt | Rt::TokioMt => {
+            let stream = connect!(tokio::net);
             let stream = BufReader::with_capacity(TCP_BUFFER, TokioTcp(stream));
             io_run(stream, spec, client, ctl).await
         }
         Rt::AsyncStd => {
-            let stream = if client {
-                let port = recv_port(ctl)?;
-                async_std::net::TcpStream::connect(SocketAddr::new(server_ip, port)).await?
-            } else {
-                let listener = async_std::net::TcpListener::bind(local).await?;
-                send_port(ctl, listener.local_addr()?.port())?;
-                listener.accept().await?.0
-            };
-            stream.set_nodelay(true)?;
+            let stream = connect!(async_std::net);
             io_run(
                 BufReader::with_capacity(TCP_BUFFER, stream),
                 spec,
@@ -186,15 +187,7 @@ async fn tcp(spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Outcome> {
             .await
         }
         Rt::Smol => {
-            let stream = if client {
-                let port = recv_port(ctl)?;
-                smol::net::TcpStream::connect(SocketAddr::new(server_ip, port)).await?
-            } else {
-                let listener = smol::net::TcpListener::bind(local).await?;
-                send_port(ctl, listener.local_addr()?.port())?;
-                listener.accept().await?.0
-            };
-            stream.set_nodelay(true)?;
+            let stream = connect!(smol::net);
             io_run(
                 BufReader::with_capacity(TCP_BUFFER, stream),
                 spec,
