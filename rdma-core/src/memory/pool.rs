@@ -20,6 +20,8 @@
 //! and deregister memory: system calls anyway).
 
 use std::ptr::NonNull;
+#[cfg(feature = "metrics")]
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -125,6 +127,9 @@ pub(crate) struct PoolShared {
     grow: Mutex<()>,
     chunks: AtomicUsize,
     bytes_registered: AtomicUsize,
+    /// The pool's number in this process, its `pool` label among the exported metrics.
+    #[cfg(feature = "metrics")]
+    id: u64,
 }
 
 /// A class's first chunk holds this many blocks (see [`PoolOptions::chunk_size`])...
@@ -255,7 +260,7 @@ impl MemoryPool {
             });
             size *= 2;
         }
-        MemoryPool {
+        let pool = MemoryPool {
             handle: Arc::new(PoolHandle {
                 shared: Arc::new(PoolShared {
                     pd: pd.clone(),
@@ -268,9 +273,17 @@ impl MemoryPool {
                     grow: Mutex::new(()),
                     chunks: AtomicUsize::new(0),
                     bytes_registered: AtomicUsize::new(0),
+                    #[cfg(feature = "metrics")]
+                    id: {
+                        static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
+                        NEXT_POOL.fetch_add(1, Ordering::Relaxed)
+                    },
                 }),
             }),
-        }
+        };
+        #[cfg(feature = "metrics")]
+        crate::stats::metrics::track(&pool.handle.shared);
+        pool
     }
 
     /// The registration view of a block of `len` bytes from the pool, as
@@ -301,25 +314,7 @@ impl MemoryPool {
 
     /// Current usage.
     pub fn stats(&self) -> PoolStats {
-        let pool = &self.handle.shared;
-        let classes: Vec<ClassStats> = pool
-            .classes
-            .iter()
-            .map(|class| {
-                let in_use = class.in_use();
-                ClassStats {
-                    size: class.size,
-                    in_use,
-                    free: class.blocks.load(Ordering::Relaxed).saturating_sub(in_use),
-                }
-            })
-            .collect();
-        PoolStats {
-            chunks: pool.chunks.load(Ordering::Relaxed),
-            bytes_registered: pool.bytes_registered.load(Ordering::Relaxed),
-            bytes_in_use: classes.iter().map(|c| c.in_use * c.size).sum(),
-            classes,
-        }
+        self.handle.shared.stats()
     }
 
     /// Deregisters and frees every chunk none of whose blocks is in use; returns how many
@@ -361,6 +356,28 @@ impl MemoryPool {
 }
 
 impl PoolShared {
+    /// Current usage (see [`MemoryPool::stats`]).
+    fn stats(&self) -> PoolStats {
+        let classes: Vec<ClassStats> = self
+            .classes
+            .iter()
+            .map(|class| {
+                let in_use = class.in_use();
+                ClassStats {
+                    size: class.size,
+                    in_use,
+                    free: class.blocks.load(Ordering::Relaxed).saturating_sub(in_use),
+                }
+            })
+            .collect();
+        PoolStats {
+            chunks: self.chunks.load(Ordering::Relaxed),
+            bytes_registered: self.bytes_registered.load(Ordering::Relaxed),
+            bytes_in_use: classes.iter().map(|c| c.in_use * c.size).sum(),
+            classes,
+        }
+    }
+
     /// The index of the smallest class that holds `len` bytes.
     fn class_of(&self, len: usize) -> Result<usize> {
         if len > self.options.largest {
@@ -422,6 +439,20 @@ impl PoolShared {
             ptr: chunk.block(0),
             chunk,
         })
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl crate::stats::metrics::Exported for PoolShared {
+    fn export(&self) {
+        let stats = self.stats();
+        crate::stats::metrics::record_pool(
+            stats.chunks,
+            stats.bytes_registered,
+            stats.bytes_in_use,
+            self.pd.context().device_name(),
+            self.id,
+        );
     }
 }
 

@@ -5,8 +5,8 @@
 //! # Without a cost per operation
 //!
 //! Operations never touch the recorder: they only count, as they do without the feature
-//! (see [`stats`](crate::stats)). Every queue pair, completion queue, messenger and memory
-//! session is entered, when it is made, in a list of the live objects that holds each
+//! (see [`stats`](crate::stats)). Every queue pair, completion queue, messenger, memory pool
+//! and memory session is entered, when it is made, in a list of the live objects that holds each
 //! weakly (it keeps none alive, and the entries of dropped objects are dropped on the way).
 //! [`record`] reads a snapshot of each and hands its numbers to the installed recorder, as
 //! counters (absolute values: a counter only grows) and gauges (the levels). An application
@@ -40,6 +40,7 @@
 //! | `anyrdma_cq_polls_total`, `_empty_polls_total`, `_completions_total`, `_sleeps_total`, `_wakeups_total`, `_tasks_woken_total` | counter | [`CqStats`] |
 //! | `anyrdma_messenger_sent_messages_total`, `_sent_bytes_total`, `_received_messages_total`, `_received_bytes_total`, `_rendezvous_sent_total`, `_rendezvous_received_total`, `_credit_waits_total` | counter | [`MessengerStats`] |
 //! | `anyrdma_messenger_credit_wait_seconds_total` | gauge (it only grows, but in seconds, which a counter's integer cannot carry) | [`MessengerStats::credit_wait`] |
+//! | `anyrdma_pool_chunks`, `_registered_bytes`, `_in_use_bytes` (label `pool`: the pool's number in the process, instead of `qpn`) | gauge | `PoolStats` (every `MemoryPool`, a messenger's own included) |
 //! | `anyrdma_session_grants_made_total`, `_granted_bytes_total` | counter | [`SessionStats`] |
 //! | `anyrdma_session_grants_live`, `_live_bytes`, `_grants_held` | gauge | [`SessionStats`] |
 //! | `anyrdma_session_refusals_total` with `side` (`sent`: this side refused; `received`: the peer refused) and `reason` | counter | [`SessionStats::refused`], [`SessionStats::refused_by_peer`] |
@@ -187,6 +188,24 @@ pub(crate) fn record_messenger(stats: &MessengerStats, labels: &[Label]) {
     // Only grows, but in seconds, which a counter's integer cannot carry: a gauge.
     gauge!("anyrdma_messenger_credit_wait_seconds_total", labels.iter())
         .set(stats.credit_wait.as_secs_f64());
+}
+
+/// Records a memory pool's usage (`MemoryPool::stats`: chunks, bytes registered, bytes of the
+/// blocks in use); `id` is its number in the process.
+pub(crate) fn record_pool(
+    chunks: usize,
+    bytes_registered: usize,
+    bytes_in_use: usize,
+    device: &str,
+    id: u64,
+) {
+    let labels = [
+        Label::new("device", device.to_owned()),
+        Label::new("pool", id.to_string()),
+    ];
+    gauge!("anyrdma_pool_chunks", labels.iter()).set(chunks as f64);
+    gauge!("anyrdma_pool_registered_bytes", labels.iter()).set(bytes_registered as f64);
+    gauge!("anyrdma_pool_in_use_bytes", labels.iter()).set(bytes_in_use as f64);
 }
 
 /// Records a memory session's snapshot.
