@@ -173,31 +173,18 @@ async fn tcp(spec: &Spec, client: bool, ctl: &mut TcpStream) -> Res<Outcome> {
     match spec.rt {
         Rt::TokioCt | Rt::TokioMt => {
             let stream = connect!(tokio::net);
-            let stream = BufReader::with_capacity(TCP_BUFFER, TokioTcp(stream));
-            io_run(stream, spec, client, ctl).await
+            io_run(buffered(TokioTcp(stream)), spec, client, ctl).await
         }
-        Rt::AsyncStd => {
-            let stream = connect!(async_std::net);
-            io_run(
-                BufReader::with_capacity(TCP_BUFFER, stream),
-                spec,
-                client,
-                ctl,
-            )
-            .await
-        }
-        Rt::Smol => {
-            let stream = connect!(smol::net);
-            io_run(
-                BufReader::with_capacity(TCP_BUFFER, stream),
-                spec,
-                client,
-                ctl,
-            )
-            .await
-        }
+        // async-io's streams are futures-io streams as they are.
+        Rt::AsyncStd => io_run(buffered(connect!(async_std::net)), spec, client, ctl).await,
+        Rt::Smol => io_run(buffered(connect!(smol::net)), spec, client, ctl).await,
         Rt::Raw => Err("raw verbs have no TCP row".into()),
     }
+}
+
+/// A TCP stream read through a buffer of [`TCP_BUFFER`] bytes.
+fn buffered<S: futures_util::AsyncRead>(stream: S) -> BufReader<S> {
+    BufReader::with_capacity(TCP_BUFFER, stream)
 }
 
 /// The bandwidth or latency loop on any byte stream.
