@@ -21,17 +21,12 @@ use clap::Parser;
 
 /// Echo over the messaging layer: a server (--listen) returns every message; a client
 /// (--connect) sends messages of any size up to 16 MiB from several tasks and checks the
-/// replies.
+/// replies. The port is 7473 unless the address names one.
 #[derive(Parser)]
 #[command(name = "msg-echo", version, args_override_self = true)]
-#[command(group(clap::ArgGroup::new("role").required(true).args(["listen", "connect"])))]
 struct Args {
-    /// Serve on this address, an RDMA interface's (default port 7473).
-    #[arg(long, value_name = "ADDR[:PORT]")]
-    listen: Option<String>,
-    /// Connect to the server at this address (default port 7473).
-    #[arg(long, value_name = "ADDR[:PORT]")]
-    connect: Option<String>,
+    #[command(flatten)]
+    side: common::Side,
     /// Client: message size in bytes, or MIN-MAX: sizes spread over that range.
     #[arg(long, value_name = "N|MIN-MAX", default_value = "64")]
     size: common::Sizes,
@@ -143,13 +138,12 @@ async fn run(connect: &str, sizes: common::Sizes, count: u32, senders: u32) -> R
 
 fn main() {
     let args = Args::parse();
-    let result = match (&args.listen, &args.connect) {
-        (Some(listen), _) => common::block_on(serve(listen)),
-        (None, Some(connect)) => {
+    let result = match args.side.role() {
+        common::Role::Listen(listen) => common::block_on(serve(listen)),
+        common::Role::Connect(connect) => {
             let senders = args.senders.max(1);
             common::block_on(run(connect, args.size, args.count, senders))
         }
-        (None, None) => unreachable!("clap requires --listen or --connect"),
     };
     if let Err(err) = result {
         common::fail("msg-echo", &err.to_string());

@@ -22,17 +22,13 @@ use futures_util::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use futures_util::StreamExt;
 
 /// A byte stream over RDMA through futures::io only: a server (--listen) echoes each
-/// connection; a client (--connect) writes lines and checks the echo line by line.
+/// connection; a client (--connect) writes lines and checks the echo line by line. The port is
+/// 7475 unless the address names one.
 #[derive(Parser)]
 #[command(name = "stream-lines", version, args_override_self = true)]
-#[command(group(clap::ArgGroup::new("role").required(true).args(["listen", "connect"])))]
 struct Args {
-    /// Serve on this address, an RDMA interface's (default port 7475).
-    #[arg(long, value_name = "ADDR[:PORT]")]
-    listen: Option<String>,
-    /// Connect to the server at this address (default port 7475).
-    #[arg(long, value_name = "ADDR[:PORT]")]
-    connect: Option<String>,
+    #[command(flatten)]
+    side: common::Side,
     /// Client: lines to write and read back.
     #[arg(long, default_value_t = 1000)]
     lines: usize,
@@ -117,10 +113,9 @@ async fn run(connect: &str, lines: usize) -> Result<()> {
 
 fn main() {
     let args = Args::parse();
-    let result = match (&args.listen, &args.connect) {
-        (Some(listen), _) => common::block_on(serve(listen)),
-        (None, Some(connect)) => common::block_on(run(connect, args.lines)),
-        (None, None) => unreachable!("clap requires --listen or --connect"),
+    let result = match args.side.role() {
+        common::Role::Listen(listen) => common::block_on(serve(listen)),
+        common::Role::Connect(connect) => common::block_on(run(connect, args.lines)),
     };
     if let Err(err) = result {
         common::fail("stream-lines", &err.to_string());

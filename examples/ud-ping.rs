@@ -22,17 +22,13 @@ use anyrdma::{Access, Error, Result};
 use clap::Parser;
 
 /// Datagram ping: a server (--listen) answers every client from one unreliable datagram queue
-/// pair; clients (--connect) find it by its address, ping it and check every answer.
+/// pair; clients (--connect) find it by its address, ping it and check every answer. The port
+/// is 7474 unless the address names one.
 #[derive(Parser)]
 #[command(name = "ud-ping", version, args_override_self = true)]
-#[command(group(clap::ArgGroup::new("role").required(true).args(["listen", "connect"])))]
 struct Args {
-    /// Serve on this address, an RDMA interface's (default port 7474).
-    #[arg(long, value_name = "ADDR[:PORT]")]
-    listen: Option<String>,
-    /// Ping the server at this address (default port 7474).
-    #[arg(long, value_name = "ADDR[:PORT]")]
-    connect: Option<String>,
+    #[command(flatten)]
+    side: common::Side,
     /// Client: clients at once, each a queue pair in a task of its own.
     #[arg(long, default_value_t = 1)]
     clients: u32,
@@ -214,13 +210,12 @@ async fn ping(connect: &str, clients: u32, count: u64, size: usize) -> Result<()
 
 fn main() {
     let args = Args::parse();
-    let result = match (&args.listen, &args.connect) {
-        (Some(listen), _) => common::block_on(serve(listen)),
-        (None, Some(connect)) => {
+    let result = match args.side.role() {
+        common::Role::Listen(listen) => common::block_on(serve(listen)),
+        common::Role::Connect(connect) => {
             let clients = args.clients.max(1);
             common::block_on(ping(connect, clients, args.count, args.size))
         }
-        (None, None) => unreachable!("clap requires --listen or --connect"),
     };
     if let Err(err) = result {
         common::fail("ud-ping", &err.to_string());

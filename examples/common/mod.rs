@@ -49,6 +49,35 @@ pub fn spawn_join<T: Send + 'static>(
     return Box::pin(smol::spawn(task));
 }
 
+/// The side an example with a server and a client runs: exactly one of `--listen` and
+/// `--connect` (each example's help says its default port).
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Side {
+    /// Serve on this address, an RDMA interface's.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    listen: Option<String>,
+    /// Connect to the server at this address.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    connect: Option<String>,
+}
+
+/// What [`Side`] asked for.
+pub enum Role<'a> {
+    Listen(&'a str),
+    Connect(&'a str),
+}
+
+impl Side {
+    pub fn role(&self) -> Role<'_> {
+        match (&self.listen, &self.connect) {
+            (Some(listen), _) => Role::Listen(listen),
+            (None, Some(connect)) => Role::Connect(connect),
+            (None, None) => unreachable!("clap requires --listen or --connect"),
+        }
+    }
+}
+
 /// Prints `message` and exits with status 1.
 pub fn fail(program: &str, message: &str) -> ! {
     eprintln!("{program}: {message}");
