@@ -18,22 +18,13 @@ const PATIENCE: Duration = Duration::from_secs(300);
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_anyrdma-perf");
 
+#[path = "../../tests/support/device.rs"]
+mod device;
+use device::{cm_ip, device_present};
+
 /// The server's address: rxe0's in the VM (`ANYRDMA_TEST_CM_ADDR` sets another).
 fn host() -> String {
-    std::env::var("ANYRDMA_TEST_CM_ADDR").unwrap_or_else(|_| "169.254.77.1".into())
-}
-
-/// True when an RDMA device is present; without one the test fails under
-/// `ANYRDMA_REQUIRE_DEVICE=1` (as scripts/test sets it in the VM), else it is skipped.
-fn device_present(test: &str) -> bool {
-    let found = matches!(anyrdma::devices(), Ok(list) if !list.is_empty());
-    if !found {
-        if std::env::var("ANYRDMA_REQUIRE_DEVICE").as_deref() == Ok("1") {
-            panic!("{test}: no RDMA device, and ANYRDMA_REQUIRE_DEVICE=1 requires one");
-        }
-        eprintln!("SKIPPED {test}: no RDMA device here (run scripts/test, which uses the VM)");
-    }
-    found
+    cm_ip().to_string()
 }
 
 /// A child process that is killed if the test ends before it does.

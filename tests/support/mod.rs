@@ -10,6 +10,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
+mod device;
+#[allow(unused_imports)] // each test file uses part of it
+pub use device::{cm_ip, device_present};
+
 /// A runtime the tests can drive: block on a future and spawn tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rt {
@@ -181,29 +185,6 @@ pub async fn silent_stream_peer(env: &str, hello: &[u8]) {
     stream.write_all(hello).await.expect("the peer writes");
     stream.flush().await.expect("the peer flushes");
     anyrdma::sleep(std::time::Duration::from_secs(60)).await;
-}
-
-/// The address rdma_cm tests connect and listen on: rxe0's in the guest, 169.254.77.1
-/// (rdma_cm cannot route 127.0.0.1); `ANYRDMA_TEST_CM_ADDR` overrides it.
-pub fn cm_ip() -> std::net::IpAddr {
-    std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(std::net::IpAddr::from([169, 254, 77, 1]))
-}
-
-/// True when an RDMA device is present. With none: when `ANYRDMA_REQUIRE_DEVICE=1` (as CI
-/// and `scripts/test` set it inside the VM) the test fails; otherwise it says loudly that it
-/// is skipped and returns false.
-pub fn device_present(test: &str) -> bool {
-    let found = matches!(anyrdma::devices(), Ok(list) if !list.is_empty());
-    if !found {
-        if std::env::var("ANYRDMA_REQUIRE_DEVICE").as_deref() == Ok("1") {
-            panic!("{test}: no RDMA device, and ANYRDMA_REQUIRE_DEVICE=1 requires one");
-        }
-        eprintln!("SKIPPED {test}: no RDMA device here (run scripts/test, which uses the VM)");
-    }
-    found
 }
 
 /// Instantiates test bodies `async fn name(rt: Rt)` once per runtime whose feature is

@@ -1,12 +1,12 @@
 //! What the ecosystem tests share: the device check and address of the `anyrdma` package's
-//! tests (tests/support/mod.rs there, copied in part: hyper and tonic must not enter that
+//! tests (its tests/support/device.rs, included by path: hyper and tonic must not enter that
 //! package's build), the two Tokio schedulers, time limits, and a stream that breaks bytes
 //! on purpose.
 
 #![allow(dead_code)] // each test file uses part of it
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,28 +15,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// True when an RDMA device is present. With none: when `ANYRDMA_REQUIRE_DEVICE=1` (as
-/// `scripts/test` sets it inside the VM) the test fails; otherwise it says loudly that it is
-/// skipped and returns false.
-pub fn device_present(test: &str) -> bool {
-    let found = matches!(anyrdma::devices(), Ok(list) if !list.is_empty());
-    if !found {
-        if std::env::var("ANYRDMA_REQUIRE_DEVICE").as_deref() == Ok("1") {
-            panic!("{test}: no RDMA device, and ANYRDMA_REQUIRE_DEVICE=1 requires one");
-        }
-        eprintln!("SKIPPED {test}: no RDMA device here (run scripts/test, which uses the VM)");
-    }
-    found
-}
+#[path = "../../../tests/support/device.rs"]
+mod device;
+#[allow(unused_imports)] // each test file uses part of it
+pub use device::{cm_ip, device_present};
 
 /// Where the servers listen: rxe0's address in the guest, 169.254.77.1 (`ANYRDMA_TEST_CM_ADDR`
 /// overrides it), on a port the system picks (rdma_cm cannot route 127.0.0.1).
 pub fn listen_addr() -> SocketAddr {
-    let ip = std::env::var("ANYRDMA_TEST_CM_ADDR")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(IpAddr::from([169, 254, 77, 1]));
-    SocketAddr::new(ip, 0)
+    SocketAddr::new(cm_ip(), 0)
 }
 
 /// The Tokio schedulers every test runs on.
