@@ -48,6 +48,15 @@
 //! A `reason` is the [`RefuseReason`](crate::remote_memory::RefuseReason)'s name in snake
 //! case: `too_many_bytes`, `too_many_regions`, `access_not_allowed`, `lease_too_long`,
 //! `declined`, `out_of_memory`, `unknown_grant`.
+//!
+//! # Objects that come and go
+//!
+//! A dropped object is no longer recorded; the recorder keeps its series at their last values
+//! until it forgets them (Prometheus's exporter does after its `idle_timeout`, when one is
+//! set). The device gives the number of a destroyed queue pair (or completion queue) to a
+//! later one: the later one's series then take the same labels and its counters start again
+//! from zero, which Prometheus reads as a counter reset, as after a restart (`rate()` and
+//! `increase()` count across it). Sum over `qpn` for a connection-independent view.
 
 use std::sync::{Arc, Mutex, Weak};
 
