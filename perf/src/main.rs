@@ -34,6 +34,7 @@
 //! driven directly (`raw.rs`), for anyrdma's overhead. Latency is half the round trip (except
 //! reads); the figures are perftest's (`stats.rs`).
 
+mod abort;
 mod catalog;
 mod cli;
 mod client;

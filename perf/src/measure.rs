@@ -8,7 +8,7 @@ use anyrdma::Context;
 use crate::catalog::{Rt, Test};
 use crate::stats::{latency, rate, Outcome};
 use crate::wire::{barrier, Spec};
-use crate::{datagrams, messaging, raw, rc, streaming, Res};
+use crate::{abort, datagrams, messaging, raw, rc, streaming, Res};
 
 /// Runs `spec` on a fresh executor of its runtime (raw verbs: on this thread); the client
 /// gets the figures. The control channel goes in and comes back, as the measurement may run
@@ -24,25 +24,33 @@ pub fn run(
         Rt::TokioCt | Rt::TokioMt => ctx.with_runtime(anyrdma::runtime::Tokio),
         Rt::AsyncStd => ctx.with_runtime(anyrdma::runtime::AsyncStd),
         Rt::Smol => ctx.with_runtime(anyrdma::runtime::Smol),
-        Rt::Raw => ctx,
+        Rt::Raw => return raw::measure(&ctx, spec, client, ctl),
+    };
+    // The server's measurement ends when its client goes away (`abort.rs`); the client's is
+    // not wrapped, so what the benchmark measures on it is unchanged.
+    let measurement = async move {
+        let measurement = on_runtime(ctx, spec, client, ctl, cm);
+        if client {
+            measurement.await
+        } else {
+            abort::abortable(measurement).await
+        }
     };
     match spec.rt {
         Rt::TokioCt => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(on_runtime(ctx, spec, client, ctl, cm)),
+            .block_on(measurement),
         Rt::TokioMt => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(
-                async move { tokio::spawn(on_runtime(ctx, spec, client, ctl, cm)).await? },
-            )
+            runtime.block_on(async move { tokio::spawn(measurement).await? })
         }
-        Rt::AsyncStd => async_std::task::block_on(on_runtime(ctx, spec, client, ctl, cm)),
-        Rt::Smol => smol::block_on(on_runtime(ctx, spec, client, ctl, cm)),
-        Rt::Raw => raw::measure(&ctx, spec, client, ctl),
+        Rt::AsyncStd => async_std::task::block_on(measurement),
+        Rt::Smol => smol::block_on(measurement),
+        Rt::Raw => unreachable!("raw verbs were measured above"),
     }
 }
 

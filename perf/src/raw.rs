@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyrdma::{Context, Endpoint, RemoteRegion};
 use rdma_sys::*;
 
+use crate::abort;
 use crate::catalog::{Mode, Test};
 use crate::pacing::Pacing;
 use crate::rc::{spin_until, tag};
@@ -206,6 +207,7 @@ impl Raw {
             if ibv_poll_cq(self.cq, 1, &mut wc) > 0 {
                 break;
             }
+            abort::check()?;
             if self.event {
                 check(ibv_req_notify_cq(self.cq, 0), "ibv_req_notify_cq")?;
                 if ibv_poll_cq(self.cq, 1, &mut wc) > 0 {
@@ -299,8 +301,22 @@ impl Raw {
     }
 }
 
+/// Moves `qp` to the error state (its posted work requests complete, flushed).
+fn to_error(qp: *mut ibv_qp) {
+    // SAFETY: only called by the abort hook, which `Raw::drop` takes back (waiting for one
+    // that runs) before it destroys the queue pair; ibv_modify_qp may be called from any
+    // thread; `attr` is a valid attribute set for the call.
+    unsafe {
+        let mut attr: ibv_qp_attr = std::mem::zeroed();
+        attr.qp_state = ibv_qp_state::IBV_QPS_ERR;
+        ibv_modify_qp(qp, &mut attr, ibv_qp_attr_mask::IBV_QP_STATE.0 as i32);
+    }
+}
+
 impl Drop for Raw {
     fn drop(&mut self) {
+        // No abort hook may touch the queue pair from here on.
+        abort::clear_hook();
         // SAFETY: every object was created by `open`/`alloc` and is destroyed once, in order.
         unsafe {
             ibv_destroy_qp(self.qp);
@@ -333,6 +349,13 @@ pub fn measure(
     // SAFETY: plain verbs calls on objects this function owns; buffers outlive the QP use.
     unsafe {
         let mut r = Raw::open(actx, spec.mode == Mode::Event, spec.inline)?;
+        if !client {
+            // The server's way out when its client goes away while it sleeps on the channel:
+            // its queue pair in the error state flushes the receive it waits for. `Raw`'s
+            // drop takes the hook back before it destroys the queue pair.
+            let qp = r.qp as usize;
+            abort::set_hook(Box::new(move || to_error(qp as *mut ibv_qp)));
+        }
         let size = spec.size;
         let (target, target_mr) = r.alloc(size)?;
         let (sbuf, smr) = r.alloc(size)?;
@@ -363,7 +386,7 @@ pub fn measure(
             match spec.test {
                 Test::WriteLat => {
                     if !client {
-                        spin_until(last, tag(i));
+                        spin_until(last, tag(i))?;
                     }
                     *sbuf.add(size - 1) = tag(i);
                     if client {
@@ -380,7 +403,7 @@ pub fn measure(
                     )?;
                     r.claim(false)?;
                     if client {
-                        spin_until(last, tag(i));
+                        spin_until(last, tag(i))?;
                     }
                 }
                 Test::SendLat | Test::WriteImmLat => {

@@ -15,6 +15,7 @@ use anyrdma::{
     QpOptions, Recv, RemoteRegion, SharedRegion,
 };
 
+use crate::abort;
 use crate::catalog::Test;
 use crate::messaging;
 use crate::pacing::Pacing;
@@ -31,14 +32,17 @@ pub fn tag(i: usize) -> u8 {
     (i % 255 + 1) as u8
 }
 
-/// Spins until the byte at `p` equals `want` (the peer's RDMA write landed).
-pub fn spin_until(addr: usize, want: u8) {
+/// Spins until the byte at `p` equals `want` (the peer's RDMA write landed), or until the
+/// measurement is ended because its client went away (`abort.rs`).
+pub fn spin_until(addr: usize, want: u8) -> Res<()> {
     let p = addr as *const u8;
     // SAFETY: `p` points into a registered buffer that lives for the whole test; the device
     // writes it concurrently, hence the volatile read.
     while unsafe { std::ptr::read_volatile(p) } != want {
+        abort::check()?;
         std::hint::spin_loop();
     }
+    Ok(())
 }
 
 /// One side's connected queue pairs and memory.
@@ -122,7 +126,7 @@ pub async fn lat_write(
     barrier(ctl)?;
     for i in 0..spec.iters {
         if !client {
-            spin_until(last, tag(i));
+            spin_until(last, tag(i))?;
         }
         if let Some(op) = pending.take() {
             sbuf = Some(done(op).await?);
@@ -134,7 +138,7 @@ pub async fn lat_write(
         }
         pending = Some(qp.write(buf, s.remote));
         if client {
-            spin_until(last, tag(i));
+            spin_until(last, tag(i))?;
         }
     }
     stamps.push(Instant::now());

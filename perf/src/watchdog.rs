@@ -1,37 +1,45 @@
 //! The server's guard against a client that goes away in the middle of a measurement.
 //!
-//! A measurement's queue pairs are connected out of band (over the control channel), so a
-//! client that dies mid-run leaves the server waiting on receives that never come: no
-//! completion, no error, no event. The control connection shows it: the client's kernel
-//! closes it. While a measurement runs, a thread watches that socket for the peer's close
-//! (`POLLRDHUP`; nothing is read, so the measurement's own barriers are untouched). If the
-//! peer closed and the measurement still runs after [`GRACE`], the server exits with an error
-//! rather than hang: the measurement's queue pairs and buffers belong to a runtime blocked in
-//! its loop and cannot be taken back from outside it.
+//! While a measurement runs, a thread watches its control connection for the peer's close
+//! (`POLLRDHUP`; nothing is read, so the measurement's own barriers are untouched). A client
+//! that closed it mid-measurement is gone (it closes it only after its last measurement), and
+//! its measurement may wait for ever (`abort.rs` says why): after [`GRACE`], in which the
+//! measurement may end by itself at its next barrier, the watchdog ends it with
+//! [`abort::trigger`] and the server goes on with its next client. A measurement that still
+//! runs [`LAST_RESORT`] later is stuck where nothing reaches it: the server exits rather
+//! than hang.
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a measurement may go on after its client closed the control connection. One
-/// that ends by itself (an error at its next barrier, or its last teardown) takes far less.
-const GRACE: Duration = Duration::from_secs(10);
+use crate::abort;
+
+/// How long a measurement may go on after its client closed the control connection before
+/// it is ended.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// How long an ended measurement may take to return before the server exits.
+const LAST_RESORT: Duration = Duration::from_secs(20);
 
 /// How often the watcher looks whether the measurement ended.
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(100);
 
 /// Watches one measurement's control connection until [`Watchdog::done`].
 pub struct Watchdog {
-    done: Arc<AtomicBool>,
+    /// Set by `done`; the watcher triggers the abort only while holding it unset, so no
+    /// abort reaches the next measurement.
+    done: Arc<Mutex<bool>>,
 }
 
 impl Watchdog {
-    /// Starts watching `ctl` (a clone of it: the measurement keeps the original).
+    /// Clears the abort state and starts watching `ctl` (a clone of it: the measurement
+    /// keeps the original).
     pub fn start(ctl: &TcpStream) -> std::io::Result<Watchdog> {
         let ctl = ctl.try_clone()?;
-        let done = Arc::new(AtomicBool::new(false));
+        abort::reset();
+        let done = Arc::new(Mutex::new(false));
         let flag = done.clone();
         std::thread::Builder::new()
             .name("client-watch".into())
@@ -39,39 +47,61 @@ impl Watchdog {
         Ok(Watchdog { done })
     }
 
-    /// The measurement ended: the watcher stops within a tick (it is not waited for).
+    /// The measurement returned: once this returns, the watcher triggers nothing (it stops
+    /// within a tick and is not waited for).
     pub fn done(self) {
-        self.done.store(true, Ordering::Release);
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        abort::clear_hook();
     }
 }
 
-fn watch(ctl: &TcpStream, done: &AtomicBool) {
+fn watch(ctl: &TcpStream, done: &Mutex<bool>) {
     let mut closed_at: Option<Instant> = None;
-    while !done.load(Ordering::Acquire) {
-        match closed_at {
-            Some(closed) if closed.elapsed() >= GRACE => {
+    let mut triggered_at: Option<Instant> = None;
+    loop {
+        if closed_at.is_none() && peer_closed(ctl) {
+            closed_at = Some(Instant::now());
+        }
+        let done = done.lock().unwrap_or_else(|e| e.into_inner());
+        if *done {
+            return;
+        }
+        match (closed_at, triggered_at) {
+            (Some(closed), None) if closed.elapsed() >= GRACE => {
                 eprintln!(
-                    "anyrdma-perf server: the client closed the control connection {GRACE:?} \
-                     ago and the measurement still waits for it; exiting (its queue pairs \
-                     cannot be taken back from a measurement that runs)"
+                    "anyrdma-perf server: the client closed the control connection in the \
+                     middle of a measurement; ending it"
+                );
+                abort::trigger();
+                triggered_at = Some(Instant::now());
+            }
+            (_, Some(triggered)) if triggered.elapsed() >= LAST_RESORT => {
+                eprintln!(
+                    "anyrdma-perf server: the measurement of a client that went away still \
+                     runs {LAST_RESORT:?} after it was ended; exiting (its queue pairs cannot \
+                     be taken back from a measurement that runs)"
                 );
                 std::process::exit(3);
             }
-            Some(_) => std::thread::sleep(TICK),
-            None => {
-                let mut poll = libc::pollfd {
-                    fd: ctl.as_raw_fd(),
-                    events: libc::POLLRDHUP,
-                    revents: 0,
-                };
-                // SAFETY: `poll` is one valid pollfd for the call's duration, and its fd is
-                // open: `ctl` is owned by this thread until it returns.
-                let ready = unsafe { libc::poll(&mut poll, 1, TICK.as_millis() as i32) };
-                let closed = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
-                if ready > 0 && poll.revents & closed != 0 {
-                    closed_at = Some(Instant::now());
-                }
-            }
+            _ => {}
+        }
+        drop(done);
+        if closed_at.is_some() {
+            std::thread::sleep(TICK);
         }
     }
+}
+
+/// Waits up to a tick for the peer's close of `ctl`; true if it closed.
+fn peer_closed(ctl: &TcpStream) -> bool {
+    let mut poll = libc::pollfd {
+        fd: ctl.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: `poll` is one valid pollfd for the call's duration, and its fd is open: `ctl`
+    // is owned by the calling thread until it returns.
+    let ready = unsafe { libc::poll(&mut poll, 1, TICK.as_millis() as i32) };
+    let closed = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+    ready > 0 && poll.revents & closed != 0
 }
